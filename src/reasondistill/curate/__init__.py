@@ -1,0 +1,1 @@
+"""Verify and curate teacher traces (see :mod:`.verdicts` and :mod:`.filters`)."""

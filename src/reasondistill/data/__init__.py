@@ -1,0 +1,1 @@
+"""Training data: turn curated traces into tokenised, masked, split examples, and batch them."""

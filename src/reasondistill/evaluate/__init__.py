@@ -1,0 +1,1 @@
+"""Evaluate models with the task's verifier (see :mod:`.accuracy`)."""

@@ -1,0 +1,74 @@
+"""Greedy, batched evaluation of a model on held-out problems, verified by the task.
+
+Why: the number a user compares is accuracy on problems training never saw, decoded the same way
+for every model (teacher and students alike), with every completion and verdict saved so that a
+number can always be traced back to the outputs behind it.
+
+    result = evaluate_model("runs/demo/train/student_traces/final", problems, task, out_dir="...")
+    result["accuracy"], result["n"], result["mean_output_tokens"], result["truncation_rate"]
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from reasondistill.curate.verdicts import judge
+from reasondistill.data.build import render_prompts
+from reasondistill.records import Problem, write_json, write_records
+from reasondistill.tasks.base import Task
+from reasondistill.teachers.sampling import SamplingParams, generate_completions
+from reasondistill.thinking import split_thinking
+
+
+def evaluate_model(model: Any, problems: list[Problem], task: Task, *, batch_size: int = 128,
+                   max_new_tokens: int = 256, out_dir: str | Path | None = None, tokenizer=None,
+                   name: str = "model") -> dict[str, Any]:
+    """Greedy-decode every problem, judge it, and return (and optionally save) the metrics.
+
+    ``model`` is a path/hub id (loaded with its tokenizer) or a loaded model plus ``tokenizer``.
+    """
+    from reasondistill.models import load_model, load_tokenizer
+
+    if isinstance(model, str):
+        tokenizer = tokenizer or load_tokenizer(model)
+        model = load_model(model)
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    prompts = render_prompts(tokenizer, [p.prompt for p in problems])
+    rows: list[dict[str, Any] | None] = [None] * len(problems)
+    for batch in generate_completions(model, tokenizer, prompts, [p.id for p in problems], params):
+        for c in batch:
+            p = problems[c.index]
+            v = judge(task, p, c.text, c.finish_reason)
+            thinking, answer, _ = split_thinking(c.text)
+            rows[c.index] = {"problem_id": p.id, "difficulty": p.difficulty, "prompt": p.prompt,
+                             "reference": p.answer, "text": c.text, "answer": answer,
+                             "thinking_chars": len(thinking), "completion_tokens": c.completion_tokens,
+                             "finish_reason": c.finish_reason, "verdict": v.verdict, "reason": v.reason,
+                             "predicted": v.predicted}
+    done = [r for r in rows if r is not None]
+    metrics = summarize(done)
+    metrics.update({"name": name, "decoding": "greedy", "max_new_tokens": max_new_tokens})
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_records(out / "completions.jsonl", done)
+        write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rows)
+    counts = Counter(r["verdict"] for r in rows)
+    by_diff: dict[int, list[int]] = {}
+    for r in rows:
+        by_diff.setdefault(r["difficulty"], []).append(r["verdict"] == "correct")
+    return {
+        "n": n,
+        "accuracy": counts["correct"] / n if n else float("nan"),
+        "correct": counts["correct"],
+        "verdicts": dict(counts),
+        "mean_output_tokens": sum(r["completion_tokens"] for r in rows) / n if n else float("nan"),
+        "truncation_rate": counts["truncated"] / n if n else float("nan"),
+        "accuracy_by_difficulty": {str(k): sum(v) / len(v) for k, v in sorted(by_diff.items())},
+    }

@@ -1,0 +1,224 @@
+"""The records every stage reads and writes, and crash-safe JSON-lines files to hold them.
+
+Why: each stage of the pipeline hands the next one a file. Those files must survive a crash
+(append-only, flushed per line, a torn last line detected and redone) and bad input must be
+reported by file, line and field instead of failing somewhere downstream.
+
+    from reasondistill.records import Problem, read_records, JsonlWriter
+    problems = read_records("runs/demo/problems/train.jsonl", Problem)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class RecordError(ValueError):
+    """A record in a file is malformed; the message names the file, the line and the field."""
+
+
+@dataclass
+class Problem:
+    """A reasoning problem with a checkable answer."""
+
+    id: str
+    task: str
+    prompt: str
+    answer: str
+    solution: str = ""  # a reference step-by-step solution, when the task has one
+    difficulty: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Trace:
+    """One sampled completion of a teacher (or a solver) for one problem."""
+
+    problem_id: str
+    sample: int
+    thinking: str
+    answer: str
+    text: str  # the raw completion, exactly as decoded
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" or "length"
+    teacher: str
+    sampling: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # set (with finish_reason "error") when the teacher kept failing
+    usage: dict[str, Any] = field(default_factory=dict)  # e.g. API prompt/completion tokens
+
+
+@dataclass
+class Verdict:
+    """The verifier's judgement of one trace: correct, wrong, unparseable or truncated."""
+
+    problem_id: str
+    sample: int
+    verdict: str
+    reason: str
+    predicted: str | None = None
+
+
+VERDICTS = ("correct", "wrong", "unparseable", "truncated")
+
+
+def to_dict(record: Any) -> dict[str, Any]:
+    return dataclasses.asdict(record)
+
+
+def _check_type(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_check_type(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is dict:
+        return isinstance(value, dict)
+    if origin is list:
+        return isinstance(value, list)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build a dataclass record from a dict, naming the offending field on error."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(data, dict):
+        raise RecordError(f"{prefix}expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise RecordError(f"{prefix}field '{f.name}' is missing ({cls.__name__} needs it)")
+            continue
+        value = data[f.name]
+        if not _check_type(value, hints[f.name]):
+            raise RecordError(
+                f"{prefix}field '{f.name}' should be {_type_name(hints[f.name])}, got {value!r:.60}"
+            )
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for every non-blank line; a bad line raises RecordError."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def read_records(path: str | Path, cls: type[T]) -> list[T]:
+    return [from_dict(cls, obj, f"{path}:{lineno}") for lineno, obj in iter_jsonl(path)]
+
+
+def write_records(path: str | Path, records: Iterable[Any]) -> None:
+    """Write a whole file atomically (temp file + rename): readers never see half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for rec in records:
+            obj = rec if isinstance(rec, dict) else to_dict(rec)
+            fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def repair_tail(path: str | Path) -> int:
+    """Cut a torn last line left by a crash; return how many bytes were cut.
+
+    A line is complete when it ends in a newline and parses as JSON. The cut bytes are kept in
+    ``<path>.torn`` so nothing is silently thrown away.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if not data:
+        return 0
+    end = len(data)
+    keep = data.rfind(b"\n", 0, end) + 1 if not data.endswith(b"\n") else end
+    if keep == end:  # last line is newline-terminated: check that it parses
+        prev = data.rfind(b"\n", 0, end - 1) + 1
+        try:
+            json.loads(data[prev:end])
+            return 0
+        except ValueError:
+            keep = prev
+    torn = data[keep:]
+    with open(path.with_name(path.name + ".torn"), "ab") as fh:
+        fh.write(torn + b"\n")
+    with open(path, "r+b") as fh:
+        fh.truncate(keep)
+    return len(torn)
+
+
+class JsonlWriter:
+    """Append records to a JSON-lines file, one flushed line at a time.
+
+    Each line is written whole with a single ``write`` and flushed, so a crash leaves at most
+    one torn line, which :func:`repair_tail` removes on the next start.
+    """
+
+    def __init__(self, path: str | Path, fsync_every: int = 64):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_tail(self.path)
+        self._fh = self.path.open("a", encoding="utf-8")
+        self._since_sync = 0
+        self.fsync_every = fsync_every
+
+    def write(self, record: Any) -> None:
+        obj = record if isinstance(record, dict) else to_dict(record)
+        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        self._since_sync += 1
+        if self._since_sync >= self.fsync_every:
+            os.fsync(self._fh.fileno())
+            self._since_sync = 0
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,54 @@
+"""The task interface: make problems, render their prompts, and check a final answer.
+
+Why: every other stage is task-agnostic. A task only has to say what its problems are and how
+to tell a right answer from a wrong one (and, separately, from one that cannot be read:
+"cannot verify" is never "wrong").
+
+    task = load_task({"name": "chained_arith", "min_ops": 3, "max_ops": 5})
+    problems = task.problems("train", n=100, seed=0)
+    task.check(problems[0], "48")  # -> Check(verdict="correct", ...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from reasondistill.records import Problem
+
+
+@dataclass(frozen=True)
+class Check:
+    verdict: str  # "correct" | "wrong" | "unparseable"
+    reason: str
+    predicted: str | None = None
+
+
+class Task(Protocol):
+    name: str
+
+    def problems(self, split: str, n: int, seed: int) -> list[Problem]:
+        """``n`` problems of ``split`` ("train" or "test"), deterministic given ``seed``.
+
+        Train and test problems must be disjoint by construction.
+        """
+        ...
+
+    def check(self, problem: Problem, answer: str) -> Check:
+        """Judge the final-answer text of a completion against the problem's reference."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """The task's parameters, recorded in the run manifest."""
+        ...
+
+
+def load_task(spec: dict[str, Any]) -> Task:
+    """Build a task from its config section (``name`` plus the task's own fields)."""
+    spec = dict(spec)
+    name = spec.pop("name")
+    if name == "chained_arith":
+        from reasondistill.tasks.arith import ChainedArithmetic
+
+        return ChainedArithmetic(**spec)
+    raise ValueError(f"task.name: unknown task {name!r}; built-in tasks: 'chained_arith'")

@@ -1,0 +1,1 @@
+"""Teachers that write reasoning traces: a local Hugging Face model (see :mod:`.hf`)."""

@@ -1,0 +1,137 @@
+"""Batched generation with a local Hugging Face model: left padding, KV cache, reproducible sampling.
+
+Why: teacher trace generation and evaluation both decode many prompts at once. Sampling here is
+*counter-based*: the random draw for row (problem, sample) at step t is a hash of
+(seed, problem, sample, t), applied as Gumbel noise on top of greedy decoding. So a sample does not
+depend on which batch it landed in, its order, or whether the run was resumed: an interrupted
+and restarted generation writes the same traces as an uninterrupted one. Temperature 0 is greedy.
+
+    outs = generate_completions(model, tokenizer, prompts, keys, SamplingParams(n=4, temperature=0.8))
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(x: int) -> int:
+    x &= _MASK64
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+_C0, _C1, _C2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+class SamplingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(1, gt=0, description="samples per problem")
+    temperature: float = Field(0.0, ge=0, description="0 means greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(256, gt=0)
+    batch_size: int = Field(64, gt=0, description="sequences decoded together")
+    seed: int = 0
+
+
+def row_key(seed: int, problem_id: str, sample: int) -> int:
+    digest = hashlib.blake2b(f"{seed}\x00{problem_id}\x00{sample}".encode(), digest_size=8).digest()
+    return _signed(int.from_bytes(digest, "little"))
+
+
+def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch shifts signed values arithmetically)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def counter_uniform(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """Uniform(0,1) float32 noise of shape (len(keys), vocab); a pure function of (key, step, index).
+    splitmix64 finaliser over int64 lanes (overflow wraps)."""
+    idx = torch.arange(vocab, dtype=torch.int64)
+    z = keys[:, None] + _C0 * (step + 1) + idx[None, :] * _C1
+    z = (z ^ _shr(z, 30)) * _C1
+    z = (z ^ _shr(z, 27)) * _C2
+    z = z ^ _shr(z, 31)
+    return ((_shr(z, 11).double() + 0.5) / float(1 << 53)).float()
+
+
+class CounterSampler:
+    """A logits processor that turns greedy decoding into seeded sampling (temperature, top-p)."""
+
+    def __init__(self, keys: torch.Tensor, prompt_width: int, temperature: float, top_p: float):
+        self.keys, self.width, self.temperature, self.top_p = keys, prompt_width, temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        step = input_ids.shape[1] - self.width
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(-1)
+            drop_sorted = probs.cumsum(-1) - probs > self.top_p  # keep the smallest set reaching top_p
+            logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+        u = counter_uniform(self.keys.to("cpu"), step, logits.shape[-1]).to(logits.device)
+        return logits - torch.log(-torch.log(u))
+
+
+@dataclass
+class Completion:
+    index: int  # position in the caller's prompt list
+    sample: int
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length"
+
+
+def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequence[str],
+                         params: SamplingParams, eos_ids: Sequence[int] | None = None,
+                         ) -> Iterator[list[Completion]]:
+    """Decode ``params.n`` completions for every rendered prompt, one batch at a time.
+
+    ``prompts`` are already rendered with the chat template; ``keys`` (e.g. problem ids) seed the
+    sampling. Prompts are sorted by length so each batch pads little. Yields the completions of
+    one batch, all samples of a prompt together, so a caller can write and checkpoint per batch.
+    """
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    if tokenizer.padding_side != "left":
+        tokenizer.padding_side = "left"
+    eos = list(eos_ids) if eos_ids else [tokenizer.eos_token_id]
+    device = next(model.parameters()).device
+    model.eval()
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    per_batch = max(1, params.batch_size // params.n)
+    gen_cfg = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
+                               eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                               temperature=None, top_p=None, top_k=None)
+    for start in range(0, len(order), per_batch):
+        chunk = order[start:start + per_batch]
+        rows = [(i, s) for i in chunk for s in range(params.n)]
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i, _ in rows]}, return_tensors="pt")
+        width = batch["input_ids"].shape[1]
+        processors = LogitsProcessorList()
+        if params.temperature > 0:
+            kt = torch.tensor([row_key(params.seed, keys[i], s) for i, s in rows], dtype=torch.int64)
+            processors.append(CounterSampler(kt, width, params.temperature, params.top_p))
+        with torch.inference_mode():
+            out = model.generate(input_ids=batch["input_ids"].to(device),
+                                 attention_mask=batch["attention_mask"].to(device),
+                                 generation_config=gen_cfg, logits_processor=processors)
+        new = out[:, width:].tolist()
+        results = []
+        for (i, s), toks in zip(rows, new):
+            stop = next((j for j, t in enumerate(toks) if t in eos), None)
+            kept = toks if stop is None else toks[:stop]
+            results.append(Completion(index=i, sample=s,
+                                      text=tokenizer.decode(kept, skip_special_tokens=True),
+                                      prompt_tokens=len(encoded[i]),
+                                      completion_tokens=len(kept) + (stop is not None),
+                                      finish_reason="length" if stop is None else "stop"))
+        yield results

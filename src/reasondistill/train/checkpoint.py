@@ -1,0 +1,88 @@
+"""Checkpoints that resume exactly, stored without pickle.
+
+A checkpoint is a Hugging Face model directory (safetensors) plus the trainer's state: optimizer
+tensors in ``optimizer.safetensors`` with their hyper-parameters in JSON, the scheduler's state,
+the position in the data (epoch, batch) and the torch RNG state. Written to a temporary
+directory and renamed, so a crash never leaves a half checkpoint that looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "trainer_state.json"
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, slots in state["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, slots in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(slots)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, trainer_state: dict[str, Any],
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    tensors, meta = _flatten_optimizer(optimizer.state_dict())
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    rng = {"torch_rng": torch.get_rng_state()}
+    if extra_tensors:
+        rng.update(extra_tensors)
+    save_file(rng, str(tmp / "rng.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(meta))
+    (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+    (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, optimizer, scheduler) -> dict[str, Any]:
+    """Restore optimizer, scheduler and RNG from ``path``; return the trainer state. The model
+    weights are loaded by the caller (``from_pretrained``/``load_state_dict``)."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / "optimizer.json").read_text())
+    optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta))
+    scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
+    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not root.exists():
+        return []
+    found = [p for p in root.glob("step-*") if (p / STATE_FILE).exists() and not p.name.endswith(".tmp")]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def prune(root: Path, keep: int) -> None:
+    for old in checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

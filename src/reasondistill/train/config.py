@@ -1,0 +1,38 @@
+"""The training config, validated on creation so a bad value fails before any work starts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class TrainConfig(BaseModel):
+    """Hard distillation (SFT on traces). Batch sizes count examples per process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float | None = Field(3.0, gt=0, description="passes over the training set (or use max_steps)")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs when set")
+    batch_size: int = Field(64, gt=0, description="examples per micro-batch per process")
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    group_by_length: bool = True
+    mixed_precision: Literal["no", "bf16"] = "no"
+    threads: int | None = Field(None, gt=0, description="torch CPU threads; None keeps torch's default")
+    log_every: int = Field(10, gt=0)
+    eval_every: int = Field(200, gt=0)
+    save_every: int = Field(500, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    resume: bool = True
+
+    @model_validator(mode="after")
+    def _length(self) -> "TrainConfig":
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set epochs or max_steps")
+        return self

@@ -1,0 +1,289 @@
+"""The training loop: hard distillation (SFT on teacher traces) on ``accelerate``.
+
+Why this loop and not a generic trainer: the loss must be a sum over answer tokens divided by the
+number of answer tokens in the whole accumulated, all-process batch, so that gradient
+accumulation and multi-process training give exactly the gradient of one big batch. Batches are
+grouped by length (little padding), logging syncs the host only every ``log_every`` steps, and
+checkpoints resume the same loss curve (optimizer, scheduler, data position and RNG restored).
+
+    python -m reasondistill.cli train runs/demo           # one process
+    torchrun --nproc_per_node 2 -m reasondistill.cli train runs/demo   # DDP (CPU: gloo)
+
+Library use:
+
+    result = train_model(model, tokenizer, "build/traces/train.safetensors",
+                         "build/traces/val.safetensors", "train/student", TrainConfig(), seed=0)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches
+from reasondistill.train.checkpoint import checkpoints, load_checkpoint, prune, save_checkpoint
+from reasondistill.train.config import TrainConfig
+
+METRIC_FIELDS = ["step", "epoch", "train_loss", "val_loss", "lr", "grad_norm", "target_tokens",
+                 "tokens_per_s", "elapsed_s"]
+
+# An objective maps (model, batch) to the *sum* of per-token losses over target tokens; the loop
+# divides by the global target-token count. Soft-distillation objectives plug in here.
+Objective = Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def cross_entropy_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of next-token cross-entropy over positions whose label is not ignored (fp32)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1]
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    def fn(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return fn
+
+
+def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class _Metrics:
+    """metrics.csv (and TensorBoard when available), written by the main process only."""
+
+    def __init__(self, out_dir: Path, resume_step: int, enabled: bool):
+        self.enabled = enabled
+        self.path = out_dir / "metrics.csv"
+        self.tb = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rows = []
+        if self.path.exists() and resume_step > 0:  # keep the curve up to the checkpoint
+            with self.path.open() as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+        with self.path.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, METRIC_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+        except ImportError:  # tensorboard is optional for library users
+            self.tb = None
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", newline="") as fh:
+            csv.DictWriter(fh, METRIC_FIELDS).writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+        if self.tb is not None:
+            for k in ("train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s"):
+                if row.get(k) not in (None, ""):
+                    self.tb.add_scalar(k, row[k], row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+@torch.no_grad()
+def evaluate_loss(model, dataset: TokenizedDataset, pad_id: int, batch_size: int, accelerator,
+                  objective: Objective = cross_entropy_sum) -> float:
+    """Mean per-target-token loss over the whole dataset, across all processes."""
+    if len(dataset) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(dataset)), key=lambda i: -dataset.lengths[i])
+    mine = order[accelerator.process_index::accelerator.num_processes]
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for i in range(0, len(mine), batch_size):
+        idx = mine[i:i + batch_size]
+        batch = {k: v.to(accelerator.device) for k, v in collate(dataset, idx, pad_id).items()}
+        with accelerator.autocast():
+            total[0] += objective(model, batch).double()
+        total[1] += dataset.target_tokens(idx)
+    total = accelerator.reduce(total, reduction="sum")
+    model.train(was_training)
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path | None, out_dir: str | Path,
+                cfg: TrainConfig, seed: int, objective: Objective = cross_entropy_sum,
+                name: str = "student", show_progress: bool = True) -> dict[str, Any]:
+    """Train ``model`` on a built dataset; write checkpoints, ``final/`` and ``metrics.csv``.
+
+    Returns a summary: steps, final validation loss, wall time, tokens/s, parameter count.
+    """
+    from accelerate import Accelerator
+
+    out_dir = Path(out_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    train_ds = TokenizedDataset(train_path)
+    val_ds = TokenizedDataset(val_path) if val_path and Path(val_path).exists() else None
+    if len(train_ds) == 0:
+        raise ValueError(f"{train_path}: the training set is empty (check curate/build stats)")
+    pad_id = tokenizer.pad_token_id
+
+    global_batch = cfg.batch_size * world  # examples per micro-step over all processes
+    batches_per_epoch = math.ceil(len(train_ds) / global_batch)
+    steps_per_epoch = max(1, batches_per_epoch // cfg.grad_accum)
+    total_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
+    warmup = round(cfg.warmup_ratio * total_steps)
+
+    model.train()
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, cfg.min_lr_ratio))
+
+    ckpt_root = out_dir / "checkpoints"
+    state = {"step": 0, "epoch": 0, "batch": 0, "elapsed_s": 0.0, "seed": seed, "total_steps": total_steps}
+    found = checkpoints(ckpt_root) if cfg.resume else []
+    if found:
+        from safetensors.torch import load_file
+
+        last = found[-1]
+        weights = load_file(str(last / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        tied = {k for k in missing if "lm_head" in k}
+        if unexpected or set(missing) - tied:
+            raise RuntimeError(f"{last}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
+        if tied:
+            model.tie_weights()
+        state = load_checkpoint(last, optimizer, scheduler)
+        if state.get("total_steps") != total_steps:
+            raise ValueError(f"{last}: checkpoint was for {state.get('total_steps')} steps, config gives "
+                             f"{total_steps}; use a fresh output directory or the same schedule")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    metrics = _Metrics(out_dir, state["step"], main)
+
+    def micro_batches():
+        """Yield (epoch, batch-in-epoch, indices) for this process from the saved position on."""
+        epoch, b = state["epoch"], state["batch"]
+        while True:
+            order = length_grouped_batches(train_ds.lengths, global_batch, seed, epoch, cfg.group_by_length)
+            while b < len(order):
+                mine = order[b][rank::world]
+                b += 1
+                yield epoch, b, mine
+            epoch, b = epoch + 1, 0
+
+    stream = micro_batches()
+    t0 = time.perf_counter() - state["elapsed_s"]
+    window_loss = torch.zeros((), dtype=torch.float64)
+    window_tokens = 0
+    window_all_tokens = 0
+    window_t = time.perf_counter()
+    last_grad_norm = float("nan")
+    val_loss = float("nan")
+    progress = _progress(show_progress and main, name, total_steps, state["step"])
+    while state["step"] < total_steps:
+        group = []
+        for _ in range(cfg.grad_accum):
+            epoch, b, idx = next(stream)
+            group.append(idx)
+            state["epoch"], state["batch"] = epoch, b
+        local_tokens = sum(train_ds.target_tokens(idx) for idx in group if len(idx))
+        n_global = accelerator.reduce(torch.tensor(float(local_tokens), device=accelerator.device), reduction="sum")
+        scale = world / n_global.clamp(min=1.0)
+        for j, idx in enumerate(group):
+            if not len(idx):
+                continue
+            batch = {k: v.to(accelerator.device) for k, v in collate(train_ds, idx, pad_id).items()}
+            sync = j == len(group) - 1
+            with nullcontext() if sync else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    loss_sum = objective(model, batch)
+                accelerator.backward(loss_sum * scale)
+            window_loss += loss_sum.detach().double().cpu()
+            window_all_tokens += int(batch["attention_mask"].sum())
+        window_tokens += local_tokens
+        if cfg.max_grad_norm:
+            last_grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        step = state["step"]
+        progress(step)
+
+        if step % cfg.log_every == 0 or step == total_steps:
+            now = time.perf_counter()
+            row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                   "train_loss": round(window_loss.item() / max(1, window_tokens), 6),
+                   "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(last_grad_norm), 5),
+                   "target_tokens": window_tokens,
+                   "tokens_per_s": round(window_all_tokens * world / max(1e-9, now - window_t), 1),
+                   "elapsed_s": round(now - t0, 2)}
+            metrics.log(row)
+            window_loss.zero_()
+            window_tokens = window_all_tokens = 0
+            window_t = time.perf_counter()
+        if val_ds is not None and (step % cfg.eval_every == 0 or step == total_steps):
+            val_loss = evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator, objective)
+            metrics.log({"step": step, "epoch": round(step / steps_per_epoch, 4), "val_loss": round(val_loss, 6),
+                         "elapsed_s": round(time.perf_counter() - t0, 2)})
+        if step % cfg.save_every == 0 or step == total_steps:
+            state["elapsed_s"] = time.perf_counter() - t0
+            if main:
+                save_checkpoint(ckpt_root / f"step-{step}", accelerator.unwrap_model(model), tokenizer,
+                                optimizer, scheduler, state)
+                prune(ckpt_root, cfg.keep_checkpoints)
+            accelerator.wait_for_everyone()
+    progress(None)
+    metrics.close()
+    wall = time.perf_counter() - t0
+    summary = {"name": name, "steps": state["step"], "epochs": round(state["step"] / steps_per_epoch, 3),
+               "final_val_loss": val_loss, "wall_time_s": round(wall, 2),
+               "train_examples": len(train_ds), "params": sum(p.numel() for p in model.parameters()),
+               "processes": world}
+    if main:
+        final = out_dir / "final"
+        accelerator.unwrap_model(model).save_pretrained(final, safe_serialization=True)
+        tokenizer.save_pretrained(final)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _progress(enabled: bool, name: str, total: int, start: int):
+    """A rich progress bar as a callable: progress(step) advances, progress(None) closes."""
+    if not enabled:
+        return lambda step: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(f"train {name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   transient=True)
+    task = bar.add_task(name, total=total, completed=start)
+    bar.start()
+
+    def update(step):
+        if step is None:
+            bar.stop()
+        else:
+            bar.update(task, completed=step)
+    return update
