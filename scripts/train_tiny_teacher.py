@@ -42,13 +42,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", help="working directory (kept; re-running with the same one resumes training)")
     args = ap.parse_args()
 
     task = ChainedArithmetic(min_ops=1, max_ops=8)
     tokenizer = build_char_tokenizer()
     problems = task.problems("train", args.problems, seed=args.seed)
     by_id = {p.id: p for p in problems}
-    work = Path(tempfile.mkdtemp(prefix="tiny-teacher-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="tiny-teacher-"))
     stats = build_dataset(make_examples(by_id, solver_traces(problems), "traces"), tokenizer, work / "data",
                           max_length=256, val_fraction=0.02, seed=args.seed)
     model = init_model(TEACHER, tokenizer, seed=args.seed)
@@ -65,7 +66,8 @@ def main() -> None:
     info = {"params": n_params(model), "train": summary, "heldout_accuracy_500": result["accuracy"],
             "task": task.describe(), "script": "scripts/train_tiny_teacher.py", "args": vars(args)}
     (out / "TRAINING.json").write_text(json.dumps(info, indent=2) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(info, indent=2))
 
 

@@ -54,7 +54,8 @@ def counter_uniform(keys: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
     """Uniform(0,1) float32 noise of shape (len(keys), vocab); a pure function of (key, step, index).
     splitmix64 finaliser over int64 lanes (overflow wraps)."""
     idx = torch.arange(vocab, dtype=torch.int64)
-    z = keys[:, None] + _C0 * (step + 1) + idx[None, :] * _C1
+    offset = torch.tensor(step + 1, dtype=torch.int64) * _C0  # int64 arithmetic wraps, as intended
+    z = keys[:, None] + offset + idx[None, :] * _C1
     z = (z ^ _shr(z, 30)) * _C1
     z = (z ^ _shr(z, 27)) * _C2
     z = z ^ _shr(z, 31)

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from reasondistill.progress import progress_bar
 from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches
 from reasondistill.train.checkpoint import checkpoints, load_checkpoint, prune, save_checkpoint
 from reasondistill.train.config import TrainConfig
@@ -47,6 +48,29 @@ def cross_entropy_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     logits = logits[:, :-1]
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
                            ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def accumulate_gradients(model, batches: list[dict[str, torch.Tensor]], objective: Objective, accelerator,
+                         local_tokens: int) -> torch.Tensor:
+    """Backward over micro-batches so the summed gradient is that of one big batch.
+
+    Each micro-batch's loss *sum* is scaled by world_size / (target tokens across all micro-batches
+    and processes); DDP's gradient averaging over processes then yields exactly
+    d(total loss sum / total target tokens). Gradients sync only on the last micro-batch.
+    Returns the local loss sum (for logging).
+    """
+    world = accelerator.num_processes
+    n_global = accelerator.reduce(torch.tensor(float(local_tokens), device=accelerator.device), reduction="sum")
+    scale = world / n_global.clamp(min=1.0)
+    total = torch.zeros((), dtype=torch.float64)
+    for j, batch in enumerate(batches):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with nullcontext() if j == len(batches) - 1 else accelerator.no_sync(model):
+            with accelerator.autocast():
+                loss_sum = objective(model, batch)
+            accelerator.backward(loss_sum * scale)
+        total += loss_sum.detach().double().cpu()
+    return total
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -200,61 +224,52 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
     window_t = time.perf_counter()
     last_grad_norm = float("nan")
     val_loss = float("nan")
-    progress = _progress(show_progress and main, name, total_steps, state["step"])
-    while state["step"] < total_steps:
-        group = []
-        for _ in range(cfg.grad_accum):
-            epoch, b, idx = next(stream)
-            group.append(idx)
-            state["epoch"], state["batch"] = epoch, b
-        local_tokens = sum(train_ds.target_tokens(idx) for idx in group if len(idx))
-        n_global = accelerator.reduce(torch.tensor(float(local_tokens), device=accelerator.device), reduction="sum")
-        scale = world / n_global.clamp(min=1.0)
-        for j, idx in enumerate(group):
-            if not len(idx):
-                continue
-            batch = {k: v.to(accelerator.device) for k, v in collate(train_ds, idx, pad_id).items()}
-            sync = j == len(group) - 1
-            with nullcontext() if sync else accelerator.no_sync(model):
-                with accelerator.autocast():
-                    loss_sum = objective(model, batch)
-                accelerator.backward(loss_sum * scale)
-            window_loss += loss_sum.detach().double().cpu()
-            window_all_tokens += int(batch["attention_mask"].sum())
-        window_tokens += local_tokens
-        if cfg.max_grad_norm:
-            last_grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] += 1
-        step = state["step"]
-        progress(step)
+    with progress_bar(f"train {name}", total_steps, show_progress and main, state["step"]) as advance:
+        while state["step"] < total_steps:
+            group = []
+            for _ in range(cfg.grad_accum):
+                epoch, b, idx = next(stream)
+                group.append(idx)
+                state["epoch"], state["batch"] = epoch, b
+            batches = [collate(train_ds, idx, pad_id) for idx in group if len(idx)]
+            local_tokens = sum(train_ds.target_tokens(idx) for idx in group if len(idx))
+            window_loss += accumulate_gradients(model, batches, objective, accelerator, local_tokens)
+            window_all_tokens += sum(int(b["attention_mask"].sum()) for b in batches)
+            window_tokens += local_tokens
+            if cfg.max_grad_norm:
+                last_grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            step = state["step"]
 
-        if step % cfg.log_every == 0 or step == total_steps:
-            now = time.perf_counter()
-            row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                   "train_loss": round(window_loss.item() / max(1, window_tokens), 6),
-                   "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(last_grad_norm), 5),
-                   "target_tokens": window_tokens,
-                   "tokens_per_s": round(window_all_tokens * world / max(1e-9, now - window_t), 1),
-                   "elapsed_s": round(now - t0, 2)}
-            metrics.log(row)
-            window_loss.zero_()
-            window_tokens = window_all_tokens = 0
-            window_t = time.perf_counter()
-        if val_ds is not None and (step % cfg.eval_every == 0 or step == total_steps):
-            val_loss = evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator, objective)
-            metrics.log({"step": step, "epoch": round(step / steps_per_epoch, 4), "val_loss": round(val_loss, 6),
-                         "elapsed_s": round(time.perf_counter() - t0, 2)})
-        if step % cfg.save_every == 0 or step == total_steps:
-            state["elapsed_s"] = time.perf_counter() - t0
-            if main:
-                save_checkpoint(ckpt_root / f"step-{step}", accelerator.unwrap_model(model), tokenizer,
-                                optimizer, scheduler, state)
-                prune(ckpt_root, cfg.keep_checkpoints)
-            accelerator.wait_for_everyone()
-    progress(None)
+            if step % cfg.log_every == 0 or step == total_steps:
+                now = time.perf_counter()
+                row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                       "train_loss": round(window_loss.item() / max(1, window_tokens), 6),
+                       "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(last_grad_norm), 5),
+                       "target_tokens": window_tokens,
+                       "tokens_per_s": round(window_all_tokens * world / max(1e-9, now - window_t), 1),
+                       "elapsed_s": round(now - t0, 2)}
+                metrics.log(row)
+                window_loss.zero_()
+                window_tokens = window_all_tokens = 0
+                window_t = time.perf_counter()
+            if val_ds is not None and (step % cfg.eval_every == 0 or step == total_steps):
+                val_loss = evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator, objective)
+                metrics.log({"step": step, "epoch": round(step / steps_per_epoch, 4), "val_loss": round(val_loss, 6),
+                             "elapsed_s": round(time.perf_counter() - t0, 2)})
+            if step % cfg.save_every == 0 or step == total_steps:
+                state["elapsed_s"] = time.perf_counter() - t0
+                if main:
+                    save_checkpoint(ckpt_root / f"step-{step}", accelerator.unwrap_model(model), tokenizer,
+                                    optimizer, scheduler, state)
+                    prune(ckpt_root, cfg.keep_checkpoints)
+                accelerator.wait_for_everyone()
+            advance(1)
+    if val_ds is not None and math.isnan(val_loss):  # resumed after the last step
+        val_loss = evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator, objective)
     metrics.close()
     wall = time.perf_counter() - t0
     summary = {"name": name, "steps": state["step"], "epochs": round(state["step"] / steps_per_epoch, 3),
@@ -268,22 +283,3 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return summary
-
-
-def _progress(enabled: bool, name: str, total: int, start: int):
-    """A rich progress bar as a callable: progress(step) advances, progress(None) closes."""
-    if not enabled:
-        return lambda step: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn(f"train {name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   transient=True)
-    task = bar.add_task(name, total=total, completed=start)
-    bar.start()
-
-    def update(step):
-        if step is None:
-            bar.stop()
-        else:
-            bar.update(task, completed=step)
-    return update

@@ -1,0 +1,7 @@
+"""``python -m reasondistill`` is the ``reasondistill`` command."""
+
+import sys
+
+from reasondistill.cli import main
+
+sys.exit(main())

@@ -1,0 +1,121 @@
+"""The ``reasondistill`` command: one verb per stage, plus ``run`` (all stages) and ``demo``.
+
+Why: every stage reads and writes one run directory, so each verb takes either a config YAML or
+a run directory (whose ``config.yaml`` is used), then ``key=value`` overrides. Heavy libraries
+are imported inside the verbs, so ``reasondistill --help`` stays fast.
+
+    reasondistill demo --out runs/demo
+    reasondistill run configs/demo.yaml run_dir=runs/mine students.0.train.lr=3e-3
+    reasondistill train runs/mine --student student_traces
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+STAGE_HELP = {
+    "generate": "sample teacher traces for the training problems (resumable)",
+    "curate": "verify traces and filter them; per-problem teacher pass rates",
+    "build": "chat template, tokenise, answer-only loss mask, length filter, split by problem",
+    "train": "train the students (hard distillation); resumes from the last checkpoint",
+    "evaluate": "greedy-decode held-out problems with the teacher and students; verify",
+    "report": "write report.json, report.md and loss_curves.png",
+}
+
+
+def demo_config_path() -> Path:
+    return Path(__file__).parent / "configs" / "demo.yaml"
+
+
+def _load(target: str, overrides: list[str]):
+    from reasondistill.config import load_config
+
+    path = Path(target)
+    if path.is_dir():
+        cfg_file = path / "config.yaml"
+        if not cfg_file.exists():
+            raise FileNotFoundError(f"{path} is a directory without config.yaml: pass a config file or a run directory")
+        return load_config(cfg_file, [f"run_dir={path}", *overrides])
+    if not path.exists():
+        raise FileNotFoundError(f"{target}: no such config file or run directory")
+    return load_config(path, overrides)
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help="a config YAML or a run directory (uses its config.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-3")
+    p.add_argument("--force", action="store_true", help="re-run even if inputs and config are unchanged")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="reasondistill", description="Distil step-by-step reasoning from a "
+                                 "teacher language model into a small student.",
+                                 epilog="Run `reasondistill VERB --help` for a verb's options.")
+    sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, text in STAGE_HELP.items():
+        p = sub.add_parser(verb, help=text, description=text)
+        _add_target(p)
+        if verb in ("build", "train"):
+            p.add_argument("--student", help="only this student (default: all)")
+        if verb == "evaluate":
+            p.add_argument("--model", help="only this model: 'teacher' or a student name")
+    p = sub.add_parser("run", help="run every stage from one config", description="Run all stages in order; "
+                       "stages whose config and inputs are unchanged are skipped.")
+    _add_target(p)
+    p = sub.add_parser("demo", help="the offline demo: bundled teacher, chained arithmetic, two students",
+                       description="Sample the bundled tiny teacher, curate, train a student on the verified "
+                       "traces and one on answers only, evaluate all three on the same held-out problems.")
+    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from reasondistill.config import ConfigError
+    from reasondistill.records import RecordError
+
+    try:
+        return _dispatch(args)
+    except (ConfigError, RecordError, FileNotFoundError, KeyError, ValueError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"reasondistill {args.verb}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from reasondistill.pipeline import Pipeline
+
+    hf_logging.disable_progress_bar()  # our own bars report progress; theirs flood the log
+
+    if args.verb == "demo":
+        cfg = _load(str(demo_config_path()), [f"run_dir={args.out}", *args.overrides])
+    else:
+        cfg = _load(args.target, args.overrides)
+    pipe = Pipeline(cfg, show_progress=not args.quiet)
+    if args.verb in ("run", "demo"):
+        pipe.run(force=args.force)
+        from reasondistill.report.build import models_table
+
+        import json
+        report = json.loads((pipe.rd / "report.json").read_text())
+        print("\n" + models_table(report))
+        print(f"\nreport: {pipe.rd / 'report.md'}")
+    elif args.verb in ("build", "train"):
+        getattr(pipe, args.verb)(args.student, force=args.force)
+    elif args.verb == "evaluate":
+        pipe.evaluate(args.model, force=args.force)
+    else:
+        getattr(pipe, args.verb)(force=args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Curation: verdicts for every trace, then filters, each counted, and per-problem pass rates.
+
+Why: only right, well-formed, not-too-long, non-duplicate traces should teach the student, and a
+user must see how many each filter removed. The teacher's pass rate per problem is kept as the
+problem's difficulty signal.
+
+Filters, in order: correctness → structure (a closed ``<think>`` block) → maximum completion
+tokens → exact duplicates (same problem, same text) → at most K distinct traces per problem.
+
+    kept, verdicts, summary, pass_rates = curate(problems, traces, task, CurateConfig())
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from reasondistill.curate.verdicts import judge
+from reasondistill.records import Problem, Trace, Verdict
+from reasondistill.tasks.base import Task
+
+
+def curate(problems: dict[str, Problem], traces: list[Trace], task: Task, cfg) -> tuple[
+        list[Trace], list[Verdict], dict[str, Any], list[dict[str, Any]]]:
+    verdicts = []
+    dropped: Counter[str] = Counter()
+    kept: list[Trace] = []
+    seen: set[tuple[str, str]] = set()
+    per_problem: Counter[str] = Counter()
+    for tr in sorted(traces, key=lambda t: (t.problem_id, t.sample)):
+        if tr.finish_reason == "error":
+            v = Verdict(tr.problem_id, tr.sample, "unparseable", f"teacher error: {tr.error}")
+        else:
+            v = judge(task, problems[tr.problem_id], tr.text, tr.finish_reason, tr.sample)
+        verdicts.append(v)
+        if cfg.require_correct and v.verdict != "correct":
+            dropped[f"not_correct:{v.verdict}"] += 1
+            continue
+        if cfg.require_think and (not tr.thinking or v.reason == "malformed <think> block"):
+            dropped["no_thinking"] += 1
+            continue
+        if cfg.max_completion_tokens and tr.completion_tokens > cfg.max_completion_tokens:
+            dropped["too_long"] += 1
+            continue
+        key = (tr.problem_id, tr.text.strip())
+        if cfg.dedup and key in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add(key)
+        if cfg.max_per_problem and per_problem[tr.problem_id] >= cfg.max_per_problem:
+            dropped["over_max_per_problem"] += 1
+            continue
+        per_problem[tr.problem_id] += 1
+        kept.append(tr)
+
+    by_problem: dict[str, list[str]] = {}
+    for v in verdicts:
+        by_problem.setdefault(v.problem_id, []).append(v.verdict)
+    pass_rates = [{"problem_id": pid, "samples": len(vs), "correct": vs.count("correct"),
+                   "pass_rate": vs.count("correct") / len(vs), "difficulty": problems[pid].difficulty}
+                  for pid, vs in sorted(by_problem.items())]
+    verdict_counts = Counter(v.verdict for v in verdicts)
+    summary = {
+        "traces": len(traces),
+        "verdicts": dict(verdict_counts),
+        "teacher_accuracy": verdict_counts["correct"] / len(verdicts) if verdicts else float("nan"),
+        "dropped": dict(dropped),
+        "kept": len(kept),
+        "problems": len(by_problem),
+        "problems_with_a_kept_trace": len(per_problem),
+        "mean_pass_rate": sum(r["pass_rate"] for r in pass_rates) / len(pass_rates) if pass_rates else float("nan"),
+    }
+    return kept, verdicts, summary, pass_rates

@@ -1,0 +1,133 @@
+"""Write ``report.json``, ``report.md`` and ``loss_curves.png`` from a run directory's outputs.
+
+Why: the result of a run is a table of models (teacher and students, on the same held-out
+problems) and the training curves behind it. Everything here is read from files other stages
+wrote, so a report can be rebuilt at any time: ``reasondistill report runs/demo``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from reasondistill.records import write_json
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def read_curves(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
+    curves: dict[str, list[tuple[int, float]]] = {"train_loss": [], "val_loss": []}
+    with metrics_csv.open() as fh:
+        for row in csv.DictReader(fh):
+            for key in curves:
+                if row.get(key):
+                    curves[key].append((int(row["step"]), float(row[key])))
+    return curves
+
+
+def plot_loss_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, c in curves.items():
+        for ax, key in zip(axes, ("train_loss", "val_loss")):
+            if c[key]:
+                xs, ys = zip(*c[key])
+                ax.plot(xs, ys, label=name, marker="o" if key == "val_loss" else None, markersize=3)
+    for ax, title in zip(axes, ("training loss (per answer token)", "validation loss (per answer token)")):
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(x: Any, spec: str) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return format(x, spec)
+
+
+def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
+    root = Path(run_dir)
+    models: dict[str, Any] = {}
+    for m in sorted((root / "evaluate").glob("*/metrics.json")):
+        models[m.parent.name] = json.loads(m.read_text())
+    training: dict[str, Any] = {}
+    curves = {}
+    for s in cfg.students:
+        summary = _read_json(root / "train" / s.name / "summary.json")
+        if summary:
+            training[s.name] = {k: summary.get(k) for k in ("final_val_loss", "steps", "epochs", "wall_time_s",
+                                                            "params", "train_examples", "processes")}
+            training[s.name]["target"] = s.target
+        if (root / "train" / s.name / "metrics.csv").exists():
+            curves[s.name] = read_curves(root / "train" / s.name / "metrics.csv")
+    manifest = _read_json(root / "manifest.json") or {}
+    stage_seconds = {k: v["seconds"] for k, v in manifest.get("stages", {}).items()}
+    report = {
+        "run_dir": str(root),
+        "task": cfg.task.model_dump(),
+        "teacher": cfg.teacher.model,
+        "models": {name: {k: m.get(k) for k in ("accuracy", "n", "correct", "mean_output_tokens", "truncation_rate",
+                                               "accuracy_by_difficulty", "verdicts")} for name, m in models.items()},
+        "training": training,
+        "curation": _read_json(root / "curate/summary.json"),
+        "stage_seconds": stage_seconds,
+        "total_stage_seconds": round(sum(stage_seconds.values()), 1),
+    }
+    if curves:
+        plot_loss_curves(curves, root / "loss_curves.png")
+        report["loss_curves"] = "loss_curves.png"
+    write_json(root / "report.json", report)
+    (root / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    return report
+
+
+def models_table(report: dict[str, Any]) -> str:
+    rows = ["| model | params | trained on | accuracy | n | mean output tokens | truncated | final val loss | steps | train time |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, m in report["models"].items():
+        t = report["training"].get(name, {})
+        rows.append(f"| {name} | {_fmt(t.get('params'), ',')} | {t.get('target', 'teacher' if name == 'teacher' else '')} "
+                    f"| {_fmt(m['accuracy'], '.1%')} | {m['n']} | {_fmt(m['mean_output_tokens'], '.1f')} "
+                    f"| {_fmt(m['truncation_rate'], '.1%')} | {_fmt(t.get('final_val_loss'), '.4f')} "
+                    f"| {_fmt(t.get('steps'), 'd')} | {_fmt(t.get('wall_time_s'), '.0f')}{'s' if t else ''} |")
+    return "\n".join(rows)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    out = [f"# reasondistill report: `{report['run_dir']}`", "",
+           f"Task: `{report['task']['name']}` ({report['task']}); teacher: `{report['teacher']}`.", "",
+           "## Models on the same held-out problems (greedy decoding)", "", models_table(report), ""]
+    diffs = sorted({d for m in report["models"].values() for d in (m.get("accuracy_by_difficulty") or {})}, key=int)
+    if diffs:
+        out += ["## Accuracy by difficulty", "", "| model | " + " | ".join(f"difficulty {d}" for d in diffs) + " |",
+                "|---|" + "---:|" * len(diffs)]
+        for name, m in report["models"].items():
+            acc = m.get("accuracy_by_difficulty") or {}
+            out.append(f"| {name} | " + " | ".join(_fmt(acc.get(d), ".1%") for d in diffs) + " |")
+        out.append("")
+    cur = report.get("curation")
+    if cur:
+        out += ["## Curation", "", f"- teacher traces: {cur['traces']}, verdicts: {cur['verdicts']}",
+                f"- teacher accuracy on training problems: {_fmt(cur['teacher_accuracy'], '.1%')}; mean pass rate "
+                f"{_fmt(cur['mean_pass_rate'], '.2f')}", f"- dropped: {cur['dropped']}", f"- kept: {cur['kept']}", ""]
+    if report.get("loss_curves"):
+        out += ["## Loss curves", "", f"![loss curves]({report['loss_curves']})", ""]
+    if report["stage_seconds"]:
+        out += ["## Time per stage (seconds, last run of each)", "",
+                ", ".join(f"{k} {v:.1f}" for k, v in report["stage_seconds"].items()),
+                f"\nTotal: {report['total_stage_seconds']:.1f} s", ""]
+    return "\n".join(out)

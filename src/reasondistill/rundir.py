@@ -1,0 +1,175 @@
+"""The run directory: where every stage reads and writes, and how a stage knows it is up to date.
+
+Why: a run is a folder a person can open, copy and re-run. Each stage records a fingerprint of its
+config section and the content hashes of its input files; when neither changed and its outputs
+are intact, the stage is skipped. Change one stage's config and it re-runs, and because its outputs
+then change, so does everything downstream. ``manifest.json`` holds library versions, seeds, the
+git commit and, per stage, the hashes of inputs and outputs.
+
+    rd = RunDir("runs/demo")
+    rd.run_stage("curate", cfg.curate, inputs=[...], outputs=[...], fn=lambda: ...)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from reasondistill.records import write_json
+
+LIBRARIES = ("reasondistill", "torch", "transformers", "accelerate", "tokenizers", "safetensors", "pydantic", "numpy")
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON data from configs (pydantic models, nested in dicts/lists) and paths."""
+    return json.loads(json.dumps(obj, default=_default))
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot record {type(obj).__name__} in a stage config")
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path] if path.exists() else []
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._hash_cache_path = self.root / ".stages" / "hash-cache.json"
+        self._hash_cache: dict[str, list] | None = None
+
+    def __truediv__(self, part: str) -> Path:
+        return self.root / part
+
+    # -- hashing -------------------------------------------------------------------------------
+    def file_hash(self, path: Path) -> str:
+        """sha256 of a file's content, cached by (size, mtime) so big checkpoints hash once."""
+        if self._hash_cache is None:
+            try:
+                self._hash_cache = json.loads(self._hash_cache_path.read_text())
+            except (OSError, ValueError):
+                self._hash_cache = {}
+        st = path.stat()
+        key = str(path.resolve())
+        hit = self._hash_cache.get(key)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+        self._hash_cache[key] = [st.st_size, st.st_mtime_ns, digest]
+        write_json(self._hash_cache_path, self._hash_cache)
+        return digest
+
+    def hashes(self, paths: list[Path]) -> dict[str, str]:
+        """Content hashes of files (and of every file in directories), keyed by relative path."""
+        out = {}
+        for p in paths:
+            for f in _files(Path(p)):
+                if f.name.endswith((".tmp", ".torn")) or "/tb/" in str(f):
+                    continue
+                out[self._rel(f)] = self.file_hash(f)
+        return out
+
+    def _rel(self, p: Path) -> str:
+        try:
+            return str(p.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(p)
+
+    def fingerprint(self, config: Any, inputs: list[Path]) -> str:
+        blob = json.dumps({"config": _jsonable(config), "inputs": self.hashes(inputs)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    # -- stage bookkeeping ---------------------------------------------------------------------
+    def _state_path(self, name: str) -> Path:
+        return self.root / ".stages" / f"{name.replace(':', '--')}.json"
+
+    def stage_state(self, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._state_path(name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def is_current(self, name: str, fp: str, outputs: list[Path]) -> bool:
+        state = self.stage_state(name)
+        if not state or state.get("fingerprint") != fp:
+            return False
+        if not all(Path(o).exists() for o in outputs):
+            return False
+        return self.hashes(outputs) == state.get("outputs")
+
+    def run_stage(self, name: str, config: Any, inputs: list[Path], outputs: list[Path],
+                  fn: Callable[[str], Any], force: bool = False, log: Callable[[str], None] = print) -> Any:
+        """Run ``fn(fingerprint)`` unless the stage is current; record hashes and the result."""
+        fp = self.fingerprint(config, inputs)
+        if not force and self.is_current(name, fp, outputs):
+            log(f"[skip] {name}: inputs and config unchanged")
+            return (self.stage_state(name) or {}).get("result")
+        log(f"[run ] {name}")
+        t0 = time.perf_counter()
+        result = fn(fp)
+        state = {"stage": name, "fingerprint": fp, "config": _jsonable(config),
+                 "inputs": self.hashes(inputs), "outputs": self.hashes(outputs),
+                 "seconds": round(time.perf_counter() - t0, 2),
+                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "result": result}
+        write_json(self._state_path(name), state)
+        self.update_manifest(stage=state)
+        return result
+
+    # -- manifest ------------------------------------------------------------------------------
+    def update_manifest(self, seeds: dict[str, Any] | None = None, stage: dict[str, Any] | None = None) -> None:
+        path = self.root / "manifest.json"
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):
+            manifest = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        manifest["environment"] = environment()
+        if seeds:
+            manifest["seeds"] = seeds
+        if stage:
+            manifest.setdefault("stages", {})[stage["stage"]] = {
+                k: stage[k] for k in ("fingerprint", "inputs", "outputs", "seconds", "finished_at")}
+        write_json(path, manifest)
+
+
+def environment() -> dict[str, Any]:
+    versions = {}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "libraries": versions,
+            "git_commit": _git_commit(), "cpu_count": os.cpu_count()}
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return None

@@ -1,0 +1,28 @@
+"""Verifiers: decide whether a completion's answer is right, and say why when it is not.
+
+Why: curation keeps only verified traces and evaluation reports verified accuracy; both need the
+same, explainable judgement. Every verifier returns a :class:`~reasondistill.tasks.base.Check`
+(``verdict`` "correct" | "wrong" | "unparseable", a short fixed ``reason``, the ``predicted``
+answer); "cannot verify" (no answer, parse failure, timeout) is "unparseable", never "wrong".
+
+    from reasondistill.verify import verify_math, verify_choice, verify_code, CodeProblem
+    verify_math("#### 72", "... \\boxed{72}")            # math / GSM8K, via math-verify
+    verify_choice("B", "The answer is (B)")              # multiple choice
+    verify_code(CodeProblem(tests="assert f() == 1", entry_point="f"),
+                "```python\\ndef f():\\n    return 1\\n```")  # sandboxed execution
+
+Many items at once, with per-item timeouts that do not depend on signals:
+:func:`reasondistill.verify.math.verify_math_many` or :func:`reasondistill.verify.pool.run_pool`.
+Scoring a file from the command line: ``python -m reasondistill.verify.score --help``.
+"""
+
+from reasondistill.verify.choice import extract_choice, verify_choice
+from reasondistill.verify.code import CodeProblem, Limits, extract_code, run_sandboxed, sandbox_mode, verify_code
+from reasondistill.verify.math import extract_answer, verify_math, verify_math_many
+from reasondistill.verify.pool import ItemFailure, run_pool
+
+__all__ = [
+    "CodeProblem", "ItemFailure", "Limits", "extract_answer", "extract_choice", "extract_code",
+    "run_pool", "run_sandboxed", "sandbox_mode", "verify_choice", "verify_code", "verify_math",
+    "verify_math_many",
+]

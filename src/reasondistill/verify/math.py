@@ -1,0 +1,236 @@
+"""Math answers: find the final answer in a completion and check it against a reference.
+
+Why: "correct" must mean the same thing in curation, evaluation and scoring, and a completion we
+cannot read ("unparseable") must never be counted as a wrong one. Extraction is ours (``\\boxed{}``
+with nested braces, GSM8K's ``#### N``, "the answer is …", optionally the last number);
+equivalence is math-verify's (``\\frac{1}{2}`` = 0.5, ``(3, \\frac{\\pi}{2})`` =
+``\\left( 3, \\frac{\\pi}{2} \\right)``, ``1,234`` = 1234).
+
+    from reasondistill.verify.math import verify_math
+    verify_math("#### 1,234", "... so the total is \\boxed{1234}.")
+    # -> Check(verdict="correct", reason="match", predicted="1234")
+
+math-verify's own timeouts use ``signal.alarm``, which fails outside the main thread, so every
+call here passes ``parsing_timeout=None``/``timeout_seconds=None``. A pathological answer (say
+``2^{2^{2^{30}}}``) can then run for ever: run untrusted batches through
+:func:`reasondistill.verify.pool.run_pool`, which kills a stuck worker and reports the item as
+``Check("unparseable", "timeout")`` (see :func:`timeout_check`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from reasondistill.tasks.base import Check
+
+# The reasons a Check from this module can carry (``Check.reason``).
+MATCH = "match"
+MISMATCH = "mismatch"
+NO_ANSWER = "no answer found"
+PARSE_FAILURE = "parse failure"
+GOLD_PARSE_FAILURE = "gold parse failure"
+TIMEOUT = "timeout"
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
+_HASHES = re.compile(r"####\s*([^\n]*)")
+_ANSWER_IS = re.compile(
+    r"(?:final answer|the answer|answer)\s*(?:is|=|:)\s*:?\s*([^\n]+)", re.IGNORECASE)
+_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
+_PLAIN_NUMBER = re.compile(r"[-+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?")
+_LEADING_NUMBER = re.compile(r"[-+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?=\s+[A-Za-z])")
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """An answer found in a completion and where it was found."""
+
+    text: str
+    source: str  # "boxed" | "hash" | "answer_is" | "last_number" | "whole"
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{…}`` (or ``\\fbox``), nested braces included.
+
+    ``\\boxed 5`` (no braces) yields ``5``; an unclosed brace yields None.
+    """
+    matches = list(_BOXED.finditer(text))
+    for m in reversed(matches):
+        start = m.end()
+        if start < len(text) and text[start] == "{":
+            body = _balanced(text, start)
+            if body is not None:
+                return body.strip()
+        else:
+            word = re.match(r"[^\s$]+", text[start:])
+            if word:
+                return word.group(0)
+    return None
+
+
+def _balanced(text: str, open_at: int) -> str | None:
+    """The text inside the brace group opening at ``open_at``; None if it never closes."""
+    depth = 0
+    i = open_at
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":  # skip escaped characters such as \{ and \}
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_at + 1:i]
+        i += 1
+    return None
+
+
+def clean_answer(answer: str) -> str:
+    """Strip the wrapping a model puts around an answer: markdown, ``$…$``, a final period.
+
+    A plain number loses its currency sign and thousands separators (``$1,234.`` → ``1234``).
+    """
+    s = answer.strip()
+    for _ in range(3):  # peel nested wrappers, e.g. **$42$**.
+        before = s
+        s = s.strip().rstrip(".;,!").strip()
+        s = re.sub(r"^\*\*(.*)\*\*$", r"\1", s)
+        s = re.sub(r"^\$+(.*?)\$+$", r"\1", s)
+        s = re.sub(r"^\\\((.*)\\\)$|^\\\[(.*)\\\]$", lambda m: m.group(1) or m.group(2) or "", s)
+        if s == before:
+            break
+    lead = _LEADING_NUMBER.match(s)
+    if lead:  # "42 apples" -> "42"
+        s = lead.group(0)
+    if _PLAIN_NUMBER.fullmatch(s):
+        s = s.replace(",", "").replace("$", "")
+        if s.startswith("+"):
+            s = s[1:]
+    return s
+
+
+def extract_answer(text: str, *, last_number: bool = True) -> Extracted | None:
+    """Find the final answer of a completion; None when there is none.
+
+    Tried in order: the last ``\\boxed{}``, the last ``#### …``, the last "the answer is …" /
+    "Answer: …", and (if ``last_number``) the last number in the text.
+    """
+    boxed = last_boxed(text)
+    if boxed:
+        return Extracted(clean_answer(boxed), "boxed")
+    hashes = _HASHES.findall(text)
+    if hashes and clean_answer(hashes[-1]):
+        return Extracted(clean_answer(hashes[-1]), "hash")
+    said = _ANSWER_IS.findall(text)
+    if said and clean_answer(said[-1]):
+        return Extracted(clean_answer(said[-1]), "answer_is")
+    if last_number:
+        numbers = _NUMBER.findall(text)
+        if numbers:
+            return Extracted(clean_answer(numbers[-1]), "last_number")
+    return None
+
+
+def gold_answer(gold: str) -> str | None:
+    """The reference answer: after ``####`` or inside ``\\boxed{}`` if present, else the whole text."""
+    found = extract_answer(gold, last_number=False)
+    if found is not None and found.source in ("boxed", "hash"):
+        return found.text
+    cleaned = clean_answer(gold)
+    return cleaned or None
+
+
+def _math_verify():
+    """Import math-verify lazily (0.7 s) and silence its "timeout is disabled" warning."""
+    import math_verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    return math_verify
+
+
+def parse_answer(answer: str) -> list:
+    """math-verify's parse of an extracted answer (sympy objects and strings); [] if it fails.
+
+    Runs without math-verify's signal-based timeout: bound the time from outside.
+    """
+    mv = _math_verify()
+    try:
+        return mv.parse("\\boxed{" + answer + "}", parsing_timeout=None)
+    except Exception:  # math-verify raises on some malformed LaTeX despite raise_on_error=False
+        return []
+
+
+def _is_math(parsed: list) -> bool:
+    """Did math-verify turn the answer into a math object (not just echo the string back)?"""
+    return any(not isinstance(x, str) for x in parsed)
+
+
+def equivalent(gold: list, pred: list) -> bool:
+    """math-verify's ``verify`` with gold FIRST (it is not symmetric), no signal timeout."""
+    mv = _math_verify()
+    try:
+        return bool(mv.verify(gold, pred, timeout_seconds=None))
+    except Exception:
+        return False
+
+
+def verify_math(gold: str, completion: str, *, last_number: bool = True) -> Check:
+    """Judge a completion's final answer against a reference answer (or a GSM8K solution).
+
+    Verdicts: "correct" (reason "match"), "wrong" ("mismatch"), "unparseable" ("no answer
+    found", "parse failure", "gold parse failure"; "timeout" comes from the pool).
+    """
+    gold_text = gold_answer(gold)
+    if gold_text is None:
+        return Check("unparseable", GOLD_PARSE_FAILURE, None)
+    found = extract_answer(completion, last_number=last_number)
+    if found is None:
+        return Check("unparseable", NO_ANSWER, None)
+    gold_parsed = parse_answer(gold_text)
+    if not gold_parsed:
+        return Check("unparseable", GOLD_PARSE_FAILURE, found.text)
+    pred_parsed = parse_answer(found.text)
+    if not pred_parsed or (_is_math(gold_parsed) and not _is_math(pred_parsed)):
+        # nothing, or only the raw string back while the reference is a math object
+        return Check("unparseable", PARSE_FAILURE, found.text)
+    if equivalent(gold_parsed, pred_parsed):
+        return Check("correct", MATCH, found.text)
+    return Check("wrong", MISMATCH, found.text)
+
+
+def timeout_check(*_item: object) -> Check:
+    """What an item that ran out of time becomes: cannot verify, never "wrong"."""
+    return Check("unparseable", TIMEOUT, None)
+
+
+def check_item(item: tuple[str, str] | tuple[str, str, bool]) -> Check:
+    """Pool entry point: ``(gold, completion[, last_number])`` -> Check."""
+    gold, completion, *rest = item
+    return verify_math(gold, completion, last_number=rest[0] if rest else True)
+
+
+
+def warm_up() -> None:
+    """Pool initializer: import math-verify and pay its slow first call before the clock starts."""
+    verify_math("1", "1")
+
+
+def verify_math_many(golds: list[str], completions: list[str], *, last_number: bool = True,
+                     workers: int = 2, timeout: float = 10.0, progress: bool | None = None) -> list[Check]:
+    """:func:`verify_math` over many pairs in worker processes; a stuck item becomes "timeout"."""
+    from reasondistill.verify.pool import run_pool
+
+    if len(golds) != len(completions):
+        raise ValueError(f"verify_math_many: {len(golds)} golds but {len(completions)} completions")
+    items = [(g, c, last_number) for g, c in zip(golds, completions)]
+    return run_pool(check_item, items, workers=workers, timeout=timeout, initializer=warm_up,
+                    on_failure=failure_check, progress=progress, description="math")
+
+
+def failure_check(item: object, failure: object) -> Check:
+    """Pool on_failure: a timeout or a crashed worker cannot verify (never "wrong")."""
+    kind = getattr(failure, "kind", "error")
+    return Check("unparseable", TIMEOUT if kind == "timeout" else f"verifier {kind}", None)

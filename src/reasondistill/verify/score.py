@@ -1,0 +1,185 @@
+"""``reasondistill score``: score a JSON/JSONL file of model outputs against reference answers.
+
+Why: outputs often come from elsewhere (another harness, an API batch, a colleague). This scores
+any such file with the same verifiers the pipeline uses, writes one verdict per row next to it
+(``<stem>.verdicts.jsonl``) so every number can be traced to its rows, and prints one JSON object:
+
+    python -m reasondistill.verify.score outputs.jsonl --gold answer --pred response --task gsm8k
+    {"file": ..., "task": "gsm8k", "n": 1319, "correct": 1188, "accuracy": 0.9007,
+     "verdicts": {"correct": 1188, "wrong": 120, "unparseable": 11},
+     "rejects": {"mismatch": 120, "no answer found": 9, "timeout": 2}, "verdicts_file": ...}
+
+Fields may be dotted paths (``choices.0.message.content``). A file is a JSON array of objects or
+one object per line. Bad input (invalid JSON, a missing or non-text field) stops with an error
+naming the file, the line and the field, and exit code 2. A completion with a closed
+``<think>…</think>`` block is judged on the text after it. Tasks: ``math`` (reference answer or
+``\\boxed{}``; no last-number fallback unless ``--last-number``), ``gsm8k`` (reference may be a
+full solution ending in ``#### N``; last-number fallback on), ``choice`` (letter or option text;
+``--options FIELD`` names the list of options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+from reasondistill.records import RecordError, iter_jsonl, write_records
+from reasondistill.thinking import CLOSE
+
+TASKS = ("math", "gsm8k", "choice")
+
+
+def _json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line, item) for each element of a top-level JSON array, with its line number."""
+    decoder = json.JSONDecoder()
+    i = text.index("[") + 1
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        if i >= len(text):
+            raise RecordError(f"{path}:{text.count(chr(10)) + 1}: JSON array is not closed")
+        if text[i] == "]":
+            return
+        line = text.count("\n", 0, i) + 1
+        try:
+            obj, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        yield line, obj
+
+
+def load_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every row of a JSON array or JSON-lines file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecordError(f"{path}: cannot read ({exc})") from None
+    rows = list(_json_array(path, text)) if text.lstrip().startswith("[") else list(iter_jsonl(path))
+    for line, obj in rows:
+        if not isinstance(obj, dict):
+            raise RecordError(f"{path}:{line}: expected a JSON object, got {type(obj).__name__}")
+    return rows
+
+
+def get_field(obj: dict[str, Any], field: str, where: str, *, text: bool = True) -> Any:
+    """``obj[field]`` for a dotted path; numbers become text. Errors name file, line and field."""
+    value: Any = obj
+    for part in field.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise RecordError(f"{where}: field '{field}' is missing")
+    if not text:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise RecordError(f"{where}: field '{field}' should be text or a number, got {json.dumps(value)[:60]}")
+    return str(value)
+
+
+def answer_part(completion: str) -> str:
+    """The text after a closed ``</think>``, else the whole completion."""
+    return completion.rpartition(CLOSE)[2] if CLOSE in completion else completion
+
+
+def build_items(rows: list[tuple[int, dict]], path: Path, gold: str, pred: str, task: str,
+                options: str | None, last_number: bool) -> list[tuple]:
+    items = []
+    for line, obj in rows:
+        where = f"{path}:{line}"
+        g, p = get_field(obj, gold, where), answer_part(get_field(obj, pred, where))
+        if task == "choice":
+            opts = get_field(obj, options, where, text=False) if options else None
+            if opts is not None and not isinstance(opts, (list, dict)):
+                raise RecordError(f"{where}: field '{options}' should be a list or an object of options")
+            items.append((g, p, opts))
+        else:
+            items.append((g, p, last_number))
+    return items
+
+
+def check_all(task: str, items: list[tuple], workers: int, timeout: float, progress: bool | None) -> list:
+    """Checks for every item: in worker processes (``workers`` >= 1) or in-process (0, no timeout)."""
+    from reasondistill.verify import choice, math
+
+    func = choice.check_item if task == "choice" else math.check_item
+    if workers == 0:
+        return [func(item) for item in items]
+    from reasondistill.verify.pool import run_pool
+
+    return run_pool(func, items, workers=workers, timeout=timeout, on_failure=math.failure_check,
+                    initializer=math.warm_up if task != "choice" else None, progress=progress,
+                    description=f"scoring ({task})")
+
+
+def verdicts_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + ".verdicts.jsonl")
+
+
+def score_file(path: str | Path, gold: str, pred: str, *, task: str = "math", options: str | None = None,
+               last_number: bool | None = None, workers: int = 2, timeout: float = 10.0,
+               progress: bool | None = None) -> dict[str, Any]:
+    """Score a file, write ``<stem>.verdicts.jsonl`` beside it, and return the summary."""
+    if task not in TASKS:
+        raise ValueError(f"--task: unknown task {task!r}; choose from {', '.join(TASKS)}")
+    path = Path(path)
+    rows = load_rows(path)
+    use_last = (task == "gsm8k") if last_number is None else last_number
+    items = build_items(rows, path, gold, pred, task, options, use_last)
+    checks = check_all(task, items, workers, timeout, progress)
+    out = verdicts_path(path)
+    write_records(out, ({"index": i, "line": line, "verdict": c.verdict, "reason": c.reason,
+                         "predicted": c.predicted, "gold": item[0]}
+                        for i, ((line, _), c, item) in enumerate(zip(rows, checks, items))))
+    verdicts = Counter(c.verdict for c in checks)
+    n = len(checks)
+    return {"file": str(path), "task": task, "n": n, "correct": verdicts["correct"],
+            "accuracy": verdicts["correct"] / n if n else None,
+            "verdicts": {v: verdicts[v] for v in ("correct", "wrong", "unparseable")},
+            "rejects": dict(Counter(c.reason for c in checks if c.verdict != "correct").most_common()),
+            "verdicts_file": str(out)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reasondistill score", description="Score model outputs against "
+                                "reference answers; writes <stem>.verdicts.jsonl beside FILE.")
+    p.add_argument("file", metavar="FILE", help="JSON array or JSON-lines file of model outputs")
+    p.add_argument("--gold", required=True, metavar="FIELD", help="field with the reference answer")
+    p.add_argument("--pred", required=True, metavar="FIELD", help="field with the model output")
+    p.add_argument("--task", choices=TASKS, default="math")
+    p.add_argument("--options", metavar="FIELD", help="choice: field with the list of options")
+    p.add_argument("--last-number", action=argparse.BooleanOptionalAction, default=None,
+                   help="fall back to the last number in the output (default: on for gsm8k only)")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="verifier processes; 0 = in this process, without time limits")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per item before it counts as 'timeout'")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.workers < 0 or args.timeout <= 0:
+        print("error: --workers must be >= 0 and --timeout > 0", file=sys.stderr)
+        return 2
+    try:
+        summary = score_file(args.file, args.gold, args.pred, task=args.task, options=args.options,
+                             last_number=args.last_number, workers=args.workers, timeout=args.timeout,
+                             progress=False if args.no_progress else None)
+    except RecordError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny real Hugging Face models and tokenizers built locally (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+TINY = {"architecture": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 256}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)  # tests run beside other processes on 2 cores
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    from reasondistill.models import build_char_tokenizer
+
+    return build_char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, char_tokenizer):
+    """A saved 1-layer Llama with the character tokenizer: a real model directory."""
+    from reasondistill.models import init_model
+
+    d = tmp_path_factory.mktemp("tiny-model")
+    model = init_model(TINY, char_tokenizer, seed=0)
+    model.save_pretrained(d, safe_serialization=True)
+    char_tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def arith():
+    from reasondistill.tasks.arith import ChainedArithmetic
+
+    return ChainedArithmetic(min_ops=3, max_ops=5)

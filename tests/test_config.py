@@ -1,0 +1,41 @@
+import pytest
+
+from reasondistill.cli import demo_config_path
+from reasondistill.config import ConfigError, load_config
+
+
+def test_demo_config_loads_and_overrides_apply():
+    cfg = load_config(demo_config_path(), ["run_dir=/tmp/x", "students.0.train.lr=0.5",
+                                           "students.student_answers_only.train.epochs=2", "task.n_test=7"])
+    assert cfg.run_dir == "/tmp/x" and cfg.task.n_test == 7
+    assert cfg.students[0].train.lr == 0.5
+    assert cfg.student("student_answers_only").train.epochs == 2
+    assert cfg.student("student_traces").train.epochs == 8  # YAML anchors do not alias after loading
+
+
+@pytest.mark.parametrize("override, field", [
+    ("students.0.train.lr=-1", "students.0.train.lr"),
+    ("task.n_train=lots", "task.n_train"),
+    ("generate.tempreature=1", "generate.tempreature"),
+    ("build.val_fraction=1.5", "build.val_fraction"),
+])
+def test_bad_field_is_named(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(demo_config_path(), [override])
+    assert field in str(err.value) and "demo.yaml" in str(err.value)
+
+
+def test_bad_yaml_and_bad_override(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("task: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(f)
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(demo_config_path(), ["novalue"])
+
+
+def test_student_needs_exactly_one_model(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("students:\n  - name: s\n    target: traces\n")
+    with pytest.raises(ConfigError, match=r"students\.0.*exactly one of 'model'"):
+        load_config(f)

@@ -1,0 +1,111 @@
+import csv
+
+import pytest
+import torch
+
+from reasondistill.data.build import build_dataset, make_examples
+from reasondistill.data.dataset import TokenizedDataset, collate
+from reasondistill.models import init_model
+from reasondistill.records import Trace
+from reasondistill.train.config import TrainConfig
+from reasondistill.train.sft import accumulate_gradients, cross_entropy_sum, train_model
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, arith, char_tokenizer):
+    d = tmp_path_factory.mktemp("data")
+    problems = arith.problems("train", 80, seed=0)
+    traces = [Trace(p.id, 0, p.solution, p.answer, "", 0, 0, "stop", "solver") for p in problems]
+    build_dataset(make_examples({p.id: p for p in problems}, traces, "traces"), char_tokenizer, d,
+                  max_length=512, val_fraction=0.1, seed=0)
+    return d
+
+
+def _rows(path):
+    with open(path) as fh:
+        return [r for r in csv.DictReader(fh)]
+
+
+def _cfg(**kw):
+    return TrainConfig(**({"max_steps": 8, "epochs": None, "batch_size": 8, "lr": 3e-3, "save_every": 4,
+                           "keep_checkpoints": 5, "log_every": 1, "eval_every": 4} | kw))
+
+
+def test_training_lowers_loss_and_writes_outputs(dataset, char_tokenizer, tmp_path):
+    model = init_model(TINY, char_tokenizer, seed=0)
+    summary = train_model(model, char_tokenizer, dataset / "train.safetensors", dataset / "val.safetensors",
+                          tmp_path, _cfg(max_steps=30, save_every=30, log_every=5, eval_every=10), seed=0,
+                          show_progress=False)
+    rows = _rows(tmp_path / "metrics.csv")
+    train = [float(r["train_loss"]) for r in rows if r["train_loss"]]
+    assert train[-1] < train[0] * 0.8
+    assert summary["steps"] == 30 and summary["final_val_loss"] == pytest.approx(float(
+        [r for r in rows if r["val_loss"]][-1]["val_loss"]), rel=1e-5)
+    assert (tmp_path / "final/model.safetensors").exists() and (tmp_path / "final/tokenizer.json").exists()
+    assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))  # no pickles
+    assert list((tmp_path / "tb").iterdir())
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_a_crash_continues_the_same_curve(dataset, char_tokenizer, tmp_path):
+    args = (char_tokenizer, dataset / "train.safetensors", dataset / "val.safetensors")
+    train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path / "a", _cfg(), seed=0, show_progress=False)
+
+    calls = {"n": 0}
+
+    def crashing(model, batch):  # dies in the middle of step 6, after the step-4 checkpoint
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise Crash("killed")
+        return cross_entropy_sum(model, batch)
+    with pytest.raises(Crash):
+        train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path / "b", _cfg(), seed=0,
+                    objective=crashing, show_progress=False)
+    assert (tmp_path / "b/checkpoints/step-4").exists() and not (tmp_path / "b/final").exists()
+    # resume into a *differently initialised* model: everything must come from the checkpoint
+    train_model(init_model(TINY, char_tokenizer, seed=99), *args, tmp_path / "b", _cfg(), seed=0, show_progress=False)
+    a, b = _rows(tmp_path / "a/metrics.csv"), _rows(tmp_path / "b/metrics.csv")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "val_loss", "lr"):
+            if ra[key]:
+                assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-5, abs=1e-7), (ra["step"], key)
+    from safetensors.torch import load_file
+    wa, wb = load_file(tmp_path / "a/final/model.safetensors"), load_file(tmp_path / "b/final/model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_changed_schedule_refuses_to_resume(dataset, char_tokenizer, tmp_path):
+    args = (char_tokenizer, dataset / "train.safetensors", dataset / "val.safetensors")
+    train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path, _cfg(max_steps=4), seed=0, show_progress=False)
+    with pytest.raises(ValueError, match="checkpoint was for 4 steps"):
+        train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path, _cfg(max_steps=6), seed=0,
+                    show_progress=False)
+
+
+def test_gradient_accumulation_equals_one_big_batch(dataset, char_tokenizer):
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True)
+    ds = TokenizedDataset(dataset / "train.safetensors")
+    pad = char_tokenizer.pad_token_id
+    parts = [[0, 1, 2], [3, 4], [5, 6, 7, 8]]  # unequal sizes and token counts
+    grads = []
+    for groups in (parts, [sum(parts, [])]):
+        model = init_model(TINY, char_tokenizer, seed=0)
+        tokens = sum(ds.target_tokens(g) for g in groups)
+        accumulate_gradients(model, [collate(ds, g, pad) for g in groups], cross_entropy_sum, acc, tokens)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4), n
+    # and it is the gradient of the mean per-token loss over the union
+    model = init_model(TINY, char_tokenizer, seed=0)
+    big = collate(ds, sum(parts, []), pad)
+    (cross_entropy_sum(model, big) / ds.target_tokens(sum(parts, []))).backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, grads[1][n], atol=1e-6, rtol=1e-4), n

@@ -1,0 +1,98 @@
+"""Math verification: extraction, math-verify equivalences, reject reasons, and all of GSM8K test.
+
+The GSM8K check runs every official test solution against its own final answer through the
+worker pool (1319/1319 expected). It needs /work/shared/data/gsm8k (the ``shared`` folder beside
+the project root) and is skipped, saying so, when that is absent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reasondistill.verify.math import (GOLD_PARSE_FAILURE, MATCH, MISMATCH, NO_ANSWER, PARSE_FAILURE,
+                                       TIMEOUT, extract_answer, gold_answer, last_boxed, verify_math,
+                                       verify_math_many)
+
+GSM8K = (Path(__file__).resolve().parents[2] / "../shared/data/gsm8k").resolve()
+
+
+def final_answer(solution: str) -> str:
+    return solution.rsplit("####", 1)[1].strip()
+
+
+@pytest.mark.skipif(not (GSM8K / "test.jsonl").exists(),
+                    reason=f"GSM8K not found at {GSM8K} (expected the shared data folder beside the repo)")
+def test_every_gsm8k_test_solution_verifies_against_its_final_answer():
+    rows = [json.loads(line) for line in (GSM8K / "test.jsonl").read_text().splitlines() if line.strip()]
+    assert len(rows) == 1319
+    golds = [final_answer(r["answer"]) for r in rows]
+    solutions = [r["answer"] for r in rows]
+    checks = verify_math_many(golds, solutions, workers=2, timeout=20, progress=False)
+    failed = [(i, golds[i], c) for i, c in enumerate(checks) if c.verdict != "correct"]
+    assert not failed, failed[:5]
+    assert sum(c.verdict == "correct" for c in checks) == 1319
+    # the answer is read from "#### N", not from the calculator annotations before it
+    assert all(extract_answer(s).source == "hash" for s in solutions[:50])
+    # and a solution does not verify against another problem's answer (when they differ)
+    shifted = [(golds[i + 1], solutions[i]) for i in range(100) if golds[i + 1] != golds[i]]
+    assert all(verify_math(g, s).verdict == "wrong" for g, s in shifted)
+
+
+@pytest.mark.parametrize("gold, completion", [
+    ("1234", "The total is 1,234 dollars. #### 1,234"),
+    ("1,234", "so \\boxed{1234}"),
+    ("#### 1,234,567", "The answer is 1234567."),
+    ("0.5", "\\boxed{\\frac{1}{2}}"),
+    ("\\frac{1}{2}", "The answer is 0.5"),
+    ("\\boxed{(3, \\frac{\\pi}{2})}", "\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}"),
+    ("72", "Answer: **72**"),
+    ("18", "The answer is $18."),
+    ("-3", "so x = -3, the answer is $-3$"),
+    ("x + 1", "\\boxed{1+x}"),
+])
+def test_equivalent_answers_are_correct(gold, completion):
+    check = verify_math(gold, completion)
+    assert (check.verdict, check.reason) == ("correct", MATCH), check
+
+
+def test_boxed_extraction_handles_nested_braces_and_takes_the_last():
+    assert last_boxed("first \\boxed{1} then \\boxed{\\frac{a^{2}}{b}}") == "\\frac{a^{2}}{b}"
+    assert last_boxed("\\boxed{\\{1, 2\\}}") == "\\{1, 2\\}"
+    assert last_boxed("\\boxed 7 apples") == "7"
+    assert last_boxed("\\boxed{unclosed") is None
+    assert extract_answer("\\boxed{5} #### 6").source == "boxed"
+
+
+def test_extraction_order_and_last_number_fallback():
+    assert extract_answer("#### 42").text == "42"
+    assert extract_answer("Thus the final answer is 7.").text == "7"
+    assert extract_answer("I got 3 then 5 apples").text == "5"
+    assert extract_answer("I got 3 then 5 apples", last_number=False) is None
+    assert extract_answer("It costs $1,234.50 in total").text == "1234.50"
+    assert extract_answer("no digits at all") is None
+    assert gold_answer("Some steps <<2*3=6>>6\n#### 6") == "6"
+
+
+@pytest.mark.parametrize("gold, completion, last_number, verdict, reason", [
+    ("5", "I have no idea.", True, "unparseable", NO_ANSWER),
+    ("5", "it is 5", False, "unparseable", NO_ANSWER),
+    ("5", "The answer is \\sqrt", False, "unparseable", PARSE_FAILURE),
+    ("5", "\\boxed{\\sqrt}", True, "unparseable", PARSE_FAILURE),
+    ("}", "\\boxed{5}", True, "unparseable", GOLD_PARSE_FAILURE),
+    ("5", "\\boxed{6}", True, "wrong", MISMATCH),
+    ("\\frac{1}{3}", "\\boxed{0.33}", True, "wrong", MISMATCH),
+])
+def test_rejects_carry_their_reason(gold, completion, last_number, verdict, reason):
+    check = verify_math(gold, completion, last_number=last_number)
+    assert (check.verdict, check.reason) == (verdict, reason), check
+
+
+def test_a_hanging_comparison_becomes_timeout_not_wrong():
+    golds = ["5", "5", "7"]
+    preds = ["\\boxed{5}", "\\boxed{2^{2^{2^{30}}}}", "#### 7"]  # sympy never finishes the middle one
+    checks = verify_math_many(golds, preds, workers=1, timeout=1.5, progress=False)
+    assert [(c.verdict, c.reason) for c in checks] == [
+        ("correct", MATCH), ("unparseable", TIMEOUT), ("correct", MATCH)]
