@@ -72,10 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    for verb, (_module, text) in DELEGATED.items():
+        sub.add_parser(verb, help=text, add_help=False)  # listed here; parsed by its own module
     return ap
 
 
+# verbs that own their argument parsing: module, help line
+DELEGATED = {
+    "serve": ("reasondistill.serve", "serve a local model over an OpenAI-compatible HTTP API"),
+    "score": ("reasondistill.verify.score", "score a JSON/JSONL file of model outputs against references"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     args = build_parser().parse_args(argv)
     from reasondistill.config import ConfigError
     from reasondistill.records import RecordError

@@ -39,10 +39,38 @@ class TaskConfig(_Strict):
 
 
 class TeacherConfig(_Strict):
-    kind: Literal["hf"] = "hf"
-    model: str = Field("bundled:tiny-arith-teacher", description="local path, hub id or bundled:NAME")
+    """``kind: hf`` runs a local Hugging Face model; ``kind: openai`` calls any OpenAI-compatible
+    server (vLLM, SGLang, Ollama, DeepSeek, OpenRouter; see docs/teachers.md)."""
+
+    kind: Literal["hf", "openai"] = "hf"
+    model: str = Field("bundled:tiny-arith-teacher", description="local path, hub id, bundled:NAME, or API model name")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     system_prompt: str | None = None
+    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(None, description="openai: name of the environment variable holding the key")
+    concurrency: int = Field(8, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    reasoning: Literal["auto", "field", "tags"] = "auto"
+    use_n: bool = Field(False, description="openai: ask for n choices in one request")
+
+    @model_validator(mode="after")
+    def _api(self) -> "TeacherConfig":
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("kind 'openai' needs base_url")
+        return self
+
+    def make(self):
+        """The teacher object this config describes."""
+        if self.kind == "openai":
+            from reasondistill.teachers.openai_api import OpenAITeacher
+
+            return OpenAITeacher(self.base_url, self.model, api_key_env=self.api_key_env,
+                                 concurrency=self.concurrency, timeout_s=self.timeout_s,
+                                 max_retries=self.max_retries, reasoning=self.reasoning, use_n=self.use_n)
+        from reasondistill.teachers.hf import HFTeacher
+
+        return HFTeacher(self.model, self.dtype)
 
 
 class GenerateConfig(SamplingParams):

@@ -28,6 +28,13 @@ class StageInputMissing(FileNotFoundError):
     pass
 
 
+def load_traces(path: Path) -> dict[tuple[str, int], Trace]:
+    """Traces by (problem, sample); when a key repeats (a retried failure) the later line wins."""
+    if not path.exists():
+        return {}
+    return {(t.problem_id, t.sample): t for t in read_records(path, Trace)}
+
+
 def _archive(path: Path, log: Callable[[str], None]) -> None:
     """Move an output made under another config aside instead of deleting it."""
     i = 1
@@ -91,11 +98,10 @@ class Pipeline:
         problems_path = self.rd / "problems/train.jsonl"
         out = self.rd / "generate/traces.jsonl"
         conf = {"teacher": self.cfg.teacher, "sampling": self.cfg.generate}
-        inputs = [problems_path, *self._local(self.cfg.teacher.model)]
+        inputs = [problems_path, *(self._local(self.cfg.teacher.model) if self.cfg.teacher.kind == "hf" else [])]
 
         def fn(fp):
             from reasondistill.progress import progress_bar
-            from reasondistill.teachers.hf import HFTeacher
 
             progress_file = self.rd / "generate/progress.json"
             if out.exists():
@@ -110,14 +116,15 @@ class Pipeline:
             repair_tail(out)
             problems = read_records(problems_path, Problem)
             n = self.cfg.generate.n
-            done = {(t.problem_id, t.sample) for t in read_records(out, Trace)} if out.exists() else set()
+            # a trace the teacher failed on (finish_reason "error") is tried again; the newer line wins
+            done = {k for k, t in load_traces(out).items() if t.finish_reason != "error"}
             resumed = len(done)
             todo = [p for p in problems if any((p.id, s) not in done for s in range(n))]
             if resumed:
                 self.log(f"       resuming: {resumed} traces already written, {len(todo)} problems to go")
             written = 0
             if todo:
-                teacher = HFTeacher(self.cfg.teacher.model, self.cfg.teacher.dtype)
+                teacher = self.cfg.teacher.make()
                 with JsonlWriter(out) as writer, progress_bar("generate", len(todo), self.show_progress) as bar:
                     for batch in teacher.sample(todo, self.cfg.generate, self.cfg.teacher.system_prompt):
                         for tr in batch:
@@ -126,7 +133,11 @@ class Pipeline:
                                 done.add((tr.problem_id, tr.sample))
                                 written += 1
                         bar(len(batch) // n)
-            return {"traces": len(done), "written_now": written, "resumed_from": resumed}
+            failed = sum(t.finish_reason == "error" for t in load_traces(out).values())
+            if failed:
+                self.log(f"       {failed} traces failed at the teacher (recorded with their error; "
+                         "re-run generate to retry them)")
+            return {"traces": len(done), "written_now": written, "resumed_from": resumed, "failed": failed}
         return self._stage("generate", conf, inputs, [out], fn, force)
 
     def curate(self, force: bool = False) -> dict[str, Any]:
@@ -139,7 +150,7 @@ class Pipeline:
 
         def fn(_fp):
             problems = {p.id: p for p in read_records(problems_path, Problem)}
-            traces = read_records(traces_path, Trace)
+            traces = list(load_traces(traces_path).values())
             unknown = sorted({t.problem_id for t in traces} - problems.keys())
             if unknown:
                 raise ValueError(f"{traces_path}: {len(unknown)} traces name problems not in {problems_path}, "
@@ -218,7 +229,7 @@ class Pipeline:
         self.problems()
         test_path = self.rd / "problems/test.jsonl"
         targets: list[tuple[str, str]] = []
-        if self.cfg.evaluate.teacher:
+        if self.cfg.evaluate.teacher and self.cfg.teacher.kind == "hf":
             targets.append(("teacher", self.cfg.teacher.model))
         targets += [(s.name, str(self.rd / "train" / s.name / "final")) for s in self.cfg.students]
         if model is not None:

@@ -21,10 +21,12 @@ item that matches a chat-completion request decides its fate.
               slow[=S]  wait S seconds (default 5), then answer normally
               trunc     HTTP 200 whose JSON body is cut in half
               nochoices HTTP 200 with valid JSON but no ``choices``
+              onechoice only the first of the ``n`` choices (as servers that ignore ``n``)
               drop      close the connection without answering
     SELECTOR  @N / @N-M the N-th (to M-th) chat-completion request, counted from 1
               %P        each request with probability P (a hash of the request number: repeatable)
-              ~TEXT     every request whose messages contain TEXT (a problem that always fails)
+              ~TEXT     every request whose messages contain TEXT, which has no comma
+                        (a problem that always fails)
               (none)    every request
 
     e.g.  --inject-failures '429=0.1@1,500@2-3,slow=3@4,trunc@5,drop@6,503~13+7'
@@ -42,7 +44,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -50,13 +51,13 @@ log = logging.getLogger("reasondistill.serve")
 
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 MAX_BODY = 8 << 20
-_ITEM = re.compile(r"^(?P<kind>\d{3}(?:=[\d.]+)?|slow(?:=[\d.]+)?|trunc|nochoices|drop)"
+_ITEM = re.compile(r"^(?P<kind>\d{3}(?:=[\d.]+)?|slow(?:=[\d.]+)?|trunc|nochoices|onechoice|drop)"
                    r"(?:@(?P<a>\d+)(?:-(?P<b>\d+))?|%(?P<p>[\d.]+)|~(?P<text>.+))?$")
 
 
 @dataclass
 class Failure:
-    kind: str  # "status" | "slow" | "trunc" | "nochoices" | "drop"
+    kind: str  # "status" | "slow" | "trunc" | "nochoices" | "onechoice" | "drop"
     status: int = 0
     seconds: float = 0.0
     first: int | None = None
@@ -82,7 +83,7 @@ def parse_failures(spec: str | None) -> list[Failure]:
         m = _ITEM.match(item)
         if not m:
             raise ValueError(f"--inject-failures: cannot read {item!r}; expected KIND[@N[-M]|%P|~TEXT] "
-                             "with KIND one of NNN[=S], slow[=S], trunc, nochoices, drop")
+                             "with KIND one of NNN[=S], slow[=S], trunc, nochoices, onechoice, drop")
         kind, _, arg = m["kind"].partition("=")
         f = Failure(kind="status", status=int(kind)) if kind.isdigit() else Failure(kind=kind)
         f.seconds = float(arg) if arg else (5.0 if kind == "slow" else 0.0)
@@ -300,6 +301,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
         if failure is not None and failure.kind == "nochoices":
             resp.pop("choices")
+        if failure is not None and failure.kind == "onechoice":
+            resp["choices"] = resp["choices"][:1]
         body = json.dumps(resp, ensure_ascii=False).encode()
         if failure is not None and failure.kind == "trunc":
             body = body[: len(body) // 2]
@@ -340,9 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     ap.add_argument("--served-model-name", default=None, help="the model id clients send (default: MODEL)")
-    ap.add_argument("--reasoning-field", nargs="?", const="reasoning_content", default=None,
-                    choices=REASONING_FIELDS, help="return the <think> part in this message field "
-                    "(default reasoning_content) and only the answer in content; without it content is raw")
+    ap.add_argument("--reasoning-field", action="store_true", help="return the <think> part in a separate "
+                    "message field and only the answer in content (without it: the raw text in content)")
+    ap.add_argument("--reasoning-field-name", default="reasoning_content", choices=REASONING_FIELDS,
+                    help="that field's name: reasoning_content (vLLM, DeepSeek) or reasoning (Ollama, OpenRouter)")
     ap.add_argument("--inject-failures", metavar="SPEC", default=None,
                     help="for tests: e.g. '429@1,500@2-3,slow=3@4,trunc@5,drop@6,503~TEXT,500%%0.1'")
     ap.add_argument("--api-key-env", default=None, metavar="VAR",
@@ -362,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         srv = make_server(args.model, host=args.host, port=args.port, model_name=args.served_model_name,
-                          reasoning_field=args.reasoning_field, inject_failures=args.inject_failures,
+                          reasoning_field=args.reasoning_field_name if args.reasoning_field else None,
+                          inject_failures=args.inject_failures,
                           api_key=api_key, dtype=args.dtype)
     except ValueError as exc:
         ap.error(str(exc))

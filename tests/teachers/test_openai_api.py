@@ -150,6 +150,11 @@ def test_n_in_one_request_and_seeds(serve):
     assert len({tr.text for tr in out[PROBLEMS[0].id]}) == 3
     again = run(teacher(srv, use_n=True), hot)  # rerun: same seeds, same samples
     assert [tr.text for p in PROBLEMS for tr in out[p.id]] == [tr.text for p in PROBLEMS for tr in again[p.id]]
+    # a server that ignores n (answers one choice) is asked again for the missing samples
+    short = serve(inject_failures="onechoice")
+    refilled = run(teacher(short, use_n=True), hot, PROBLEMS[:2])
+    assert short.stats["chat_requests"] == 2 * 3 and all(len(b) == 3 for b in refilled.values())
+    assert len({tr.sampling["request_seed"] for tr in refilled[PROBLEMS[0].id]}) == 3
     # one request per sample: reproducible too, and seeded per (seed, problem, sample)
     one = run(teacher(srv), hot)
     assert [tr.text for tr in one[PROBLEMS[1].id]] == [tr.text for tr in run(teacher(srv), hot)[PROBLEMS[1].id]]

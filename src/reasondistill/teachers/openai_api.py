@@ -89,6 +89,13 @@ def _content_text(content: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 def _apportion(total: int, weights: list[int]) -> list[int]:
     """Split ``total`` in proportion to ``weights`` into integers that add up to it."""
     weights = weights if sum(weights) else [1] * len(weights)
@@ -228,8 +235,9 @@ class OpenAITeacher:
         messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
                    [{"role": "user", "content": problem.prompt}]
         if not (self.use_n and params.n > 1):
-            return list(await asyncio.gather(*(self._request(client, sem, problem, messages, params, [s], s)
-                                               for s in range(params.n))))
+            return [tr for one in await asyncio.gather(*(self._request(client, sem, problem, messages, params,
+                                                                      [s], s) for s in range(params.n)))
+                    for tr in one]
         traces: list[Trace] = []
         rounds = 0
         while len(traces) < params.n:  # a server may return fewer choices than asked: ask for the rest
@@ -239,8 +247,8 @@ class OpenAITeacher:
         return traces
 
     async def _request(self, client, sem, problem: Problem, messages: list[dict], params: SamplingParams,
-                       samples: list[int], seed_slot: int) -> Any:
-        """One request for ``samples``; a Trace when one sample was asked for, else a list."""
+                       samples: list[int], seed_slot: int) -> list[Trace]:
+        """One request (with its retries) for ``samples``; traces for as many choices as came back."""
         seed = request_seed(params.seed, problem.id, seed_slot)
         body = {"model": self.model, "messages": messages, "temperature": params.temperature,
                 "top_p": params.top_p, self.max_tokens_field: params.max_new_tokens, "seed": seed}
@@ -260,26 +268,26 @@ class OpenAITeacher:
             traces = [Trace(problem_id=problem.id, sample=s, thinking="", answer="", text="", prompt_tokens=0,
                             completion_tokens=0, finish_reason="error", teacher=self.name, sampling=sampling,
                             error=str(exc), usage={"attempts": exc.attempts}) for s in samples]
-            return traces[0] if len(samples) == 1 else traces
+            return traces
         usage = {k: v for k, v in (data.get("usage") or {}).items() if v is not None}
         for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            self.totals[k] += int(usage.get(k) or 0)
-        self.totals["reasoning_tokens"] += int((usage.get("completion_tokens_details") or {})
-                                               .get("reasoning_tokens") or 0)
+            self.totals[k] += _int(usage.get(k))
+        details = usage.get("completion_tokens_details")
+        self.totals["reasoning_tokens"] += _int(details.get("reasoning_tokens") if isinstance(details, dict) else 0)
         choices = sorted(data["choices"], key=lambda c: c.get("index") or 0)[: len(samples)]
         parts = [self._parse(c) for c in choices]
         # a request's completion tokens are split over its choices by text length (exact when n=1)
-        shares = _apportion(int(usage.get("completion_tokens") or 0), [len(p[0]) for p in parts])
+        shares = _apportion(_int(usage.get("completion_tokens")), [len(p[0]) for p in parts])
         traces = []
         for s, (text, thinking, answer, finish), c_tok in zip(samples, parts, shares):
             trace_usage = usage | {"attempts": attempts, "latency_s": round(time.monotonic() - t0, 3)}
             if len(parts) > 1:
                 trace_usage["shared_by"] = len(parts)
             traces.append(Trace(problem_id=problem.id, sample=s, thinking=thinking, answer=answer, text=text,
-                                prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=c_tok,
+                                prompt_tokens=_int(usage.get("prompt_tokens")), completion_tokens=c_tok,
                                 finish_reason=finish, teacher=self.name, sampling=sampling, usage=trace_usage))
         self.totals["traces"] += len(traces)
-        return traces[0] if len(samples) == 1 else traces
+        return traces
 
     def _parse(self, choice: dict[str, Any]) -> tuple[str, str, str, str]:
         """(text, thinking, answer, finish_reason) of one choice."""

@@ -148,6 +148,14 @@ class _TokenLoss(nn.Module):
         """(n, V) fp32 student logits, teacher rows, (n,) labels -> (n,) per-token losses."""
         raise NotImplementedError
 
+    def row_losses_and_grad(self, s: Tensor, teacher_rows: tuple[Tensor, ...], labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(n,) per-token losses and the (n, V) gradient of their sum w.r.t. ``s`` (chunked mode).
+        Autograd here; subclasses override with closed forms where they are cheaper."""
+        with torch.enable_grad():
+            s = s.detach().requires_grad_(True)
+            rows = self.row_losses(s, teacher_rows, labels)
+            return rows.detach(), torch.autograd.grad(rows.sum(), s)[0]
+
     def forward(self, student_logits: Tensor, teacher: Tensor | TopKTeacher, labels: Tensor) -> Tensor:
         """(B, L, V) student logits, (B, L, V) teacher logits or TopKTeacher, (B, L) labels ->
         0-dim fp32 sum over positions with ``labels != ignore_index``."""
@@ -204,12 +212,12 @@ class _ChunkedSum(torch.autograd.Function):
             s = flat_s.index_select(0, idx).float()
             t = tuple(x.index_select(0, idx) for x in flat_t)
             y = flat_y.index_select(0, idx)
-            with torch.enable_grad():
-                s.requires_grad_(need_grad)
-                part = loss.row_losses(s, t, y).sum()
-                if need_grad:
-                    grad.index_copy_(0, idx, torch.autograd.grad(part, s)[0].to(grad.dtype))
-            total += part.detach()
+            if need_grad:
+                rows_loss, g = loss.row_losses_and_grad(s, t, y)
+                grad.index_copy_(0, idx, g.to(grad.dtype))
+            else:
+                rows_loss = loss.row_losses(s, t, y)
+            total += rows_loss.sum()
         ctx.grad, ctx.shape, ctx.n_teacher = grad, student.shape, len(teacher)
         return total
 
@@ -260,6 +268,13 @@ class ForwardKL(_Divergence):
 
     def divergence(self, logp: Tensor, logq: Tensor) -> Tensor:
         return _kl(logp, logq)
+
+    def row_losses_and_grad(self, s: Tensor, teacher_rows: tuple[Tensor, ...], labels: Tensor) -> tuple[Tensor, Tensor]:
+        if len(teacher_rows) != 1:  # top-k buckets: autograd
+            return super().row_losses_and_grad(s, teacher_rows, labels)
+        logp, logq = self.log_probs(s, teacher_rows)
+        p = logp.exp()
+        return _kl(logp, logq), logq.exp_().sub_(p).div_(self.temperature)  # d/ds = (q − p) / T
 
 
 class ReverseKL(_Divergence):
@@ -349,6 +364,15 @@ class DivergencePlusCrossEntropy(_TokenLoss):
         kd = self.divergence.row_losses(s, teacher_rows, labels)
         ce = torch.logsumexp(s, -1) - s.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
         return self.alpha * self.temperature ** 2 * kd + (1 - self.alpha) * ce
+
+    def row_losses_and_grad(self, s: Tensor, teacher_rows: tuple[Tensor, ...], labels: Tensor) -> tuple[Tensor, Tensor]:
+        kd, grad = self.divergence.row_losses_and_grad(s, teacher_rows, labels)
+        w, y = self.alpha * self.temperature ** 2, labels.long().unsqueeze(-1)
+        lse = torch.logsumexp(s, -1, keepdim=True)
+        ce = (lse - s.gather(-1, y)).squeeze(-1)
+        grad.mul_(w).add_(torch.exp(s - lse), alpha=1 - self.alpha)  # d CE / ds = softmax(s) − onehot
+        grad.scatter_add_(-1, y, torch.full(y.shape, self.alpha - 1, dtype=grad.dtype, device=grad.device))
+        return w * kd + (1 - self.alpha) * ce, grad
 
 
 @torch.no_grad()

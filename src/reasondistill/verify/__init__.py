@@ -17,12 +17,13 @@ Scoring a file from the command line: ``python -m reasondistill.verify.score --h
 """
 
 from reasondistill.verify.choice import extract_choice, verify_choice
-from reasondistill.verify.code import CodeProblem, Limits, extract_code, run_sandboxed, sandbox_mode, verify_code
+from reasondistill.verify.code import CodeProblem, extract_code, verify_code
 from reasondistill.verify.math import extract_answer, verify_math, verify_math_many
 from reasondistill.verify.pool import ItemFailure, run_pool
+from reasondistill.verify.sandbox import Limits, RunResult, run_sandboxed, sandbox_mode
 
 __all__ = [
-    "CodeProblem", "ItemFailure", "Limits", "extract_answer", "extract_choice", "extract_code",
+    "CodeProblem", "ItemFailure", "Limits", "RunResult", "extract_answer", "extract_choice", "extract_code",
     "run_pool", "run_sandboxed", "sandbox_mode", "verify_choice", "verify_code", "verify_math",
     "verify_math_many",
 ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from reasondistill.tasks.base import Check
 
@@ -44,7 +44,7 @@ def _option_texts(options: Options, letters: str) -> dict[str, str]:
         return {}
     if isinstance(options, Mapping):
         return {k.strip().upper(): str(v) for k, v in options.items()}
-    return dict(zip(letters, map(str, options)))
+    return dict(zip(letters, map(str, options), strict=False))
 
 
 def _patterns(letters: str) -> list[re.Pattern]:

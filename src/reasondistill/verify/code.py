@@ -1,138 +1,29 @@
-"""Run model-written code against a problem's tests, in a sandbox, and say why it failed.
+"""Code answers: extract the code of a completion and judge it by the problem's tests.
 
-Why: a code completion is judged by running it, and model-written code must never run in our own
-process or with our rights. Each run gets a fresh ``python -I -B`` process in its own session,
-under a wall-clock limit (the whole process group is SIGKILLed on expiry), with
-``setrlimit`` limits on address space, CPU time, file size and processes, in a temporary working
-directory, with stdout/stderr capped. When ``unshare`` works (Linux, user namespaces allowed) the
-child also gets new network, mount and PID namespaces: no network interface but a down loopback,
-every mount read-only except its working directory (made unremovable by a second, unprivileged
-user namespace), and all its processes killed with it. Inside, an audit hook refuses process
-creation, sockets, ctypes, and writes/renames/deletes outside the working directory, and records
-each refusal so that caught exceptions still count. See :func:`sandbox_mode` and the report in
-``docs``/the module tests for what holds without namespaces (audit hook + rlimits only).
+Why: a code completion is judged by running it, and that must happen in the sandbox
+(:mod:`reasondistill.verify.sandbox`), never here. This module turns a HumanEval/MBPP-style
+problem plus a completion into the program to run, and the run into a verdict.
 
     from reasondistill.verify.code import CodeProblem, verify_code
     problem = CodeProblem(prompt="def add(a, b):\\n", tests="assert add(1, 2) == 3", entry_point="add")
     verify_code(problem, "```python\\ndef add(a, b):\\n    return a + b\\n```")
     # -> Check(verdict="correct", reason="passed", predicted=<the code>)
 
-Reasons: "passed"; "wrong": "test failed", "error", "syntax error", "timeout", "cpu time limit",
-"memory limit", "blocked: <what>", "crashed", "exited early"; "unparseable": "no code found",
-"sandbox error". Not a defence against code written to forge its own result (it could find the
-runner's nonce in memory): it contains what the code does, it does not referee a cheater.
+Reasons: "passed" (correct); "test failed", "error", "syntax error", "timeout", "cpu time limit",
+"memory limit", "blocked: <what>", "crashed", "exited early" (wrong: the code ran and did not
+pass; a timeout counts as a failure, as in HumanEval); "no code found", "sandbox error"
+(unparseable: we could not judge it).
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 import re
-import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from reasondistill.tasks.base import Check
+from reasondistill.verify.sandbox import Limits, run_sandboxed  # noqa: F401 (Limits: re-export)
 
-_FENCE = re.compile(r"```[ \t]*(python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
-
-# Executed as ``python -I -B -c _RUNNER``; reads its job as one JSON line on stdin.
-_RUNNER = r'''
-import json, os, resource, signal, sys
-job = json.loads(sys.stdin.readline()); os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-out, work, lim = os.fdopen(job["result_fd"], "w"), os.path.realpath(job["dir"]), job["limits"]
-for name, value in lim.items():  # CPU: SIGXCPU at the soft limit, SIGKILL a second later
-    resource.setrlimit(getattr(resource, name), (value, value + (name == "RLIMIT_CPU")))
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-sys.dont_write_bytecode = True
-seen = []
-class SandboxViolation(PermissionError):
-    pass
-WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-PATHS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,), "os.chown": (0,),
-         "os.rename": (0, 1), "os.link": (1,), "os.symlink": (1,), "os.truncate": (0,), "os.utime": (0,),
-         "os.chflags": (0,), "os.lchown": (0,), "os.mkfifo": (0,), "os.mknod": (0,), "shutil.rmtree": (0,)}
-SPAWN = {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen",
-         "pty.spawn", "os.startfile"}
-MODULES = {"ctypes", "_ctypes", "_posixsubprocess", "cffi", "_cffi_backend"}
-def inside(p):
-    if p is None or isinstance(p, int):
-        return True
-    real = os.path.realpath(os.fsdecode(p))
-    return real == work or real.startswith(work + os.sep)
-def deny(what, detail):
-    seen.append(what)
-    raise SandboxViolation(f"sandbox: {what} is not allowed ({detail})")
-def hook(event, args):
-    if event == "open":
-        path, mode, flags = args
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool((flags or 0) & WRITE)
-        if writing and not inside(path):
-            deny("write outside the sandbox", path)
-    elif event in PATHS:
-        for i in PATHS[event]:
-            if i < len(args) and not inside(args[i]):
-                deny("write outside the sandbox", f"{event} {args[i]}")
-    elif event.startswith("socket."):
-        deny("network", event)
-    elif event in SPAWN:
-        deny("process creation", event)
-    elif event in ("os.kill", "os.killpg") and args[0] != os.getpid():
-        deny("signalling other processes", event)
-    elif event == "import" and args[0].split(".")[0] in MODULES:
-        deny("import of " + args[0], "no foreign-function access")
-    elif event == "ctypes.dlopen":
-        deny("import of ctypes", event)
-def report(status, detail=""):
-    out.write(json.dumps({"nonce": job["nonce"], "status": status, "detail": str(detail)[-800:],
-                          "violations": sorted(set(seen))}) + "\n")
-    out.flush()
-def describe(exc):
-    import traceback
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename in ("solution.py", "tests.py")]
-    where = f" at {frames[-1].filename}:{frames[-1].lineno}: {frames[-1].line}" if frames else ""
-    return f"{type(exc).__name__}: {exc}"[:300] + where
-sys.addaudithook(hook)
-scope = {"__name__": "__main__", "__builtins__": __builtins__}
-phase = "syntax"
-try:
-    solution, tests = compile(job["solution"], "solution.py", "exec"), compile(job["tests"], "tests.py", "exec")
-    phase = "solution"
-    exec(solution, scope)
-    phase = "tests"
-    exec(tests, scope)
-    report("passed")
-except SyntaxError as exc:
-    report("syntax error" if phase == "syntax" else "error", f"{exc.msg} (line {exc.lineno})")
-except MemoryError as exc:
-    report("memory limit", describe(exc))
-except AssertionError as exc:
-    report("test failed" if phase == "tests" else "error", describe(exc))
-except SystemExit as exc:
-    report("exited early", f"{phase} called exit({exc.code!r})")
-except BaseException as exc:
-    report("error", describe(exc))
-for stream in (sys.stdout, sys.stderr):
-    try:
-        stream.flush()
-    except Exception:
-        pass
-os._exit(0)  # do not wait for threads the code may have left running
-'''
-
-_MOUNTS = r'''
-mount --bind "$1" "$1" || exit 97
-for m in $(awk '{print $2}' /proc/self/mounts); do [ "$m" = "$1" ] || mount -o remount,bind,ro "$m" 2>/dev/null; done
-cd "$1" && unshare --user "$2" -I -B -c "$3"
-'''
-_UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork",
-            "--kill-child", "--mount-proc", "sh", "-c", _MOUNTS, "sh"]
+PYTHON_TAGS = ("python", "python3", "py", "py3")
 
 
 @dataclass(frozen=True)
@@ -145,53 +36,50 @@ class CodeProblem:
     setup: str = ""  # MBPP's test_setup_code
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits of one sandboxed run."""
-
-    wall_seconds: float = 10.0
-    cpu_seconds: int = 10
-    memory_mb: int = 1024
-    file_mb: int = 16  # largest file (and stdout/stderr) the code may write
-    processes: int = 64  # RLIMIT_NPROC; only enforced for a non-root user (see sandbox_mode)
-    env: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    status: str  # one of the reasons listed in the module docstring
-    detail: str
-    stdout: str
-    stderr: str
-    seconds: float
-    violations: tuple[str, ...] = ()
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language tag, body) of every ``` fence, in order; an unclosed last fence counts."""
+    blocks, tag, body = [], "", None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            if body is None:
+                tag, body = stripped[3:].strip().lower(), []
+            else:
+                blocks.append((tag, "\n".join(body)))
+                body = None
+        elif body is not None:
+            body.append(line)
+    if body is not None:  # a completion cut off inside its code
+        blocks.append((tag, "\n".join(body)))
+    return blocks
 
 
 def extract_code(completion: str) -> str | None:
-    """The code of a completion: the last ```python fence (or last bare ``` fence); else None.
-
-    An unclosed final fence (a completion cut mid-code) still counts.
-    """
-    blocks = [(lang, body) for lang, body in _FENCE.findall(completion)]
-    if not blocks:
-        return None
-    tagged = [body for lang, body in blocks if lang]
-    body = (tagged or [body for _, body in blocks])[-1]
-    return body.strip("\n") + "\n" if body.strip() else None
+    """The last ```python block of a completion, else its last untagged ``` block, else None."""
+    blocks = fenced_blocks(completion)
+    for wanted in (PYTHON_TAGS, ("",)):
+        bodies = [body for tag, body in blocks if tag in wanted and body.strip()]
+        if bodies:
+            return bodies[-1].strip("\n") + "\n"
+    return None
 
 
 def build_program(problem: CodeProblem, code: str) -> tuple[str, str]:
     """(solution source, test source) for a problem and a piece of model code.
 
-    Code that does not define ``entry_point`` is taken as the continuation of the prompt;
-    code that does keeps the prompt's import lines. HumanEval tests get ``check(entry_point)``.
+    Code that does not define ``entry_point`` is taken as the continuation of the prompt. Code
+    that does follows the whole prompt (whose stub it redefines, keeping the prompt's imports and
+    helpers), or only the prompt's imports if prompt + code does not compile. HumanEval-style
+    tests (a ``def check``) get ``check(entry_point)`` appended. Compiling never runs anything.
     """
     ep = problem.entry_point
     if ep and not re.search(rf"^\s*(async\s+)?def\s+{re.escape(ep)}\s*\(", code, re.MULTILINE):
         solution = problem.prompt + code
     else:
-        imports = [ln for ln in problem.prompt.splitlines() if re.match(r"(from\s+\S+\s+)?import\s", ln)]
-        solution = "\n".join(imports + [code])
+        solution = problem.prompt.rstrip() + "\n\n\n" + code if problem.prompt.strip() else code
+        if not _compiles(solution):
+            imports = [ln for ln in problem.prompt.splitlines() if re.match(r"(from\s+\S+\s+)?import\s", ln)]
+            solution = "\n".join(imports + [code])
     tests = problem.setup + "\n" + problem.tests + "\n"
     if ep and re.search(r"^def check\(", problem.tests, re.MULTILINE) and not re.search(
             r"^check\(", problem.tests, re.MULTILINE):
@@ -199,114 +87,15 @@ def build_program(problem: CodeProblem, code: str) -> tuple[str, str]:
     return solution, tests
 
 
-@functools.lru_cache(maxsize=1)
-def sandbox_mode() -> str:
-    """"namespaces" if ``unshare`` gives us user+net+mount+pid namespaces here, else "rlimits"."""
-    if shutil.which("unshare") is None or shutil.which("sh") is None:
-        return "rlimits"
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = ("import socket\ntry: socket.create_connection(('127.0.0.1', 9), 1)\n"
-                 "except OSError: print('network-blocked')")
-        try:
-            run = subprocess.run(_UNSHARE + [tmp, sys.executable, probe], capture_output=True,
-                                 text=True, timeout=30, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired):
-            return "rlimits"
-    ok = run.returncode == 0 and run.stdout.strip() == "network-blocked"
-    return "namespaces" if ok else "rlimits"
-
-
-def _rlimits(limits: Limits) -> dict[str, int]:
-    mb = 1024 * 1024
-    return {"RLIMIT_AS": limits.memory_mb * mb, "RLIMIT_CPU": int(limits.cpu_seconds),
-            "RLIMIT_FSIZE": limits.file_mb * mb, "RLIMIT_NPROC": limits.processes, "RLIMIT_CORE": 0}
-
-
-def run_sandboxed(solution: str, tests: str, limits: Limits = Limits()) -> RunResult:
-    """Run ``solution`` then ``tests`` (same globals) in a fresh sandboxed interpreter."""
-    work = tempfile.mkdtemp(prefix="rd-sandbox-")
-    read_fd, write_fd = os.pipe()
-    nonce = secrets.token_hex(16)
-    job = {"nonce": nonce, "dir": work, "result_fd": write_fd, "limits": _rlimits(limits),
-           "solution": solution, "tests": tests}
-    if sandbox_mode() == "namespaces":
-        cmd = _UNSHARE + [work, sys.executable, _RUNNER]
-    else:
-        cmd = [sys.executable, "-I", "-B", "-c", _RUNNER]
-    # outer guard: coreutils timeout kills the lot even if this process dies first
-    cmd = ["timeout", "-s", "KILL", f"{limits.wall_seconds + 5:g}"] + cmd if shutil.which("timeout") else cmd
-    env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8", **limits.env}
-    start = time.monotonic()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=work, env=env,
-                                    pass_fds=(write_fd,), start_new_session=True)
-        except OSError as exc:
-            for fd in (read_fd, write_fd):
-                os.close(fd)
-            shutil.rmtree(work, ignore_errors=True)
-            return RunResult("sandbox error", f"cannot start the sandbox: {exc}", "", "", 0.0)
-        os.close(write_fd)
-        timed_out = False
-        try:
-            proc.communicate((json.dumps(job) + "\n").encode(), timeout=limits.wall_seconds)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            _kill_group(proc)
-        seconds = time.monotonic() - start
-        with os.fdopen(read_fd, "rb") as fh:
-            reply = fh.read(1 << 20).decode(errors="replace")
-        stdout, stderr = _tail(out), _tail(err)
-    shutil.rmtree(work, ignore_errors=True)
-    return _classify(proc.returncode, timed_out, reply, nonce, stdout, stderr, seconds, limits)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the sandbox's whole process group (its session) and reap the leader."""
+def _compiles(source: str) -> bool:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
+        compile(source, "solution.py", "exec", dont_inherit=True)
+        return True
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return False
 
 
-def _tail(fh, limit: int = 4000) -> str:
-    fh.seek(0, os.SEEK_END)
-    fh.seek(max(0, fh.tell() - limit))
-    return fh.read().decode(errors="replace")
-
-
-def _classify(rc: int, timed_out: bool, reply: str, nonce: str, stdout: str, stderr: str,
-              seconds: float, limits: Limits) -> RunResult:
-    result = None
-    for line in reply.splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and obj.get("nonce") == nonce:
-            result = obj
-    if result is not None:
-        violations = tuple(result["violations"])
-        status, detail = result["status"], result["detail"]
-        if violations:
-            status, detail = "blocked: " + ", ".join(violations), detail or "see violations"
-        return RunResult(status, detail, stdout, stderr, seconds, violations)
-    sig = -rc if rc < 0 else rc - 128 if rc > 128 else 0
-    if timed_out or rc == 124 or (sig == signal.SIGKILL and seconds >= limits.wall_seconds):
-        return RunResult("timeout", f"still running after {limits.wall_seconds:g} s; killed",
-                         stdout, stderr, seconds)
-    if sig == signal.SIGXCPU:
-        return RunResult("cpu time limit", f"used more than {limits.cpu_seconds} s of CPU", stdout, stderr, seconds)
-    if rc == 97 or "unshare:" in stderr:
-        return RunResult("sandbox error", stderr.strip()[-300:], stdout, stderr, seconds)
-    if sig:
-        return RunResult("crashed", f"killed by {signal.Signals(sig).name}", stdout, stderr, seconds)
-    return RunResult("exited early", f"exit code {rc} before the tests finished", stdout, stderr, seconds)
-
-
-def verify_code(problem: CodeProblem, completion: str, limits: Limits = Limits()) -> Check:
+def verify_code(problem: CodeProblem, completion: str, limits: Limits | None = None) -> Check:
     """Extract the code of a completion and judge it by the problem's tests, sandboxed."""
     code = extract_code(completion)
     if code is None:
@@ -318,3 +107,10 @@ def verify_code(problem: CodeProblem, completion: str, limits: Limits = Limits()
     if run.status == "sandbox error":
         return Check("unparseable", "sandbox error", code)
     return Check("wrong", run.status, code)
+
+
+def check_item(item: tuple) -> Check:
+    """Pool entry point: ``(problem, completion[, limits])`` -> Check (use a pool timeout well
+    above ``limits.wall_seconds``: the sandbox enforces its own)."""
+    problem, completion, *rest = item
+    return verify_code(problem, completion, rest[0] if rest else None)

@@ -14,7 +14,7 @@ math-verify's own timeouts use ``signal.alarm``, which fails outside the main th
 call here passes ``parsing_timeout=None``/``timeout_seconds=None``. A pathological answer (say
 ``2^{2^{2^{30}}}``) can then run for ever: run untrusted batches through
 :func:`reasondistill.verify.pool.run_pool`, which kills a stuck worker and reports the item as
-``Check("unparseable", "timeout")`` (see :func:`timeout_check`).
+``Check("unparseable", "timeout")`` (see :func:`failure_check` and :func:`verify_math_many`).
 """
 
 from __future__ import annotations
@@ -201,16 +201,10 @@ def verify_math(gold: str, completion: str, *, last_number: bool = True) -> Chec
     return Check("wrong", MISMATCH, found.text)
 
 
-def timeout_check(*_item: object) -> Check:
-    """What an item that ran out of time becomes: cannot verify, never "wrong"."""
-    return Check("unparseable", TIMEOUT, None)
-
-
 def check_item(item: tuple[str, str] | tuple[str, str, bool]) -> Check:
     """Pool entry point: ``(gold, completion[, last_number])`` -> Check."""
     gold, completion, *rest = item
     return verify_math(gold, completion, last_number=rest[0] if rest else True)
-
 
 
 def warm_up() -> None:
@@ -225,12 +219,13 @@ def verify_math_many(golds: list[str], completions: list[str], *, last_number: b
 
     if len(golds) != len(completions):
         raise ValueError(f"verify_math_many: {len(golds)} golds but {len(completions)} completions")
-    items = [(g, c, last_number) for g, c in zip(golds, completions)]
+    items = [(g, c, last_number) for g, c in zip(golds, completions, strict=True)]
     return run_pool(check_item, items, workers=workers, timeout=timeout, initializer=warm_up,
                     on_failure=failure_check, progress=progress, description="math")
 
 
 def failure_check(item: object, failure: object) -> Check:
-    """Pool on_failure: a timeout or a crashed worker cannot verify (never "wrong")."""
+    """Pool on_failure: cannot verify, never "wrong". Reason "timeout", or "verifier crash" /
+    "verifier error" when the worker died or the check raised."""
     kind = getattr(failure, "kind", "error")
     return Check("unparseable", TIMEOUT if kind == "timeout" else f"verifier {kind}", None)

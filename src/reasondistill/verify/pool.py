@@ -7,9 +7,10 @@ longer than ``timeout`` seconds on one item is killed (SIGKILL) and replaced; th
 as failed and the rest of its chunk goes to the new worker. Results come back in input order.
 
     from reasondistill.verify.pool import run_pool
-    from reasondistill.verify.math import check_item, timeout_check
+    from reasondistill.verify.math import check_item, failure_check, warm_up
     checks = run_pool(check_item, [(gold, text), ...], workers=2, timeout=10,
-                      on_failure=lambda item, failure: timeout_check())
+                      on_failure=failure_check, initializer=warm_up)
+    # a timed-out item -> Check("unparseable", "timeout"); or use math.verify_math_many
 
 ``func`` (and ``initializer``) must be importable top-level functions: workers are started with
 the 'spawn' method, never forked from a parent that may hold threads or a model.
@@ -21,9 +22,12 @@ import multiprocessing
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
+
+from reasondistill.progress import progress_bar
 
 STARTUP_TIMEOUT = 120.0  # seconds a new worker may take to import and run its initializer
 
@@ -83,22 +87,6 @@ def _chunks(items: Sequence[Any], size: int) -> deque[list[tuple[int, Any]]]:
     return deque(indexed[i:i + size] for i in range(0, len(indexed), size))
 
 
-def _progress_bar(total: int, description: str, enabled: bool | None):
-    """A rich progress bar on stderr (auto: only when stderr is a terminal), or None."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeRemainingColumn(), console=Console(stderr=True), transient=False)
-    bar.start()
-    bar.add_task(description, total=total)
-    return bar
-
-
 def run_pool(func: Callable[[Any], Any], items: Iterable[Any], *, workers: int = 2,
              timeout: float = 10.0, chunk_size: int = 16,
              on_failure: Callable[[Any, ItemFailure], Any] | None = None,
@@ -120,55 +108,58 @@ def run_pool(func: Callable[[Any], Any], items: Iterable[Any], *, workers: int =
     todo = _chunks(items, chunk_size)
     ctx = multiprocessing.get_context("spawn")
     pool = [_Worker(ctx, func, initializer) for _ in range(min(workers, len(todo)))]
-    bar = _progress_bar(len(items), description, progress)
     done = 0
+    enabled = sys.stderr.isatty() if progress is None else progress
+    with progress_bar(description, total=len(items), enabled=enabled) as advance:
 
-    def finish(index: int, value: Any) -> None:
-        nonlocal done
-        results[index] = value
-        done += 1
-        if bar is not None:
-            bar.advance(bar.task_ids[0])
+        def finish(index: int, value: Any) -> None:
+            nonlocal done
+            results[index] = value
+            done += 1
+            advance(1)
 
-    try:
-        while done < len(items):
+        try:
+            while done < len(items):
+                for w in pool:
+                    if w.ready and not w.pending and todo:
+                        w.give(todo.popleft(), timeout)
+                _step(ctx, pool, func, initializer, timeout, finish, fail, items)
+        finally:
             for w in pool:
-                if w.ready and not w.pending and todo:
-                    w.give(todo.popleft(), timeout)
-            busy = [w for w in pool if not w.ready or w.pending]
-            if not busy:  # cannot happen while items remain; guard against a silent hang
-                raise RuntimeError("run_pool: no worker busy but results missing")
-            now = time.monotonic()
-            ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy],
-                         timeout=max(0.0, min(w.deadline for w in busy) - now))
-            for i, w in enumerate(pool):
-                if w not in busy:
-                    continue
-                if w.conn in ready:
-                    try:
-                        _receive(w, timeout, finish, fail, items)
-                        continue
-                    except (EOFError, OSError):
-                        stuck = False  # the worker died
-                elif w.proc.sentinel in ready:
-                    stuck = False
-                elif time.monotonic() >= w.deadline:
-                    stuck = True
-                else:
-                    continue
-                pool[i] = _replace(ctx, w, stuck, func, initializer, timeout, finish, fail, items)
-    finally:
-        for w in pool:
-            try:
-                w.conn.send(None)
-            except (OSError, ValueError):
-                pass
-        for w in pool:
-            w.proc.join(2)
-            w.kill()
-        if bar is not None:
-            bar.stop()
+                try:
+                    w.conn.send(None)
+                except (OSError, ValueError):
+                    pass
+            for w in pool:
+                w.proc.join(2)
+                w.kill()
     return results
+
+
+def _step(ctx: Any, pool: list[_Worker], func: Callable, initializer: Callable | None, timeout: float,
+          finish: Callable, fail: Callable, items: list) -> None:
+    """Wait for the next message, death or deadline, and deal with it."""
+    busy = [w for w in pool if not w.ready or w.pending]
+    if not busy:  # cannot happen while items remain; guard against a silent hang
+        raise RuntimeError("run_pool: no worker busy but results missing")
+    ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy],
+                 timeout=max(0.0, min(w.deadline for w in busy) - time.monotonic()))
+    for i, w in enumerate(pool):
+        if w not in busy:
+            continue
+        if w.conn in ready:
+            try:
+                _receive(w, timeout, finish, fail, items)
+                continue
+            except (EOFError, OSError):
+                stuck = False  # the worker died
+        elif w.proc.sentinel in ready:
+            stuck = False
+        elif time.monotonic() >= w.deadline:
+            stuck = True
+        else:
+            continue
+        pool[i] = _replace(ctx, w, stuck, func, initializer, timeout, finish, fail, items)
 
 
 def _receive(w: _Worker, timeout: float, finish: Callable, fail: Callable, items: list) -> None:

@@ -26,7 +26,8 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from reasondistill.records import RecordError, iter_jsonl, write_records
 from reasondistill.thinking import CLOSE
@@ -138,7 +139,7 @@ def score_file(path: str | Path, gold: str, pred: str, *, task: str = "math", op
     out = verdicts_path(path)
     write_records(out, ({"index": i, "line": line, "verdict": c.verdict, "reason": c.reason,
                          "predicted": c.predicted, "gold": item[0]}
-                        for i, ((line, _), c, item) in enumerate(zip(rows, checks, items))))
+                        for i, ((line, _), c, item) in enumerate(zip(rows, checks, items, strict=True))))
     verdicts = Counter(c.verdict for c in checks)
     n = len(checks)
     return {"file": str(path), "task": task, "n": n, "correct": verdicts["correct"],

@@ -1,0 +1,358 @@
+"""Training throughput: our ``train_model`` vs TRL's SFTTrainer vs the textbook per-example loop.
+
+    python bench/train_throughput.py            # default run (~5-8 min on 1 busy core); one JSON object
+    python bench/train_throughput.py --quick    # smaller run (~2 min)
+    python bench/train_throughput.py --threads 2 --examples 480 --ours-batch 8
+
+Setup (the same for every variant):
+  * model: Qwen2 architecture built locally (``reasondistill.models.init_model``), hidden 384,
+    6 layers, 6 heads, MLP 1024, tied embeddings: 10.67M parameters; same init seed for all.
+  * tokenizer: the local character tokenizer (``build_char_tokenizer``), passed as an object
+    (never reloaded through AutoTokenizer, which would swap in Qwen2Tokenizer).
+  * data: ``--examples`` prompt/completion pairs whose total lengths are drawn from a lognormal
+    (median 256 tokens, sigma 0.6) clipped to [64, 1024]; prompts are chained-arithmetic problems
+    rendered with the chat template, completions are step-by-step solutions concatenated to the
+    drawn length. Tokenised once by ``data.build.build_dataset`` (answer-only loss mask); TRL gets
+    the same text as a prompt/completion dataset and the script checks it tokenises to the same
+    token count. A separate held-out set is used for the final loss.
+  * optimisation: one epoch, effective batch 16 examples per optimizer step, AdamW(lr 1e-3,
+    betas (0.9, 0.98), weight decay 0.01), clip 1.0, 1 warmup step then cosine to 0.1·lr.
+
+Variants (each in its own subprocess, one after the other, same thread count):
+  * ``ours``: ``train_model`` (length-grouped padded micro-batches, loss = Σ answer-token CE /
+    answer tokens of the whole step), fp32 and bf16 autocast (``mixed_precision="bf16"``);
+    ``ours_dtype`` says which one the headline numbers use (the faster one).
+  * ``trl``: ``trl.SFTTrainer`` with a prompt/completion dataset and ``completion_only_loss=True``,
+    ``gradient_checkpointing=False`` (its default is True), ``padding_free=False``, ``packing=False``,
+    ``train_sampling_strategy="group_by_length"`` (transformers 5 name for group_by_length),
+    fp32, ``use_cache=False`` on the model config.
+  * ``per_example``: batch size 1, fp32, ``model(input_ids, labels=labels).loss / 16`` accumulated
+    over 16 examples, plain ``torch.optim.AdamW``, same schedule and clipping.
+
+Reported: tokens/s (all non-pad tokens trained on per second of training-loop wall time),
+``speedup_vs_trl``, ``speedup_vs_per_example``, ``mfu`` = 6·params·tokens/s ÷ the matmul peak
+this script measures (best of several GEMM shapes) in ours' dtype with the same thread count
+(attention FLOPs are not counted, so MFU slightly understates), and the final loss of each
+variant: mean answer-token cross-entropy on the held-out set, computed by one function (fp32,
+batch 1, no padding) for all three. The machine is shared: only ratios from the same run mean
+anything, and they move by ~10-20% between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MODEL = {"architecture": "qwen2", "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 6,
+         "num_key_value_heads": 6, "intermediate_size": 1024, "max_position_embeddings": 1024}
+EFFECTIVE_BATCH = 16
+LR, BETAS, WD, CLIP, MIN_RATIO, WARMUP = 1e-3, (0.9, 0.98), 0.01, 1.0, 0.1, 1
+MAX_LEN = 1024
+
+
+# ------------------------------------------------------------------------------------------ data
+def make_texts(n: int, seed: int, tokenizer) -> list[tuple[str, str, str]]:
+    """(problem_id, prompt, completion) with lognormal total token lengths in [64, 1024]."""
+    import numpy as np
+
+    from reasondistill.data.build import render_prompts
+    from reasondistill.tasks.arith import ChainedArithmetic
+
+    rng = np.random.default_rng(seed)
+    task = ChainedArithmetic(min_ops=3, max_ops=5)
+    pool = task.problems("train", n * 8, seed=seed)
+    totals = np.clip(np.round(rng.lognormal(math.log(256), 0.6, n)), 64, MAX_LEN).astype(int)
+    out = []
+    for i, total in enumerate(totals):
+        p = pool[i]
+        prompt_len = len(render_prompts(tokenizer, [p.prompt])[0])  # char tokenizer: 1 char = 1 token
+        room = max(8, int(total) - prompt_len - 1 - 3)  # the chat template's specials count as 1 token each
+        parts, j = [], 0
+        while sum(len(x) + 1 for x in parts) < room:
+            q = pool[(i * 7 + j) % len(pool)]
+            parts.append(f"{q.solution}\nso {q.prompt}={q.answer}")
+            j += 1
+        completion = "\n".join(parts)[:room]
+        out.append((f"{p.id}#{i}", p.prompt, completion))
+    return out
+
+
+def prepare(work: Path, n_train: int, n_val: int, seed: int) -> dict:
+    from reasondistill.data.build import Example, build_dataset
+    from reasondistill.data.dataset import TokenizedDataset
+    from reasondistill.models import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    stats = {}
+    for split, n, s in (("train", n_train, seed), ("heldout", n_val, seed + 1)):
+        texts = make_texts(n, s, tok)
+        ex = [Example(pid, prompt, completion) for pid, prompt, completion in texts]
+        st = build_dataset(ex, tok, work / split, max_length=MAX_LEN, val_fraction=0.0, seed=seed)
+        (work / f"{split}.json").write_text(json.dumps(texts))
+        ds = TokenizedDataset(work / split / "train.safetensors")
+        stats[split] = {"examples": len(ds), "tokens": int(ds.lengths.sum()),
+                        "target_tokens": int(ds.target_tokens(range(len(ds)))),
+                        "length_min": int(ds.lengths.min()), "length_median": int(sorted(ds.lengths)[len(ds) // 2]),
+                        "length_max": int(ds.lengths.max()), "dropped": st["dropped_too_long"]}
+    return stats
+
+
+# ------------------------------------------------------------------------------------ helpers
+def build_model():
+    from reasondistill.models import build_char_tokenizer, init_model
+
+    tok = build_char_tokenizer()
+    return init_model(MODEL, tok, seed=0), tok
+
+
+def heldout_loss(model, work: Path) -> float:
+    """Mean answer-token CE on the held-out set: fp32, batch 1, no padding (one code path for all)."""
+    import torch
+
+    from reasondistill.data.dataset import TokenizedDataset, collate
+    from reasondistill.train.sft import cross_entropy_sum
+
+    ds = TokenizedDataset(work / "heldout" / "train.safetensors")
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(len(ds)):
+            total += float(cross_entropy_sum(model, collate(ds, [i], 0)))
+    model.train()
+    return total / ds.target_tokens(range(len(ds)))
+
+
+def matmul_peak(dtype_name: str, threads: int) -> float:
+    """Best GFLOP/s over a few GEMM shapes like the model's, in ``dtype``, with ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    best = 0.0
+    for m, k, n in ((2048, 384, 1024), (2048, 1024, 384), (2048, 384, 384), (2048, 2048, 2048)):
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        for _ in range(2):
+            a @ b
+        for _ in range(5):
+            t = time.perf_counter()
+            a @ b
+            best = max(best, 2 * m * k * n / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+# ----------------------------------------------------------------------------------- variants
+def run_ours(work: Path, threads: int, mixed: str, batch: int) -> dict:
+    import torch
+
+    from reasondistill.train.config import TrainConfig
+    from reasondistill.train.sft import train_model
+
+    torch.set_num_threads(threads)
+    model, tok = build_model()
+    n = json.loads((work / "stats.json").read_text())["train"]["examples"]
+    steps = math.ceil(n / EFFECTIVE_BATCH)
+    cfg = TrainConfig(epochs=None, max_steps=steps, batch_size=batch, grad_accum=EFFECTIVE_BATCH // batch, lr=LR,
+                      betas=BETAS, weight_decay=WD, max_grad_norm=CLIP, min_lr_ratio=MIN_RATIO,
+                      warmup_ratio=WARMUP / steps, group_by_length=True, mixed_precision=mixed, threads=threads,
+                      log_every=max(1, steps // 4), eval_every=10**9, save_every=10**9, resume=False)
+    out = work / f"ours_{mixed}_b{batch}"
+    summary = train_model(model, tok, work / "train" / "train.safetensors", None, out, cfg, seed=0,
+                          show_progress=False)
+    import csv
+
+    with open(out / "metrics.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["train_loss"]]
+    return {"train_s": summary["wall_time_s"], "steps": summary["steps"], "params": summary["params"],
+            "last_train_loss": float(rows[-1]["train_loss"]), "final_loss": heldout_loss(model, work)}
+
+
+def run_trl(work: Path, threads: int, batch: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from reasondistill.data.build import render_prompts
+
+    torch.set_num_threads(threads)
+    model, tok = build_model()
+    model.config.use_cache = False  # no KV cache in training forwards
+    texts = json.loads((work / "train.json").read_text())
+    prompts = render_prompts(tok, [p for _, p, _ in texts])
+    ds = Dataset.from_dict({"prompt": prompts, "completion": [c for _, _, c in texts]})
+    steps = math.ceil(len(texts) / EFFECTIVE_BATCH)
+    args = SFTConfig(
+        output_dir=str(work / "trl"), per_device_train_batch_size=batch,
+        gradient_accumulation_steps=EFFECTIVE_BATCH // batch, num_train_epochs=1, learning_rate=LR,
+        adam_beta1=BETAS[0], adam_beta2=BETAS[1], weight_decay=WD, max_grad_norm=CLIP,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": MIN_RATIO}, warmup_steps=WARMUP,
+        completion_only_loss=True, gradient_checkpointing=False, padding_free=False, packing=False,
+        train_sampling_strategy="group_by_length", max_length=MAX_LEN, bf16=False, use_cpu=True,
+        dataloader_pin_memory=False, logging_steps=max(1, steps // 4), save_strategy="no", report_to="none",
+        seed=0, disable_tqdm=True)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
+    targets = sum(sum(1 for t in x if t != -100) for x in trainer.train_dataset["labels"])
+    t = time.perf_counter()
+    out = trainer.train()
+    wall = time.perf_counter() - t
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"train_s": out.metrics["train_runtime"], "train_s_outer": round(wall, 2), "steps": trainer.state.global_step,
+            "tokens_seen_by_trl": tokens, "target_tokens_seen_by_trl": targets,
+            "last_train_loss": losses[-1] if losses else None, "final_loss": heldout_loss(model, work)}
+
+
+def run_per_example(work: Path, threads: int) -> dict:
+    import numpy as np
+    import torch
+
+    from reasondistill.data.dataset import TokenizedDataset, collate
+    from reasondistill.train.sft import lr_lambda
+
+    torch.set_num_threads(threads)
+    model, tok = build_model()
+    model.train()
+    ds = TokenizedDataset(work / "train" / "train.safetensors")
+    order = np.random.default_rng(0).permutation(len(ds)).tolist()
+    steps = math.ceil(len(ds) / EFFECTIVE_BATCH)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WD)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, WARMUP, MIN_RATIO))
+    t = time.perf_counter()
+    last = 0.0
+    for s in range(steps):
+        idx = order[s * EFFECTIVE_BATCH:(s + 1) * EFFECTIVE_BATCH]
+        last = 0.0
+        for i in idx:
+            b = collate(ds, [i], tok.pad_token_id)
+            loss = model(input_ids=b["input_ids"], labels=b["labels"], use_cache=False).loss / len(idx)
+            loss.backward()
+            last += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    return {"train_s": round(time.perf_counter() - t, 2), "steps": steps, "last_train_loss": last,
+            "final_loss": heldout_loss(model, work)}
+
+
+def child(args) -> None:
+    work = Path(args.work)
+    if args.variant == "peak":
+        res = {"fp32": matmul_peak("float32", args.threads), "bf16": matmul_peak("bfloat16", args.threads)}
+    elif args.variant == "ours_fp32":
+        res = run_ours(work, args.threads, "no", args.ours_batch)
+    elif args.variant == "ours_bf16":
+        res = run_ours(work, args.threads, "bf16", args.ours_batch)
+    elif args.variant == "trl":
+        res = run_trl(work, args.threads, args.trl_batch)
+    elif args.variant == "per_example":
+        res = run_per_example(work, args.threads)
+    elif args.variant == "initial":
+        model, _ = build_model()
+        res = {"final_loss": heldout_loss(model, work)}
+    else:
+        raise SystemExit(f"unknown variant {args.variant}")
+    (work / f"{args.variant}.result.json").write_text(json.dumps(res))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="64 training examples instead of 320")
+    ap.add_argument("--examples", type=int, default=None)
+    ap.add_argument("--heldout", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for every variant (default 1)")
+    ap.add_argument("--ours-batch", type=int, default=4, help="ours: examples per micro-batch (divides 16)")
+    ap.add_argument("--trl-batch", type=int, default=4, help="TRL: per-device batch (divides 16)")
+    ap.add_argument("--skip-bf16", action="store_true")
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.variant:
+        return child(args)
+
+    n_train = args.examples or (64 if args.quick else 320)
+    n_val = args.heldout or (16 if args.quick else 32)
+    with tempfile.TemporaryDirectory(prefix="rd-train-bench-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        stats = prepare(work, n_train, n_val, seed=0)
+        (work / "stats.json").write_text(json.dumps(stats))
+        variants = ["peak", "initial", "ours_fp32", "trl", "per_example"] + ([] if args.skip_bf16 else ["ours_bf16"])
+        res = {}
+        for v in variants:
+            cmd = [sys.executable, __file__, "--variant", v, "--work", str(work), "--threads", str(args.threads),
+                   "--ours-batch", str(args.ours_batch), "--trl-batch", str(args.trl_batch)]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode != 0:
+                res[v] = {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
+                print(p.stderr[-3000:], file=sys.stderr)
+                continue
+            res[v] = json.loads((work / f"{v}.result.json").read_text())
+            print(f"[train_throughput] {v}: {res[v]}", file=sys.stderr)
+        tokens = stats["train"]["tokens"]
+
+        def tps(v):
+            return tokens / res[v]["train_s"] if "train_s" in res.get(v, {}) else None
+
+        ours_fp32, ours_bf16 = tps("ours_fp32"), tps("ours_bf16")
+        use_bf16 = ours_bf16 is not None and ours_fp32 is not None and ours_bf16 > ours_fp32
+        ours_key = "ours_bf16" if use_bf16 else "ours_fp32"
+        ours = tps(ours_key)
+        params = res[ours_key].get("params")
+        peak = res["peak"]["bf16" if use_bf16 else "fp32"]
+        trl, per = tps("trl"), tps("per_example")
+        out = {
+            "bench": "train_throughput",
+            "model": {"architecture": "qwen2", "params": params, **{k: v for k, v in MODEL.items() if k != "architecture"},
+                      "tokenizer": "char (local, passed as object)"},
+            "data": {"train": stats["train"], "heldout": stats["heldout"], "lengths": "lognormal(median 256, sigma 0.6) clipped to [64, 1024]"},
+            "effective_batch": EFFECTIVE_BATCH, "epochs": 1, "threads": args.threads,
+            "ours_config": {"batch_size": args.ours_batch, "grad_accum": EFFECTIVE_BATCH // args.ours_batch,
+                            "group_by_length": True, "mixed_precision": "bf16" if use_bf16 else "no"},
+            "ours_dtype": "bf16 autocast" if use_bf16 else "fp32",
+            "trl_config": {"per_device_train_batch_size": args.trl_batch,
+                           "gradient_accumulation_steps": EFFECTIVE_BATCH // args.trl_batch,
+                           "completion_only_loss": True, "gradient_checkpointing": False, "padding_free": False,
+                           "packing": False, "train_sampling_strategy": "group_by_length", "dtype": "fp32",
+                           "use_cache": False},
+            "per_example_config": {"batch_size": 1, "grad_accum": EFFECTIVE_BATCH, "dtype": "fp32",
+                                   "optimizer": "torch.optim.AdamW"},
+            "tokens_per_s_ours": round(ours, 1) if ours else None,
+            "tokens_per_s_ours_fp32": round(ours_fp32, 1) if ours_fp32 else None,
+            "tokens_per_s_ours_bf16": round(ours_bf16, 1) if ours_bf16 else None,
+            "bf16_pays": use_bf16 if ours_bf16 is not None else None,
+            "tokens_per_s_trl": round(trl, 1) if trl else None,
+            "tokens_per_s_per_example": round(per, 1) if per else None,
+            "speedup_vs_trl": round(ours / trl, 3) if ours and trl else None,
+            "speedup_vs_per_example": round(ours / per, 3) if ours and per else None,
+            "matmul_peak_gflops": {k: round(v, 1) for k, v in res["peak"].items()},
+            "mfu": round(6 * params * ours / (peak * 1e9), 4) if ours and params else None,
+            "mfu_per_example": round(6 * params * per / (res["peak"]["fp32"] * 1e9), 4) if per and params else None,
+            "mfu_trl": round(6 * params * trl / (res["peak"]["fp32"] * 1e9), 4) if trl and params else None,
+            "initial_loss": round(res["initial"]["final_loss"], 4),
+            "final_loss_ours": round(res[ours_key]["final_loss"], 4),
+            "final_loss_ours_fp32": round(res["ours_fp32"]["final_loss"], 4) if "final_loss" in res.get("ours_fp32", {}) else None,
+            "final_loss_ours_bf16": round(res["ours_bf16"]["final_loss"], 4) if "final_loss" in res.get("ours_bf16", {}) else None,
+            "final_loss_trl": round(res["trl"]["final_loss"], 4) if "final_loss" in res.get("trl", {}) else None,
+            "final_loss_per_example": round(res["per_example"]["final_loss"], 4) if "final_loss" in res.get("per_example", {}) else None,
+            "final_loss_is": "mean answer-token CE on the held-out set (fp32, batch 1) after one epoch",
+            "trl_tokenization_matches": (res.get("trl", {}).get("tokens_seen_by_trl") == tokens
+                                         and res.get("trl", {}).get("target_tokens_seen_by_trl") == stats["train"]["target_tokens"]),
+            "raw": res,
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "note": "shared 2-core machine: compare ratios within one run only",
+        }
+        print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The pipeline through the CLI, as a user runs it: resume after a kill, skipping, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from reasondistill.records import Trace, read_records
+
+
+def write_config(path, teacher, **sections):
+    cfg = {
+        "run_dir": str(path.parent / "run"), "seed": 0,
+        "task": {"name": "chained_arith", "min_ops": 3, "max_ops": 4, "n_train": 40, "n_test": 10},
+        "teacher": {"model": str(teacher)},
+        "generate": {"n": 2, "temperature": 1.0, "max_new_tokens": 8, "batch_size": 8},
+        "curate": {"require_correct": False, "require_think": False},
+        "build": {"max_length": 128, "val_fraction": 0.1},
+        "students": [{"name": "s1", "init": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                              "intermediate_size": 32},
+                      "train": {"max_steps": 3, "epochs": None, "batch_size": 8, "save_every": 2, "log_every": 1}}],
+        "evaluate": {"batch_size": 10, "max_new_tokens": 8},
+    }
+    for k, v in sections.items():
+        cfg[k] = cfg[k] | v if isinstance(v, dict) else v
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def cli(*args, check=True):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "reasondistill", *map(str, args), "--quiet"], capture_output=True,
+                         text=True, env=env, timeout=600)
+    if check and out.returncode != 0:
+        raise AssertionError(f"exit {out.returncode}\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def test_generate_resumes_after_kill_with_the_same_traces(tmp_path, tiny_model_dir):
+    gen = {"batch_size": 4}
+    task = {"n_train": 120}
+    full = write_config(tmp_path / "full/c.yaml" if (tmp_path / "full").mkdir() is None else None, tiny_model_dir,
+                        generate=gen, task=task)
+    cli("generate", full)
+    reference = {(t.problem_id, t.sample): t.text for t in read_records(tmp_path / "full/run/generate/traces.jsonl", Trace)}
+    assert len(reference) == 240
+
+    (tmp_path / "killed").mkdir()
+    cfg = write_config(tmp_path / "killed/c.yaml", tiny_model_dir, generate=gen, task=task)
+    traces = tmp_path / "killed/run/generate/traces.jsonl"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "reasondistill", "generate", str(cfg), "--quiet"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not traces.exists() or traces.read_text().count("\n") < 60):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = traces.read_text().count("\n")
+    assert 60 <= partial < 240, "the kill must land mid-generation"
+    with traces.open("a") as fh:
+        fh.write('{"problem_id": "chained_arith:')  # a torn line, as if killed mid-write
+    out = cli("generate", cfg)
+    assert "resuming" in out.stdout
+    got = read_records(traces, Trace)
+    keys = [(t.problem_id, t.sample) for t in got]
+    assert len(keys) == len(set(keys)) == 240  # nothing lost, nothing duplicated
+    assert {k: t.text for k, t in zip(keys, got)} == reference  # and the same traces
+
+
+def test_stages_skip_when_unchanged_and_rerun_downstream(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir)
+    first = cli("run", cfg)
+    report = json.loads((tmp_path / "run/report.json").read_text())
+    assert set(report["models"]) == {"teacher", "s1"}
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert manifest["environment"]["libraries"]["torch"] and "seeds" in manifest
+    assert set(manifest["stages"]) >= {"problems", "generate", "curate", "build:s1", "train:s1", "evaluate:s1"}
+    assert all(v["outputs"] for v in manifest["stages"].values())
+    assert "[run ] train:s1" in first.stdout
+
+    again = cli("run", cfg)
+    for stage in ("generate", "curate", "build:s1", "train:s1", "evaluate:teacher", "evaluate:s1"):
+        assert f"[skip] {stage}" in again.stdout
+
+    changed = cli("run", tmp_path / "run", "curate.max_per_problem=2")  # a run directory works as target
+    assert "[skip] generate" in changed.stdout and "[skip] evaluate:teacher" in changed.stdout
+    for stage in ("curate", "build:s1", "train:s1", "evaluate:s1"):
+        assert f"[run ] {stage}" in changed.stdout
+    assert list((tmp_path / "run/train").glob("s1.stale-*"))  # the old training run was kept aside
+
+    alone = cli("curate", tmp_path / "run")
+    assert "[skip] curate" in alone.stdout
+
+
+def test_bad_config_names_the_field_before_any_work(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir)
+    out = cli("run", cfg, "students.0.train.lr=-3", check=False)
+    assert out.returncode == 2
+    assert "students.0.train.lr" in out.stderr and "greater than 0" in out.stderr
+    assert not (tmp_path / "run/generate").exists()
+
+
+def test_malformed_trace_line_is_reported_and_nothing_is_lost(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir)
+    cli("generate", cfg)
+    traces = tmp_path / "run/generate/traces.jsonl"
+    lines = traces.read_text().splitlines()
+    lines[4] = lines[4].replace('"sample": ', '"sample": "one", "x": ')
+    traces.write_text("\n".join(lines) + "\n")
+    before = traces.read_bytes()
+    out = cli("curate", cfg, check=False)
+    assert out.returncode == 2
+    assert f"{traces}:5: field 'sample' should be int" in out.stderr
+    assert traces.read_bytes() == before
+    missing = cli("train", tmp_path / "run", check=False)
+    assert missing.returncode == 2 and "run `reasondistill build" in missing.stderr
+
+
+def test_generate_with_an_api_teacher_served_locally(tmp_path, tiny_model_dir):
+    """`teacher.kind: openai` against our own OpenAI-compatible server on 127.0.0.1."""
+    import threading
+
+    from reasondistill.serve import make_server
+
+    srv = make_server(str(tiny_model_dir), port=0, model_name="tiny", inject_failures="500@2,429=0.05@3")
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        cfg = write_config(tmp_path / "c.yaml", "tiny", task={"n_train": 6})
+        api = {"kind": "openai", "base_url": srv.url, "model": "tiny", "concurrency": 2}
+        cfg.write_text(cfg.read_text().replace("teacher:\n  model: tiny\n", "teacher: " + json.dumps(api) + "\n"))
+        assert yaml.safe_load(cfg.read_text())["teacher"]["kind"] == "openai"
+        out = cli("generate", cfg)
+        traces = read_records(tmp_path / "run/generate/traces.jsonl", Trace)
+        assert sorted((t.problem_id, t.sample) for t in traces) == sorted(
+            {(t.problem_id, s) for t in traces for s in range(2)})
+        assert len(traces) == 12 and all(t.finish_reason in ("stop", "length") for t in traces)
+        assert all(t.usage.get("completion_tokens") for t in traces)
+        assert "[run ] generate" in out.stdout
+        assert cli("generate", cfg).stdout.count("[skip] generate") == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
