@@ -1,7 +1,7 @@
 """Training throughput: our ``train_model`` vs TRL's SFTTrainer vs the textbook per-example loop.
 
-    python bench/train_throughput.py            # default run (~5-8 min on 1 busy core); one JSON object
-    python bench/train_throughput.py --quick    # smaller run (~2 min)
+    python bench/train_throughput.py            # default run (~7 min on 1 busy core); one JSON object
+    python bench/train_throughput.py --quick    # smaller run (~2.5 min)
     python bench/train_throughput.py --threads 2 --examples 480 --ours-batch 8
 
 Setup (the same for every variant):
@@ -16,7 +16,8 @@ Setup (the same for every variant):
     the same text as a prompt/completion dataset and the script checks it tokenises to the same
     token count. A separate held-out set is used for the final loss.
   * optimisation: one epoch, effective batch 16 examples per optimizer step, AdamW(lr 1e-3,
-    betas (0.9, 0.98), weight decay 0.01), clip 1.0, 1 warmup step then cosine to 0.1·lr.
+    betas (0.9, 0.98), weight decay 0.01), clip 1.0, cosine to 0.1·lr (ours and per-example: one
+    warmup step at full lr; TRL: no warmup, since HF's first warmup step has lr 0).
 
 Variants (each in its own subprocess, one after the other, same thread count):
   * ``ours``: ``train_model`` (length-grouped padded micro-batches, loss = Σ answer-token CE /
@@ -35,7 +36,10 @@ this script measures (best of several GEMM shapes) in ours' dtype with the same 
 (attention FLOPs are not counted, so MFU slightly understates), and the final loss of each
 variant: mean answer-token cross-entropy on the held-out set, computed by one function (fp32,
 batch 1, no padding) for all three. The machine is shared: only ratios from the same run mean
-anything, and they move by ~10-20% between runs.
+anything, and they move by 10-30% between runs as the load of the other workers changes
+during a run. The ``*_cpu_time`` ratios (tokens per CPU-second of the training process, one
+thread) are less sensitive to that; ours' CPU time includes Accelerator set-up and saving
+``final/``, so it slightly understates ours.
 """
 
 from __future__ import annotations
@@ -75,8 +79,8 @@ def make_texts(n: int, seed: int, tokenizer) -> list[tuple[str, str, str]]:
     out = []
     for i, total in enumerate(totals):
         p = pool[i]
-        prompt_len = len(render_prompts(tokenizer, [p.prompt])[0])  # char tokenizer: 1 char = 1 token
-        room = max(8, int(total) - prompt_len - 1 - 3)  # the chat template's specials count as 1 token each
+        prompt_len = len(tokenizer(render_prompts(tokenizer, [p.prompt])[0], add_special_tokens=False)["input_ids"])
+        room = max(8, int(total) - prompt_len - 1)  # + EOS; char tokenizer: one completion char = one token
         parts, j = [], 0
         while sum(len(x) + 1 for x in parts) < room:
             q = pool[(i * 7 + j) % len(pool)]
@@ -163,16 +167,18 @@ def run_ours(work: Path, threads: int, mixed: str, batch: int) -> dict:
     steps = math.ceil(n / EFFECTIVE_BATCH)
     cfg = TrainConfig(epochs=None, max_steps=steps, batch_size=batch, grad_accum=EFFECTIVE_BATCH // batch, lr=LR,
                       betas=BETAS, weight_decay=WD, max_grad_norm=CLIP, min_lr_ratio=MIN_RATIO,
-                      warmup_ratio=WARMUP / steps, group_by_length=True, mixed_precision=mixed, threads=threads,
+                      warmup_ratio=WARMUP / steps if steps > 1 else 0.0, group_by_length=True, mixed_precision=mixed, threads=threads,
                       log_every=max(1, steps // 4), eval_every=10**9, save_every=10**9, resume=False)
     out = work / f"ours_{mixed}_b{batch}"
+    cpu = time.process_time()
     summary = train_model(model, tok, work / "train" / "train.safetensors", None, out, cfg, seed=0,
                           show_progress=False)
+    cpu = time.process_time() - cpu
     import csv
 
     with open(out / "metrics.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r["train_loss"]]
-    return {"train_s": summary["wall_time_s"], "steps": summary["steps"], "params": summary["params"],
+    return {"train_s": summary["wall_time_s"], "cpu_s": round(cpu, 2), "steps": summary["steps"], "params": summary["params"],
             "last_train_loss": float(rows[-1]["train_loss"]), "final_loss": heldout_loss(model, work)}
 
 
@@ -194,7 +200,8 @@ def run_trl(work: Path, threads: int, batch: int) -> dict:
         output_dir=str(work / "trl"), per_device_train_batch_size=batch,
         gradient_accumulation_steps=EFFECTIVE_BATCH // batch, num_train_epochs=1, learning_rate=LR,
         adam_beta1=BETAS[0], adam_beta2=BETAS[1], weight_decay=WD, max_grad_norm=CLIP,
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": MIN_RATIO}, warmup_steps=WARMUP,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": MIN_RATIO},
+        warmup_steps=0,  # HF's warmup starts at lr 0 (a wasted step); ours starts at lr/warmup
         completion_only_loss=True, gradient_checkpointing=False, padding_free=False, packing=False,
         train_sampling_strategy="group_by_length", max_length=MAX_LEN, bf16=False, use_cpu=True,
         dataloader_pin_memory=False, logging_steps=max(1, steps // 4), save_strategy="no", report_to="none",
@@ -202,11 +209,12 @@ def run_trl(work: Path, threads: int, batch: int) -> dict:
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
     targets = sum(sum(1 for t in x if t != -100) for x in trainer.train_dataset["labels"])
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     out = trainer.train()
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"train_s": out.metrics["train_runtime"], "train_s_outer": round(wall, 2), "steps": trainer.state.global_step,
+    return {"train_s": out.metrics["train_runtime"], "train_s_outer": round(wall, 2), "cpu_s": round(cpu, 2),
+            "steps": trainer.state.global_step,
             "tokens_seen_by_trl": tokens, "target_tokens_seen_by_trl": targets,
             "last_train_loss": losses[-1] if losses else None, "final_loss": heldout_loss(model, work)}
 
@@ -226,7 +234,7 @@ def run_per_example(work: Path, threads: int) -> dict:
     steps = math.ceil(len(ds) / EFFECTIVE_BATCH)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WD)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, WARMUP, MIN_RATIO))
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     last = 0.0
     for s in range(steps):
         idx = order[s * EFFECTIVE_BATCH:(s + 1) * EFFECTIVE_BATCH]
@@ -240,7 +248,8 @@ def run_per_example(work: Path, threads: int) -> dict:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-    return {"train_s": round(time.perf_counter() - t, 2), "steps": steps, "last_train_loss": last,
+    return {"train_s": round(time.perf_counter() - t, 2), "cpu_s": round(time.process_time() - cpu, 2), "steps": steps,
+            "last_train_loss": last,
             "final_loss": heldout_loss(model, work)}
 
 
@@ -266,7 +275,7 @@ def child(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="64 training examples instead of 320")
+    ap.add_argument("--quick", action="store_true", help="64 training examples instead of 256")
     ap.add_argument("--examples", type=int, default=None)
     ap.add_argument("--heldout", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every variant (default 1)")
@@ -279,7 +288,7 @@ def main() -> None:
     if args.variant:
         return child(args)
 
-    n_train = args.examples or (64 if args.quick else 320)
+    n_train = args.examples or (64 if args.quick else 256)
     n_val = args.heldout or (16 if args.quick else 32)
     with tempfile.TemporaryDirectory(prefix="rd-train-bench-") as tmp:
         work = Path(tmp)
@@ -302,6 +311,10 @@ def main() -> None:
 
         def tps(v):
             return tokens / res[v]["train_s"] if "train_s" in res.get(v, {}) else None
+
+        def cpu_ratio(a, b):  # tokens per CPU-second of a over b
+            ca, cb = res.get(a, {}).get("cpu_s"), res.get(b, {}).get("cpu_s")
+            return round(cb / ca, 3) if ca and cb else None
 
         ours_fp32, ours_bf16 = tps("ours_fp32"), tps("ours_bf16")
         use_bf16 = ours_bf16 is not None and ours_fp32 is not None and ours_bf16 > ours_fp32
@@ -334,12 +347,16 @@ def main() -> None:
             "tokens_per_s_per_example": round(per, 1) if per else None,
             "speedup_vs_trl": round(ours / trl, 3) if ours and trl else None,
             "speedup_vs_per_example": round(ours / per, 3) if ours and per else None,
+            # the same ratios from CPU time (1 thread: less sensitive to other workers taking the core)
+            "speedup_vs_trl_cpu_time": cpu_ratio(ours_key, "trl"),
+            "speedup_vs_per_example_cpu_time": cpu_ratio(ours_key, "per_example"),
+            "bf16_over_fp32_cpu_time": cpu_ratio("ours_bf16", "ours_fp32"),
             "matmul_peak_gflops": {k: round(v, 1) for k, v in res["peak"].items()},
             "mfu": round(6 * params * ours / (peak * 1e9), 4) if ours and params else None,
             "mfu_per_example": round(6 * params * per / (res["peak"]["fp32"] * 1e9), 4) if per and params else None,
             "mfu_trl": round(6 * params * trl / (res["peak"]["fp32"] * 1e9), 4) if trl and params else None,
             "initial_loss": round(res["initial"]["final_loss"], 4),
-            "final_loss_ours": round(res[ours_key]["final_loss"], 4),
+            "final_loss_ours": round(res[ours_key]["final_loss"], 4) if "final_loss" in res.get(ours_key, {}) else None,
             "final_loss_ours_fp32": round(res["ours_fp32"]["final_loss"], 4) if "final_loss" in res.get("ours_fp32", {}) else None,
             "final_loss_ours_bf16": round(res["ours_bf16"]["final_loss"], 4) if "final_loss" in res.get("ours_bf16", {}) else None,
             "final_loss_trl": round(res["trl"]["final_loss"], 4) if "final_loss" in res.get("trl", {}) else None,

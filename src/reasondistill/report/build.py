@@ -90,8 +90,15 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
     if curves:
         plot_loss_curves(curves, root / "loss_curves.png")
         report["loss_curves"] = "loss_curves.png"
+    from reasondistill.report import extras, html  # sampled/OOD/budget/compare/router sections; report.html
+
+    evaluation = extras.collect(root)
+    if evaluation:
+        report["evaluation"] = evaluation
+        report["plots"] = extras.make_plots(root, evaluation)
     write_json(root / "report.json", report)
     (root / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    html.write_html(root, report)
     return report
 
 
@@ -130,4 +137,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["## Time per stage (seconds, last run of each)", "",
                 ", ".join(f"{k} {v:.1f}" for k, v in report["stage_seconds"].items()),
                 f"\nTotal: {report['total_stage_seconds']:.1f} s", ""]
+    if report.get("evaluation"):
+        from reasondistill.report.extras import render_markdown as evaluation_markdown
+
+        out.append(evaluation_markdown(report))
     return "\n".join(out)

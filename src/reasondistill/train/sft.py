@@ -91,6 +91,23 @@ def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class _WithObjective:
+    """Saves the objective's state (``objective.safetensors``) beside the tokenizer, inside the
+    checkpoint's temporary directory, so it is renamed into place atomically with the rest."""
+
+    def __init__(self, tokenizer, objective):
+        self.tokenizer, self.objective = tokenizer, objective
+
+    def save_pretrained(self, path) -> None:
+        from safetensors.torch import save_file
+
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)
+        if self.objective is not None and self.objective.state_dict():
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.objective.state_dict().items()},
+                      str(Path(path) / "objective.safetensors"))
+
+
 class _Metrics:
     """metrics.csv (and TensorBoard when available), written by the main process only."""
 
@@ -181,7 +198,12 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
     warmup = round(cfg.warmup_ratio * total_steps)
 
     model.train()
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    # an objective that is an nn.Module (e.g. feature projections) trains beside the model, is saved in
+    # checkpoints as objective.safetensors and is not exported to final/
+    obj_module = objective.to(accelerator.device) if isinstance(objective, torch.nn.Module) else None
+    extra = [p for p in obj_module.parameters() if p.requires_grad] if obj_module is not None else []
+    groups = _param_groups(model, cfg.weight_decay) + ([{"params": extra, "weight_decay": 0.0}] if extra else [])
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, cfg.min_lr_ratio))
 
     ckpt_root = out_dir / "checkpoints"
@@ -198,6 +220,8 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
             raise RuntimeError(f"{last}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
         if tied:
             model.tie_weights()
+        if obj_module is not None and obj_module.state_dict():
+            obj_module.load_state_dict(load_file(str(last / "objective.safetensors")))
         state = load_checkpoint(last, optimizer, scheduler)
         if state.get("total_steps") != total_steps:
             raise ValueError(f"{last}: checkpoint was for {state.get('total_steps')} steps, config gives "
@@ -233,8 +257,15 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
                 state["epoch"], state["batch"] = epoch, b
             batches = [collate(train_ds, idx, pad_id) for idx in group if len(idx)]
             local_tokens = sum(train_ds.target_tokens(idx) for idx in group if len(idx))
-            window_loss += accumulate_gradients(model, batches, objective, accelerator, local_tokens)
             window_all_tokens += sum(int(b["attention_mask"].sum()) for b in batches)
+            if not batches and world > 1:
+                # the epoch's last global batch has fewer examples than processes and none is ours: still
+                # join DDP's gradient all-reduce, with a batch that has no target token (loss sum 0)
+                batches = [collate(train_ds, [0], pad_id)]
+                batches[0]["labels"].fill_(IGNORE_INDEX)
+            window_loss += accumulate_gradients(model, batches, objective, accelerator, local_tokens)
+            for p in extra if world > 1 else []:  # not inside DDP: average their gradients by hand
+                p.grad = accelerator.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="mean")
             window_tokens += local_tokens
             if cfg.max_grad_norm:
                 last_grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -246,11 +277,15 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
 
             if step % cfg.log_every == 0 or step == total_steps:
                 now = time.perf_counter()
+                # the loss and token counts of all processes, not just the main one's share
+                sums = torch.tensor([window_loss.item(), window_tokens, window_all_tokens], dtype=torch.float64,
+                                    device=accelerator.device)
+                sums = accelerator.reduce(sums, reduction="sum") if world > 1 else sums
                 row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                       "train_loss": round(window_loss.item() / max(1, window_tokens), 6),
+                       "train_loss": round(sums[0].item() / max(1.0, sums[1].item()), 6),
                        "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(last_grad_norm), 5),
-                       "target_tokens": window_tokens,
-                       "tokens_per_s": round(window_all_tokens * world / max(1e-9, now - window_t), 1),
+                       "target_tokens": int(sums[1].item()),
+                       "tokens_per_s": round(sums[2].item() / max(1e-9, now - window_t), 1),
                        "elapsed_s": round(now - t0, 2)}
                 metrics.log(row)
                 window_loss.zero_()
@@ -263,8 +298,8 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
             if step % cfg.save_every == 0 or step == total_steps:
                 state["elapsed_s"] = time.perf_counter() - t0
                 if main:
-                    save_checkpoint(ckpt_root / f"step-{step}", accelerator.unwrap_model(model), tokenizer,
-                                    optimizer, scheduler, state)
+                    save_checkpoint(ckpt_root / f"step-{step}", accelerator.unwrap_model(model),
+                                    _WithObjective(tokenizer, obj_module), optimizer, scheduler, state)
                     prune(ckpt_root, cfg.keep_checkpoints)
                 accelerator.wait_for_everyone()
             advance(1)
