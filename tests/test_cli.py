@@ -32,3 +32,17 @@ def test_parser_lists_all_verbs():
     text = build_parser().format_help()
     for verb in [*STAGE_HELP, "run", "demo", *DELEGATED]:
         assert verb in text
+
+
+def test_overrides_may_follow_options(tmp_path, capsys):
+    """`reasondistill problems CONFIG --quiet key=value` applies the override (argparse alone rejects it)."""
+    from reasondistill.cli import demo_config_path
+
+    run = tmp_path / "run"
+    assert main(["build", str(demo_config_path()), "--quiet", f"run_dir={run}", "task.n_train=3"]) == 2
+    assert (run / "config.yaml").exists() and "n_train: 3" in (run / "config.yaml").read_text()
+    assert "curate" in capsys.readouterr().err  # build needs curate first: a clear error, not a usage error
+    with pytest.raises(SystemExit):
+        main(["build", str(demo_config_path()), "--quiet", "--bogus"])
+    with pytest.raises(SystemExit):
+        main(["build", str(demo_config_path()), "--quiet", "notanoverride"])

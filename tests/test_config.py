@@ -10,7 +10,7 @@ def test_demo_config_loads_and_overrides_apply():
     assert cfg.run_dir == "/tmp/x" and cfg.task.n_test == 7
     assert cfg.students[0].train.lr == 0.5
     assert cfg.student("student_answers_only").train.epochs == 2
-    assert cfg.student("student_traces").train.epochs == 20  # YAML anchors do not alias after loading
+    assert cfg.student("student_traces").train.epochs == 12  # YAML anchors do not alias after loading
 
 
 @pytest.mark.parametrize("override, field", [

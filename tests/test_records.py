@@ -58,3 +58,27 @@ def test_unterminated_but_complete_line_is_redone(tmp_path):
     f.write_text(json.dumps({"a": 1}) + "\n" + json.dumps({"a": 2}))
     repair_tail(f)
     assert f.read_text() == json.dumps({"a": 1}) + "\n"
+
+
+def _write_many(path, who, times=300):
+    from reasondistill.records import write_json, write_records
+
+    for k in range(times):
+        write_json(path, {"writer": who, "k": k, "pad": "x" * 2000})
+        write_records(path.with_suffix(".jsonl"), [{"writer": who, "k": k}] * 20)
+    return who
+
+
+def test_concurrent_writers_of_one_file_never_collide(tmp_path):
+    """Two processes (as DDP ranks might) rewriting the same files: each goes through its own temp
+    file, so no rename fails and readers always find a whole file."""
+    import json
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    path = tmp_path / "state.json"
+    with ProcessPoolExecutor(2, mp_context=get_context("fork")) as pool:
+        assert sorted(pool.map(_write_many, [path, path], ["a", "b"])) == ["a", "b"]
+    assert json.loads(path.read_text())["k"] == 299
+    assert len(path.with_suffix(".jsonl").read_text().splitlines()) == 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.jsonl"]  # no temp files left

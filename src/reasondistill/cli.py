@@ -19,9 +19,11 @@ STAGE_HELP = {
     "generate": "sample teacher traces for the training problems (resumable)",
     "curate": "verify traces and filter them; per-problem teacher pass rates",
     "build": "chat template, tokenise, answer-only loss mask, length filter, split by problem",
-    "train": "train the students (hard distillation); resumes from the last checkpoint",
-    "evaluate": "greedy-decode held-out problems with the teacher and students; verify",
-    "report": "write report.json, report.md and loss_curves.png",
+    "capture": "store the teacher's top-k log-probs per answer token (students with distill.source offline_topk)",
+    "train": "train the students (hard or soft distillation); resumes from the last checkpoint",
+    "evaluate": "greedy-decode held-out problems with the teacher and students; verify (plus, as configured in "
+                "evaluate: samples for pass@k/maj@k, an OOD split, thinking budgets, student vs teacher, router)",
+    "report": "write report.json, report.md, report.html (self-contained, with a trace viewer) and plots",
 }
 
 
@@ -58,14 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, text in STAGE_HELP.items():
         p = sub.add_parser(verb, help=text, description=text)
         _add_target(p)
-        if verb in ("build", "train"):
+        if verb in ("build", "capture", "train"):
             p.add_argument("--student", help="only this student (default: all)")
         if verb == "evaluate":
             p.add_argument("--model", help="only this model: 'teacher' or a student name")
+        if verb == "generate":
+            from reasondistill.shards import parse_shard
+
+            p.add_argument("--shard", type=parse_shard, metavar="I/N", help="only shard I of N (0 <= I < N) of the "
+                           "problems, into generate/shards/; then `reasondistill merge RUN` (docs/scaling.md)")
+    p = sub.add_parser("route", help="student-first cascade: accuracy vs share of problems sent to the teacher",
+                       description="Each student answers with k samples; below a vote-agreement threshold the "
+                       "problem goes to the teacher. Writes evaluate/<student>/router.json and router.png.")
+    _add_target(p)
+    p.add_argument("--student", help="only this student (default: all)")
+    p.add_argument("--k", type=int, help="student samples per problem (default: evaluate.router.k or 4)")
+    p.add_argument("--thresholds", type=lambda s: [float(x) for x in s.split(",")],
+                   help="comma-separated agreement thresholds (default: evaluate.router.thresholds or 0,0.1,..,1)")
     p = sub.add_parser("run", help="run every stage from one config", description="Run all stages in order; "
                        "stages whose config and inputs are unchanged are skipped.")
     _add_target(p)
-    p = sub.add_parser("demo", help="the offline demo: bundled teacher, chained arithmetic, two students",
+    p = sub.add_parser("demo", help="the offline demo: bundled teacher, chained arithmetic, three students",
                        description="Sample the bundled tiny teacher, curate, train a student on the verified "
                        "traces and one on answers only, evaluate all three on the same held-out problems.")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
@@ -81,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED = {
     "serve": ("reasondistill.serve", "serve a local model over an OpenAI-compatible HTTP API"),
     "score": ("reasondistill.verify.score", "score a JSON/JSONL file of model outputs against references"),
+    "compare": ("reasondistill.report.compare", "several runs in one table and one set of plots (compare RUN... --out DIR)"),
+    "ingest": ("reasondistill.ingest", "existing traces (r1 or OpenAI messages JSON/JSONL) into a run, no teacher"),
+    "export": ("reasondistill.export", "the curated traces as a TRL dataset (messages or prompt/completion JSONL)"),
+    "merge": ("reasondistill.shards", "merge `generate --shard I/N` outputs (from any machines) into generate/traces.jsonl"),
 }
 
 
@@ -90,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # key=value overrides may also follow the options
+    if extra and (not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     from reasondistill.config import ConfigError
     from reasondistill.records import RecordError
 
@@ -116,18 +140,29 @@ def _dispatch(args) -> int:
     pipe = Pipeline(cfg, show_progress=not args.quiet)
     if args.verb in ("run", "demo"):
         pipe.run(force=args.force)
-        from reasondistill.report.build import models_table
+        if pipe.rd.main:  # under torchrun the other ranks stay quiet
+            import json
 
-        import json
-        report = json.loads((pipe.rd / "report.json").read_text())
-        print("\n" + models_table(report))
-        print(f"\nreport: {pipe.rd / 'report.md'}")
-    elif args.verb in ("build", "train"):
+            from reasondistill.report.build import models_table
+
+            report = json.loads((pipe.rd / "report.json").read_text())
+            print("\n" + models_table(report))
+            print(f"\nreport: {pipe.rd / 'report.md'}")
+    elif args.verb in ("build", "capture", "train"):
         getattr(pipe, args.verb)(args.student, force=args.force)
     elif args.verb == "evaluate":
         pipe.evaluate(args.model, force=args.force)
+    elif args.verb == "route":
+        pipe.route(args.student, k=args.k, thresholds=args.thresholds, force=args.force)
+    elif args.verb == "generate" and args.shard:
+        from reasondistill.shards import generate_shard
+
+        generate_shard(pipe, *args.shard, force=args.force)
     else:
         getattr(pipe, args.verb)(force=args.force)
+    from reasondistill.distributed import shutdown
+
+    shutdown()  # under torchrun: leave the process group together, so no rank aborts at exit
     return 0
 
 

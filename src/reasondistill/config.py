@@ -10,11 +10,12 @@ expected, e.g. ``train.lr: Input should be greater than 0 (got -1)``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
+from reasondistill.tasks.config import ChainedArithConfig, TaskConfig, clean_loc
 from reasondistill.teachers.sampling import SamplingParams
 from reasondistill.train.config import TrainConfig
 
@@ -27,22 +28,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TaskConfig(_Strict):
-    name: Literal["chained_arith"] = "chained_arith"
-    min_ops: int = Field(3, ge=1)
-    max_ops: int = Field(5, ge=1)
-    n_train: int = Field(5000, gt=0, description="training problems given to the teacher")
-    n_test: int = Field(400, gt=0, description="held-out problems for evaluation")
+class VLLMOptions(_Strict):
+    """``teacher.vllm``: engine options of ``kind: vllm`` (keyword arguments of ``vllm.LLM``)."""
 
-    def task_spec(self) -> dict[str, Any]:
-        return {"name": self.name, "min_ops": self.min_ops, "max_ops": self.max_ops}
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs the teacher is split over")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, gt=0, description="context length (default: the model's)")
+    enforce_eager: bool = False
+    extra: dict[str, Any] = Field(default_factory=dict, description="any other vllm.LLM keyword arguments")
+
+    def engine_args(self) -> dict[str, Any]:
+        args = self.model_dump(exclude={"extra"}, exclude_none=True)
+        return args | self.extra
 
 
 class TeacherConfig(_Strict):
     """``kind: hf`` runs a local Hugging Face model; ``kind: openai`` calls any OpenAI-compatible
-    server (vLLM, SGLang, Ollama, DeepSeek, OpenRouter; see docs/teachers.md)."""
+    server (vLLM, SGLang, Ollama, DeepSeek, OpenRouter; see docs/teachers.md); ``kind: vllm`` runs
+    the model in-process on vLLM's offline engine (GPUs; ``pip install vllm``)."""
 
-    kind: Literal["hf", "openai"] = "hf"
+    kind: Literal["hf", "openai", "ingested", "vllm"] = "hf"
     model: str = Field("bundled:tiny-arith-teacher", description="local path, hub id, bundled:NAME, or API model name")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     system_prompt: str | None = None
@@ -53,21 +58,41 @@ class TeacherConfig(_Strict):
     max_retries: int = Field(6, ge=0)
     reasoning: Literal["auto", "field", "tags"] = "auto"
     use_n: bool = Field(False, description="openai: ask for n choices in one request")
+    vllm: VLLMOptions | None = Field(None, description="vllm: engine options (tensor_parallel_size, ...)")
 
     @model_validator(mode="after")
     def _api(self) -> "TeacherConfig":
         if self.kind == "openai" and not self.base_url:
             raise ValueError("kind 'openai' needs base_url")
+        if self.kind == "vllm" and self.base_url:
+            raise ValueError("kind 'vllm' runs the model in this process: base_url is for kind 'openai' "
+                             "(a `vllm serve` server)")
+        if self.vllm is not None and self.kind != "vllm":
+            raise ValueError(f"the vllm section applies to kind 'vllm' only (kind is {self.kind!r})")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        data = handler(self)
+        if self.vllm is None:  # so a config without it fingerprints (and generates) exactly as before
+            data.pop("vllm", None)
+        return data
 
     def make(self):
         """The teacher object this config describes."""
+        if self.kind == "ingested":
+            raise ValueError("teacher.kind 'ingested': the traces come from `reasondistill ingest FILE RUN_DIR`, "
+                             "there is no teacher to sample")
         if self.kind == "openai":
             from reasondistill.teachers.openai_api import OpenAITeacher
 
             return OpenAITeacher(self.base_url, self.model, api_key_env=self.api_key_env,
                                  concurrency=self.concurrency, timeout_s=self.timeout_s,
                                  max_retries=self.max_retries, reasoning=self.reasoning, use_n=self.use_n)
+        if self.kind == "vllm":  # raises a clear error when vllm is not installed
+            from reasondistill.teachers.vllm_backend import VLLMTeacher
+
+            return VLLMTeacher(self.model, self.dtype, **(self.vllm or VLLMOptions()).engine_args())
         from reasondistill.teachers.hf import HFTeacher
 
         return HFTeacher(self.model, self.dtype)
@@ -80,12 +105,22 @@ class GenerateConfig(SamplingParams):
     batch_size: int = Field(256, gt=0)
 
 
+class DecontamConfig(_Strict):
+    """Drop training problems sharing a word n-gram (or their whole text) with an evaluation
+    problem, after lowercasing and collapsing whitespace (curate/decontam.py)."""
+
+    ngram: int = Field(8, ge=1, description="words per n-gram (open-r1 uses 8)")
+    strip_punctuation: bool = Field(False, description="also treat ASCII punctuation as whitespace")
+
+
 class CurateConfig(_Strict):
     require_correct: bool = True
     require_think: bool = Field(True, description="drop traces with no (or a malformed) <think> block")
     max_completion_tokens: int | None = Field(None, gt=0)
     dedup: bool = True
     max_per_problem: int | None = Field(1, gt=0, description="keep at most K distinct correct traces per problem")
+    decontaminate: DecontamConfig | None = Field(default_factory=DecontamConfig,
+                                                 description="null: keep training problems that overlap test ones")
 
 
 class BuildConfig(_Strict):
@@ -112,6 +147,59 @@ class ModelInit(_Strict):
         return d
 
 
+class FeatureDistillConfig(_Strict):
+    """Hidden-state matching on answer tokens: ``layers`` pairs (student, teacher) indices into
+    ``output_hidden_states`` (0 = embeddings, -1 = last layer), through a learned projection
+    when the widths differ; ``weight`` · Σ per-token loss is added to the logit objective."""
+
+    layers: list[tuple[int, int]] = Field(min_length=1, description="[[student_layer, teacher_layer], ...]")
+    loss: Literal["mse", "cosine"] = "mse"
+    weight: float = Field(1.0, gt=0)
+
+
+class DistillConfig(_Strict):
+    """Soft distillation from the run's (local ``hf``) teacher; without this section a student is
+    trained on the traces alone (hard distillation). Per answer token the loss is
+    ``alpha · T² · divergence_T(teacher, student) + (1 − alpha) · CE`` (train/losses.py)."""
+
+    source: Literal["online", "offline_topk", "on_policy"] = Field(
+        "online", description="online: teacher runs beside the student; offline_topk: top-k captured once "
+        "(`reasondistill capture`); on_policy: GKD, student samples scored by the teacher")
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"] = "forward_kl"
+    beta: float | None = Field(None, ge=0, le=1, description="jsd only: mixture weight of the teacher (default 0.5)")
+    skew_alpha: float | None = Field(None, ge=0, le=1, description="skew_*_kl only: weight of the skewed-in "
+                                     "distribution (default 0.1)")
+    temperature: float = Field(1.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the divergence; 1 − alpha weighs CE on the labels")
+    top_k: int | None = Field(None, gt=0, description="offline_topk: log-probs kept per answer token")
+    chunk_size: int | None = Field(16, gt=0, description="token rows per loss chunk (bounded memory); None = all")
+    lambda_on_policy: float | None = Field(None, ge=0, le=1, description="on_policy only: share of batches "
+                                           "replaced by the student's own samples (GKD lambda, default 0.5)")
+    features: FeatureDistillConfig | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DistillConfig":
+        if self.source == "offline_topk" and self.top_k is None:
+            raise ValueError("source 'offline_topk' needs top_k (log-probs stored per answer token)")
+        if self.source != "offline_topk" and self.top_k is not None:
+            raise ValueError(f"top_k applies to source 'offline_topk' only (source is {self.source!r})")
+        if self.source == "offline_topk" and self.features is not None:
+            raise ValueError("features need the teacher's hidden states: use source 'online' or 'on_policy'")
+        if self.source != "on_policy" and self.lambda_on_policy is not None:
+            raise ValueError("lambda_on_policy applies to source 'on_policy' only")
+        if self.beta is not None and self.divergence != "jsd":
+            raise ValueError(f"beta applies to divergence 'jsd' only (divergence is {self.divergence!r})")
+        if self.skew_alpha is not None and not self.divergence.startswith("skew_"):
+            raise ValueError(f"skew_alpha applies to skew_forward_kl / skew_reverse_kl only "
+                             f"(divergence is {self.divergence!r})")
+        return self
+
+    def defaulted(self, field: str) -> float:
+        """``beta``, ``skew_alpha`` or ``lambda_on_policy`` with its default when unset."""
+        value = getattr(self, field)
+        return {"beta": 0.5, "skew_alpha": 0.1, "lambda_on_policy": 0.5}[field] if value is None else value
+
+
 class StudentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     target: Literal["traces", "answers_only"] = "traces"
@@ -120,6 +208,7 @@ class StudentConfig(_Strict):
     tokenizer: str | None = Field(None, description="tokenizer for an init student (default: the teacher's)")
     seed: int | None = None
     train: TrainConfig = TrainConfig()
+    distill: DistillConfig | None = Field(None, description="soft distillation (None: hard, traces only)")
 
     @model_validator(mode="after")
     def _one_model(self) -> "StudentConfig":
@@ -128,21 +217,58 @@ class StudentConfig(_Strict):
         return self
 
 
+class OODConfig(_Strict):
+    """An out-of-distribution test split: harder levels of the same task that training never saw
+    (``min_ops`` must exceed ``task.max_ops``); evaluated greedily, reported as ``ood``."""
+
+    min_ops: int = Field(gt=0)
+    max_ops: int = Field(gt=0)
+    n: int = Field(100, gt=0)
+
+
+class RouterConfig(_Strict):
+    """Student-first cascade: the student votes over ``k`` samples; below ``threshold`` agreement
+    the problem goes to the teacher (evaluate/router.py)."""
+
+    k: int = Field(4, gt=0)
+    thresholds: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [i / 10 for i in range(11)])
+
+
 class EvaluateConfig(_Strict):
     batch_size: int = Field(200, gt=0)
     max_new_tokens: int = Field(256, gt=0)
     teacher: bool = Field(True, description="evaluate the teacher beside the students")
+    samples: int = Field(0, ge=0, description="samples per problem for pass@k/maj@k/avg@n (0: greedy only)")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature of the sampled evaluation")
+    top_p: float = Field(1.0, gt=0, le=1)
+    k: list[int] = Field(default_factory=lambda: [1], description="k of pass@k and maj@k (each <= samples)")
+    seed: int = 0
+    ood: OODConfig | None = None
+    budgets: list[int] = Field(default_factory=list, description="thinking budgets (tokens) for budget forcing")
+    router: RouterConfig | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EvaluateConfig":
+        if self.samples and any(not 1 <= k <= self.samples for k in self.k):
+            raise ValueError(f"k: every k must be in 1..samples={self.samples}, got {self.k}")
+        if any(b <= 0 for b in self.budgets):
+            raise ValueError(f"budgets: thinking budgets must be positive, got {self.budgets}")
+        if self.ood is not None and self.ood.min_ops > self.ood.max_ops:
+            raise ValueError("ood: need min_ops <= max_ops")
+        return self
 
 
 class RunConfig(_Strict):
     run_dir: str = "runs/demo"
     seed: int = 0
-    task: TaskConfig = TaskConfig()
+    task: TaskConfig = ChainedArithConfig()
     teacher: TeacherConfig = TeacherConfig()
     generate: GenerateConfig = GenerateConfig()
     curate: CurateConfig = CurateConfig()
     build: BuildConfig = BuildConfig()
     students: list[StudentConfig] = Field(default_factory=list)
+    train_workers: int = Field(1, ge=1, description="students trained at once, each in its own process "
+                               "(train/parallel.py); each uses its own train.threads")
     evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="after")
@@ -153,6 +279,13 @@ class RunConfig(_Strict):
             raise ValueError(f"students: names must be unique, repeated: {sorted(dupes)}")
         if "teacher" in names:
             raise ValueError("students: 'teacher' is reserved for the teacher")
+        ood = self.evaluate.ood
+        if ood is not None and self.task.name != "chained_arith":
+            raise ValueError(f"evaluate.ood: the OOD split (harder min_ops/max_ops levels) exists for task "
+                             f"'chained_arith' only, not {self.task.name!r}: remove evaluate.ood")
+        if ood is not None and ood.min_ops <= self.task.max_ops:
+            raise ValueError(f"evaluate.ood.min_ops ({ood.min_ops}) must exceed task.max_ops ({self.task.max_ops}): "
+                             "the OOD split holds difficulty levels training never saw")
         return self
 
     def student(self, name: str) -> StudentConfig:
@@ -210,7 +343,7 @@ def _unalias(obj: Any) -> Any:
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config"]
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        loc = ".".join(str(x) for x in clean_loc(e["loc"])) or "(top level)"
         got = f" (got {e['input']!r:.60})" if "input" in e and not isinstance(e["input"], dict) else ""
         lines.append(f"  {loc}: {e['msg']}{got}")
     return "\n".join(lines)

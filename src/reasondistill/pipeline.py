@@ -17,11 +17,12 @@ from typing import Any, Callable
 
 from reasondistill.config import RunConfig, StudentConfig, dump_config
 from reasondistill.records import (JsonlWriter, Problem, Trace, read_records, repair_tail, write_json,
-                                   write_records)
+                                   write_records, write_text)
 from reasondistill.rundir import RunDir
 from reasondistill.tasks.base import load_task
+from reasondistill.tasks.strategy import record_system_prompt, sample_by_system_prompt
 
-STAGES = ("generate", "curate", "build", "train", "evaluate", "report")
+STAGES = ("generate", "curate", "build", "capture", "train", "evaluate", "report")
 
 
 class StageInputMissing(FileNotFoundError):
@@ -35,23 +36,14 @@ def load_traces(path: Path) -> dict[tuple[str, int], Trace]:
     return {(t.problem_id, t.sample): t for t in read_records(path, Trace)}
 
 
-def _archive(path: Path, log: Callable[[str], None]) -> None:
-    """Move an output made under another config aside instead of deleting it."""
-    i = 1
-    while path.with_name(f"{path.name}.stale-{i}").exists():
-        i += 1
-    dest = path.with_name(f"{path.name}.stale-{i}")
-    path.rename(dest)
-    log(f"       config changed: kept the previous output as {dest}")
-
-
 class Pipeline:
     def __init__(self, cfg: RunConfig, log: Callable[[str], None] = print, show_progress: bool = True):
         self.cfg = cfg
         self.log = log
         self.show_progress = show_progress
         self.rd = RunDir(cfg.run_dir)
-        (self.rd / "config.yaml").write_text(dump_config(cfg))
+        if self.rd.main:  # under torchrun every rank starts here; the others read config.yaml meanwhile
+            write_text(self.rd / "config.yaml", dump_config(cfg))
         self.rd.update_manifest(seeds={"run": cfg.seed, "generate": cfg.generate.seed,
                                        "students": {s.name: self._seed(s) for s in cfg.students}})
         self.task = load_task(cfg.task.task_spec())
@@ -74,47 +66,60 @@ class Pipeline:
         return [f for f in (path / "config.json", path / "model.safetensors", path / "tokenizer.json")
                 if f.exists()] if path.is_dir() else []
 
-    def _stage(self, name, config, inputs, outputs, fn, force=False):
-        return self.rd.run_stage(name, config, inputs, outputs, fn, force=force, log=self.log)
+    def _stage(self, name, config, inputs, outputs, fn, force=False, every_rank=False):
+        return self.rd.run_stage(name, config, inputs, outputs, fn, force=force, log=self.log, every_rank=every_rank)
 
     def _student_tokenizer_name(self, s: StudentConfig) -> str:
         return s.model or s.tokenizer or self.cfg.teacher.model
 
     # -- stages --------------------------------------------------------------------------------
     def problems(self, force: bool = False) -> dict[str, Any]:
+        if self.cfg.teacher.kind == "ingested":  # training problems came with the traces (ingest.py)
+            from reasondistill.ingest import ingested_problems
+
+            return ingested_problems(self, force)
         out_train, out_test = self.rd / "problems/train.jsonl", self.rd / "problems/test.jsonl"
         conf = {"task": self.cfg.task, "seed": self.cfg.seed}
 
         def fn(_fp):
-            train = self.task.problems("train", self.cfg.task.n_train, self.cfg.seed)
-            test = self.task.problems("test", self.cfg.task.n_test, self.cfg.seed)
+            from reasondistill.tasks.mixture import select_problems
+
+            train, comp_train = select_problems(self.task, "train", self.cfg.task.n_train, self.cfg.seed)
+            test, comp_test = select_problems(self.task, "test", self.cfg.task.n_test, self.cfg.seed)
             write_records(out_train, train)
             write_records(out_test, test)
-            return {"train": len(train), "test": len(test)}
-        return self._stage("problems", conf, [], [out_train, out_test], fn, force)
+            composition = {"train": comp_train, "test": comp_test}  # problems per source (mixture: wanted vs taken)
+            write_json(self.rd / "problems/composition.json", composition)
+            return {"train": len(train), "test": len(test), "composition": composition}
+        inputs = getattr(self.task, "input_files", lambda: [])()  # data files: a changed file re-runs the stage
+        return self._stage("problems", conf, inputs, [out_train, out_test, self.rd / "problems/composition.json"],
+                           fn, force)
 
-    def generate(self, force: bool = False) -> dict[str, Any]:
+    def generate(self, force: bool = False, shard: tuple[int, int] | None = None) -> dict[str, Any]:
+        """Sample the teacher; ``shard=(i, N)``: only shard i of N of the problems (see shards.py)."""
+        if self.cfg.teacher.kind == "ingested":  # nothing to sample: `reasondistill ingest` wrote the traces
+            from reasondistill.ingest import ingested_generate
+
+            return ingested_generate(self, force)
         self.problems()
         problems_path = self.rd / "problems/train.jsonl"
         out = self.rd / "generate/traces.jsonl"
-        conf = {"teacher": self.cfg.teacher, "sampling": self.cfg.generate}
-        inputs = [problems_path, *(self._local(self.cfg.teacher.model) if self.cfg.teacher.kind == "hf" else [])]
+        conf, inputs = self._generate_conf()
+        stage, progress_file = "generate", self.rd / "generate/progress.json"
+        if shard is not None:
+            from reasondistill.shards import in_shard, shard_files
+
+            out, progress_file = shard_files(self.rd.root, *shard)
+            stage = f"generate:shard-{shard[0]}-of-{shard[1]}"
 
         def fn(fp):
             from reasondistill.progress import progress_bar
 
-            progress_file = self.rd / "generate/progress.json"
-            if out.exists():
-                try:
-                    import json
-                    old = json.loads(progress_file.read_text()).get("fingerprint")
-                except (OSError, ValueError):
-                    old = None
-                if old != fp:
-                    _archive(out, self.log)
-            write_json(progress_file, {"fingerprint": fp})
+            self.rd.restart_if_stale(out, progress_file, fp, self.log)
             repair_tail(out)
             problems = read_records(problems_path, Problem)
+            if shard is not None:
+                problems = [p for p in problems if in_shard(p.id, *shard)]
             n = self.cfg.generate.n
             # a trace the teacher failed on (finish_reason "error") is tried again; the newer line wins
             done = {k for k, t in load_traces(out).items() if t.finish_reason != "error"}
@@ -126,10 +131,11 @@ class Pipeline:
             if todo:
                 teacher = self.cfg.teacher.make()
                 with JsonlWriter(out) as writer, progress_bar("generate", len(todo), self.show_progress) as bar:
-                    for batch in teacher.sample(todo, self.cfg.generate, self.cfg.teacher.system_prompt):
+                    for system, batch in sample_by_system_prompt(teacher, todo, self.cfg.generate,
+                                                                 self.cfg.teacher.system_prompt):
                         for tr in batch:
                             if (tr.problem_id, tr.sample) not in done:
-                                writer.write(tr)
+                                writer.write(record_system_prompt(tr, system))
                                 done.add((tr.problem_id, tr.sample))
                                 written += 1
                         bar(len(batch) // n)
@@ -138,7 +144,13 @@ class Pipeline:
                 self.log(f"       {failed} traces failed at the teacher (recorded with their error; "
                          "re-run generate to retry them)")
             return {"traces": len(done), "written_now": written, "resumed_from": resumed, "failed": failed}
-        return self._stage("generate", conf, inputs, [out], fn, force)
+        return self._stage(stage, conf, inputs, [out], fn, force)
+
+    def _generate_conf(self) -> tuple[dict[str, Any], list[Path]]:
+        """The generate stage's config section and input files (also what shards.py checks shards by)."""
+        conf = {"teacher": self.cfg.teacher, "sampling": self.cfg.generate}
+        local = self._local(self.cfg.teacher.model) if self.cfg.teacher.kind in ("hf", "vllm") else []
+        return conf, [self.rd / "problems/train.jsonl", *local]
 
     def curate(self, force: bool = False) -> dict[str, Any]:
         from reasondistill.curate.filters import curate
@@ -146,9 +158,15 @@ class Pipeline:
         problems_path, traces_path = self.rd / "problems/train.jsonl", self.rd / "generate/traces.jsonl"
         self._need(problems_path, traces_path, stage="generate")
         d = self.rd / "curate"
-        outputs = [d / "curated.jsonl", d / "verdicts.jsonl", d / "summary.json", d / "pass_rates.jsonl"]
+        outputs = [d / "curated.jsonl", d / "verdicts.jsonl", d / "summary.json", d / "pass_rates.jsonl",
+                   d / "decontamination.json"]
+        test_path = self.rd / "problems/test.jsonl"  # decontamination: drop training problems overlapping these
+        if self.cfg.curate.decontaminate is not None and not test_path.exists():
+            self.problems()
 
         def fn(_fp):
+            from reasondistill.curate.decontam import apply_to_curation
+
             problems = {p.id: p for p in read_records(problems_path, Problem)}
             traces = list(load_traces(traces_path).values())
             unknown = sorted({t.problem_id for t in traces} - problems.keys())
@@ -156,6 +174,8 @@ class Pipeline:
                 raise ValueError(f"{traces_path}: {len(unknown)} traces name problems not in {problems_path}, "
                                  f"e.g. {unknown[0]!r}")
             kept, verdicts, summary, pass_rates = curate(problems, traces, self.task, self.cfg.curate)
+            kept = apply_to_curation(kept, summary, list(problems.values()), test_path, self.cfg.curate.decontaminate,
+                                     outputs[4])
             write_records(outputs[0], kept)
             write_records(outputs[1], verdicts)
             write_json(outputs[2], summary)
@@ -163,8 +183,8 @@ class Pipeline:
             self.log(f"       {summary['traces']} traces: {summary['verdicts']}; dropped {summary['dropped']}; "
                      f"kept {summary['kept']}")
             return summary
-        return self._stage("curate", {"curate": self.cfg.curate, "task": self.cfg.task}, [problems_path, traces_path],
-                           outputs, fn, force)
+        return self._stage("curate", {"curate": self.cfg.curate, "task": self.cfg.task},
+                           [problems_path, traces_path, test_path], outputs, fn, force)
 
     def build(self, student: str | None = None, force: bool = False) -> dict[str, Any]:
         return {s.name: self._build_one(s, force) for s in self._students(student)}
@@ -192,36 +212,140 @@ class Pipeline:
         return self._stage(f"build:{s.name}", conf, inputs, outputs, fn, force)
 
     def train(self, student: str | None = None, force: bool = False) -> dict[str, Any]:
-        return {s.name: self._train_one(s, force) for s in self._students(student)}
+        from reasondistill.distributed import world_size
+
+        students = self._students(student)
+        workers = min(self.cfg.train_workers, len(students))
+        if workers > 1 and world_size() == 1:
+            from reasondistill.train.parallel import train_in_processes
+
+            return train_in_processes(self, students, workers, force)
+        return {s.name: self._train_one(s, force) for s in students}
 
     def _train_one(self, s: StudentConfig, force: bool) -> dict[str, Any]:
-        import json
-
         from reasondistill.models import init_model, load_model, load_tokenizer
-        from reasondistill.train.sft import train_model
+        from reasondistill.train.sft import cross_entropy_sum, train_model
 
         b = self.rd / "build" / s.name
         self._need(b / "train.safetensors", stage="build")
         d = self.rd / "train" / s.name
-        conf = {"student": s, "seed": self._seed(s)}
+        # a hard student fingerprints as before the `distill` field existed (no retraining of old runs)
+        conf = {"student": s.model_dump(mode="json", exclude={"distill"} if s.distill is None else None),
+                "seed": self._seed(s)}
+        soft_inputs = self._soft_inputs(s, force)  # soft distillation: teacher files or captured top-k
 
         def fn(fp):
-            progress_file = d / "progress.json"
-            if d.exists():
-                try:
-                    old = json.loads(progress_file.read_text()).get("fingerprint")
-                except (OSError, ValueError):
-                    old = None
-                if old != fp:
-                    _archive(d, self.log)
-            d.mkdir(parents=True, exist_ok=True)
-            write_json(progress_file, {"fingerprint": fp})
+            # main process only; under torchrun the other ranks wait here (no resuming from a stale run)
+            self.rd.restart_if_stale(d, d / "progress.json", fp, self.log)
             tokenizer = load_tokenizer(self._student_tokenizer_name(s))
             model = load_model(s.model) if s.model else init_model(s.init.spec(), tokenizer, self._seed(s))
+            objective = self._objective(s, tokenizer, model) if s.distill else cross_entropy_sum
             return train_model(model, tokenizer, b / "train.safetensors", b / "val.safetensors", d, s.train,
-                               seed=self._seed(s), name=s.name, show_progress=self.show_progress)
-        inputs = [b / "train.safetensors", b / "val.safetensors", *self._local(s.model or "")]
-        return self._stage(f"train:{s.name}", conf, inputs, [d / "final", d / "metrics.csv"], fn, force)
+                               seed=self._seed(s), objective=objective, name=s.name, show_progress=self.show_progress)
+        inputs = [b / "train.safetensors", b / "val.safetensors", *self._local(s.model or ""), *soft_inputs]
+        return self._stage(f"train:{s.name}", conf, inputs, [d / "final", d / "metrics.csv"], fn, force,
+                           every_rank=True)  # every process trains; the main process keeps the books
+
+    # -- soft distillation (train.kd): capture stage and objectives -----------------------------
+    def capture(self, student: str | None = None, force: bool = False) -> dict[str, Any]:
+        """Capture the teacher's top-k log-probs for the students with ``distill.source: offline_topk``."""
+        students = [s for s in self._students(student) if s.distill and s.distill.source == "offline_topk"]
+        if student is not None and not students:
+            raise ValueError(f"student {student!r} has no `distill: {{source: offline_topk, top_k: K}}` section: "
+                             "nothing to capture")
+        if not students:
+            self.log("[skip] capture: no student uses distill.source 'offline_topk'")
+        return {s.name: self._capture_one(s, force) for s in students}
+
+    def _topk_dir(self, s: StudentConfig) -> Path:
+        return self.rd / "build" / s.name / "topk" / f"k{s.distill.top_k}"
+
+    def _local_teacher(self) -> str:
+        if self.cfg.teacher.kind != "hf":
+            raise ValueError("soft distillation (a student's `distill` section) needs the teacher's logits: "
+                             "use a local teacher (teacher.kind: hf); hard distillation works with any teacher")
+        return self.cfg.teacher.model
+
+    def _soft_inputs(self, s: StudentConfig, force: bool) -> list[Path]:
+        if s.distill is None:
+            return []
+        if s.distill.source == "offline_topk":
+            self._capture_one(s, force)
+            return [self._topk_dir(s) / "index.json"]
+        return self._local(self._local_teacher())
+
+    def _capture_one(self, s: StudentConfig, force: bool) -> dict[str, Any]:
+        from reasondistill.data.dataset import TokenizedDataset
+        from reasondistill.data.topk import capture_topk
+        from reasondistill.models import load_model, load_tokenizer
+        from reasondistill.progress import progress_bar
+        from reasondistill.train.kd import check_same_tokenizer
+
+        b = self.rd / "build" / s.name
+        self._need(b / "train.safetensors", stage="build")
+        teacher_name = self._local_teacher()
+        d = self._topk_dir(s)
+        splits = {x: b / f"{x}.safetensors" for x in ("train", "val") if (b / f"{x}.safetensors").exists()}
+        conf = {"teacher": teacher_name, "dtype": self.cfg.teacher.dtype, "top_k": s.distill.top_k,
+                "temperature": s.distill.temperature, "student": s.model, "tokenizer": self._student_tokenizer_name(s)}
+        inputs = [*splits.values(), *self._local(teacher_name)]
+
+        def fn(_fp):
+            import hashlib
+            import json
+
+            tokenizer = load_tokenizer(self._student_tokenizer_name(s))
+            check_same_tokenizer(tokenizer, load_tokenizer(teacher_name))
+            teacher = load_model(teacher_name, self.cfg.teacher.dtype)
+            vocab = min(self._student_vocab(s, tokenizer), teacher.get_output_embeddings().weight.shape[0])
+            if vocab < len(tokenizer):
+                raise ValueError(f"{s.name}: {vocab} output rows for a tokenizer of {len(tokenizer)} tokens")
+            teacher_id = hashlib.sha256(json.dumps([teacher_name, self.cfg.teacher.dtype,
+                                                    self.rd.hashes(self._local(teacher_name))]).encode()).hexdigest()
+            n = sum(len(TokenizedDataset(p)) for p in splits.values())
+            with progress_bar(f"capture {s.name}", n, self.show_progress) as bar:
+                stats = capture_topk(teacher, splits, d, s.distill.top_k, s.distill.temperature, vocab_size=vocab,
+                                     pad_id=tokenizer.pad_token_id, teacher_id=teacher_id, log=self.log, progress=bar)
+            self.log(f"       {s.name}: teacher top-{s.distill.top_k} of {stats['tokens']} answer tokens, "
+                     f"{stats['bytes_per_token']} bytes/token on disk")
+            return stats
+        return self._stage(f"capture:{s.name}", conf, inputs, [d], fn, force)
+
+    def _student_vocab(self, s: StudentConfig, tokenizer) -> int:
+        """Output rows of the student: the tokenizer's size for a fresh student (see init_model)."""
+        if s.model is None:
+            return len(tokenizer)
+        from transformers import AutoConfig
+
+        from reasondistill.models import resolve
+
+        return int(AutoConfig.from_pretrained(resolve(s.model)).vocab_size)
+
+    def _objective(self, s: StudentConfig, tokenizer, model):
+        """The training objective a student's ``distill`` section describes (train/kd.py)."""
+        from reasondistill.models import load_model, load_tokenizer
+        from reasondistill.train.kd import OfflineTopKKD, OnlineKD, make_loss, shared_vocab_size
+
+        dc = s.distill
+        loss = make_loss(dc)
+        if dc.source == "offline_topk":
+            from reasondistill.data.topk import TopKReader
+
+            return OfflineTopKKD(loss, TopKReader(self._topk_dir(s)))
+        name = self._local_teacher()
+        teacher = load_model(name, self.cfg.teacher.dtype)
+        objective = OnlineKD(teacher, loss, student_tokenizer=tokenizer, teacher_tokenizer=load_tokenizer(name))
+        shared_vocab_size(model, teacher, tokenizer)
+        if dc.features is not None:
+            from reasondistill.train.features import FeatureKD
+
+            objective = FeatureKD(objective, model, dc.features.layers, dc.features.loss, dc.features.weight,
+                                  seed=self._seed(s))
+        if dc.source == "on_policy":
+            from reasondistill.train.onpolicy import OnPolicyKD
+
+            objective = OnPolicyKD(objective, tokenizer, dc.defaulted("lambda_on_policy"), seed=self._seed(s))
+        return objective
 
     def evaluate(self, model: str | None = None, force: bool = False) -> dict[str, Any]:
         from reasondistill.evaluate.accuracy import evaluate_model
@@ -249,18 +373,39 @@ class Pipeline:
                 self.log(f"       {name}: accuracy {m['accuracy']:.3f} on {m['n']} problems")
                 return m
             inputs = [test_path, *(self._local(path) if name == "teacher" else [Path(path)])]
-            results[name] = self._stage(f"evaluate:{name}", {"evaluate": self.cfg.evaluate, "model": path},
+            results[name] = self._stage(f"evaluate:{name}", {"evaluate": self._greedy_conf(), "model": path},
                                         inputs, [d / "metrics.json", d / "completions.jsonl"], fn, force)
+        self._evaluate_extras(targets, force)
         return results
+
+    # -- evaluation beyond greedy: sampled, OOD, budgets, vs teacher, router (evaluate/extras.py) ----
+    def _greedy_conf(self) -> dict[str, Any]:
+        """The settings greedy evaluation depends on (the same fingerprint as before the extras existed)."""
+        return self.cfg.evaluate.model_dump(include={"batch_size", "max_new_tokens", "teacher"})
+
+    def _evaluate_extras(self, targets: list[tuple[str, str]], force: bool = False) -> dict[str, Any]:
+        from reasondistill.evaluate.extras import run_extras
+
+        return run_extras(self, targets, force)
+
+    def route(self, student: str | None = None, k: int | None = None, thresholds: list[float] | None = None,
+              force: bool = False) -> dict[str, Any]:
+        """Student-first cascade for one or all students (needs the teacher's greedy evaluation)."""
+        from reasondistill.evaluate.extras import run_router
+
+        return run_router(self, student, k, thresholds, force)
 
     def report(self, force: bool = False) -> dict[str, Any]:
         from reasondistill.report.build import write_report
 
         inputs = sorted((self.rd / "evaluate").glob("*/metrics.json")) + sorted((self.rd / "train").glob("*/summary.json")) \
             + sorted((self.rd / "train").glob("*/metrics.csv")) + [p for p in [self.rd / "curate/summary.json"] if p.exists()]
+        inputs += sorted(p for p in (self.rd / "evaluate").glob("*/*.json") if p.name != "metrics.json") \
+            + sorted((self.rd / "evaluate").glob("*/ood/metrics.json")) \
+            + sorted((self.rd / "evaluate").glob("*/completions.jsonl"))  # sampled, budget, compare, router, OOD, traces
         if not inputs:
             raise StageInputMissing(f"nothing to report in {self.rd.root}: run `reasondistill evaluate` first")
-        outputs = [self.rd / "report.json", self.rd / "report.md"]
+        outputs = [self.rd / "report.json", self.rd / "report.md", self.rd / "report.html"]
 
         def fn(_fp):
             return write_report(self.rd.root, self.cfg)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import types
 import typing
 from dataclasses import dataclass, field
@@ -140,22 +141,40 @@ def write_records(path: str | Path, records: Iterable[Any]) -> None:
     """Write a whole file atomically (temp file + rename): readers never see half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for rec in records:
-            obj = rec if isinstance(rec, dict) else to_dict(rec)
-            fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = tmp_path(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for rec in records:
+                obj = rec if isinstance(rec, dict) else to_dict(rec)
+                fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def tmp_path(path: str | Path) -> Path:
+    """A temporary name beside ``path``, unique to this process and call (pid + random suffix), so
+    concurrent writers of one file (e.g. DDP ranks) never write into each other's temp file."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a whole text file atomically (temp file + rename): readers see the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def repair_tail(path: str | Path) -> int:

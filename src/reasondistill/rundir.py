@@ -8,6 +8,10 @@ git commit and, per stage, the hashes of inputs and outputs.
 
     rd = RunDir("runs/demo")
     rd.run_stage("curate", cfg.curate, inputs=[...], outputs=[...], fn=lambda: ...)
+
+Under several processes (torchrun), only the main process writes here: a stage runs on the main
+process alone while the others wait for its result, except stages run with ``every_rank`` (training),
+which every process runs after the main process has decided whether they are current.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
+from reasondistill.distributed import barrier, broadcast, is_main_process, world_size
 from reasondistill.records import write_json
 
 LIBRARIES = ("reasondistill", "torch", "transformers", "accelerate", "tokenizers", "safetensors", "pydantic", "numpy")
@@ -53,6 +59,8 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         self._hash_cache_path = self.root / ".stages" / "hash-cache.json"
         self._hash_cache: dict[str, list] | None = None
+        self.main = is_main_process()  # only the main process writes bookkeeping (several under torchrun)
+        self._solo = 0  # > 0 while the main process runs a stage alone: nested stages need no collectives
 
     def __truediv__(self, part: str) -> Path:
         return self.root / part
@@ -76,7 +84,8 @@ class RunDir:
                 h.update(block)
         digest = h.hexdigest()
         self._hash_cache[key] = [st.st_size, st.st_mtime_ns, digest]
-        write_json(self._hash_cache_path, self._hash_cache)
+        if self.main:
+            write_json(self._hash_cache_path, self._hash_cache)
         return digest
 
     def hashes(self, paths: list[Path]) -> dict[str, str]:
@@ -118,37 +127,104 @@ class RunDir:
         return self.hashes(outputs) == state.get("outputs")
 
     def run_stage(self, name: str, config: Any, inputs: list[Path], outputs: list[Path],
-                  fn: Callable[[str], Any], force: bool = False, log: Callable[[str], None] = print) -> Any:
-        """Run ``fn(fingerprint)`` unless the stage is current; record hashes and the result."""
-        fp = self.fingerprint(config, inputs)
-        if not force and self.is_current(name, fp, outputs):
-            log(f"[skip] {name}: inputs and config unchanged")
+                  fn: Callable[[str], Any], force: bool = False, log: Callable[[str], None] = print,
+                  every_rank: bool = False) -> Any:
+        """Run ``fn(fingerprint)`` unless the stage is current; record hashes and the result.
+
+        With several processes: an ``every_rank`` stage runs ``fn`` on every process (all follow the
+        main process's skip-or-run decision and fingerprint); any other stage runs on the main
+        process only, and the others wait for it and return its result.
+        """
+        shared = world_size() > 1 and not self._solo
+        if shared and not every_rank:
+            result = None
+            if self.main:
+                self._solo += 1
+                try:
+                    result = self.run_stage(name, config, inputs, outputs, fn, force, log)
+                finally:
+                    self._solo -= 1
+            return broadcast(result)
+        fp, current = None, False
+        if self.main:
+            fp = self.fingerprint(config, inputs)
+            current = not force and self.is_current(name, fp, outputs)
+        if shared:
+            fp, current = broadcast((fp, current))
+        say = log if self.main else (lambda _msg: None)
+        if current:
+            say(f"[skip] {name}: inputs and config unchanged")
             return (self.stage_state(name) or {}).get("result")
-        log(f"[run ] {name}")
+        say(f"[run ] {name}")
         t0 = time.perf_counter()
         result = fn(fp)
-        state = {"stage": name, "fingerprint": fp, "config": _jsonable(config),
-                 "inputs": self.hashes(inputs), "outputs": self.hashes(outputs),
-                 "seconds": round(time.perf_counter() - t0, 2),
-                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "result": result}
-        write_json(self._state_path(name), state)
-        self.update_manifest(stage=state)
+        if self.main:
+            state = {"stage": name, "fingerprint": fp, "config": _jsonable(config),
+                     "inputs": self.hashes(inputs), "outputs": self.hashes(outputs),
+                     "seconds": round(time.perf_counter() - t0, 2),
+                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "result": result}
+            write_json(self._state_path(name), state)
+            self.update_manifest(stage=state)
         return result
+
+    def restart_if_stale(self, output: Path, progress_file: Path, fp: str, log: Callable[[str], None] = print) -> None:
+        """Before a resumable stage (re)writes ``output``: keep what an earlier config made aside (see
+        :func:`archive`), and record ``fp`` in ``progress_file`` so the next start knows what it resumes.
+        Only the main process touches the files; under several processes the others wait here."""
+        if self.main:
+            if output.exists():
+                try:
+                    old = json.loads(progress_file.read_text()).get("fingerprint")
+                except (OSError, ValueError):
+                    old = None
+                if old != fp:
+                    archive(output, log)
+            write_json(progress_file, {"fingerprint": fp})
+        if not self._solo:
+            barrier()
 
     # -- manifest ------------------------------------------------------------------------------
     def update_manifest(self, seeds: dict[str, Any] | None = None, stage: dict[str, Any] | None = None) -> None:
+        if not self.main:
+            return
         path = self.root / "manifest.json"
+        env = environment()
+        with file_lock(self.root / ".stages" / "manifest.lock"):  # students may train in parallel processes
+            try:
+                manifest = json.loads(path.read_text())
+            except (OSError, ValueError):
+                manifest = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            manifest["environment"] = env
+            if seeds:
+                manifest["seeds"] = seeds
+            if stage:
+                manifest.setdefault("stages", {})[stage["stage"]] = {
+                    k: stage[k] for k in ("fingerprint", "inputs", "outputs", "seconds", "finished_at")}
+            write_json(path, manifest)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) held for a read-modify-write of a shared file."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError):
-            manifest = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        manifest["environment"] = environment()
-        if seeds:
-            manifest["seeds"] = seeds
-        if stage:
-            manifest.setdefault("stages", {})[stage["stage"]] = {
-                k: stage[k] for k in ("fingerprint", "inputs", "outputs", "seconds", "finished_at")}
-        write_json(path, manifest)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def archive(path: Path, log: Callable[[str], None] = print) -> None:
+    """Move an output made under another config aside (``<name>.stale-N``) instead of deleting it."""
+    i = 1
+    while path.with_name(f"{path.name}.stale-{i}").exists():
+        i += 1
+    dest = path.with_name(f"{path.name}.stale-{i}")
+    path.rename(dest)
+    log(f"       config changed: kept the previous output as {dest}")
 
 
 def environment() -> dict[str, Any]:

@@ -125,6 +125,12 @@ def test_offline_topk_trains_through_the_loop(dataset, char_tokenizer, tmp_path)
     summary = train_model(init_model(TINY, char_tokenizer, seed=0), char_tokenizer, splits["train"], splits["val"],
                           tmp_path / "out", cfg, seed=0, objective=objective, show_progress=False)
     assert summary["steps"] == 3 and summary["final_val_loss"] > 0
+    import csv
+
+    rows = [r for r in csv.DictReader(open(tmp_path / "out" / "metrics.csv")) if r["val_loss"]]
+    # val_loss stays the answer-token CE (comparable with hard students); the KD objective sits beside it
+    assert rows and all(r["val_objective"] and float(r["val_objective"]) != float(r["val_loss"]) for r in rows)
+    assert float(rows[-1]["val_loss"]) == pytest.approx(summary["final_val_loss"], rel=1e-5)
 
 
 def test_feature_projection_is_trained_checkpointed_and_not_exported(dataset, char_tokenizer, tmp_path):

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate
+from reasondistill.records import tmp_path
 from reasondistill.train.losses import topk_from_logits
 
 FORMAT_VERSION = 1
@@ -174,7 +175,7 @@ def capture_topk(teacher, datasets: dict[str, str | Path], out_dir: str | Path, 
                 stats["shards_reused"] += 1
             else:
                 tensors = capture_shard(teacher, ds, start, end, k, temperature, vocab_size, pad_id, max_tokens)
-                tmp = file.with_name(file.name + ".tmp")
+                tmp = tmp_path(file)
                 save_file(tensors, str(tmp), metadata=meta)
                 os.replace(tmp, file)
             shards.append({"file": f"{split}/{file.name}", "start": start, "end": end})
@@ -190,7 +191,7 @@ def capture_topk(teacher, datasets: dict[str, str | Path], out_dir: str | Path, 
                                   "shards": shards, "keys": example_keys(ds)}
         stats["examples"] += len(ds)
         stats["tokens"] += n_tok
-    tmp = out_dir / (INDEX + ".tmp")
+    tmp = tmp_path(out_dir / INDEX)
     tmp.write_text(json.dumps(index))
     os.replace(tmp, out_dir / INDEX)
     stats["bytes_per_token"] = round(stats["bytes"] / max(1, stats["tokens"]), 2)

@@ -79,7 +79,7 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
     report = {
         "run_dir": str(root),
         "task": cfg.task.model_dump(),
-        "teacher": cfg.teacher.model,
+        "teacher": cfg.teacher.model + (" (traces ingested, not sampled)" if cfg.teacher.kind == "ingested" else ""),
         "models": {name: {k: m.get(k) for k in ("accuracy", "n", "correct", "mean_output_tokens", "truncation_rate",
                                                "accuracy_by_difficulty", "verdicts")} for name, m in models.items()},
         "training": training,
@@ -131,6 +131,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["## Curation", "", f"- teacher traces: {cur['traces']}, verdicts: {cur['verdicts']}",
                 f"- teacher accuracy on training problems: {_fmt(cur['teacher_accuracy'], '.1%')}; mean pass rate "
                 f"{_fmt(cur['mean_pass_rate'], '.2f')}", f"- dropped: {cur['dropped']}", f"- kept: {cur['kept']}", ""]
+        dec = cur.get("decontamination")
+        if dec:  # curate/decontam.py; the full list with the shared n-grams is in curate/decontamination.json
+            ids = ", ".join(f"`{i}`" for i in dec["ids"][:20]) + (" …" if len(dec["ids"]) > 20 else "")
+            out.insert(-1, f"- decontamination ({dec['ngram']}-gram overlap with {dec['eval_problems']} test "
+                           f"problems): {dec['contaminated_problems']} training problems dropped"
+                           + (f": {ids}" if ids else ""))
     if report.get("loss_curves"):
         out += ["## Loss curves", "", f"![loss curves]({report['loss_curves']})", ""]
     if report["stage_seconds"]:

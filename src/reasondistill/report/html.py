@@ -135,7 +135,11 @@ def trace_data(root: Path, report: Mapping[str, Any]) -> dict[str, Any]:
     problems = {p.id: p for p in read_records(problems_path, Problem)} if problems_path.exists() else {}
     task = None
     try:
-        task = load_task({k: v for k, v in report["task"].items() if k in ("name", "min_ops", "max_ops")})
+        from pydantic import TypeAdapter
+
+        from reasondistill.tasks.config import TaskConfig
+
+        task = load_task(TypeAdapter(TaskConfig).validate_python(report["task"]).task_spec())  # no file is read
     except (KeyError, ValueError, TypeError):
         pass
     models = [m for m in report["models"] if (root / "evaluate" / m / "completions.jsonl").exists()]

@@ -62,6 +62,7 @@ class ChainedArithmetic:
     min_ops: int = 3
     max_ops: int = 5
     name: str = "chained_arith"
+    strategy: str | None = None  # a system prompt for the teacher only (tasks/strategy.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ops <= self.max_ops:
@@ -69,7 +70,8 @@ class ChainedArithmetic:
 
     def describe(self) -> dict:
         return {"name": self.name, "min_ops": self.min_ops, "max_ops": self.max_ops,
-                "rule": "start 10-99, ops +,-,* by a digit 2-9, left to right, mod 100 after each step"}
+                "rule": "start 10-99, ops +,-,* by a digit 2-9, left to right, mod 100 after each step",
+                **({"strategy": self.strategy} if self.strategy else {})}
 
     def capacity(self, split: str) -> int:
         """Roughly how many distinct problems the split holds."""
@@ -99,6 +101,8 @@ class ChainedArithmetic:
             if p.prompt in seen or split_of(p.prompt) != split:
                 continue
             seen.add(p.prompt)
+            if self.strategy:
+                p.meta["strategy"] = self.strategy
             out.append(p)
         return out
 

@@ -7,6 +7,10 @@ to tell a right answer from a wrong one (and, separately, from one that cannot b
     task = load_task({"name": "chained_arith", "min_ops": 3, "max_ops": 5})
     problems = task.problems("train", n=100, seed=0)
     task.check(problems[0], "48")  # -> Check(verdict="correct", ...)
+
+Built in: ``chained_arith`` (generated, :mod:`.arith`), ``gsm8k``/``math``/``choice``/``code``
+(:mod:`.adapters`), ``file`` (any question/answer file, :mod:`.filetask`), ``mixture``
+(:mod:`.mixture`). Config sections: :mod:`.config`; file formats: :mod:`.sources`.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ class Check:
 class Task(Protocol):
     name: str
 
-    def problems(self, split: str, n: int, seed: int) -> list[Problem]:
-        """``n`` problems of ``split`` ("train" or "test"), deterministic given ``seed``.
+    def problems(self, split: str, n: int | None, seed: int) -> list[Problem]:
+        """``n`` problems of ``split`` ("train" or "test"), deterministic given ``seed``; for
+        file-backed tasks ``n`` is a cap and None means all.
 
         Train and test problems must be disjoint by construction.
         """
@@ -43,12 +48,25 @@ class Task(Protocol):
         ...
 
 
-def load_task(spec: dict[str, Any]) -> Task:
-    """Build a task from its config section (``name`` plus the task's own fields)."""
+def load_task(spec: dict[str, Any], label: str | None = None) -> Task:
+    """Build a task from its config section (``name`` plus the task's own fields; see
+    :mod:`reasondistill.tasks.config`). ``label`` renames it (a mixture's source label): problem
+    ids and ``Problem.task`` use the label."""
     spec = dict(spec)
-    name = spec.pop("name")
+    name = spec.pop("name", "chained_arith")
     if name == "chained_arith":
         from reasondistill.tasks.arith import ChainedArithmetic
 
-        return ChainedArithmetic(**spec)
-    raise ValueError(f"task.name: unknown task {name!r}; built-in tasks: 'chained_arith'")
+        return ChainedArithmetic(**spec, **({"name": label} if label else {}))
+    if name == "mixture":
+        from reasondistill.tasks.mixture import Mixture
+
+        return Mixture(**spec, **({"name": label} if label else {}))
+    from reasondistill.tasks.adapters import GSM8K, MATH, CodeTask, MultipleChoice
+    from reasondistill.tasks.filetask import FileTask
+
+    kinds = {"gsm8k": GSM8K, "math": MATH, "choice": MultipleChoice, "code": CodeTask, "file": FileTask}
+    if name not in kinds:
+        raise ValueError(f"task.name: unknown task {name!r}; built-in tasks: "
+                         f"{', '.join(['chained_arith', *kinds, 'mixture'])}")
+    return kinds[name](label, **spec)

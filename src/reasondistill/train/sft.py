@@ -33,7 +33,7 @@ from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, 
 from reasondistill.train.checkpoint import checkpoints, load_checkpoint, prune, save_checkpoint
 from reasondistill.train.config import TrainConfig
 
-METRIC_FIELDS = ["step", "epoch", "train_loss", "val_loss", "lr", "grad_norm", "target_tokens",
+METRIC_FIELDS = ["step", "epoch", "train_loss", "val_loss", "val_objective", "lr", "grad_norm", "target_tokens",
                  "tokens_per_s", "elapsed_s"]
 
 # An objective maps (model, batch) to the *sum* of per-token losses over target tokens; the loop
@@ -139,7 +139,7 @@ class _Metrics:
         with self.path.open("a", newline="") as fh:
             csv.DictWriter(fh, METRIC_FIELDS).writerow({k: row.get(k, "") for k in METRIC_FIELDS})
         if self.tb is not None:
-            for k in ("train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s"):
+            for k in ("train_loss", "val_loss", "val_objective", "lr", "grad_norm", "tokens_per_s"):
                 if row.get(k) not in (None, ""):
                     self.tb.add_scalar(k, row[k], row["step"])
 
@@ -183,6 +183,13 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    # FSDP / DeepSpeed shard the optimizer state (and weights), which save_checkpoint cannot write yet:
+    # no mid-run checkpoints or resuming there; final/ is still gathered and written (docs/scaling.md)
+    sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
+    if sharded and accelerator.is_main_process:
+        import warnings
+
+        warnings.warn(f"{accelerator.distributed_type.name}: no resumable checkpoints (only final/ is written)")
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     train_ds = TokenizedDataset(train_path)
@@ -208,7 +215,7 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
 
     ckpt_root = out_dir / "checkpoints"
     state = {"step": 0, "epoch": 0, "batch": 0, "elapsed_s": 0.0, "seed": seed, "total_steps": total_steps}
-    found = checkpoints(ckpt_root) if cfg.resume else []
+    found = checkpoints(ckpt_root) if cfg.resume and not sharded else []
     if found:
         from safetensors.torch import load_file
 
@@ -268,7 +275,8 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
                 p.grad = accelerator.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="mean")
             window_tokens += local_tokens
             if cfg.max_grad_norm:
-                last_grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                last_grad_norm = float("nan") if norm is None else norm  # DeepSpeed clips inside, returns None
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -292,10 +300,16 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
                 window_tokens = window_all_tokens = 0
                 window_t = time.perf_counter()
             if val_ds is not None and (step % cfg.eval_every == 0 or step == total_steps):
-                val_loss = evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator, objective)
-                metrics.log({"step": step, "epoch": round(step / steps_per_epoch, 4), "val_loss": round(val_loss, 6),
-                             "elapsed_s": round(time.perf_counter() - t0, 2)})
-            if step % cfg.save_every == 0 or step == total_steps:
+                # val_loss is always the answer-token cross-entropy, so hard and soft students compare;
+                # a soft student's own objective is logged beside it as val_objective
+                val_loss = evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator)
+                row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "val_loss": round(val_loss, 6),
+                       "elapsed_s": round(time.perf_counter() - t0, 2)}
+                if objective is not cross_entropy_sum:
+                    row["val_objective"] = round(evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator,
+                                                               objective), 6)
+                metrics.log(row)
+            if (step % cfg.save_every == 0 or step == total_steps) and not sharded:
                 state["elapsed_s"] = time.perf_counter() - t0
                 if main:
                     save_checkpoint(ckpt_root / f"step-{step}", accelerator.unwrap_model(model),
@@ -304,16 +318,17 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
                 accelerator.wait_for_everyone()
             advance(1)
     if val_ds is not None and math.isnan(val_loss):  # resumed after the last step
-        val_loss = evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator, objective)
+        val_loss = evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator)
     metrics.close()
     wall = time.perf_counter() - t0
     summary = {"name": name, "steps": state["step"], "epochs": round(state["step"] / steps_per_epoch, 3),
                "final_val_loss": val_loss, "wall_time_s": round(wall, 2),
                "train_examples": len(train_ds), "params": sum(p.numel() for p in model.parameters()),
                "processes": world}
+    weights = accelerator.get_state_dict(model)  # on every process: gathers FSDP / ZeRO-3 shards (DDP: a no-op)
     if main:
         final = out_dir / "final"
-        accelerator.unwrap_model(model).save_pretrained(final, safe_serialization=True)
+        accelerator.unwrap_model(model).save_pretrained(final, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(final)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()

@@ -1,0 +1,188 @@
+"""Built-in adapters for public benchmarks: GSM8K, MATH / MATH-500, multiple choice, code.
+
+Why: each benchmark stores its question, reference and metadata its own way; an adapter maps a
+row to a :class:`~reasondistill.records.Problem` and checks an answer with the matching verifier
+(:mod:`reasondistill.verify`). The field names default to the public releases and can be remapped
+in the config (``task.fields``). Verdicts keep "unparseable" (cannot verify: no answer, parse
+failure, sandbox error) apart from "wrong".
+
+* ``gsm8k``: ``question``; ``answer`` = worked solution ending in ``#### N``. Problem.answer is
+  N, Problem.solution the text before ``####`` without the ``<<48/2=24>>`` calculator notes;
+  difficulty = number of solution lines (reasoning steps). Checked with ``verify_math``.
+* ``math``: ``problem``; ``solution`` with ``\\boxed{}``; ``answer`` if present, else the last
+  ``\\boxed{}`` of the solution; ``level`` ("Level 3" or 3) → difficulty; ``subject`` → meta.
+* ``choice``: ``question``; ``choices`` (a list, a JSON list in a string, or several columns);
+  ``answer`` a letter, an int index (0-based) or an option's text. The prompt lists the options
+  as "A. ...", one a line; checked with ``verify_choice``.
+* ``code``: HumanEval (``prompt``, ``test`` with ``def check``, ``entry_point``) or MBPP
+  (``fields: {prompt: text, tests: test_list, setup: test_setup_code}``); checked by running the
+  extracted code against the tests in the sandbox (``verify_code``), never in this process.
+
+    task = GSM8K(train_path="data/gsm8k/train.jsonl", test_path="data/gsm8k/test.jsonl")
+    task.check(task.problems("test", 1, 0)[0], "The answer is 18.")
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from typing import Any
+
+from reasondistill.records import Problem, RecordError
+from reasondistill.tasks.base import Check
+from reasondistill.tasks.config import ChoiceFields, CodeFields, GSM8KFields, MathFields
+from reasondistill.tasks.filetask import RowTask
+from reasondistill.tasks.sources import Row, field_value
+
+_CALC = re.compile(r"<<[^<>]*>>")
+_LEVEL = re.compile(r"(\d+)")
+
+
+class GSM8K(RowTask):
+    kind = "gsm8k"
+    fields_cls = GSM8KFields
+
+    def parse(self, row: Row) -> dict[str, Any]:
+        from reasondistill.verify.math import clean_answer
+
+        f = self.fields
+        full = field_value(row, "answer", f.answer)
+        if "####" not in full:
+            raise RecordError(f"{row.where}: field {f.answer!r} (task.fields.answer) has no '#### <answer>' "
+                              f"line: {full[-60:]!r}")
+        body, _, final = full.rpartition("####")
+        answer = clean_answer(final)
+        if not answer:
+            raise RecordError(f"{row.where}: field {f.answer!r} (task.fields.answer): nothing after '####'")
+        solution = _CALC.sub("", body).strip()
+        return {"question": field_value(row, "question", f.question), "answer": answer, "solution": solution,
+                "difficulty": sum(1 for ln in solution.splitlines() if ln.strip()),
+                "id": field_value(row, "id", f.id, required=False)}
+
+    def check(self, problem: Problem, answer: str) -> Check:
+        from reasondistill.verify.math import verify_math
+
+        return verify_math(problem.answer, answer)
+
+
+def math_level(value: Any) -> int:
+    """MATH's "Level 3" (or 3) → 3; "Level ?" or nothing → 0."""
+    if value is None:
+        return 0
+    m = _LEVEL.search(str(value))
+    return int(m.group(1)) if m else 0
+
+
+class MATH(RowTask):
+    kind = "math"
+    fields_cls = MathFields
+
+    def parse(self, row: Row) -> dict[str, Any]:
+        from reasondistill.verify.math import last_boxed
+
+        f = self.fields
+        solution = field_value(row, "solution", f.solution)
+        answer = field_value(row, "answer", f.answer, required=False) or last_boxed(solution)
+        if not answer:
+            raise RecordError(f"{row.where}: field {f.solution!r} (task.fields.solution) has no \\boxed{{}} "
+                              f"answer and the row has no {f.answer!r} field")
+        subject = field_value(row, "subject", f.subject, required=False)
+        level = field_value(row, "level", f.level, required=False, kind="any")
+        return {"question": field_value(row, "question", f.question), "answer": answer, "solution": solution,
+                "difficulty": math_level(level), "id": field_value(row, "id", f.id, required=False),
+                "meta": {k: v for k, v in (("subject", subject), ("level", level)) if v is not None}}
+
+    def check(self, problem: Problem, answer: str) -> Check:
+        from reasondistill.verify.math import verify_math
+
+        return verify_math(problem.answer, answer)
+
+
+class MultipleChoice(RowTask):
+    kind = "choice"
+    fields_cls = ChoiceFields
+
+    def parse(self, row: Row) -> dict[str, Any]:
+        f = self.fields
+        options = field_value(row, "choices", f.choices, kind="list")
+        if len(options) > 26:
+            raise RecordError(f"{row.where}: field {f.choices!r} (task.fields.choices): {len(options)} options, "
+                              "at most 26 (A-Z)")
+        options = [str(o) for o in options]
+        letters = string.ascii_uppercase[:len(options)]
+        raw = field_value(row, "answer", f.answer, kind="any")
+        letter = reference_letter(raw, options)
+        if letter is None:
+            raise RecordError(f"{row.where}: field {f.answer!r} (task.fields.answer): {raw!r} is not a letter "
+                              f"{letters[0]}-{letters[-1]}, an index 0-{len(options) - 1} or one option's text")
+        question = field_value(row, "question", f.question)
+        rendered = question.rstrip() + "\n\n" + "\n".join(f"{L}. {o}" for L, o in zip(letters, options))
+        subject = field_value(row, "subject", f.subject, required=False)
+        return {"question": rendered, "answer": letter, "solution": "", "difficulty": 0,
+                "id": field_value(row, "id", f.id, required=False),
+                "meta": {"choices": options, **({"subject": subject} if subject else {})}}
+
+    def check(self, problem: Problem, answer: str) -> Check:
+        from reasondistill.verify.choice import verify_choice
+
+        return verify_choice(problem.answer, answer, options=problem.meta.get("choices"))
+
+
+def reference_letter(raw: Any, options: list[str]) -> str | None:
+    """The letter of a reference answer: an int is a 0-based index; a string is a letter, else
+    exactly one option's text, else a 0-based index in digits."""
+    letters = string.ascii_uppercase[:len(options)]
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int) or (isinstance(raw, float) and raw.is_integer()):
+        i = int(raw)
+        return letters[i] if 0 <= i < len(options) else None
+    text = str(raw).strip()
+    bare = text.strip("()[]*. ")
+    if len(bare) == 1 and bare.upper() in letters and bare.isupper():
+        return bare
+    same = [L for L, o in zip(letters, options) if o.strip().casefold() == text.casefold()]
+    if len(same) == 1:
+        return same[0]
+    if text.isdigit() and int(text) < len(options):
+        return letters[int(text)]
+    return None
+
+
+class CodeTask(RowTask):
+    kind = "code"
+    fields_cls = CodeFields
+
+    def __init__(self, name: str | None = None, *, wall_seconds: float = 10.0, memory_mb: int = 1024, **kw: Any):
+        super().__init__(name, **kw)
+        self.wall_seconds, self.memory_mb = wall_seconds, memory_mb
+
+    def parse(self, row: Row) -> dict[str, Any]:
+        f = self.fields
+        prompt = field_value(row, "prompt", f.prompt)
+        tests = field_value(row, "tests", f.tests, kind="any")
+        if isinstance(tests, (list, tuple)) or hasattr(tests, "tolist"):  # MBPP's test_list
+            tests = "\n".join(str(t) for t in (tests.tolist() if hasattr(tests, "tolist") else tests))
+        if not isinstance(tests, str) or not tests.strip():
+            raise RecordError(f"{row.where}: field {f.tests!r} (task.fields.tests) should be test code or a "
+                              f"list of assert lines, got {tests!r:.60}")
+        solution = field_value(row, "solution", f.solution, required=False) or ""
+        meta = {"tests": tests, "code_prompt": prompt,
+                "entry_point": field_value(row, "entry_point", f.entry_point, required=False),
+                "setup": field_value(row, "setup", f.setup, required=False) or ""}
+        return {"question": prompt, "answer": solution, "solution": solution, "difficulty": 0,
+                "id": field_value(row, "id", f.id, required=False), "meta": meta}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "wall_seconds": self.wall_seconds, "memory_mb": self.memory_mb}
+
+    def check(self, problem: Problem, answer: str) -> Check:
+        from reasondistill.verify.code import CodeProblem, Limits, verify_code
+
+        m = problem.meta
+        spec = CodeProblem(tests=m["tests"], prompt=m.get("code_prompt", ""), entry_point=m.get("entry_point"),
+                           setup=m.get("setup", ""))
+        limits = Limits(wall_seconds=self.wall_seconds, cpu_seconds=max(1, math.ceil(self.wall_seconds)),
+                        memory_mb=self.memory_mb)
+        return verify_code(spec, answer, limits)
