@@ -142,7 +142,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["stage_seconds"]:
         out += ["## Time per stage (seconds, last run of each)", "",
                 ", ".join(f"{k} {v:.1f}" for k, v in report["stage_seconds"].items()),
-                f"\nTotal: {report['total_stage_seconds']:.1f} s", ""]
+                f"\nSum of stage times: {report['total_stage_seconds']:.1f} s (students may train in parallel, so wall time is less)", ""]
     if report.get("evaluation"):
         from reasondistill.report.extras import render_markdown as evaluation_markdown
 
