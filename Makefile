@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean-demo teacher
+.PHONY: demo test install clean-demo teacher browser
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/reasondistill demo --out runs/demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# Debian's Chromium for the report's browser test (tests/report/test_html_browser.py skips without it)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) ; } || \
+	  echo "chromium could not be installed: the browser test will be skipped"
 
 clean-demo:
 	rm -rf runs/demo

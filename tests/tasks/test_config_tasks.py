@@ -27,7 +27,7 @@ def error(tmp_path, data) -> str:
 def test_demo_task_is_unchanged():
     cfg = load_config(demo_config_path())
     assert cfg.task.model_dump(mode="json") == {"name": "chained_arith", "min_ops": 3, "max_ops": 5,
-                                                "n_train": 8000, "n_test": 400}  # so old fingerprints hold
+                                                "n_train": 16000, "n_test": 400}  # no new keys: old fingerprints hold
     assert RunConfig.model_validate({"task": {"min_ops": 2, "max_ops": 3}}).task.name == "chained_arith"
 
 
