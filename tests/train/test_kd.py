@@ -190,40 +190,9 @@ def test_distill_config_validation():
         assert DistillConfig.model_validate(ok.model_dump(mode="json")) == ok
 
 
-# -- the pipeline through the CLI (write_config as in tests/test_pipeline.py) ---------------------------------
+# -- the pipeline through the CLI ---------------------------------------------------------------------------
 
-def write_config(path, teacher, **sections):
-    import yaml
-
-    cfg = {
-        "run_dir": str(path.parent / "run"), "seed": 0,
-        "task": {"name": "chained_arith", "min_ops": 3, "max_ops": 4, "n_train": 40, "n_test": 10},
-        "teacher": {"model": str(teacher)},
-        "generate": {"n": 2, "temperature": 1.0, "max_new_tokens": 8, "batch_size": 8},
-        "curate": {"require_correct": False, "require_think": False},
-        "build": {"max_length": 128, "val_fraction": 0.1},
-        "students": [{"name": "s1", "init": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                              "intermediate_size": 32},
-                      "train": {"max_steps": 3, "epochs": None, "batch_size": 8, "save_every": 2, "log_every": 1}}],
-        "evaluate": {"batch_size": 10, "max_new_tokens": 8},
-    }
-    for k, v in sections.items():
-        cfg[k] = cfg[k] | v if isinstance(v, dict) else v
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def cli(*args, check=True):
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "reasondistill", *map(str, args), "--quiet"], capture_output=True,
-                         text=True, env=env, timeout=600)
-    if check and out.returncode != 0:
-        raise AssertionError(f"exit {out.returncode}\n{out.stdout}\n{out.stderr}")
-    return out
+from tests.test_pipeline import cli, write_config  # noqa: E402  (one copy of the CLI helpers)
 
 
 def test_offline_topk_student_runs_through_the_pipeline(tmp_path, tiny_model_dir):
