@@ -109,3 +109,29 @@ def test_gradient_accumulation_equals_one_big_batch(dataset, char_tokenizer):
     (cross_entropy_sum(model, big) / ds.target_tokens(sum(parts, []))).backward()
     for n, p in model.named_parameters():
         assert torch.allclose(p.grad, grads[1][n], atol=1e-6, rtol=1e-4), n
+
+
+def test_mixed_precision_auto_resolves_and_is_reported(dataset, char_tokenizer, tmp_path):
+    import torch
+
+    from reasondistill.train.config import resolve_mixed_precision
+
+    assert resolve_mixed_precision("no") == "no" and resolve_mixed_precision("bf16") == "bf16"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert not torch.cuda.is_available()  # this suite runs on CPU
+    expected = "bf16" if native else "no"
+    assert resolve_mixed_precision("auto") == expected
+    model = init_model(TINY, char_tokenizer, seed=0)
+    summary = train_model(model, char_tokenizer, dataset / "train.safetensors", None, tmp_path,
+                          _cfg(max_steps=2, mixed_precision="auto"), seed=0, show_progress=False)
+    assert summary["mixed_precision"] == expected
+    assert summary["attention"] == ("train/attention.py" if expected == "bf16" else "sdpa")  # TINY: head_dim 16
+
+
+def test_students_with_different_precisions_in_one_process(dataset, char_tokenizer, tmp_path):
+    """accelerate's process-wide state would refuse the second precision; train_model resets it."""
+    for precision in ("no", "bf16", "no"):
+        model = init_model(TINY, char_tokenizer, seed=0)
+        summary = train_model(model, char_tokenizer, dataset / "train.safetensors", None, tmp_path / precision,
+                              _cfg(max_steps=1, mixed_precision=precision), seed=0, show_progress=False)
+        assert summary["mixed_precision"] == precision

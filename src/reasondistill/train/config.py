@@ -23,7 +23,12 @@ class TrainConfig(BaseModel):
     betas: tuple[float, float] = (0.9, 0.98)
     max_grad_norm: float | None = Field(1.0, gt=0)
     group_by_length: bool = True
-    mixed_precision: Literal["no", "bf16"] = "no"
+    mixed_precision: Literal["no", "bf16", "auto"] = Field(
+        "no", description="bf16: autocast matmuls to bf16 (fp32 master weights); auto: bf16 where the hardware "
+                          "runs it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else no")
+    attention: Literal["auto", "model"] = Field(
+        "auto", description="auto: on CPU, train with train/attention.py's blocked causal attention where it "
+                            "pays (bf16, or head_dim >= 32); model: keep the model's own attn_implementation")
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None keeps torch's default")
     log_every: int = Field(10, gt=0)
     eval_every: int = Field(200, gt=0)
@@ -36,3 +41,17 @@ class TrainConfig(BaseModel):
         if self.epochs is None and self.max_steps is None:
             raise ValueError("set epochs or max_steps")
         return self
+
+
+def resolve_mixed_precision(value: str) -> str:
+    """``auto`` -> ``bf16`` on a CUDA device with bf16 or a CPU with AVX512-BF16 / AMX, else ``no``.
+    (Emulated bf16 on other CPUs is several times slower than fp32.)"""
+    if value != "auto":
+        return value
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    cpu = getattr(torch, "cpu", None)
+    native = any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return "bf16" if native else "no"

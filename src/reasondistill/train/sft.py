@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from reasondistill.progress import progress_bar
+from reasondistill.train.attention import fast_causal_attention, pays_on_cpu
 from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches
 from reasondistill.train.checkpoint import checkpoints, load_checkpoint, prune, save_checkpoint
-from reasondistill.train.config import TrainConfig
+from reasondistill.train.config import TrainConfig, resolve_mixed_precision
 
 METRIC_FIELDS = ["step", "epoch", "train_loss", "val_loss", "val_objective", "lr", "grad_norm", "target_tokens",
                  "tokens_per_s", "elapsed_s"]
@@ -170,6 +171,17 @@ def evaluate_loss(model, dataset: TokenizedDataset, pad_id: int, batch_size: int
     return (total[0] / total[1].clamp(min=1)).item()
 
 
+def _forget_other_precision(precision: str) -> None:
+    """accelerate keeps one process-wide state and refuses a second ``Accelerator`` with another
+    mixed precision; in a single (non-distributed) process, a later ``train_model`` call with another
+    precision (e.g. a bf16 student after an fp32 one) resets that state first."""
+    from accelerate.state import AcceleratorState, DistributedType
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", precision) != precision and state.get("distributed_type") == DistributedType.NO:
+        AcceleratorState._reset_state()
+
+
 def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path | None, out_dir: str | Path,
                 cfg: TrainConfig, seed: int, objective: Objective = cross_entropy_sum,
                 name: str = "student", show_progress: bool = True) -> dict[str, Any]:
@@ -182,7 +194,9 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
     out_dir = Path(out_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    precision = resolve_mixed_precision(cfg.mixed_precision)
+    _forget_other_precision(precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
     # FSDP / DeepSpeed shard the optimizer state (and weights), which save_checkpoint cannot write yet:
     # no mid-run checkpoints or resuming there; final/ is still gathered and written (docs/scaling.md)
     sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
@@ -255,7 +269,10 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
     window_t = time.perf_counter()
     last_grad_norm = float("nan")
     val_loss = float("nan")
-    with progress_bar(f"train {name}", total_steps, show_progress and main, state["step"]) as advance:
+    unwrapped = accelerator.unwrap_model(model)
+    fast_attention = fast_causal_attention(unwrapped, enabled=cfg.attention == "auto" and accelerator.device.type == "cpu"
+                                           and pays_on_cpu(unwrapped, precision))
+    with fast_attention as fast_on, progress_bar(f"train {name}", total_steps, show_progress and main, state["step"]) as advance:
         while state["step"] < total_steps:
             group = []
             for _ in range(cfg.grad_accum):
@@ -317,14 +334,16 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
                     prune(ckpt_root, cfg.keep_checkpoints)
                 accelerator.wait_for_everyone()
             advance(1)
-    if val_ds is not None and math.isnan(val_loss):  # resumed after the last step
-        val_loss = evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator)
+        if val_ds is not None and math.isnan(val_loss):  # resumed after the last step
+            val_loss = evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator)
     metrics.close()
     wall = time.perf_counter() - t0
     summary = {"name": name, "steps": state["step"], "epochs": round(state["step"] / steps_per_epoch, 3),
                "final_val_loss": val_loss, "wall_time_s": round(wall, 2),
                "train_examples": len(train_ds), "params": sum(p.numel() for p in model.parameters()),
-               "processes": world}
+               "processes": world,
+               "attention": "train/attention.py" if fast_on else unwrapped.config._attn_implementation,
+               "mixed_precision": precision}
     weights = accelerator.get_state_dict(model)  # on every process: gathers FSDP / ZeRO-3 shards (DDP: a no-op)
     if main:
         final = out_dir / "final"

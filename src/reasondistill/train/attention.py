@@ -1,0 +1,208 @@
+"""Causal attention for training on CPU: two bf16/fp32 GEMMs and one softmax per layer.
+
+Why this exists: on CPU, PyTorch's ``scaled_dot_product_attention`` dispatches to a flash kernel
+that is 2-3x slower than plain GEMMs for the sequence lengths of reasoning traces (128-1024
+tokens; ``bench/attention.py`` measures it), and Hugging Face's ``eager`` attention materialises
+a float mask of shape (batch, 1, T, T) and adds it in fp32, which costs more than the attention
+itself. Training batches here are right-padded (``data.dataset.collate``), so for a causal model
+the padding mask changes nothing at real positions: a real token only attends to earlier tokens,
+which are real. This module computes exactly that:
+
+    S = (q * scale) @ k^T            (batch, heads, T, T)   in the autocast dtype (bf16) or fp32
+    P = softmax(S + causal mask)     softmax accumulated in fp32
+    O = P @ v                        (batch, heads, T, head_dim)
+
+as one ``torch.autograd.Function`` that saves P and recomputes nothing; its backward is
+``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - rowsum(dP * P))``, ``dQ = scale * dS K``,
+``dK = dS^T (q * scale)``.
+
+Anything it does not handle (dropout, sliding windows, soft-capping, attention sinks, decoding
+with a KV cache, non-causal modules, 4-D masks) goes to the model's own ``sdpa`` path with an
+explicit boolean mask, so results stay correct; a left-padded or gappy 2-D mask is applied as a
+key mask inside the function. ``fast_causal_attention(model)`` switches a Hugging Face model to it
+for the duration of a ``with`` block (``train.sft.train_model`` does this on CPU when
+``train.attention: auto``); ``tests/train/test_attention.py`` checks outputs and gradients against
+``sdpa`` to 1e-5 in fp32.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+NAME = "reasondistill_causal"
+
+
+class CausalAttention(torch.autograd.Function):
+    """Causal softmax attention, computed in blocks of ``block`` queries so that the upper triangle
+    of the score matrix is (mostly) never computed: query block [a, b) only meets keys [0, b).
+
+    q, k, v: (batch, heads, T, head_dim), one dtype; ``key_mask``: None or a bool tensor
+    broadcastable to (batch, heads, T, T), True where attention is *forbidden* in addition to the
+    causal mask (typically (batch, 1, 1, T): padded keys). Returns (batch, heads, T, head_dim) in q's dtype. Saves the probabilities of each
+    block (about half of the T x T matrix) for the backward; dK and dV accumulate in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale: float, key_mask, block: int = 128, dtype: torch.dtype | None = None):
+        # one contiguous copy each, in the compute dtype: Hugging Face hands over transposed views,
+        # which matmul would otherwise copy again for every block; k is stored transposed (B, H, D, T)
+        dtype = dtype or q.dtype
+        qs = (q * scale).to(dtype=dtype, memory_format=torch.contiguous_format)
+        kt = k.to(dtype).transpose(-1, -2).contiguous()
+        v = v.to(dtype=dtype, memory_format=torch.contiguous_format)
+        t = qs.shape[-2]
+        out = torch.empty_like(v)
+        probs = []
+        for start in range(0, t, block):
+            end = min(t, start + block)
+            s = torch.matmul(qs[..., start:end, :], kt[..., :end])
+            forbidden = torch.ones(end - start, end, dtype=torch.bool, device=q.device).triu_(start + 1)
+            if key_mask is not None:
+                rows = key_mask[..., start:end, :end] if key_mask.shape[-2] > 1 else key_mask[..., :end]
+                forbidden = forbidden | rows
+            # a finite minimum, not -inf: a query with no allowed key (left padding) gets a finite row
+            s.masked_fill_(forbidden, torch.finfo(s.dtype).min)
+            p = torch.softmax(s, dim=-1)  # accumulates in fp32 internally, rounds to s's dtype
+            torch.matmul(p, v[..., :end, :], out=out[..., start:end, :])
+            probs.append(p)
+        ctx.save_for_backward(qs, kt, v, *probs)
+        ctx.scale, ctx.block = scale, block
+        ctx.dtypes = (q.dtype, k.dtype, v.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qs, kt, v, *probs = ctx.saved_tensors
+        grad_out = grad_out.to(dtype=v.dtype, memory_format=torch.contiguous_format)
+        grad_q = torch.empty_like(qs)
+        grad_k = torch.zeros(kt.shape[:-2] + (kt.shape[-1], kt.shape[-2]), dtype=torch.float32, device=kt.device)
+        grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+        for p, start in zip(probs, range(0, qs.shape[-2], ctx.block)):
+            end = start + p.shape[-2]
+            go = grad_out[..., start:end, :]
+            grad_v[..., :end, :] += torch.matmul(p.transpose(-1, -2), go)
+            grad_p = torch.matmul(go, v[..., :end, :].transpose(-1, -2))
+            grad_s = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
+            torch.matmul(grad_s, kt[..., :end].transpose(-1, -2), out=grad_q[..., start:end, :])
+            grad_k[..., :end, :] += torch.matmul(grad_s.transpose(-1, -2), qs[..., start:end, :])
+        q_dtype, k_dtype, v_dtype = ctx.dtypes
+        return (grad_q.mul_(ctx.scale).to(q_dtype), grad_k.to(k_dtype), grad_v.to(v_dtype),
+                None, None, None, None)
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    if groups == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, groups, t, d).reshape(b, h * groups, t, d)
+
+
+def _is_right_padded(mask: torch.Tensor) -> bool:
+    """True when every row of a (batch, T) 0/1 mask is ones then zeros (or all ones)."""
+    m = mask.bool()
+    return bool((m[:, 1:] <= m[:, :-1]).all())
+
+
+def _fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs):
+    """The model's sdpa path, with a 2-D padding mask turned into the explicit 4-D boolean mask
+    sdpa expects (queries are the last ``q_len`` of ``kv_len`` positions)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is not None and attention_mask.ndim == 2:
+        q_len, kv_len = query.shape[2], key.shape[2]
+        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril_(kv_len - q_len)
+        window = kwargs.get("sliding_window")
+        if window:
+            allowed &= ~torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril_(kv_len - q_len - window)
+        attention_mask = allowed[None, None] & attention_mask.bool()[:, None, None, :]
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def causal_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                             scaling: float | None = None, **kwargs):
+    """Hugging Face ``AttentionInterface`` signature: tensors (batch, heads, T, head_dim) in,
+    (batch, T, heads, head_dim) out, plus ``None`` for the attention weights."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    unsupported = (
+        (dropout and module.training) or kwargs.get("sliding_window") or kwargs.get("softcap") is not None
+        or kwargs.get("s_aux") is not None or not getattr(module, "is_causal", True) or q_len != kv_len
+        or (attention_mask is not None and attention_mask.ndim != 2)
+    )
+    if unsupported:
+        return _fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
+    dtype = torch.get_autocast_dtype(query.device.type) if torch.is_autocast_enabled(query.device.type) else query.dtype
+    key_mask = None
+    if attention_mask is not None and not _is_right_padded(attention_mask):
+        key_mask = ~attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, T): broadcasts over queries
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    with torch.autocast(query.device.type, enabled=False):
+        out = CausalAttention.apply(query, key, value, scale, key_mask, 128, dtype)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+          mask_function=None, attention_mask: torch.Tensor | None = None, **kwargs):
+    """The mask the model builds before its layers: for a plain causal forward without a cache, the
+    2-D padding mask as it is (``causal_attention_forward`` applies it); for anything else (decoding,
+    packed sequences, sliding windows, custom mask functions) sdpa's explicit 4-D boolean mask, which
+    sends the layers to the sdpa fallback."""
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+    mask_function = mask_function or causal_mask_function
+    if (mask_function is causal_mask_function and q_length == kv_length and not q_offset and not kv_offset
+            and kwargs.get("local_size") is None):
+        return None if attention_mask is None else attention_mask[:, :kv_length]
+    kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                     kv_offset=kv_offset, mask_function=mask_function, attention_mask=attention_mask, **kwargs)
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, causal_attention_forward)
+    AttentionMaskInterface.register(NAME, _mask)
+
+
+def supports_fast_attention(model) -> bool:
+    """A Hugging Face decoder whose attention goes through ``AttentionInterface`` (sdpa or eager)."""
+    config = getattr(model, "config", None)
+    return (config is not None and getattr(config, "_attn_implementation", None) in ("sdpa", "eager", NAME)
+            and not getattr(config, "is_encoder_decoder", False) and getattr(model, "_supports_attention_backend", False))
+
+
+def pays_on_cpu(model, mixed_precision: str) -> bool:
+    """Whether to switch on CPU, from measurements on this project's 2-core machine (fixed-shape
+    fwd+bwd steps): with bf16 autocast it is 1.3-2.7x faster than sdpa at every size tried (sdpa's
+    CPU flash kernel is slow in bf16); in fp32 it is 5-17% faster for head_dim 64 but 14% slower
+    for head_dim 12, where sdpa's kernel does better with the tiny inner dimension."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return False
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return mixed_precision == "bf16" or head_dim >= 32
+
+
+@contextmanager
+def fast_causal_attention(model, enabled: bool = True) -> Iterator[bool]:
+    """Within the block, ``model`` (unwrapped) uses ``causal_attention_forward``; restored on exit.
+    Yields whether it was switched (False when disabled or the model does not support it)."""
+    if not enabled or not supports_fast_attention(model):
+        yield False
+        return
+    _register()
+    configs = [m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")]
+    saved = [(c, c._attn_implementation) for c in {id(c): c for c in configs}.values()]
+    try:
+        for c, _ in saved:
+            c._attn_implementation = NAME
+        yield True
+    finally:
+        for c, impl in saved:
+            c._attn_implementation = impl

@@ -1,0 +1,163 @@
+"""train/attention.py: the blocked causal attention equals sdpa (values and gradients), on its own
+and inside real tiny Hugging Face models, and its fallbacks (left padding, decoding) stay exact."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reasondistill.models import init_model
+from reasondistill.train.attention import NAME, CausalAttention, fast_causal_attention
+
+QWEN_GQA = {"architecture": "qwen2", "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "intermediate_size": 96, "max_position_embeddings": 512}
+QWEN_HEAD32 = {"architecture": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+               "num_key_value_heads": 1, "intermediate_size": 96, "max_position_embeddings": 512}
+LLAMA = {"architecture": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+         "intermediate_size": 64, "max_position_embeddings": 512}
+
+
+def _qkv(b=2, h=3, t=300, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, t, d, generator=g, dtype=torch.float64).float().requires_grad_() for _ in range(3)]
+
+
+def _grads(out, grad, tensors):
+    return torch.autograd.grad(out, tensors, grad)
+
+
+@pytest.mark.parametrize("block", [128, 64, 1000])
+def test_function_equals_sdpa_values_and_gradients(block):
+    q, k, v = _qkv()
+    grad = torch.randn_like(q)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out = CausalAttention.apply(q, k, v, 16 ** -0.5, None, block, None)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(_grads(out, grad, (q, k, v)), _grads(ref, grad, (q, k, v))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_function_applies_a_key_mask():
+    q, k, v = _qkv(t=200)
+    valid = torch.ones(2, 200, dtype=torch.bool)
+    valid[1, :37] = False  # left padding
+    allowed = torch.ones(200, 200, dtype=torch.bool).tril() & valid[:, None, None, :]
+    grad = torch.randn_like(q)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    out = CausalAttention.apply(q, k, v, 16 ** -0.5, ~valid[:, None, None, :], 64, None)
+    rows = valid[:, None, :, None].expand_as(out)  # queries with at least one allowed key
+    torch.testing.assert_close(out[rows], ref[rows], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(out).all()  # fully masked query rows stay finite
+    masked_grad = grad * rows
+    for a, b in zip(_grads(out, masked_grad, (q, k, v)), _grads(ref, masked_grad, (q, k, v))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_close_to_fp32():
+    q, k, v = _qkv(t=260)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out = CausalAttention.apply(q, k, v, 16 ** -0.5, None, 128, torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - ref).abs().max() / ref.abs().max()) < 2e-2
+
+
+def _batch(t=260, pad_rows=((1, 190), (2, 140))):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 60, (3, t), generator=g)
+    mask = torch.ones(3, t, dtype=torch.long)
+    for row, length in pad_rows:
+        mask[row, length:] = 0
+    return ids, mask
+
+
+def _forward_backward(model, ids, mask, **kw):
+    model.zero_grad()
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **kw).logits
+    (logits * mask[..., None]).pow(2).mean().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("spec", [QWEN_GQA, LLAMA], ids=["qwen2-gqa", "llama"])
+def test_model_right_padded_equals_sdpa(spec, char_tokenizer):
+    model = init_model(spec, char_tokenizer, seed=0)
+    ids, mask = _batch()
+    ref_logits, ref_grads = _forward_backward(model, ids, mask)
+    with fast_causal_attention(model) as on:
+        assert on and model.config._attn_implementation == NAME
+        logits, grads = _forward_backward(model, ids, mask)
+    assert model.config._attn_implementation == "sdpa"  # restored
+    real = mask.bool()
+    torch.testing.assert_close(logits[real], ref_logits[real], atol=1e-5, rtol=1e-5)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_model_left_padded_equals_sdpa(char_tokenizer):
+    model = init_model(QWEN_GQA, char_tokenizer, seed=0)
+    ids, _ = _batch()
+    mask = torch.ones_like(ids)
+    mask[0, :70] = 0
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    ref, _ = _forward_backward(model, ids, mask, position_ids=position_ids)
+    with fast_causal_attention(model):
+        out, _ = _forward_backward(model, ids, mask, position_ids=position_ids)
+    torch.testing.assert_close(out[mask.bool()], ref[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_generation_with_cache_unchanged(char_tokenizer):
+    model = init_model(QWEN_GQA, char_tokenizer, seed=0).eval()
+    ids, _ = _batch(t=12)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left-padded prompt
+    kw = dict(max_new_tokens=20, do_sample=False, pad_token_id=char_tokenizer.pad_token_id)
+    ref = model.generate(input_ids=ids, attention_mask=mask, **kw)
+    with fast_causal_attention(model):
+        out = model.generate(input_ids=ids, attention_mask=mask, **kw)
+    assert torch.equal(out, ref)
+
+
+def test_pays_on_cpu_rule(char_tokenizer):
+    from reasondistill.train.attention import pays_on_cpu
+
+    assert pays_on_cpu(init_model(QWEN_GQA, char_tokenizer, seed=0), "bf16")  # head_dim 12
+    assert not pays_on_cpu(init_model(QWEN_GQA, char_tokenizer, seed=0), "no")
+    assert pays_on_cpu(init_model(QWEN_HEAD32, char_tokenizer, seed=0), "no")
+
+
+def test_disabled_or_unsupported_keeps_the_model(char_tokenizer):
+    model = init_model(LLAMA, char_tokenizer, seed=0)
+    with fast_causal_attention(model, enabled=False) as on:
+        assert not on and model.config._attn_implementation == "sdpa"
+    with fast_causal_attention(torch.nn.Linear(2, 2)) as on:
+        assert not on
+
+
+def test_train_model_uses_it_and_matches_the_model_attention(char_tokenizer, tmp_path, arith):
+    """Same seed, same data: the loss curve with attention=auto equals attention=model (fp32), and
+    the saved model keeps its own attention implementation."""
+    import csv
+    import json
+
+    from reasondistill.data.build import build_dataset, make_examples
+    from reasondistill.records import Trace
+    from reasondistill.train.config import TrainConfig
+    from reasondistill.train.sft import train_model
+
+    problems = arith.problems("train", 24, seed=0)
+    traces = [Trace(p.id, 0, p.solution * 3, p.answer, "", 0, 0, "stop", "solver") for p in problems]
+    build_dataset(make_examples({p.id: p for p in problems}, traces, "traces"), char_tokenizer, tmp_path / "d",
+                  max_length=512, val_fraction=0.0, seed=0)
+    curves = {}
+    for attention in ("auto", "model"):
+        model = init_model(QWEN_HEAD32, char_tokenizer, seed=0)
+        cfg = TrainConfig(epochs=None, max_steps=4, batch_size=4, lr=3e-3, log_every=1, attention=attention)
+        out = tmp_path / attention
+        summary = train_model(model, char_tokenizer, tmp_path / "d" / "train.safetensors", None, out, cfg, seed=0,
+                              show_progress=False)
+        assert summary["attention"] == ("train/attention.py" if attention == "auto" else "sdpa")
+        with open(out / "metrics.csv") as fh:
+            curves[attention] = [float(r["train_loss"]) for r in csv.DictReader(fh)]
+        assert model.config._attn_implementation == "sdpa"
+        assert NAME not in (out / "final" / "config.json").read_text()
+        json.loads((out / "final" / "config.json").read_text())
+    assert len(curves["auto"]) == 4
+    assert curves["auto"] == pytest.approx(curves["model"], rel=1e-4)
