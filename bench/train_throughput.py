@@ -1,7 +1,7 @@
 """Training throughput: our ``train_model`` vs TRL's SFTTrainer vs the textbook per-example loop.
 
-    python bench/train_throughput.py            # default run (~7 min on 1 busy core); one JSON object
-    python bench/train_throughput.py --quick    # smaller run (~2.5 min)
+    python bench/train_throughput.py            # default run (~6.5 min, 1 thread); one JSON object
+    python bench/train_throughput.py --quick    # smaller run (~2 min)
     python bench/train_throughput.py --threads 2 --examples 480 --ours-batch 8
 
 Setup (the same for every variant):
@@ -21,12 +21,16 @@ Setup (the same for every variant):
 
 Variants (each in its own subprocess, one after the other, same thread count):
   * ``ours``: ``train_model`` (length-grouped padded micro-batches, loss = Σ answer-token CE /
-    answer tokens of the whole step), fp32 and bf16 autocast (``mixed_precision="bf16"``);
-    ``ours_dtype`` says which one the headline numbers use (the faster one).
+    answer tokens of the whole step, ``attention: auto`` = train/attention.py's blocked causal
+    attention on CPU), fp32 and bf16 autocast (``mixed_precision="bf16"``); ``ours_dtype`` says
+    which one the headline numbers use (the faster one). ``ours_bf16_sdpa`` is an ablation with
+    the model's own sdpa attention (``attention_speedup`` in the JSON).
   * ``trl``: ``trl.SFTTrainer`` with a prompt/completion dataset and ``completion_only_loss=True``,
     ``gradient_checkpointing=False`` (its default is True), ``padding_free=False``, ``packing=False``,
     ``train_sampling_strategy="group_by_length"`` (transformers 5 name for group_by_length),
-    fp32, ``use_cache=False`` on the model config.
+    ``use_cache=False`` on the model config, sdpa attention; in fp32 and with ``bf16=True``
+    (autocast, as ours): ``trl_best`` is the faster one and the headline ratio is against it.
+    (Padding-free/packing are slowest on CPU: attention builds a dense mask; see NOTES.)
   * ``per_example``: batch size 1, fp32, ``model(input_ids, labels=labels).loss / 16`` accumulated
     over 16 examples, plain ``torch.optim.AdamW``, same schedule and clipping.
 
@@ -35,7 +39,7 @@ Reported: tokens/s (all non-pad tokens trained on per second of training-loop wa
 this script measures (best of several GEMM shapes) in ours' dtype with the same thread count
 (attention FLOPs are not counted, so MFU slightly understates), and the final loss of each
 variant: mean answer-token cross-entropy on the held-out set, computed by one function (fp32,
-batch 1, no padding) for all three. The machine is shared: only ratios from the same run mean
+batch 1, no padding) for every variant. The machine is shared: only ratios from the same run mean
 anything, and they move by 10-30% between runs as the load of the other workers changes
 during a run. The ``*_cpu_time`` ratios (tokens per CPU-second of the training process, one
 thread) are less sensitive to that; ours' CPU time includes Accelerator set-up and saving
@@ -155,7 +159,7 @@ def matmul_peak(dtype_name: str, threads: int) -> float:
 
 
 # ----------------------------------------------------------------------------------- variants
-def run_ours(work: Path, threads: int, mixed: str, batch: int) -> dict:
+def run_ours(work: Path, threads: int, mixed: str, batch: int, attention: str = "auto") -> dict:
     import torch
 
     from reasondistill.train.config import TrainConfig
@@ -167,9 +171,9 @@ def run_ours(work: Path, threads: int, mixed: str, batch: int) -> dict:
     steps = math.ceil(n / EFFECTIVE_BATCH)
     cfg = TrainConfig(epochs=None, max_steps=steps, batch_size=batch, grad_accum=EFFECTIVE_BATCH // batch, lr=LR,
                       betas=BETAS, weight_decay=WD, max_grad_norm=CLIP, min_lr_ratio=MIN_RATIO,
-                      warmup_ratio=WARMUP / steps if steps > 1 else 0.0, group_by_length=True, mixed_precision=mixed, threads=threads,
+                      warmup_ratio=WARMUP / steps if steps > 1 else 0.0, group_by_length=True, mixed_precision=mixed, threads=threads, attention=attention,
                       log_every=max(1, steps // 4), eval_every=10**9, save_every=10**9, resume=False)
-    out = work / f"ours_{mixed}_b{batch}"
+    out = work / f"ours_{mixed}_b{batch}_{attention}"
     cpu = time.process_time()
     summary = train_model(model, tok, work / "train" / "train.safetensors", None, out, cfg, seed=0,
                           show_progress=False)
@@ -182,7 +186,7 @@ def run_ours(work: Path, threads: int, mixed: str, batch: int) -> dict:
             "last_train_loss": float(rows[-1]["train_loss"]), "final_loss": heldout_loss(model, work)}
 
 
-def run_trl(work: Path, threads: int, batch: int) -> dict:
+def run_trl(work: Path, threads: int, batch: int, bf16: bool) -> dict:
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -197,13 +201,13 @@ def run_trl(work: Path, threads: int, batch: int) -> dict:
     ds = Dataset.from_dict({"prompt": prompts, "completion": [c for _, _, c in texts]})
     steps = math.ceil(len(texts) / EFFECTIVE_BATCH)
     args = SFTConfig(
-        output_dir=str(work / "trl"), per_device_train_batch_size=batch,
+        output_dir=str(work / f"trl_{'bf16' if bf16 else 'fp32'}"), per_device_train_batch_size=batch,
         gradient_accumulation_steps=EFFECTIVE_BATCH // batch, num_train_epochs=1, learning_rate=LR,
         adam_beta1=BETAS[0], adam_beta2=BETAS[1], weight_decay=WD, max_grad_norm=CLIP,
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": MIN_RATIO},
         warmup_steps=0,  # HF's warmup starts at lr 0 (a wasted step); ours starts at lr/warmup
         completion_only_loss=True, gradient_checkpointing=False, padding_free=False, packing=False,
-        train_sampling_strategy="group_by_length", max_length=MAX_LEN, bf16=False, use_cpu=True,
+        train_sampling_strategy="group_by_length", max_length=MAX_LEN, bf16=bf16, use_cpu=True,
         dataloader_pin_memory=False, logging_steps=max(1, steps // 4), save_strategy="no", report_to="none",
         seed=0, disable_tqdm=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
@@ -261,8 +265,10 @@ def child(args) -> None:
         res = run_ours(work, args.threads, "no", args.ours_batch)
     elif args.variant == "ours_bf16":
         res = run_ours(work, args.threads, "bf16", args.ours_batch)
-    elif args.variant == "trl":
-        res = run_trl(work, args.threads, args.trl_batch)
+    elif args.variant == "ours_bf16_sdpa":  # ablation: the model's own (sdpa) attention
+        res = run_ours(work, args.threads, "bf16", args.ours_batch, attention="model")
+    elif args.variant in ("trl_fp32", "trl_bf16"):
+        res = run_trl(work, args.threads, args.trl_batch, bf16=args.variant == "trl_bf16")
     elif args.variant == "per_example":
         res = run_per_example(work, args.threads)
     elif args.variant == "initial":
@@ -295,7 +301,8 @@ def main() -> None:
         t0 = time.perf_counter()
         stats = prepare(work, n_train, n_val, seed=0)
         (work / "stats.json").write_text(json.dumps(stats))
-        variants = ["peak", "initial", "ours_fp32", "trl", "per_example"] + ([] if args.skip_bf16 else ["ours_bf16"])
+        variants = ["peak", "initial", "ours_fp32", "trl_fp32", "per_example"]
+        variants += [] if args.skip_bf16 else ["ours_bf16", "trl_bf16", "ours_bf16_sdpa"]
         res = {}
         for v in variants:
             cmd = [sys.executable, __file__, "--variant", v, "--work", str(work), "--threads", str(args.threads),
@@ -316,13 +323,23 @@ def main() -> None:
             ca, cb = res.get(a, {}).get("cpu_s"), res.get(b, {}).get("cpu_s")
             return round(cb / ca, 3) if ca and cb else None
 
-        ours_fp32, ours_bf16 = tps("ours_fp32"), tps("ours_bf16")
-        use_bf16 = ours_bf16 is not None and ours_fp32 is not None and ours_bf16 > ours_fp32
-        ours_key = "ours_bf16" if use_bf16 else "ours_fp32"
-        ours = tps(ours_key)
+        def loss(v):
+            return round(res[v]["final_loss"], 4) if "final_loss" in res.get(v, {}) else None
+
+        def best(*names):  # the fastest variant that ran
+            ran = [v for v in names if tps(v)]
+            return max(ran, key=tps) if ran else names[0]
+
+        ours_key = best("ours_fp32", "ours_bf16")
+        trl_key = best("trl_fp32", "trl_bf16")
+        use_bf16 = ours_key == "ours_bf16"
+        ours, trl, per = tps(ours_key), tps(trl_key), tps("per_example")
         params = res[ours_key].get("params")
         peak = res["peak"]["bf16" if use_bf16 else "fp32"]
-        trl, per = tps("trl"), tps("per_example")
+
+        def mfu(tok_s, dtype):
+            return round(6 * params * tok_s / (res["peak"][dtype] * 1e9), 4) if tok_s and params else None
+
         out = {
             "bench": "train_throughput",
             "model": {"architecture": "qwen2", "params": params, **{k: v for k, v in MODEL.items() if k != "architecture"},
@@ -330,40 +347,46 @@ def main() -> None:
             "data": {"train": stats["train"], "heldout": stats["heldout"], "lengths": "lognormal(median 256, sigma 0.6) clipped to [64, 1024]"},
             "effective_batch": EFFECTIVE_BATCH, "epochs": 1, "threads": args.threads,
             "ours_config": {"batch_size": args.ours_batch, "grad_accum": EFFECTIVE_BATCH // args.ours_batch,
-                            "group_by_length": True, "mixed_precision": "bf16" if use_bf16 else "no"},
+                            "group_by_length": True, "mixed_precision": "bf16" if use_bf16 else "no",
+                            "attention": "auto (train/attention.py blocked causal attention on CPU)"},
             "ours_dtype": "bf16 autocast" if use_bf16 else "fp32",
             "trl_config": {"per_device_train_batch_size": args.trl_batch,
                            "gradient_accumulation_steps": EFFECTIVE_BATCH // args.trl_batch,
                            "completion_only_loss": True, "gradient_checkpointing": False, "padding_free": False,
-                           "packing": False, "train_sampling_strategy": "group_by_length", "dtype": "fp32",
-                           "use_cache": False},
+                           "packing": False, "train_sampling_strategy": "group_by_length",
+                           "attn_implementation": "sdpa", "use_cache": False,
+                           "dtype_tried": ["fp32"] + ([] if args.skip_bf16 else ["bf16 (bf16=True: autocast)"])},
+            "trl_best": trl_key,
             "per_example_config": {"batch_size": 1, "grad_accum": EFFECTIVE_BATCH, "dtype": "fp32",
                                    "optimizer": "torch.optim.AdamW"},
             "tokens_per_s_ours": round(ours, 1) if ours else None,
-            "tokens_per_s_ours_fp32": round(ours_fp32, 1) if ours_fp32 else None,
-            "tokens_per_s_ours_bf16": round(ours_bf16, 1) if ours_bf16 else None,
-            "bf16_pays": use_bf16 if ours_bf16 is not None else None,
+            "tokens_per_s": {v: round(tps(v), 1) for v in variants if tps(v)},
+            "bf16_pays": use_bf16 if tps("ours_bf16") is not None else None,
             "tokens_per_s_trl": round(trl, 1) if trl else None,
             "tokens_per_s_per_example": round(per, 1) if per else None,
             "speedup_vs_trl": round(ours / trl, 3) if ours and trl else None,
             "speedup_vs_per_example": round(ours / per, 3) if ours and per else None,
+            "speedup_vs_trl_same_dtype": (round(ours / tps("trl_bf16" if use_bf16 else "trl_fp32"), 3)
+                                          if ours and tps("trl_bf16" if use_bf16 else "trl_fp32") else None),
             # the same ratios from CPU time (1 thread: less sensitive to other workers taking the core)
-            "speedup_vs_trl_cpu_time": cpu_ratio(ours_key, "trl"),
+            "speedup_vs_trl_cpu_time": cpu_ratio(ours_key, trl_key),
             "speedup_vs_per_example_cpu_time": cpu_ratio(ours_key, "per_example"),
             "bf16_over_fp32_cpu_time": cpu_ratio("ours_bf16", "ours_fp32"),
+            "attention_speedup": (round(tps("ours_bf16") / tps("ours_bf16_sdpa"), 3)
+                                  if tps("ours_bf16") and tps("ours_bf16_sdpa") else None),
             "matmul_peak_gflops": {k: round(v, 1) for k, v in res["peak"].items()},
             "mfu": round(6 * params * ours / (peak * 1e9), 4) if ours and params else None,
-            "mfu_per_example": round(6 * params * per / (res["peak"]["fp32"] * 1e9), 4) if per and params else None,
-            "mfu_trl": round(6 * params * trl / (res["peak"]["fp32"] * 1e9), 4) if trl and params else None,
-            "initial_loss": round(res["initial"]["final_loss"], 4),
-            "final_loss_ours": round(res[ours_key]["final_loss"], 4) if "final_loss" in res.get(ours_key, {}) else None,
-            "final_loss_ours_fp32": round(res["ours_fp32"]["final_loss"], 4) if "final_loss" in res.get("ours_fp32", {}) else None,
-            "final_loss_ours_bf16": round(res["ours_bf16"]["final_loss"], 4) if "final_loss" in res.get("ours_bf16", {}) else None,
-            "final_loss_trl": round(res["trl"]["final_loss"], 4) if "final_loss" in res.get("trl", {}) else None,
-            "final_loss_per_example": round(res["per_example"]["final_loss"], 4) if "final_loss" in res.get("per_example", {}) else None,
+            "mfu_ours_fp32": mfu(tps("ours_fp32"), "fp32"),
+            "mfu_per_example": mfu(per, "fp32"),
+            "mfu_trl": mfu(trl, "bf16" if trl_key == "trl_bf16" else "fp32"),
+            "initial_loss": loss("initial"),
+            "final_loss_ours": loss(ours_key),
+            "final_loss_trl": loss(trl_key),
+            "final_loss_per_example": loss("per_example"),
+            "final_losses": {v: loss(v) for v in variants if loss(v) is not None},
             "final_loss_is": "mean answer-token CE on the held-out set (fp32, batch 1) after one epoch",
-            "trl_tokenization_matches": (res.get("trl", {}).get("tokens_seen_by_trl") == tokens
-                                         and res.get("trl", {}).get("target_tokens_seen_by_trl") == stats["train"]["target_tokens"]),
+            "trl_tokenization_matches": (res.get(trl_key, {}).get("tokens_seen_by_trl") == tokens
+                                         and res.get(trl_key, {}).get("target_tokens_seen_by_trl") == stats["train"]["target_tokens"]),
             "raw": res,
             "wall_s": round(time.perf_counter() - t0, 1),
             "note": "shared 2-core machine: compare ratios within one run only",
