@@ -91,6 +91,36 @@ def test_model_right_padded_equals_sdpa(spec, char_tokenizer):
         torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def _graph_names(tensor) -> set[str]:
+    seen, todo, names = set(), [tensor.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(n for n, _ in node.next_functions)
+    return names
+
+
+def test_large_layers_fall_back_to_sdpa(char_tokenizer, monkeypatch):
+    """Above MAX_SAVED_PROBS_BYTES a layer uses sdpa (O(T) memory), with the same results."""
+    import reasondistill.train.attention as attention
+
+    model = init_model(QWEN_HEAD32, char_tokenizer, seed=0)
+    ids, mask = _batch()
+    ref = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    with fast_causal_attention(model):
+        fast = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        monkeypatch.setattr(attention, "MAX_SAVED_PROBS_BYTES", 1000)
+        big = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    assert "CausalAttentionBackward" in _graph_names(fast)
+    assert "CausalAttentionBackward" not in _graph_names(big)
+    real = mask.bool()
+    torch.testing.assert_close(big[real], ref[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast[real], ref[real], atol=1e-5, rtol=1e-5)
+
+
 def test_model_left_padded_equals_sdpa(char_tokenizer):
     model = init_model(QWEN_GQA, char_tokenizer, seed=0)
     ids, _ = _batch()

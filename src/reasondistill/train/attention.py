@@ -1,28 +1,29 @@
-"""Causal attention for training on CPU: two bf16/fp32 GEMMs and one softmax per layer.
+"""Causal attention for training on CPU: GEMMs and a softmax per block of queries.
 
 Why this exists: on CPU, PyTorch's ``scaled_dot_product_attention`` dispatches to a flash kernel
-that is 2-3x slower than plain GEMMs for the sequence lengths of reasoning traces (128-1024
-tokens; ``bench/attention.py`` measures it), and Hugging Face's ``eager`` attention materialises
-a float mask of shape (batch, 1, T, T) and adds it in fp32, which costs more than the attention
-itself. Training batches here are right-padded (``data.dataset.collate``), so for a causal model
-the padding mask changes nothing at real positions: a real token only attends to earlier tokens,
-which are real. This module computes exactly that:
+that is 2-3x slower in bf16 than plain GEMMs for the lengths of reasoning traces (128-1024
+tokens; figures in docs/scaling.md, end-to-end in ``bench/train_throughput.py`` as
+``attention_speedup``), and Hugging Face's ``eager`` attention materialises a float mask of shape
+(batch, 1, T, T) and adds it in fp32, which costs more than the attention itself. Training
+batches here are right-padded (``data.dataset.collate``), so for a causal model the padding mask
+changes nothing at real positions: a real token only attends to earlier tokens, which are real.
+For each block of 128 queries [a, b) this module computes, against keys [0, b) only:
 
-    S = (q * scale) @ k^T            (batch, heads, T, T)   in the autocast dtype (bf16) or fp32
-    P = softmax(S + causal mask)     softmax accumulated in fp32
-    O = P @ v                        (batch, heads, T, head_dim)
+    S = (q * scale) @ k^T            (batch, heads, b - a, b)   in the autocast dtype (bf16) or fp32
+    P = softmax(S + causal mask)     accumulated in fp32, stored in S's dtype
+    O = P @ v                        (batch, heads, b - a, head_dim)
 
 as one ``torch.autograd.Function`` that saves P and recomputes nothing; its backward is
 ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - rowsum(dP * P))``, ``dQ = scale * dS K``,
 ``dK = dS^T (q * scale)``.
 
 Anything it does not handle (dropout, sliding windows, soft-capping, attention sinks, decoding
-with a KV cache, non-causal modules, 4-D masks) goes to the model's own ``sdpa`` path with an
-explicit boolean mask, so results stay correct; a left-padded or gappy 2-D mask is applied as a
-key mask inside the function. ``fast_causal_attention(model)`` switches a Hugging Face model to it
-for the duration of a ``with`` block (``train.sft.train_model`` does this on CPU when
-``train.attention: auto``); ``tests/train/test_attention.py`` checks outputs and gradients against
-``sdpa`` to 1e-5 in fp32.
+with a KV cache, non-causal modules, 4-D masks, layers whose saved P would exceed
+``MAX_SAVED_PROBS_BYTES``) goes to the model's own ``sdpa`` path, so results stay correct; a
+left-padded or gappy 2-D mask is applied as a key mask inside the function.
+``fast_causal_attention(model)`` switches a Hugging Face model to it for the duration of a
+``with`` block (``train.sft.train_model`` does this on CPU when ``train.attention: auto``);
+``tests/train/test_attention.py`` checks outputs and gradients against ``sdpa`` to 1e-5 in fp32.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from typing import Iterator
 import torch
 
 NAME = "reasondistill_causal"
+# The backward needs the probabilities of every block (about half of batch x heads x T x T); sdpa's
+# flash kernel keeps O(T). Above this many bytes per layer the layer goes to sdpa instead, so long
+# sequences on big models do not trade memory for speed (the bench model at 4 x 1024 tokens: 25 MB).
+MAX_SAVED_PROBS_BYTES = 64 * 2**20
 
 
 class CausalAttention(torch.autograd.Function):
@@ -111,8 +116,11 @@ def _fallback(module, query, key, value, attention_mask, dropout, scaling, **kwa
     sdpa expects (queries are the last ``q_len`` of ``kv_len`` positions)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if (attention_mask is not None and attention_mask.ndim == 2 and q_len == kv_len and not kwargs.get("sliding_window")
+            and _is_right_padded(attention_mask)):
+        attention_mask = None  # exact at real positions (see the module docstring); sdpa then runs is_causal
     if attention_mask is not None and attention_mask.ndim == 2:
-        q_len, kv_len = query.shape[2], key.shape[2]
         allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril_(kv_len - q_len)
         window = kwargs.get("sliding_window")
         if window:
@@ -133,9 +141,12 @@ def causal_attention_forward(module, query, key, value, attention_mask, dropout:
     )
     if unsupported:
         return _fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    dtype = torch.get_autocast_dtype(query.device.type) if torch.is_autocast_enabled(query.device.type) else query.dtype
+    b, h, t, _ = query.shape
+    if b * h * t * (t + 1) // 2 * dtype.itemsize > MAX_SAVED_PROBS_BYTES:
+        return _fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
-    dtype = torch.get_autocast_dtype(query.device.type) if torch.is_autocast_enabled(query.device.type) else query.dtype
     key_mask = None
     if attention_mask is not None and not _is_right_padded(attention_mask):
         key_mask = ~attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, T): broadcasts over queries
