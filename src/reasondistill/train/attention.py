@@ -46,8 +46,9 @@ class CausalAttention(torch.autograd.Function):
 
     q, k, v: (batch, heads, T, head_dim), one dtype; ``key_mask``: None or a bool tensor
     broadcastable to (batch, heads, T, T), True where attention is *forbidden* in addition to the
-    causal mask (typically (batch, 1, 1, T): padded keys). Returns (batch, heads, T, head_dim) in q's dtype. Saves the probabilities of each
-    block (about half of the T x T matrix) for the backward; dK and dV accumulate in fp32.
+    causal mask (typically (batch, 1, 1, T): padded keys); ``dtype``: the compute dtype (default
+    q's). Returns (batch, heads, T, head_dim) in that dtype. Saves the probabilities of each block
+    (about half of the T x T matrix) for the backward; dK and dV accumulate in fp32.
     """
 
     @staticmethod
