@@ -335,7 +335,8 @@ def main() -> None:
         use_bf16 = ours_key == "ours_bf16"
         ours, trl, per = tps(ours_key), tps(trl_key), tps("per_example")
         params = res[ours_key].get("params")
-        peak = res["peak"]["bf16" if use_bf16 else "fp32"]
+        def ratio(a, b):
+            return round(a / b, 3) if a and b else None
 
         def mfu(tok_s, dtype):
             return round(6 * params * tok_s / (res["peak"][dtype] * 1e9), 4) if tok_s and params else None
@@ -364,18 +365,16 @@ def main() -> None:
             "bf16_pays": use_bf16 if tps("ours_bf16") is not None else None,
             "tokens_per_s_trl": round(trl, 1) if trl else None,
             "tokens_per_s_per_example": round(per, 1) if per else None,
-            "speedup_vs_trl": round(ours / trl, 3) if ours and trl else None,
-            "speedup_vs_per_example": round(ours / per, 3) if ours and per else None,
-            "speedup_vs_trl_same_dtype": (round(ours / tps("trl_bf16" if use_bf16 else "trl_fp32"), 3)
-                                          if ours and tps("trl_bf16" if use_bf16 else "trl_fp32") else None),
+            "speedup_vs_trl": ratio(ours, trl),
+            "speedup_vs_per_example": ratio(ours, per),
+            "speedup_vs_trl_same_dtype": ratio(ours, tps("trl_bf16" if use_bf16 else "trl_fp32")),
             # the same ratios from CPU time (1 thread: less sensitive to other workers taking the core)
             "speedup_vs_trl_cpu_time": cpu_ratio(ours_key, trl_key),
             "speedup_vs_per_example_cpu_time": cpu_ratio(ours_key, "per_example"),
             "bf16_over_fp32_cpu_time": cpu_ratio("ours_bf16", "ours_fp32"),
-            "attention_speedup": (round(tps("ours_bf16") / tps("ours_bf16_sdpa"), 3)
-                                  if tps("ours_bf16") and tps("ours_bf16_sdpa") else None),
+            "attention_speedup": ratio(tps("ours_bf16"), tps("ours_bf16_sdpa")),
             "matmul_peak_gflops": {k: round(v, 1) for k, v in res["peak"].items()},
-            "mfu": round(6 * params * ours / (peak * 1e9), 4) if ours and params else None,
+            "mfu": mfu(ours, "bf16" if use_bf16 else "fp32"),
             "mfu_ours_fp32": mfu(tps("ours_fp32"), "fp32"),
             "mfu_per_example": mfu(per, "fp32"),
             "mfu_trl": mfu(trl, "bf16" if trl_key == "trl_bf16" else "fp32"),

@@ -117,11 +117,8 @@ def _fallback(module, query, key, value, attention_mask, dropout, scaling, **kwa
     sdpa expects (queries are the last ``q_len`` of ``kv_len`` positions)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    q_len, kv_len = query.shape[2], key.shape[2]
-    if (attention_mask is not None and attention_mask.ndim == 2 and q_len == kv_len and not kwargs.get("sliding_window")
-            and _is_right_padded(attention_mask)):
-        attention_mask = None  # exact at real positions (see the module docstring); sdpa then runs is_causal
     if attention_mask is not None and attention_mask.ndim == 2:
+        q_len, kv_len = query.shape[2], key.shape[2]
         allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril_(kv_len - q_len)
         window = kwargs.get("sliding_window")
         if window:
@@ -148,9 +145,8 @@ def causal_attention_forward(module, query, key, value, attention_mask, dropout:
         return _fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
-    key_mask = None
-    if attention_mask is not None and not _is_right_padded(attention_mask):
-        key_mask = ~attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, T): broadcasts over queries
+    # _mask passes a 2-D mask only when it is not right-padded: (batch, 1, 1, T) broadcasts over queries
+    key_mask = None if attention_mask is None else ~attention_mask.bool()[:, None, None, :]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     with torch.autocast(query.device.type, enabled=False):
         out = CausalAttention.apply(query, key, value, scale, key_mask, 128, dtype)
@@ -159,16 +155,19 @@ def causal_attention_forward(module, query, key, value, attention_mask, dropout:
 
 def _mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
           mask_function=None, attention_mask: torch.Tensor | None = None, **kwargs):
-    """The mask the model builds before its layers: for a plain causal forward without a cache, the
-    2-D padding mask as it is (``causal_attention_forward`` applies it); for anything else (decoding,
-    packed sequences, sliding windows, custom mask functions) sdpa's explicit 4-D boolean mask, which
-    sends the layers to the sdpa fallback."""
+    """The mask the model builds once before its layers. For a plain causal forward without a cache:
+    None when the 2-D padding mask is absent or right-padded (the causal mask alone is then exact at
+    real positions), else the 2-D mask itself (``causal_attention_forward`` applies it to the keys).
+    For anything else (decoding, packed sequences, sliding windows, custom mask functions) sdpa's
+    explicit 4-D boolean mask, which sends the layers to the sdpa fallback."""
     from transformers.masking_utils import causal_mask_function, sdpa_mask
 
     mask_function = mask_function or causal_mask_function
     if (mask_function is causal_mask_function and q_length == kv_length and not q_offset and not kv_offset
             and kwargs.get("local_size") is None):
-        return None if attention_mask is None else attention_mask[:, :kv_length]
+        if attention_mask is None or _is_right_padded(attention_mask[:, :kv_length]):
+            return None
+        return attention_mask[:, :kv_length]
     kwargs["allow_is_causal_skip"] = False
     return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
                      kv_offset=kv_offset, mask_function=mask_function, attention_mask=attention_mask, **kwargs)

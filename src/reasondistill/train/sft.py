@@ -28,9 +28,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches
 from reasondistill.progress import progress_bar
 from reasondistill.train.attention import fast_causal_attention, pays_on_cpu
-from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches
 from reasondistill.train.checkpoint import checkpoints, load_checkpoint, prune, save_checkpoint
 from reasondistill.train.config import TrainConfig, resolve_mixed_precision
 
