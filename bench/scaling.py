@@ -10,7 +10,7 @@ times each stage. Config (small, fixed except ``task.n_train``): chained arithme
 teacher = the bundled ``tiny-arith-teacher`` if shipped, otherwise a locally built random
 ~0.8M-parameter Llama saved to a temporary directory (its traces are noise, so curation then
 keeps everything: ``require_correct`` and ``require_think`` off); n = 2 samples,
-max_new_tokens 64, generation batch 64 rows (fastest here, see generate_throughput.py); a 2-layer hidden-64 Llama student trained for one
+max_new_tokens 64, generation batch 64 rows (in fp32, 64 and 128 rows are about as fast: generate_throughput.py); a 2-layer hidden-64 Llama student trained for one
 epoch at batch 32 (fp32, ``threads``).
 
 ``time_ratio_4x_over_1x`` is total wall time at 4x over 1x: 4 is linear; below 4 means fixed

@@ -21,8 +21,9 @@ Setup (the same for every variant):
 
 Variants (each in its own subprocess, one after the other, same thread count):
   * ``ours``: ``train_model`` (length-grouped padded micro-batches, loss = Σ answer-token CE /
-    answer tokens of the whole step, ``attention: auto`` = train/attention.py's blocked causal
-    attention on CPU), fp32 and bf16 autocast (``mixed_precision="bf16"``); ``ours_dtype`` says
+    answer tokens of the whole step, ``attention: auto`` = reasondistill/attention.py's blocked causal
+    attention on CPU, ``pad_to_multiple_of: auto`` = lengths rounded up geometrically in bf16, fused AdamW),
+    fp32 and bf16 autocast (``mixed_precision="bf16"``); ``ours_dtype`` says
     which one the headline numbers use (the faster one). ``ours_bf16_sdpa`` is an ablation with
     the model's own sdpa attention (``attention_speedup`` in the JSON).
   * ``trl``: ``trl.SFTTrainer`` with a prompt/completion dataset and ``completion_only_loss=True``,
@@ -34,10 +35,13 @@ Variants (each in its own subprocess, one after the other, same thread count):
   * ``per_example``: batch size 1, fp32, ``model(input_ids, labels=labels).loss / 16`` accumulated
     over 16 examples, plain ``torch.optim.AdamW``, same schedule and clipping.
 
-Reported: tokens/s (all non-pad tokens trained on per second of training-loop wall time),
-``speedup_vs_trl``, ``speedup_vs_per_example``, ``mfu`` = 6·params·tokens/s ÷ the matmul peak
-this script measures (best of several GEMM shapes) in ours' dtype with the same thread count
-(attention FLOPs are not counted, so MFU slightly understates), and the final loss of each
+Reported: tokens/s (all non-pad tokens trained on per second of training-loop wall time: ours up
+to its last optimizer step, not the final checkpoint write, as TRL's ``train_runtime`` with
+``save_strategy="no"``), ``speedup_vs_trl``, ``speedup_vs_per_example``, ``mfu`` =
+6·params·tokens/s ÷ the matmul peak this script measures (best of several GEMM shapes) in ours'
+dtype with the same thread count (the attention's own QK^T and PV FLOPs are not counted, so it
+understates; ``mfu_with_attention`` adds them, exactly for causal attention over this data:
+6·layers·d·Σ T(T+1) over the examples, ~9% more here), and the final loss of each
 variant: mean answer-token cross-entropy on the held-out set, computed by one function (fp32,
 batch 1, no padding) for every variant. The machine is shared: only ratios from the same run mean
 anything, and they move by 10-30% between runs as the load of the other workers changes
@@ -111,7 +115,9 @@ def prepare(work: Path, n_train: int, n_val: int, seed: int) -> dict:
         stats[split] = {"examples": len(ds), "tokens": int(ds.lengths.sum()),
                         "target_tokens": int(ds.target_tokens(range(len(ds)))),
                         "length_min": int(ds.lengths.min()), "length_median": int(sorted(ds.lengths)[len(ds) // 2]),
-                        "length_max": int(ds.lengths.max()), "dropped": st["dropped_too_long"]}
+                        "length_max": int(ds.lengths.max()), "dropped": st["dropped_too_long"],
+                        # sum of T(T+1) over examples: the causal attention FLOPs are 6 * layers * d * this
+                        "sum_t_t1": int((ds.lengths.astype("int64") * (ds.lengths.astype("int64") + 1)).sum())}
     return stats
 
 
@@ -182,7 +188,10 @@ def run_ours(work: Path, threads: int, mixed: str, batch: int, attention: str = 
 
     with open(out / "metrics.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r["train_loss"]]
-    return {"train_s": summary["wall_time_s"], "cpu_s": round(cpu, 2), "steps": summary["steps"], "params": summary["params"],
+    # the training loop up to its last optimizer step (as TRL's train_runtime with save_strategy "no" and
+    # the per-example loop); wall_time_s also includes writing the final checkpoint (weights + AdamW state)
+    return {"train_s": float(rows[-1]["elapsed_s"]), "train_s_with_final_save": summary["wall_time_s"],
+            "cpu_s": round(cpu, 2), "steps": summary["steps"], "params": summary["params"],
             "last_train_loss": float(rows[-1]["train_loss"]), "final_loss": heldout_loss(model, work)}
 
 
@@ -341,6 +350,10 @@ def main() -> None:
         def mfu(tok_s, dtype):
             return round(6 * params * tok_s / (res["peak"][dtype] * 1e9), 4) if tok_s and params else None
 
+        # the causal attention's own matmuls (QK^T and PV: 4*d*(t+1) FLOPs at position t forward, x3 with
+        # the backward), which 6*N leaves out: per token of the training set, on average
+        attn_per_token = 6 * MODEL["num_hidden_layers"] * MODEL["hidden_size"] * stats["train"]["sum_t_t1"] / tokens
+
         out = {
             "bench": "train_throughput",
             "model": {"architecture": "qwen2", "params": params, **{k: v for k, v in MODEL.items() if k != "architecture"},
@@ -349,7 +362,8 @@ def main() -> None:
             "effective_batch": EFFECTIVE_BATCH, "epochs": 1, "threads": args.threads,
             "ours_config": {"batch_size": args.ours_batch, "grad_accum": EFFECTIVE_BATCH // args.ours_batch,
                             "group_by_length": True, "mixed_precision": "bf16" if use_bf16 else "no",
-                            "attention": "auto (train/attention.py blocked causal attention on CPU)"},
+                            "attention": "auto (reasondistill/attention.py blocked causal attention on CPU)",
+                            "pad_to_multiple_of": "auto (geometric in bf16 on CPU, 1 in fp32)", "optimizer": "fused AdamW"},
             "ours_dtype": "bf16 autocast" if use_bf16 else "fp32",
             "trl_config": {"per_device_train_batch_size": args.trl_batch,
                            "gradient_accumulation_steps": EFFECTIVE_BATCH // args.trl_batch,
@@ -375,6 +389,8 @@ def main() -> None:
             "attention_speedup": ratio(tps("ours_bf16"), tps("ours_bf16_sdpa")),
             "matmul_peak_gflops": {k: round(v, 1) for k, v in res["peak"].items()},
             "mfu": mfu(ours, "bf16" if use_bf16 else "fp32"),
+            "mfu_with_attention": round(mfu(ours, "bf16" if use_bf16 else "fp32") * (1 + attn_per_token / (6 * params)), 4)
+                                  if ours and params else None,
             "mfu_ours_fp32": mfu(tps("ours_fp32"), "fp32"),
             "mfu_per_example": mfu(per, "fp32"),
             "mfu_trl": mfu(trl, "bf16" if trl_key == "trl_bf16" else "fp32"),

@@ -39,3 +39,16 @@ def test_thinking_format_round_trip():
     assert split_thinking("7") == ("", "7", True)
     assert split_thinking("<think>never closed") == ("never closed", "", False)
     assert split_thinking("<think>a</think>1</think>")[2] is False
+
+
+def test_dtype_auto_is_bf16_where_native(tiny_model_dir):
+    import torch
+
+    from reasondistill.models import bf16_is_native, resolve_dtype
+
+    assert resolve_dtype("float32") == "float32" and resolve_dtype("bfloat16") == "bfloat16"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert not torch.cuda.is_available() and bf16_is_native() == native  # this suite runs on CPU
+    expected = torch.bfloat16 if native else torch.float32
+    assert resolve_dtype("auto") == str(expected).removeprefix("torch.")
+    assert next(load_model(str(tiny_model_dir), "auto").parameters()).dtype == expected

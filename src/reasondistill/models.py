@@ -70,11 +70,31 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
+def bf16_is_native() -> bool:
+    """A CUDA device with bf16, or a CPU with AVX512-BF16 / AMX (elsewhere bf16 is emulated on CPU
+    and several times slower than fp32)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolve_dtype(dtype: str) -> str:
+    """``auto`` -> ``bfloat16`` where :func:`bf16_is_native`, else ``float32``; other names unchanged."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if bf16_is_native() else "float32"
+
+
 def load_model(name_or_path: str, dtype: str = "float32"):
+    """A causal LM from a local path, ``bundled:NAME`` or hub id, in ``dtype`` (a torch dtype name or
+    ``auto``), loaded from safetensors only."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(resolve(name_or_path), dtype=getattr(torch, dtype),
+    model = AutoModelForCausalLM.from_pretrained(resolve(name_or_path), dtype=getattr(torch, resolve_dtype(dtype)),
                                                  use_safetensors=True)
     return model
 

@@ -277,7 +277,7 @@ class Pipeline:
     def _capture_one(self, s: StudentConfig, force: bool) -> dict[str, Any]:
         from reasondistill.data.dataset import TokenizedDataset
         from reasondistill.data.topk import capture_topk
-        from reasondistill.models import load_model, load_tokenizer
+        from reasondistill.models import load_model, load_tokenizer, resolve_dtype
         from reasondistill.progress import progress_bar
         from reasondistill.train.kd import check_same_tokenizer
 
@@ -286,7 +286,7 @@ class Pipeline:
         teacher_name = self._local_teacher()
         d = self._topk_dir(s)
         splits = {x: b / f"{x}.safetensors" for x in ("train", "val") if (b / f"{x}.safetensors").exists()}
-        conf = {"teacher": teacher_name, "dtype": self.cfg.teacher.dtype, "top_k": s.distill.top_k,
+        conf = {"teacher": teacher_name, "dtype": resolve_dtype(self.cfg.teacher.dtype), "top_k": s.distill.top_k,
                 "temperature": s.distill.temperature, "student": s.model, "tokenizer": self._student_tokenizer_name(s)}
         inputs = [*splits.values(), *self._local(teacher_name)]
 
@@ -300,7 +300,7 @@ class Pipeline:
             vocab = min(self._student_vocab(s, tokenizer), teacher.get_output_embeddings().weight.shape[0])
             if vocab < len(tokenizer):
                 raise ValueError(f"{s.name}: {vocab} output rows for a tokenizer of {len(tokenizer)} tokens")
-            teacher_id = hashlib.sha256(json.dumps([teacher_name, self.cfg.teacher.dtype,
+            teacher_id = hashlib.sha256(json.dumps([teacher_name, resolve_dtype(self.cfg.teacher.dtype),
                                                     self.rd.hashes(self._local(teacher_name))]).encode()).hexdigest()
             n = sum(len(TokenizedDataset(p)) for p in splits.values())
             with progress_bar(f"capture {s.name}", n, self.show_progress) as bar:

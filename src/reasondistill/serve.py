@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="for tests: e.g. '429@1,500@2-3,slow=3@4,trunc@5,drop@6,503~TEXT,500%%0.1'")
     ap.add_argument("--api-key-env", default=None, metavar="VAR",
                     help="require 'Authorization: Bearer $VAR' (the key is read from this variable)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                    help="auto: bfloat16 where the CPU or GPU computes it natively, else float32")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
     if args.threads:

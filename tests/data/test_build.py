@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from reasondistill.data.build import build_dataset, make_examples, split_problems
-from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches
+from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches, round_width
 from reasondistill.models import init_model
 from reasondistill.records import Trace
 from reasondistill.train.sft import cross_entropy_sum
@@ -90,3 +90,33 @@ def test_length_grouped_batches_cover_each_example_once_and_pad_less():
     def waste(bs):
         return sum(len(b) * max(lengths[b]) - lengths[b].sum() for b in bs)
     assert waste(batches) < 0.2 * waste(random_b)
+
+
+def test_collate_rounds_the_width_up_and_caps_it(arith, char_tokenizer, tmp_path):
+    _build(arith, char_tokenizer, tmp_path)
+    ds = TokenizedDataset(tmp_path / "train.safetensors")
+    pad = char_tokenizer.pad_token_id
+    plain = collate(ds, [0, 1, 2], pad)
+    longest = plain["input_ids"].shape[1]
+    rounded = collate(ds, [0, 1, 2], pad, multiple_of=32)
+    width = rounded["input_ids"].shape[1]
+    assert width % 32 == 0 and longest <= width < longest + 32
+    for key in plain:  # the extra columns are padding: nothing else moves
+        assert torch.equal(rounded[key][:, :longest], plain[key])
+    assert (rounded["attention_mask"][:, longest:] == 0).all() and (rounded["labels"][:, longest:] == IGNORE_INDEX).all()
+    assert (rounded["input_ids"][:, longest:] == pad).all()
+    assert collate(ds, [0, 1, 2], pad, multiple_of=32, max_width=longest + 1)["input_ids"].shape[1] == longest + 1
+    assert collate(ds, [0, 1, 2], pad, multiple_of=32, max_width=longest - 1)["input_ids"].shape[1] == longest
+
+
+def test_round_width():
+    assert [round_width(n) for n in (1, 63, 64)] == [1, 63, 64]
+    assert [round_width(n, 32) for n in (1, 32, 33, 100)] == [32, 32, 64, 128]
+    # geometric: unchanged below 128, then multiples of 16 from 128, of 32 from 256, ...
+    assert [round_width(n, "geometric") for n in (1, 9, 65, 127, 128, 129, 255, 256, 257, 1000, 1025)] == \
+        [1, 9, 65, 127, 128, 144, 256, 256, 288, 1024, 1152]
+    for n in range(1, 3000):
+        w = round_width(n, "geometric")
+        assert n <= w and (w - n) / n < 0.125
+    widths = {round_width(n, "geometric") for n in range(513, 1025)}
+    assert len(widths) == 8

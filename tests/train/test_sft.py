@@ -125,7 +125,8 @@ def test_mixed_precision_auto_resolves_and_is_reported(dataset, char_tokenizer, 
     summary = train_model(model, char_tokenizer, dataset / "train.safetensors", None, tmp_path,
                           _cfg(max_steps=2, mixed_precision="auto"), seed=0, show_progress=False)
     assert summary["mixed_precision"] == expected
-    assert summary["attention"] == ("train/attention.py" if expected == "bf16" else "sdpa")  # TINY: head_dim 16
+    assert summary["attention"] == ("reasondistill/attention.py" if expected == "bf16" else "sdpa")  # TINY: head_dim 16
+    assert summary["pad_to_multiple_of"] == ("geometric" if expected == "bf16" else 1)
 
 
 def test_students_with_different_precisions_in_one_process(dataset, char_tokenizer, tmp_path):
@@ -135,3 +136,22 @@ def test_students_with_different_precisions_in_one_process(dataset, char_tokeniz
         summary = train_model(model, char_tokenizer, dataset / "train.safetensors", None, tmp_path / precision,
                               _cfg(max_steps=1, mixed_precision=precision), seed=0, show_progress=False)
         assert summary["mixed_precision"] == precision
+
+
+def test_padding_to_a_multiple_changes_no_loss(dataset, char_tokenizer, tmp_path):
+    """Right padding is invisible to a causal model at real positions: rounding every micro-batch up
+    to 32 columns trains the same curve (fp32); auto rounds only bf16 on CPU."""
+    curves = {}
+    for multiple in (1, 32, "geometric"):
+        model = init_model(TINY, char_tokenizer, seed=0)
+        summary = train_model(model, char_tokenizer, dataset / "train.safetensors", None, tmp_path / str(multiple),
+                              _cfg(max_steps=6, pad_to_multiple_of=multiple), seed=0, show_progress=False)
+        assert summary["pad_to_multiple_of"] == multiple
+        curves[multiple] = [float(r["train_loss"]) for r in _rows(tmp_path / str(multiple) / "metrics.csv")
+                            if r["train_loss"]]
+    assert curves[1] == pytest.approx(curves[32], rel=1e-5) == curves["geometric"] and len(curves[1]) == 6
+    summary = train_model(init_model(TINY, char_tokenizer, seed=0), char_tokenizer, dataset / "train.safetensors",
+                          None, tmp_path / "auto", _cfg(max_steps=1), seed=0, show_progress=False)
+    assert summary["pad_to_multiple_of"] == 1  # fp32
+    with pytest.raises(ValueError, match="pad_to_multiple_of"):
+        _cfg(pad_to_multiple_of=0)

@@ -44,14 +44,31 @@ class TokenizedDataset:
         return int((self.lengths[idx] - self.prompt_lens[idx]).sum())
 
 
-def collate(dataset: TokenizedDataset, indices, pad_id: int) -> dict[str, torch.Tensor]:
+def round_width(length: int, multiple_of: int | str = 1) -> int:
+    """``length`` rounded up to a multiple of ``multiple_of``; ``"geometric"``: from 128 tokens on,
+    to a multiple of 1/8 of the largest power of two <= length (16 for 128-255, 32 for 256-511,
+    ...): at most 8 widths per doubling and under 12.5% padding; shorter lengths stay as they are
+    (there the padding costs more than new shapes do)."""
+    if multiple_of == "geometric":
+        power = 1 << (max(1, length).bit_length() - 1)
+        multiple_of = power // 8 if power >= 128 else 1
+    return -(-length // multiple_of) * multiple_of
+
+
+def collate(dataset: TokenizedDataset, indices, pad_id: int, multiple_of: int | str = 1,
+            max_width: int | None = None) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask and labels (-100 on prompt and padding).
 
     Labels are aligned with inputs (the model shifts them); the first target label is the first
-    completion token, so the prompt never contributes to the loss.
+    completion token, so the prompt never contributes to the loss. The width is the longest
+    example rounded up by :func:`round_width` (but not past ``max_width`` unless the example is
+    longer).
     """
     items = [dataset[i] for i in indices]
-    width = max(len(ids) for ids, _ in items)
+    longest = max(len(ids) for ids, _ in items)
+    width = round_width(longest, multiple_of)
+    if max_width is not None:
+        width = max(longest, min(width, max_width))
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
     attention = torch.zeros((len(items), width), dtype=torch.long)

@@ -18,6 +18,8 @@ from typing import Iterator, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from reasondistill.attention import fast_causal_attention
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -106,6 +108,10 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequenc
     eos = list(eos_ids) if eos_ids else [tokenizer.eos_token_id]
     device = next(model.parameters()).device
     model.eval()
+    # a bf16 model on CPU decodes through reasondistill/attention.py: sdpa's CPU kernel is slow for one
+    # query against the cache in bf16 (1.25-1.5x end to end at 64-256 rows, bench/generate_throughput.py); in fp32 it
+    # is as fast as ours at head_dim 32 and faster at head_dim 12, so fp32 keeps sdpa
+    fast = device.type == "cpu" and next(model.parameters()).dtype == torch.bfloat16
     encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     per_batch = max(1, params.batch_size // params.n)
@@ -121,7 +127,7 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequenc
         if params.temperature > 0:
             kt = torch.tensor([row_key(params.seed, keys[i], s) for i, s in rows], dtype=torch.int64)
             processors.append(CounterSampler(kt, width, params.temperature, params.top_p))
-        with torch.inference_mode():
+        with torch.inference_mode(), fast_causal_attention(model, enabled=fast):
             out = model.generate(input_ids=batch["input_ids"].to(device),
                                  attention_mask=batch["attention_mask"].to(device),
                                  generation_config=gen_cfg, logits_processor=processors)

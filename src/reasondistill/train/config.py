@@ -27,8 +27,13 @@ class TrainConfig(BaseModel):
         "no", description="bf16: autocast matmuls to bf16 (fp32 master weights); auto: bf16 where the hardware "
                           "runs it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else no")
     attention: Literal["auto", "model"] = Field(
-        "auto", description="auto: on CPU, train with train/attention.py's blocked causal attention where it "
+        "auto", description="auto: on CPU, train with reasondistill/attention.py's blocked causal attention where it "
                             "pays (bf16, or head_dim >= 32); model: keep the model's own attn_implementation")
+    pad_to_multiple_of: int | Literal["auto", "geometric"] = Field(
+        "auto", description="round each micro-batch's length up so that a few tensor shapes recur (in bf16 on CPU "
+                            "oneDNN builds a GEMM kernel for every new shape, ~2 ms each): to a multiple of this, "
+                            "or geometric: from 128 tokens on, to a multiple of 1/8 of its power of two (under "
+                            "12.5% padding); auto: geometric for bf16 on CPU, else 1 (in fp32 padding only costs)")
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None keeps torch's default")
     log_every: int = Field(10, gt=0)
     eval_every: int = Field(200, gt=0)
@@ -40,6 +45,8 @@ class TrainConfig(BaseModel):
     def _length(self) -> "TrainConfig":
         if self.epochs is None and self.max_steps is None:
             raise ValueError("set epochs or max_steps")
+        if isinstance(self.pad_to_multiple_of, int) and self.pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1, 'auto' or 'geometric', not {self.pad_to_multiple_of}")
         return self
 
 
@@ -48,10 +55,6 @@ def resolve_mixed_precision(value: str) -> str:
     (Emulated bf16 on other CPUs is several times slower than fp32.)"""
     if value != "auto":
         return value
-    import torch
+    from reasondistill.models import bf16_is_native
 
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    cpu = getattr(torch, "cpu", None)
-    native = any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return "bf16" if native else "no"
+    return "bf16" if bf16_is_native() else "no"

@@ -28,9 +28,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from reasondistill.attention import fast_causal_attention, pays_on_cpu
 from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches
 from reasondistill.progress import progress_bar
-from reasondistill.train.attention import fast_causal_attention, pays_on_cpu
 from reasondistill.train.checkpoint import checkpoints, load_checkpoint, prune, save_checkpoint
 from reasondistill.train.config import TrainConfig, resolve_mixed_precision
 
@@ -224,7 +224,9 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
     obj_module = objective.to(accelerator.device) if isinstance(objective, torch.nn.Module) else None
     extra = [p for p in obj_module.parameters() if p.requires_grad] if obj_module is not None else []
     groups = _param_groups(model, cfg.weight_decay) + ([{"params": extra, "weight_decay": 0.0}] if extra else [])
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    # fused: one pass over each tensor instead of ~10 (7 vs 36 ms per step for 11M parameters on CPU)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas,
+                                  fused=accelerator.device.type in ("cpu", "cuda") or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, cfg.min_lr_ratio))
 
     ckpt_root = out_dir / "checkpoints"
@@ -270,6 +272,9 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
     last_grad_norm = float("nan")
     val_loss = float("nan")
     unwrapped = accelerator.unwrap_model(model)
+    multiple = cfg.pad_to_multiple_of if cfg.pad_to_multiple_of != "auto" else (
+        "geometric" if accelerator.device.type == "cpu" and precision == "bf16" else 1)
+    max_width = getattr(unwrapped.config, "max_position_embeddings", None)
     fast_attention = fast_causal_attention(unwrapped, enabled=cfg.attention == "auto" and accelerator.device.type == "cpu"
                                            and pays_on_cpu(unwrapped, precision))
     with fast_attention as fast_on, progress_bar(f"train {name}", total_steps, show_progress and main, state["step"]) as advance:
@@ -279,7 +284,7 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
                 epoch, b, idx = next(stream)
                 group.append(idx)
                 state["epoch"], state["batch"] = epoch, b
-            batches = [collate(train_ds, idx, pad_id) for idx in group if len(idx)]
+            batches = [collate(train_ds, idx, pad_id, multiple, max_width) for idx in group if len(idx)]
             local_tokens = sum(train_ds.target_tokens(idx) for idx in group if len(idx))
             window_all_tokens += sum(int(b["attention_mask"].sum()) for b in batches)
             if not batches and world > 1:
@@ -342,7 +347,8 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
                "final_val_loss": val_loss, "wall_time_s": round(wall, 2),
                "train_examples": len(train_ds), "params": sum(p.numel() for p in model.parameters()),
                "processes": world,
-               "attention": "train/attention.py" if fast_on else unwrapped.config._attn_implementation,
+               "attention": "reasondistill/attention.py" if fast_on else unwrapped.config._attn_implementation,
+               "pad_to_multiple_of": multiple,
                "mixed_precision": precision}
     weights = accelerator.get_state_dict(model)  # on every process: gathers FSDP / ZeRO-3 shards (DDP: a no-op)
     if main:

@@ -1,13 +1,16 @@
-"""Causal attention for training on CPU: GEMMs and a softmax per block of queries.
+"""Causal attention on CPU: GEMMs and a softmax per block of queries (training), and per decoded
+token (generation).
 
 Why this exists: on CPU, PyTorch's ``scaled_dot_product_attention`` dispatches to a flash kernel
 that is 2-3x slower in bf16 than plain GEMMs for the lengths of reasoning traces (128-1024
 tokens; figures in docs/scaling.md, end-to-end in ``bench/train_throughput.py`` as
-``attention_speedup``), and Hugging Face's ``eager`` attention materialises a float mask of shape
-(batch, 1, T, T) and adds it in fp32, which costs more than the attention itself. Training
-batches here are right-padded (``data.dataset.collate``), so for a causal model the padding mask
-changes nothing at real positions: a real token only attends to earlier tokens, which are real.
-For each block of 128 queries [a, b) this module computes, against keys [0, b) only:
+``attention_speedup``) and slow for one query against a KV cache (decoding; end-to-end in
+``bench/generate_throughput.py``), and Hugging Face's ``eager`` attention materialises a float
+mask of shape (batch, 1, T, T) and adds it in fp32, which costs more than the attention itself.
+
+Training: batches are right-padded (``data.dataset.collate``), so for a causal model the padding
+mask changes nothing at real positions: a real token only attends to earlier tokens, which are
+real. For each block of 128 queries [a, b) this module computes, against keys [0, b) only:
 
     S = (q * scale) @ k^T            (batch, heads, b - a, b)   in the autocast dtype (bf16) or fp32
     P = softmax(S + causal mask)     accumulated in fp32, stored in S's dtype
@@ -15,15 +18,18 @@ For each block of 128 queries [a, b) this module computes, against keys [0, b) o
 
 as one ``torch.autograd.Function`` that saves P and recomputes nothing; its backward is
 ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - rowsum(dP * P))``, ``dQ = scale * dS K``,
-``dK = dS^T (q * scale)``.
+``dK = dS^T (q * scale)``. A left-padded or gappy 2-D mask is applied as a key mask.
 
-Anything it does not handle (dropout, sliding windows, soft-capping, attention sinks, decoding
-with a KV cache, non-causal modules, 4-D masks, layers whose saved P would exceed
-``MAX_SAVED_PROBS_BYTES``) goes to the model's own ``sdpa`` path, so results stay correct; a
-left-padded or gappy 2-D mask is applied as a key mask inside the function.
-``fast_causal_attention(model)`` switches a Hugging Face model to it for the duration of a
-``with`` block (``train.sft.train_model`` does this on CPU when ``train.attention: auto``);
-``tests/train/test_attention.py`` checks outputs and gradients against ``sdpa`` to 1e-5 in fp32.
+Decoding (one new token per row against the KV cache, no gradient): ``S = (q * scale) @ K^T``
+with the padding mask, softmax, ``O = P @ V``; grouped-query heads share their K/V without a copy.
+
+Anything else (dropout, sliding windows, soft-capping, attention sinks, several new tokens against
+a cache, non-causal modules, layers whose saved P would exceed ``MAX_SAVED_PROBS_BYTES``) goes to
+the model's own ``sdpa`` path, so results stay correct. ``fast_causal_attention(model)`` switches
+a Hugging Face model to this module for the duration of a ``with`` block: ``train.sft.train_model``
+does so on CPU when ``train.attention: auto``, ``teachers.sampling.generate_completions`` on CPU.
+``tests/test_attention.py`` checks outputs and gradients against ``sdpa`` to 1e-5 in fp32 and
+that generation gives the same tokens.
 """
 
 from __future__ import annotations
@@ -65,12 +71,13 @@ class CausalAttention(torch.autograd.Function):
         for start in range(0, t, block):
             end = min(t, start + block)
             s = torch.matmul(qs[..., start:end, :], kt[..., :end])
-            forbidden = torch.ones(end - start, end, dtype=torch.bool, device=q.device).triu_(start + 1)
+            # a finite minimum, not -inf: a query with no allowed key (left padding) gets a finite row.
+            # Keys before the block are all causally allowed: only the diagonal square needs the mask.
+            lowest = torch.finfo(s.dtype).min
+            n = end - start
+            s[..., start:end].masked_fill_(torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1), lowest)
             if key_mask is not None:
-                rows = key_mask[..., start:end, :end] if key_mask.shape[-2] > 1 else key_mask[..., :end]
-                forbidden = forbidden | rows
-            # a finite minimum, not -inf: a query with no allowed key (left padding) gets a finite row
-            s.masked_fill_(forbidden, torch.finfo(s.dtype).min)
+                s.masked_fill_(key_mask[..., start:end, :end] if key_mask.shape[-2] > 1 else key_mask[..., :end], lowest)
             p = torch.softmax(s, dim=-1)  # accumulates in fp32 internally, rounds to s's dtype
             torch.matmul(p, v[..., :end, :], out=out[..., start:end, :])
             probs.append(p)
@@ -134,10 +141,12 @@ def causal_attention_forward(module, query, key, value, attention_mask, dropout:
     q_len, kv_len = query.shape[2], key.shape[2]
     unsupported = (
         (dropout and module.training) or kwargs.get("sliding_window") or kwargs.get("softcap") is not None
-        or kwargs.get("s_aux") is not None or not getattr(module, "is_causal", True) or q_len != kv_len
-        or (attention_mask is not None and attention_mask.ndim != 2)
+        or kwargs.get("s_aux") is not None or not getattr(module, "is_causal", True)
     )
-    if unsupported:
+    if not unsupported and q_len == 1 and kv_len > 1 and not torch.is_grad_enabled() and (
+            attention_mask is None or (attention_mask.ndim == 4 and attention_mask.dtype == torch.bool)):
+        return _decode(query, key, value, attention_mask, scaling)
+    if unsupported or q_len != kv_len or (attention_mask is not None and attention_mask.ndim != 2):
         return _fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     dtype = torch.get_autocast_dtype(query.device.type) if torch.is_autocast_enabled(query.device.type) else query.dtype
     b, h, t, _ = query.shape
@@ -153,13 +162,29 @@ def causal_attention_forward(module, query, key, value, attention_mask, dropout:
     return out.transpose(1, 2).contiguous(), None
 
 
+def _decode(query, key, value, allowed, scaling):
+    """One query per row against the whole cache: query (batch, heads, 1, D), key/value (batch,
+    kv_heads, L, D), ``allowed`` None or bool broadcastable to (batch, 1, 1, L). The heads of a
+    kv group become rows of one GEMM against their shared keys (no repeat of the cache)."""
+    b, h, _, d = query.shape
+    kv_heads = key.shape[1]
+    scale = scaling if scaling is not None else d ** -0.5
+    q = (query * scale).reshape(b, kv_heads, h // kv_heads, d)
+    s = torch.matmul(q, key.transpose(-1, -2))  # (batch, kv_heads, group, L)
+    if allowed is not None:
+        s.masked_fill_(~allowed, torch.finfo(s.dtype).min)
+    out = torch.matmul(torch.softmax(s, dim=-1), value)  # (batch, kv_heads, group, D)
+    return out.reshape(b, 1, h, d), None
+
+
 def _mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
           mask_function=None, attention_mask: torch.Tensor | None = None, **kwargs):
     """The mask the model builds once before its layers. For a plain causal forward without a cache:
     None when the 2-D padding mask is absent or right-padded (the causal mask alone is then exact at
     real positions), else the 2-D mask itself (``causal_attention_forward`` applies it to the keys).
-    For anything else (decoding, packed sequences, sliding windows, custom mask functions) sdpa's
-    explicit 4-D boolean mask, which sends the layers to the sdpa fallback."""
+    For anything else sdpa's explicit 4-D boolean mask (True = may attend): decoding one token
+    uses it in ``_decode``; packed sequences, sliding windows, custom mask functions and several
+    new tokens against a cache send the layers to the sdpa fallback with it."""
     from transformers.masking_utils import causal_mask_function, sdpa_mask
 
     mask_function = mask_function or causal_mask_function

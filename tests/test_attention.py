@@ -1,4 +1,4 @@
-"""train/attention.py: the blocked causal attention equals sdpa (values and gradients), on its own
+"""reasondistill/attention.py: the blocked causal attention equals sdpa (values and gradients), on its own
 and inside real tiny Hugging Face models, and its fallbacks (left padding, decoding) stay exact."""
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from reasondistill.models import init_model
-from reasondistill.train.attention import NAME, CausalAttention, fast_causal_attention
+from reasondistill.attention import NAME, CausalAttention, fast_causal_attention
 
 QWEN_GQA = {"architecture": "qwen2", "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "intermediate_size": 96, "max_position_embeddings": 512}
@@ -105,7 +105,7 @@ def _graph_names(tensor) -> set[str]:
 
 def test_large_layers_fall_back_to_sdpa(char_tokenizer, monkeypatch):
     """Above MAX_SAVED_PROBS_BYTES a layer uses sdpa (O(T) memory), with the same results."""
-    import reasondistill.train.attention as attention
+    import reasondistill.attention as attention
 
     model = init_model(QWEN_HEAD32, char_tokenizer, seed=0)
     ids, mask = _batch()
@@ -146,7 +146,7 @@ def test_generation_with_cache_unchanged(char_tokenizer):
 
 
 def test_pays_on_cpu_rule(char_tokenizer):
-    from reasondistill.train.attention import pays_on_cpu
+    from reasondistill.attention import pays_on_cpu
 
     assert pays_on_cpu(init_model(QWEN_GQA, char_tokenizer, seed=0), "bf16")  # head_dim 12
     assert not pays_on_cpu(init_model(QWEN_GQA, char_tokenizer, seed=0), "no")
@@ -183,7 +183,7 @@ def test_train_model_uses_it_and_matches_the_model_attention(char_tokenizer, tmp
         out = tmp_path / attention
         summary = train_model(model, char_tokenizer, tmp_path / "d" / "train.safetensors", None, out, cfg, seed=0,
                               show_progress=False)
-        assert summary["attention"] == ("train/attention.py" if attention == "auto" else "sdpa")
+        assert summary["attention"] == ("reasondistill/attention.py" if attention == "auto" else "sdpa")
         with open(out / "metrics.csv") as fh:
             curves[attention] = [float(r["train_loss"]) for r in csv.DictReader(fh)]
         assert model.config._attn_implementation == "sdpa"
@@ -191,3 +191,68 @@ def test_train_model_uses_it_and_matches_the_model_attention(char_tokenizer, tmp
         json.loads((out / "final" / "config.json").read_text())
     assert len(curves["auto"]) == 4
     assert curves["auto"] == pytest.approx(curves["model"], rel=1e-4)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_decode_equals_sdpa_with_padding_and_gqa(groups):
+    from reasondistill.attention import _decode
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 4, 1, 16, generator=g)
+    k, v = (torch.randn(3, 4 // groups, 40, 16, generator=g) for _ in range(2))
+    allowed = torch.ones(3, 1, 1, 40, dtype=torch.bool)
+    allowed[1, ..., :11] = False  # a left-padded row
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1),
+                                         attn_mask=allowed)
+    out, _ = _decode(q, k, v, allowed, None)
+    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-6, rtol=1e-5)
+    unmasked, _ = _decode(q, k, v, None, 0.3)
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), scale=0.3)
+    torch.testing.assert_close(unmasked, ref.transpose(1, 2), atol=1e-6, rtol=1e-5)
+
+
+def test_decode_steps_match_sdpa_logits(char_tokenizer):
+    """Prefill a left-padded batch, then decode token by token with a KV cache: every step's logits
+    through reasondistill/attention.py equal the model's sdpa."""
+    from transformers import DynamicCache
+
+    model = init_model(QWEN_GQA, char_tokenizer, seed=0).eval()
+    ids, _ = _batch(t=12)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+
+    def steps():
+        cache, m, x, out = DynamicCache(config=model.config), mask, ids, []
+        with torch.inference_mode():
+            for _ in range(6):
+                logits = model(input_ids=x, attention_mask=m, past_key_values=cache, use_cache=True).logits[:, -1]
+                out.append(logits)
+                x = logits.argmax(-1, keepdim=True)
+                m = torch.cat([m, torch.ones_like(x)], dim=1)
+        return torch.stack(out)
+
+    ref = steps()
+    with fast_causal_attention(model):
+        fast = steps()
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_completions_decodes_bf16_through_it(char_tokenizer, monkeypatch, arith):
+    """A bf16 model on CPU decodes with _decode (fp32 keeps sdpa) and gets its attention back after."""
+    import reasondistill.attention as attention
+    from reasondistill.data.build import render_prompts
+    from reasondistill.teachers.sampling import SamplingParams, generate_completions
+
+    calls = []
+    real = attention._decode
+    monkeypatch.setattr(attention, "_decode", lambda *a: calls.append(1) or real(*a))
+    problems = arith.problems("test", 6, seed=0)
+    prompts = render_prompts(char_tokenizer, [p.prompt for p in problems])
+    params = SamplingParams(n=2, temperature=0.8, max_new_tokens=8, batch_size=4)
+    for dtype, used in ((torch.float32, False), (torch.bfloat16, True)):
+        model = init_model(LLAMA, char_tokenizer, seed=0).to(dtype)
+        calls.clear()
+        outs = [c for b in generate_completions(model, char_tokenizer, prompts, [p.id for p in problems], params)
+                for c in b]
+        assert len(outs) == 12 and bool(calls) == used
+        assert model.config._attn_implementation == "sdpa"
