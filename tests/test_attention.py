@@ -204,7 +204,7 @@ def test_decode_equals_sdpa_with_padding_and_gqa(groups):
     allowed[1, ..., :11] = False  # a left-padded row
     ref = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1),
                                          attn_mask=allowed)
-    out, _ = _decode(q, k, v, allowed, None)
+    out, _ = _decode(q, k, v, allowed, 16 ** -0.5)
     torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-6, rtol=1e-5)
     unmasked, _ = _decode(q, k, v, None, 0.3)
     ref = F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), scale=0.3)

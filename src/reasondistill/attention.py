@@ -68,12 +68,12 @@ class CausalAttention(torch.autograd.Function):
         t = qs.shape[-2]
         out = torch.empty_like(v)
         probs = []
+        # a finite minimum, not -inf: a query with no allowed key (left padding) gets a finite row
+        lowest = torch.finfo(dtype).min
         for start in range(0, t, block):
             end = min(t, start + block)
             s = torch.matmul(qs[..., start:end, :], kt[..., :end])
-            # a finite minimum, not -inf: a query with no allowed key (left padding) gets a finite row.
-            # Keys before the block are all causally allowed: only the diagonal square needs the mask.
-            lowest = torch.finfo(s.dtype).min
+            # keys before the block are all causally allowed: only the diagonal square needs the mask
             n = end - start
             s[..., start:end].masked_fill_(torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1), lowest)
             if key_mask is not None:
@@ -139,13 +139,14 @@ def causal_attention_forward(module, query, key, value, attention_mask, dropout:
     """Hugging Face ``AttentionInterface`` signature: tensors (batch, heads, T, head_dim) in,
     (batch, T, heads, head_dim) out, plus ``None`` for the attention weights."""
     q_len, kv_len = query.shape[2], key.shape[2]
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     unsupported = (
         (dropout and module.training) or kwargs.get("sliding_window") or kwargs.get("softcap") is not None
         or kwargs.get("s_aux") is not None or not getattr(module, "is_causal", True)
     )
     if not unsupported and q_len == 1 and kv_len > 1 and not torch.is_grad_enabled() and (
             attention_mask is None or (attention_mask.ndim == 4 and attention_mask.dtype == torch.bool)):
-        return _decode(query, key, value, attention_mask, scaling)
+        return _decode(query, key, value, attention_mask, scale)
     if unsupported or q_len != kv_len or (attention_mask is not None and attention_mask.ndim != 2):
         return _fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     dtype = torch.get_autocast_dtype(query.device.type) if torch.is_autocast_enabled(query.device.type) else query.dtype
@@ -156,19 +157,17 @@ def causal_attention_forward(module, query, key, value, attention_mask, dropout:
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
     # _mask passes a 2-D mask only when it is not right-padded: (batch, 1, 1, T) broadcasts over queries
     key_mask = None if attention_mask is None else ~attention_mask.bool()[:, None, None, :]
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     with torch.autocast(query.device.type, enabled=False):
         out = CausalAttention.apply(query, key, value, scale, key_mask, 128, dtype)
     return out.transpose(1, 2).contiguous(), None
 
 
-def _decode(query, key, value, allowed, scaling):
+def _decode(query, key, value, allowed, scale: float):
     """One query per row against the whole cache: query (batch, heads, 1, D), key/value (batch,
     kv_heads, L, D), ``allowed`` None or bool broadcastable to (batch, 1, 1, L). The heads of a
     kv group become rows of one GEMM against their shared keys (no repeat of the cache)."""
     b, h, _, d = query.shape
     kv_heads = key.shape[1]
-    scale = scaling if scaling is not None else d ** -0.5
     q = (query * scale).reshape(b, kv_heads, h // kv_heads, d)
     s = torch.matmul(q, key.transpose(-1, -2))  # (batch, kv_heads, group, L)
     if allowed is not None:
