@@ -1,6 +1,6 @@
 """Training throughput: our ``train_model`` vs TRL's SFTTrainer vs the textbook per-example loop.
 
-    python bench/train_throughput.py            # default run (~6.5 min, 1 thread); one JSON object
+    python bench/train_throughput.py            # default run (~8 min, 1 thread); one JSON object
     python bench/train_throughput.py --quick    # smaller run (~2 min)
     python bench/train_throughput.py --threads 2 --examples 480 --ours-batch 8
 
@@ -25,7 +25,10 @@ Variants (each in its own subprocess, one after the other, same thread count):
     attention on CPU, ``pad_to_multiple_of: auto`` = lengths rounded up geometrically in bf16, fused AdamW),
     fp32 and bf16 autocast (``mixed_precision="bf16"``); ``ours_dtype`` says
     which one the headline numbers use (the faster one). ``ours_bf16_sdpa`` is an ablation with
-    the model's own sdpa attention (``attention_speedup`` in the JSON).
+    the model's own sdpa attention (``attention_speedup`` in the JSON); ``ours_bf16_packed`` one with
+    ``train.packing`` (each step's examples packed into rows, no padding; ``packing_speedup``);
+    ``ours_bf16_3_epochs`` trains three epochs and times each: ``mfu_steady_state`` is ours' MFU in
+    the faster of epochs 2 and 3 (a long run's figure; the headline one-epoch MFU includes first-time costs).
   * ``trl``: ``trl.SFTTrainer`` with a prompt/completion dataset and ``completion_only_loss=True``,
     ``gradient_checkpointing=False`` (its default is True), ``padding_free=False``, ``packing=False``,
     ``train_sampling_strategy="group_by_length"`` (transformers 5 name for group_by_length),
@@ -165,7 +168,12 @@ def matmul_peak(dtype_name: str, threads: int) -> float:
 
 
 # ----------------------------------------------------------------------------------- variants
-def run_ours(work: Path, threads: int, mixed: str, batch: int, attention: str = "auto") -> dict:
+def run_ours(work: Path, threads: int, mixed: str, batch: int, attention: str = "auto", packing: bool = False,
+             epochs: int = 1) -> dict:
+    """One epoch (the comparison), or ``epochs`` > 1 passes over the same data timed per epoch (one
+    log row per epoch; the steady state of a longer run)."""
+    import csv
+
     import torch
 
     from reasondistill.train.config import TrainConfig
@@ -175,24 +183,29 @@ def run_ours(work: Path, threads: int, mixed: str, batch: int, attention: str = 
     model, tok = build_model()
     n = json.loads((work / "stats.json").read_text())["train"]["examples"]
     steps = math.ceil(n / EFFECTIVE_BATCH)
-    cfg = TrainConfig(epochs=None, max_steps=steps, batch_size=batch, grad_accum=EFFECTIVE_BATCH // batch, lr=LR,
+    total = epochs * steps
+    cfg = TrainConfig(epochs=None, max_steps=total, batch_size=batch, grad_accum=EFFECTIVE_BATCH // batch, lr=LR,
                       betas=BETAS, weight_decay=WD, max_grad_norm=CLIP, min_lr_ratio=MIN_RATIO,
-                      warmup_ratio=WARMUP / steps if steps > 1 else 0.0, group_by_length=True, mixed_precision=mixed, threads=threads, attention=attention,
-                      log_every=max(1, steps // 4), eval_every=10**9, save_every=10**9, resume=False)
-    out = work / f"ours_{mixed}_b{batch}_{attention}"
+                      warmup_ratio=WARMUP / total if total > 1 else 0.0, group_by_length=True, mixed_precision=mixed,
+                      threads=threads, attention=attention, packing=packing,
+                      log_every=steps if epochs > 1 else max(1, steps // 4), eval_every=10**9, save_every=10**9,
+                      resume=False)
+    out = work / f"ours_{mixed}_b{batch}_{attention}{'_packed' if packing else ''}_e{epochs}"
     cpu = time.process_time()
     summary = train_model(model, tok, work / "train" / "train.safetensors", None, out, cfg, seed=0,
                           show_progress=False)
     cpu = time.process_time() - cpu
-    import csv
-
     with open(out / "metrics.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r["train_loss"]]
+    if epochs > 1:
+        elapsed = [float(r["elapsed_s"]) for r in rows]
+        return {"epoch_s": [round(b - a, 2) for a, b in zip([0.0] + elapsed, elapsed)]}
     # the training loop up to its last optimizer step (as TRL's train_runtime with save_strategy "no" and
     # the per-example loop); wall_time_s also includes writing the final checkpoint (weights + AdamW state)
     return {"train_s": float(rows[-1]["elapsed_s"]), "train_s_with_final_save": summary["wall_time_s"],
             "cpu_s": round(cpu, 2), "steps": summary["steps"], "params": summary["params"],
-            "last_train_loss": float(rows[-1]["train_loss"]), "final_loss": heldout_loss(model, work)}
+            "last_train_loss": float(rows[-1]["train_loss"]), "final_loss": heldout_loss(model, work),
+            "micro_batches": summary["micro_batches"], "pack_tokens": summary["pack_tokens"]}
 
 
 def run_trl(work: Path, threads: int, batch: int, bf16: bool) -> dict:
@@ -276,6 +289,10 @@ def child(args) -> None:
         res = run_ours(work, args.threads, "bf16", args.ours_batch)
     elif args.variant == "ours_bf16_sdpa":  # ablation: the model's own (sdpa) attention
         res = run_ours(work, args.threads, "bf16", args.ours_batch, attention="model")
+    elif args.variant == "ours_bf16_3_epochs":  # steady state: epochs 2 and 3 of the same run
+        res = run_ours(work, args.threads, "bf16", args.ours_batch, epochs=3)
+    elif args.variant == "ours_bf16_packed":  # ablation: train.packing (rows of <= 4 x 1024 tokens)
+        res = run_ours(work, args.threads, "bf16", args.ours_batch, packing=True)
     elif args.variant in ("trl_fp32", "trl_bf16"):
         res = run_trl(work, args.threads, args.trl_batch, bf16=args.variant == "trl_bf16")
     elif args.variant == "per_example":
@@ -311,7 +328,8 @@ def main() -> None:
         stats = prepare(work, n_train, n_val, seed=0)
         (work / "stats.json").write_text(json.dumps(stats))
         variants = ["peak", "initial", "ours_fp32", "trl_fp32", "per_example"]
-        variants += [] if args.skip_bf16 else ["ours_bf16", "trl_bf16", "ours_bf16_sdpa"]
+        variants += [] if args.skip_bf16 else ["ours_bf16", "trl_bf16", "ours_bf16_sdpa", "ours_bf16_packed",
+                                                  "ours_bf16_3_epochs"]
         res = {}
         for v in variants:
             cmd = [sys.executable, __file__, "--variant", v, "--work", str(work), "--threads", str(args.threads),
@@ -387,10 +405,16 @@ def main() -> None:
             "speedup_vs_per_example_cpu_time": cpu_ratio(ours_key, "per_example"),
             "bf16_over_fp32_cpu_time": cpu_ratio("ours_bf16", "ours_fp32"),
             "attention_speedup": ratio(tps("ours_bf16"), tps("ours_bf16_sdpa")),
+            # train.packing (each step's 16 examples packed into rows of <= 4 x 1024 tokens) over padding
+            "packing_speedup": ratio(tps("ours_bf16_packed"), tps("ours_bf16")),
             "matmul_peak_gflops": {k: round(v, 1) for k, v in res["peak"].items()},
             "mfu": mfu(ours, "bf16" if use_bf16 else "fp32"),
             "mfu_with_attention": round(mfu(ours, "bf16" if use_bf16 else "fp32") * (1 + attn_per_token / (6 * params)), 4)
                                   if ours and params else None,
+            # a real run sees each length many times: epochs 2-3 of a 3-epoch run, without the first
+            # epoch's one-time costs (oneDNN kernels per new shape, first touches of fresh memory)
+            "mfu_steady_state": mfu(tokens / min(res["ours_bf16_3_epochs"]["epoch_s"][1:]), "bf16")
+                                if len(res.get("ours_bf16_3_epochs", {}).get("epoch_s", [])) == 3 else None,
             "mfu_ours_fp32": mfu(tps("ours_fp32"), "fp32"),
             "mfu_per_example": mfu(per, "fp32"),
             "mfu_trl": mfu(trl, "bf16" if trl_key == "trl_bf16" else "fp32"),

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from reasondistill.models import init_model
-from reasondistill.attention import NAME, CausalAttention, fast_causal_attention
+from reasondistill.attention import (NAME, CausalAttention, PackedSequences, fast_causal_attention,
+                                     saved_probs_elements)
 
 QWEN_GQA = {"architecture": "qwen2", "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "intermediate_size": 96, "max_position_embeddings": 512}
@@ -50,6 +51,61 @@ def test_function_applies_a_key_mask():
     masked_grad = grad * rows
     for a, b in zip(_grads(out, masked_grad, (q, k, v)), _grads(ref, masked_grad, (q, k, v))):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def _sequence_ids(t, rows):
+    """(len(rows), t) ids of packed rows given each row's sequence lengths."""
+    ids = torch.zeros(len(rows), t, dtype=torch.long)
+    for r, lengths in enumerate(rows):
+        at = 0
+        for i, n in enumerate(lengths):
+            ids[r, at:at + n] = i
+            at += n
+    return ids
+
+
+def test_function_packed_rows_equal_sdpa_with_the_block_diagonal_mask():
+    """Packed rows: a token attends only to its own sequence; blocks skip the keys of sequences
+    that ended before the block's first query (rows with different boundaries in one batch)."""
+    q, k, v = _qkv(t=700)
+    packed = PackedSequences(_sequence_ids(700, [[300, 250, 150], [100, 500, 100]]))
+    assert packed.starts[0, [0, 299, 300, 549, 550, 699]].tolist() == [0, 0, 300, 300, 550, 550]
+    grad = torch.randn_like(q)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=packed.allowed())
+    out = CausalAttention.apply(q, k, v, 16 ** -0.5, None, 128, None, packed.starts)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(_grads(out, grad, (q, k, v)), _grads(ref, grad, (q, k, v))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert saved_probs_elements(700, 128, packed.starts) < saved_probs_elements(700, 128, None)
+
+
+def test_model_packed_rows_equal_each_sequence_alone(char_tokenizer):
+    """Inside a model: transformers detects the packed rows from position_ids, our mask hook hands
+    the layers a PackedSequences (no dense T x T mask), and logits and gradients equal those of
+    each sequence run alone."""
+    from transformers.masking_utils import create_causal_mask
+
+    model = init_model(QWEN_GQA, char_tokenizer, seed=0)
+    g = torch.Generator().manual_seed(2)
+    seqs = [torch.randint(5, 60, (n,), generator=g) for n in (150, 90, 200)]
+    ids = torch.cat(seqs)[None]
+    positions = torch.cat([torch.arange(len(s)) for s in seqs])[None]
+    model.zero_grad()
+    alone = [model(input_ids=s[None], use_cache=False).logits[0] for s in seqs]
+    sum(a.pow(2).sum() for a in alone).backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with fast_causal_attention(model):
+        embeds = torch.zeros(1, ids.shape[1], QWEN_GQA["hidden_size"])
+        mask = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=None,
+                                  past_key_values=None, position_ids=positions)
+        assert isinstance(mask, PackedSequences)
+        logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
+        assert "CausalAttentionBackward" in _graph_names(logits)
+        logits.pow(2).sum().backward()
+    torch.testing.assert_close(logits.detach(), torch.cat(alone).detach(), atol=1e-5, rtol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[name], atol=1e-4, rtol=1e-4, msg=name)
 
 
 def test_bf16_close_to_fp32():

@@ -39,3 +39,11 @@ def test_student_needs_exactly_one_model(tmp_path):
     f.write_text("students:\n  - name: s\n    target: traces\n")
     with pytest.raises(ConfigError, match=r"students\.0.*exactly one of 'model'"):
         load_config(f)
+
+
+def test_packing_only_for_hard_distillation():
+    cfg = load_config(demo_config_path(), ["students.student_traces.train.packing=true"])
+    assert cfg.student("student_traces").train.packing and cfg.student("student_traces").train.pack_tokens is None
+    with pytest.raises(ConfigError, match=r"students\.\d.*hard distillation only") as err:
+        load_config(demo_config_path(), ["students.student_kd.train.packing=true"])
+    assert "demo.yaml" in str(err.value)

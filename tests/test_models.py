@@ -34,6 +34,11 @@ def test_load_model_reads_safetensors(tiny_model_dir):
     assert n_params(load_model(str(tiny_model_dir))) > 0
 
 
+def test_attn_implementation_is_passed_through(tiny_model_dir):
+    assert load_model(str(tiny_model_dir)).config._attn_implementation == "sdpa"  # transformers' default
+    assert load_model(str(tiny_model_dir), attn_implementation="eager").config._attn_implementation == "eager"
+
+
 def test_thinking_format_round_trip():
     assert split_thinking(format_target("a\nb", "7")) == ("a\nb", "7", True)
     assert split_thinking("7") == ("", "7", True)

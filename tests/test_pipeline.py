@@ -147,3 +147,19 @@ def test_generate_with_an_api_teacher_served_locally(tmp_path, tiny_model_dir):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_fields_added_later_keep_old_fingerprints():
+    """A student config fingerprints without fields that were added later while they sit at their
+    defaults (so upgrading does not retrain old runs), and with them once set."""
+    from reasondistill.config import StudentConfig
+    from reasondistill.pipeline import _fingerprinted
+
+    s = StudentConfig(name="s", init={"hidden_size": 32})
+    conf = _fingerprinted(s)
+    assert "distill" not in conf and "attn_implementation" not in conf
+    assert "packing" not in conf["train"] and "pack_tokens" not in conf["train"] and "lr" in conf["train"]
+    packed = _fingerprinted(StudentConfig(name="s", init={"hidden_size": 32}, attn_implementation="eager",
+                                          train={"packing": True, "pack_tokens": 512}))
+    assert packed["attn_implementation"] == "eager"
+    assert packed["train"]["packing"] is True and packed["train"]["pack_tokens"] == 512

@@ -18,16 +18,20 @@ real. For each block of 128 queries [a, b) this module computes, against keys [0
 
 as one ``torch.autograd.Function`` that saves P and recomputes nothing; its backward is
 ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - rowsum(dP * P))``, ``dQ = scale * dS K``,
-``dK = dS^T (q * scale)``. A left-padded or gappy 2-D mask is applied as a key mask.
+``dK = dS^T (q * scale)``. A left-padded or gappy 2-D mask is applied as a key mask. Packed rows
+(several sequences per row, ``position_ids`` restarting; ``train.packing``) arrive as each token's
+sequence start: a block then meets keys from the start of its first query's sequence only, and a
+token never sees another sequence. No dense T x T mask is built for either.
 
 Decoding (one new token per row against the KV cache, no gradient): ``S = (q * scale) @ K^T``
 with the padding mask, softmax, ``O = P @ V``; grouped-query heads share their K/V without a copy.
 
 Anything else (dropout, sliding windows, soft-capping, attention sinks, several new tokens against
-a cache, non-causal modules, layers whose saved P would exceed ``MAX_SAVED_PROBS_BYTES``) goes to
-the model's own ``sdpa`` path, so results stay correct. ``fast_causal_attention(model)`` switches
-a Hugging Face model to this module for the duration of a ``with`` block: ``train.sft.train_model``
-does so on CPU when ``train.attention: auto``, ``teachers.sampling.generate_completions`` on CPU.
+a cache, non-causal modules, custom mask functions, layers whose saved P would exceed
+``MAX_SAVED_PROBS_BYTES``) goes to the model's own ``sdpa`` path, so results stay correct.
+``fast_causal_attention(model)`` switches a Hugging Face model to this module for the duration of
+a ``with`` block: ``train.sft.train_model`` does so on CPU when ``train.attention: auto``,
+``teachers.sampling.generate_completions`` on CPU.
 ``tests/test_attention.py`` checks outputs and gradients against ``sdpa`` to 1e-5 in fp32 and
 that generation gives the same tokens.
 """
@@ -44,6 +48,7 @@ NAME = "reasondistill_causal"
 # flash kernel keeps O(T). Above this many bytes per layer the layer goes to sdpa instead, so long
 # sequences on big models do not trade memory for speed (the bench model at 4 x 1024 tokens: 25 MB).
 MAX_SAVED_PROBS_BYTES = 64 * 2**20
+BLOCK = 128  # queries per block (64-256 measured within noise)
 
 
 class CausalAttention(torch.autograd.Function):
@@ -53,12 +58,15 @@ class CausalAttention(torch.autograd.Function):
     q, k, v: (batch, heads, T, head_dim), one dtype; ``key_mask``: None or a bool tensor
     broadcastable to (batch, heads, T, T), True where attention is *forbidden* in addition to the
     causal mask (typically (batch, 1, 1, T): padded keys); ``dtype``: the compute dtype (default
-    q's). Returns (batch, heads, T, head_dim) in that dtype. Saves the probabilities of each block
+    q's); ``starts``: None or (batch, T) longs, packed rows: query t may only attend keys from
+    ``starts[t]`` on (the start of its own sequence). Returns (batch, heads, T, head_dim) in that
+    dtype. Saves the probabilities of each block
     (about half of the T x T matrix) for the backward; dK and dV accumulate in fp32.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, scale: float, key_mask, block: int = 128, dtype: torch.dtype | None = None):
+    def forward(ctx, q, k, v, scale: float, key_mask, block: int = 128, dtype: torch.dtype | None = None,
+                starts: torch.Tensor | None = None):
         # one contiguous copy each, in the compute dtype: Hugging Face hands over transposed views,
         # which matmul would otherwise copy again for every block; k is stored transposed (B, H, D, T)
         dtype = dtype or q.dtype
@@ -67,22 +75,26 @@ class CausalAttention(torch.autograd.Function):
         v = v.to(dtype=dtype, memory_format=torch.contiguous_format)
         t = qs.shape[-2]
         out = torch.empty_like(v)
-        probs = []
+        probs, spans = [], []
         # a finite minimum, not -inf: a query with no allowed key (left padding) gets a finite row
         lowest = torch.finfo(dtype).min
-        for start in range(0, t, block):
-            end = min(t, start + block)
-            s = torch.matmul(qs[..., start:end, :], kt[..., :end])
+        for start, end, lo in _blocks(t, block, starts):
+            s = torch.matmul(qs[..., start:end, :], kt[..., lo:end])
             # keys before the block are all causally allowed: only the diagonal square needs the mask
             n = end - start
-            s[..., start:end].masked_fill_(torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1), lowest)
+            s[..., start - lo:].masked_fill_(torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1), lowest)
             if key_mask is not None:
-                s.masked_fill_(key_mask[..., start:end, :end] if key_mask.shape[-2] > 1 else key_mask[..., :end], lowest)
+                s.masked_fill_(key_mask[..., start:end, lo:end] if key_mask.shape[-2] > 1 else key_mask[..., lo:end],
+                               lowest)
+            if starts is not None:  # packed rows: keys before the query's own sequence
+                keys = torch.arange(lo, end, device=q.device)
+                s.masked_fill_((keys < starts[:, start:end, None])[:, None], lowest)
             p = torch.softmax(s, dim=-1)  # accumulates in fp32 internally, rounds to s's dtype
-            torch.matmul(p, v[..., :end, :], out=out[..., start:end, :])
+            torch.matmul(p, v[..., lo:end, :], out=out[..., start:end, :])
             probs.append(p)
+            spans.append((start, end, lo))
         ctx.save_for_backward(qs, kt, v, *probs)
-        ctx.scale, ctx.block = scale, block
+        ctx.scale, ctx.spans = scale, spans
         ctx.dtypes = (q.dtype, k.dtype, v.dtype)
         return out
 
@@ -93,17 +105,75 @@ class CausalAttention(torch.autograd.Function):
         grad_q = torch.empty_like(qs)
         grad_k = torch.zeros(kt.shape[:-2] + (kt.shape[-1], kt.shape[-2]), dtype=torch.float32, device=kt.device)
         grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        for p, start in zip(probs, range(0, qs.shape[-2], ctx.block)):
-            end = start + p.shape[-2]
+        for p, (start, end, lo) in zip(probs, ctx.spans):
             go = grad_out[..., start:end, :]
-            grad_v[..., :end, :] += torch.matmul(p.transpose(-1, -2), go)
-            grad_p = torch.matmul(go, v[..., :end, :].transpose(-1, -2))
+            grad_v[..., lo:end, :] += torch.matmul(p.transpose(-1, -2), go)
+            grad_p = torch.matmul(go, v[..., lo:end, :].transpose(-1, -2))
             grad_s = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
-            torch.matmul(grad_s, kt[..., :end].transpose(-1, -2), out=grad_q[..., start:end, :])
-            grad_k[..., :end, :] += torch.matmul(grad_s.transpose(-1, -2), qs[..., start:end, :])
+            torch.matmul(grad_s, kt[..., lo:end].transpose(-1, -2), out=grad_q[..., start:end, :])
+            grad_k[..., lo:end, :] += torch.matmul(grad_s.transpose(-1, -2), qs[..., start:end, :])
         q_dtype, k_dtype, v_dtype = ctx.dtypes
         return (grad_q.mul_(ctx.scale).to(q_dtype), grad_k.to(k_dtype), grad_v.to(v_dtype),
-                None, None, None, None)
+                None, None, None, None, None)
+
+
+def _blocks(t: int, block: int, starts: torch.Tensor | None) -> list[tuple[int, int, int]]:
+    """(start, end, lo) per block of queries [start, end): the block meets keys [lo, end). Without
+    ``starts`` lo is 0; with packed rows it is the earliest sequence start of the block's first query
+    (starts never decrease along a row), rounded down to a multiple of ``block`` so that the same
+    GEMM shapes recur."""
+    first = None if starts is None else starts[:, ::block].amin(0).tolist()
+    return [(a, min(t, a + block), 0 if first is None else first[i] // block * block)
+            for i, a in enumerate(range(0, t, block))]
+
+
+def saved_probs_elements(t: int, block: int, starts: torch.Tensor | None) -> int:
+    """Elements of P per (batch row, head) that ``CausalAttention`` keeps for the backward."""
+    return sum((end - start) * (end - lo) for start, end, lo in _blocks(t, block, starts))
+
+
+class PackedSequences:
+    """What ``_mask`` hands the layers for packed rows (several sequences per row, ``position_ids``
+    restarting at each; see ``data.packing``): ``starts`` (batch, T), the index in its row where each
+    token's sequence begins. Token q may attend key k iff ``starts[q] <= k <= q``."""
+
+    def __init__(self, sequence_ids: torch.Tensor):
+        t = sequence_ids.shape[-1]
+        index = torch.arange(t, device=sequence_ids.device).expand_as(sequence_ids)
+        new = torch.ones_like(sequence_ids, dtype=torch.bool)
+        new[:, 1:] = sequence_ids[:, 1:] != sequence_ids[:, :-1]
+        self.starts = torch.where(new, index, torch.zeros_like(index)).cummax(-1).values
+
+    def allowed(self) -> torch.Tensor:
+        """The dense (batch, 1, T, T) boolean mask (True = may attend), for the sdpa fallback."""
+        t = self.starts.shape[-1]
+        keys = torch.arange(t, device=self.starts.device)
+        causal = keys[None, None, :] <= keys[None, :, None]
+        return (causal & (keys[None, None, :] >= self.starts[:, :, None]))[:, None]
+
+
+def _packed_sequence_ids(mask_function) -> torch.Tensor | None:
+    """transformers' mask function for packed rows is ``and_masks(packed_sequence_mask_function(ids),
+    remap_positions_for_packed_sequence(causal_mask_function, position_ids))``; for exactly that
+    composition, the (batch, T) sequence ids it closes over, else None (the caller then builds the
+    dense mask, which is always correct)."""
+    from transformers.masking_utils import causal_mask_function
+
+    def cells(fn) -> dict:
+        return {name: cell.cell_contents for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ())}
+
+    try:
+        if mask_function.__qualname__ != "and_masks.<locals>.and_mask":
+            return None
+        same, remap = cells(mask_function)["mask_functions"]
+        if (same.__qualname__ != "packed_sequence_mask_function.<locals>.inner_mask"
+                or remap.__qualname__ != "remap_positions_for_packed_sequence.<locals>.inner_mask"
+                or cells(remap)["mask_function"] is not causal_mask_function):
+            return None
+        ids = cells(same)["packed_sequence_mask"]
+    except (AttributeError, KeyError, ValueError, TypeError):  # another transformers version: no shortcut
+        return None
+    return ids if isinstance(ids, torch.Tensor) and ids.ndim == 2 else None
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -124,7 +194,9 @@ def _fallback(module, query, key, value, attention_mask, dropout, scaling, **kwa
     sdpa expects (queries are the last ``q_len`` of ``kv_len`` positions)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if attention_mask is not None and attention_mask.ndim == 2:
+    if isinstance(attention_mask, PackedSequences):
+        attention_mask = attention_mask.allowed()
+    elif attention_mask is not None and attention_mask.ndim == 2:
         q_len, kv_len = query.shape[2], key.shape[2]
         allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril_(kv_len - q_len)
         window = kwargs.get("sliding_window")
@@ -144,21 +216,23 @@ def causal_attention_forward(module, query, key, value, attention_mask, dropout:
         (dropout and module.training) or kwargs.get("sliding_window") or kwargs.get("softcap") is not None
         or kwargs.get("s_aux") is not None or not getattr(module, "is_causal", True)
     )
-    if not unsupported and q_len == 1 and kv_len > 1 and not torch.is_grad_enabled() and (
+    packed = attention_mask if isinstance(attention_mask, PackedSequences) else None
+    if packed is None and not unsupported and q_len == 1 and kv_len > 1 and not torch.is_grad_enabled() and (
             attention_mask is None or (attention_mask.ndim == 4 and attention_mask.dtype == torch.bool)):
         return _decode(query, key, value, attention_mask, scale)
-    if unsupported or q_len != kv_len or (attention_mask is not None and attention_mask.ndim != 2):
+    if unsupported or q_len != kv_len or (attention_mask is not None and packed is None and attention_mask.ndim != 2):
         return _fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     dtype = torch.get_autocast_dtype(query.device.type) if torch.is_autocast_enabled(query.device.type) else query.dtype
     b, h, t, _ = query.shape
-    if b * h * t * (t + 1) // 2 * dtype.itemsize > MAX_SAVED_PROBS_BYTES:
+    starts = None if packed is None else packed.starts
+    if b * h * saved_probs_elements(t, BLOCK, starts) * dtype.itemsize > MAX_SAVED_PROBS_BYTES:
         return _fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
     # _mask passes a 2-D mask only when it is not right-padded: (batch, 1, 1, T) broadcasts over queries
-    key_mask = None if attention_mask is None else ~attention_mask.bool()[:, None, None, :]
+    key_mask = None if attention_mask is None or packed is not None else ~attention_mask.bool()[:, None, None, :]
     with torch.autocast(query.device.type, enabled=False):
-        out = CausalAttention.apply(query, key, value, scale, key_mask, 128, dtype)
+        out = CausalAttention.apply(query, key, value, scale, key_mask, BLOCK, dtype, starts)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -181,9 +255,11 @@ def _mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_
     """The mask the model builds once before its layers. For a plain causal forward without a cache:
     None when the 2-D padding mask is absent or right-padded (the causal mask alone is then exact at
     real positions), else the 2-D mask itself (``causal_attention_forward`` applies it to the keys).
+    Packed rows (``position_ids`` restarting, no padding mask, no cache; transformers detects them):
+    a ``PackedSequences`` holding where each token's sequence starts, never a dense T x T mask.
     For anything else sdpa's explicit 4-D boolean mask (True = may attend): decoding one token
-    uses it in ``_decode``; packed sequences, sliding windows, custom mask functions and several
-    new tokens against a cache send the layers to the sdpa fallback with it."""
+    uses it in ``_decode``; sliding windows, custom mask functions and several new tokens against
+    a cache send the layers to the sdpa fallback with it."""
     from transformers.masking_utils import causal_mask_function, sdpa_mask
 
     mask_function = mask_function or causal_mask_function
@@ -192,6 +268,10 @@ def _mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_
         if attention_mask is None or _is_right_padded(attention_mask[:, :kv_length]):
             return None
         return attention_mask[:, :kv_length]
+    if attention_mask is None and q_length == kv_length and not q_offset and not kv_offset:
+        ids = _packed_sequence_ids(mask_function)
+        if ids is not None:
+            return PackedSequences(ids)
     kwargs["allow_is_causal_skip"] = False
     return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
                      kv_offset=kv_offset, mask_function=mask_function, attention_mask=attention_mask, **kwargs)

@@ -209,6 +209,10 @@ class StudentConfig(_Strict):
     init: ModelInit | None = Field(None, description="or a freshly initialised student")
     tokenizer: str | None = Field(None, description="tokenizer for an init student (default: the teacher's)")
     seed: int | None = None
+    attn_implementation: str | None = Field(
+        None, description="the student's attention kernel (transformers' attn_implementation), e.g. "
+                          "flash_attention_2 on GPUs, which trains train.packing's rows without padding; None: "
+                          "transformers' default (sdpa; on CPU train.attention: auto replaces it while training)")
     train: TrainConfig = TrainConfig()
     distill: DistillConfig | None = Field(None, description="soft distillation (None: hard, traces only)")
 
@@ -216,6 +220,9 @@ class StudentConfig(_Strict):
     def _one_model(self) -> "StudentConfig":
         if (self.model is None) == (self.init is None):
             raise ValueError("set exactly one of 'model' (pretrained) or 'init' (fresh config)")
+        if self.distill is not None and self.train.packing:
+            raise ValueError("train.packing works for hard distillation only: the soft-distillation (distill) "
+                             "objectives read per-row teacher outputs")
         return self
 
 

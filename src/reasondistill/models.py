@@ -88,14 +88,15 @@ def resolve_dtype(dtype: str) -> str:
     return "bfloat16" if bf16_is_native() else "float32"
 
 
-def load_model(name_or_path: str, dtype: str = "float32"):
+def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None):
     """A causal LM from a local path, ``bundled:NAME`` or hub id, in ``dtype`` (a torch dtype name or
-    ``auto``), loaded from safetensors only."""
+    ``auto``), loaded from safetensors only; ``attn_implementation`` None keeps transformers' default."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(resolve(name_or_path), dtype=getattr(torch, resolve_dtype(dtype)),
-                                                 use_safetensors=True)
+                                                 use_safetensors=True, **extra)
     return model
 
 

@@ -36,6 +36,25 @@ def load_traces(path: Path) -> dict[tuple[str, int], Trace]:
     return {(t.problem_id, t.sample): t for t in read_records(path, Trace)}
 
 
+# fields added after runs existed, left out of a student's fingerprint while at their defaults, so
+# that upgrading does not retrain old runs: (path in StudentConfig.model_dump, default)
+_LATER_FIELDS = ((("distill",), None), (("attn_implementation",), None), (("train", "packing"), False),
+                 (("train", "pack_tokens"), None))
+
+
+def _fingerprinted(s: StudentConfig) -> dict[str, Any]:
+    """The student's config as its train stage fingerprints it (see ``_LATER_FIELDS``)."""
+    conf = s.model_dump(mode="json")
+    for path, default in _LATER_FIELDS:
+        *parents, key = path
+        d = conf
+        for k in parents:
+            d = d[k]
+        if d.get(key, default) == default:
+            d.pop(key, None)
+    return conf
+
+
 class Pipeline:
     def __init__(self, cfg: RunConfig, log: Callable[[str], None] = print, show_progress: bool = True):
         self.cfg = cfg
@@ -229,16 +248,16 @@ class Pipeline:
         b = self.rd / "build" / s.name
         self._need(b / "train.safetensors", stage="build")
         d = self.rd / "train" / s.name
-        # a hard student fingerprints as before the `distill` field existed (no retraining of old runs)
-        conf = {"student": s.model_dump(mode="json", exclude={"distill"} if s.distill is None else None),
-                "seed": self._seed(s)}
+        conf = {"student": _fingerprinted(s), "seed": self._seed(s)}
         soft_inputs = self._soft_inputs(s, force)  # soft distillation: teacher files or captured top-k
 
         def fn(fp):
             # main process only; under torchrun the other ranks wait here (no resuming from a stale run)
             self.rd.restart_if_stale(d, d / "progress.json", fp, self.log)
             tokenizer = load_tokenizer(self._student_tokenizer_name(s))
-            model = load_model(s.model) if s.model else init_model(s.init.spec(), tokenizer, self._seed(s))
+            attn = {"attn_implementation": s.attn_implementation} if s.attn_implementation else {}
+            model = (load_model(s.model, **attn) if s.model
+                     else init_model(s.init.spec() | attn, tokenizer, self._seed(s)))
             objective = self._objective(s, tokenizer, model) if s.distill else cross_entropy_sum
             return train_model(model, tokenizer, b / "train.safetensors", b / "val.safetensors", d, s.train,
                                seed=self._seed(s), objective=objective, name=s.name, show_progress=self.show_progress)

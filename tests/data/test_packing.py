@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from reasondistill.attention import fast_causal_attention
 from reasondistill.data.build import build_dataset, make_examples
 from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate
 from reasondistill.data.packing import collate_packed, pack_indices, packed_spans
@@ -43,16 +44,23 @@ def test_collate_packed_positions_and_labels(ds):
     assert (b["labels"][1, n2:] == IGNORE_INDEX).all()
     alone = collate(ds, [1], 0)["labels"][0]
     assert torch.equal(b["labels"][0, n0:n0 + n1], alone)  # same targets as the padded path
+    rounded = collate_packed(ds, rows, pad_id=0, multiple_of=64)  # recurring widths, as train.pad_to_multiple_of
+    assert rounded["input_ids"].shape[1] % 64 == 0 and rounded["input_ids"].shape[1] >= n0 + n1
+    assert rounded["position_ids"][0, n0 + n1:].tolist() == list(range(rounded["input_ids"].shape[1] - n0 - n1))
+    assert torch.equal(rounded["labels"][:, :b["labels"].shape[1]], b["labels"])
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "reasondistill"])
 def test_packed_logits_and_loss_equal_examples_alone(ds, char_tokenizer, attn):
-    model = init_model(TINY | {"attn_implementation": attn}, char_tokenizer, seed=0).eval()
+    model = init_model(TINY | {"attn_implementation": "sdpa" if attn == "reasondistill" else attn}, char_tokenizer,
+                       seed=0).eval()
     rows = pack_indices(ds.lengths, max_tokens=200)
     batch = collate_packed(ds, rows, pad_id=char_tokenizer.pad_token_id)
     spans = packed_spans(ds, rows)
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        with fast_causal_attention(model, enabled=attn == "reasondistill") as on:
+            assert on == (attn == "reasondistill")
+            packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
         total_alone = 0.0
         for i, (r, start, end) in spans.items():
             single = collate(ds, [i], char_tokenizer.pad_token_id)

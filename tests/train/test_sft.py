@@ -155,3 +155,49 @@ def test_padding_to_a_multiple_changes_no_loss(dataset, char_tokenizer, tmp_path
     assert summary["pad_to_multiple_of"] == 1  # fp32
     with pytest.raises(ValueError, match="pad_to_multiple_of"):
         _cfg(pad_to_multiple_of=0)
+
+
+QWEN_HEAD32 = {"architecture": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+               "num_key_value_heads": 1, "intermediate_size": 96, "max_position_embeddings": 512}
+
+
+@pytest.mark.parametrize("spec,attention", [(TINY, "sdpa"), (QWEN_HEAD32, "reasondistill/attention.py")])
+def test_packing_trains_the_same_curve(dataset, char_tokenizer, tmp_path, spec, attention):
+    """Packed rows (several examples per row, position_ids restarting) give every example the loss
+    it has alone, so the curve equals the padded one (fp32): with sdpa's dense block-diagonal mask
+    and with reasondistill/attention.py's packed path (head_dim 32: used in fp32 too)."""
+    ds = TokenizedDataset(dataset / "train.safetensors")
+    pack = int(ds.lengths.max()) + 40  # several examples per row, several rows per step
+    curves = {}
+    for packing in (False, True):
+        model = init_model(spec, char_tokenizer, seed=0)
+        out = tmp_path / str(packing)
+        summary = train_model(model, char_tokenizer, dataset / "train.safetensors", None, out,
+                              _cfg(max_steps=6, batch_size=4, grad_accum=2, packing=packing, pack_tokens=pack),
+                              seed=0, show_progress=False)
+        assert summary["attention"] == attention
+        assert summary["pack_tokens"] == (pack if packing else None)
+        if packing:  # several examples per row: fewer forward passes than the 6 x 8 examples
+            assert summary["micro_batches"] < 6 * 8
+        else:
+            assert summary["micro_batches"] == 6 * 2
+        rows = [r for r in _rows(out / "metrics.csv") if r["train_loss"]]
+        curves[packing] = [float(r["train_loss"]) for r in rows]
+        assert sum(int(r["target_tokens"]) for r in rows) > 0
+    assert curves[True] == pytest.approx(curves[False], rel=1e-5) and len(curves[True]) == 6
+
+
+def test_packing_refuses_what_it_cannot_do(dataset, char_tokenizer, tmp_path):
+    ds = TokenizedDataset(dataset / "train.safetensors")
+    model = init_model(TINY, char_tokenizer, seed=0)
+    with pytest.raises(ValueError, match=r"train\.safetensors: train\.pack_tokens=10 is shorter"):
+        train_model(model, char_tokenizer, dataset / "train.safetensors", None, tmp_path / "a",
+                    _cfg(packing=True, pack_tokens=10), seed=0, show_progress=False)
+
+    def per_row_objective(model, batch):  # e.g. KD reading per-row teacher features
+        return cross_entropy_sum(model, batch)
+
+    with pytest.raises(ValueError, match="cannot train on packed rows"):
+        train_model(model, char_tokenizer, dataset / "train.safetensors", None, tmp_path / "b",
+                    _cfg(packing=True), seed=0, show_progress=False, objective=per_row_objective)
+    assert not (tmp_path / "b").exists() and int(ds.lengths.max()) > 10

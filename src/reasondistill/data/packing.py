@@ -5,9 +5,11 @@ Why: on a GPU with a varlen attention kernel (``attn_implementation="flash_atten
 hold, no padding. Transformers finds the example boundaries from ``position_ids`` (a position
 that does not follow its neighbour by +1 starts a new sequence), so no attention mask is passed.
 On CPU the same inputs give the same numbers with ``attn_implementation="sdpa"`` or ``"eager"``
-(transformers then builds a dense block-diagonal causal mask over the whole row: correct but
-slower than length-grouped padded batches, which is why :func:`train_model` does not use this;
-``flex_attention`` has no CPU backward).
+(transformers then builds a dense block-diagonal causal mask over the whole row) and with
+``reasondistill.attention`` (no dense mask: each block of queries meets only the keys of its own
+sequences). ``train.packing: true`` makes :func:`reasondistill.train.sft.train_model` pack each
+optimizer step's examples this way; on CPU it is not faster than length-grouped padding
+(``packing_speedup`` in ``bench/train_throughput.py``), so it is off by default.
 
 Two traps, both checked by ``tests/data/test_packing.py``:
 
@@ -32,7 +34,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset
+from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, round_width
 
 
 def pack_indices(lengths: Sequence[int] | np.ndarray, max_tokens: int) -> list[list[int]]:
@@ -59,13 +61,15 @@ def pack_indices(lengths: Sequence[int] | np.ndarray, max_tokens: int) -> list[l
     return rows
 
 
-def collate_packed(dataset: TokenizedDataset, rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """``input_ids``, ``position_ids`` and ``labels`` of shape (len(rows), longest row); no attention mask.
+def collate_packed(dataset: TokenizedDataset, rows: Sequence[Sequence[int]], pad_id: int,
+                   multiple_of: int | str = 1) -> dict[str, torch.Tensor]:
+    """``input_ids``, ``position_ids`` and ``labels`` of shape (len(rows), width); no attention mask.
+    The width is the longest row rounded up by :func:`reasondistill.data.dataset.round_width`.
 
     A shorter row is filled with ``pad_id`` as one more "sequence" (positions restart at 0, labels
     -100), so padding neither sees nor is seen by real tokens.
     """
-    width = max(sum(len(dataset[i][0]) for i in row) for row in rows)
+    width = round_width(max(sum(len(dataset[i][0]) for i in row) for row in rows), multiple_of)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)

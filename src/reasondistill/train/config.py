@@ -34,6 +34,14 @@ class TrainConfig(BaseModel):
                             "oneDNN builds a GEMM kernel for every new shape, ~2 ms each): to a multiple of this, "
                             "or geometric: from 128 tokens on, to a multiple of 1/8 of its power of two (under "
                             "12.5% padding); auto: geometric for bf16 on CPU, else 1 (in fp32 padding only costs)")
+    packing: bool = Field(
+        False, description="pack each optimizer step's examples into rows (position_ids restarting per example, "
+                           "no padding inside a row; data/packing.py): no padding waste with a varlen attention "
+                           "kernel (GPU: attn_implementation flash_attention_2/3); on CPU reasondistill/attention.py "
+                           "handles packed rows without a dense mask, but length-grouped padding is faster there")
+    pack_tokens: int | None = Field(
+        None, gt=0, description="packing: tokens per row (one row per micro-batch); None: batch_size x the longest "
+                                "example, the most a padded micro-batch could hold (so no more memory)")
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None keeps torch's default")
     log_every: int = Field(10, gt=0)
     eval_every: int = Field(200, gt=0)

@@ -3,8 +3,10 @@
 Why this loop and not a generic trainer: the loss must be a sum over answer tokens divided by the
 number of answer tokens in the whole accumulated, all-process batch, so that gradient
 accumulation and multi-process training give exactly the gradient of one big batch. Batches are
-grouped by length (little padding), logging syncs the host only every ``log_every`` steps, and
-checkpoints resume the same loss curve (optimizer, scheduler, data position and RNG restored).
+grouped by length (little padding; or, with ``train.packing``, each step's examples are packed into
+rows without padding, for varlen attention kernels on GPUs), logging syncs the host only every
+``log_every`` steps, and checkpoints resume the same loss curve (optimizer, scheduler, data
+position and RNG restored).
 
     python -m reasondistill.cli train runs/demo           # one process
     torchrun --nproc_per_node 2 -m reasondistill.cli train runs/demo   # DDP (CPU: gloo)
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 
 from reasondistill.attention import fast_causal_attention, pays_on_cpu
 from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches
+from reasondistill.data.packing import collate_packed, pack_indices
 from reasondistill.progress import progress_bar
 from reasondistill.train.checkpoint import checkpoints, load_checkpoint, prune, save_checkpoint
 from reasondistill.train.config import TrainConfig, resolve_mixed_precision
@@ -42,13 +45,22 @@ METRIC_FIELDS = ["step", "epoch", "train_loss", "val_loss", "val_objective", "lr
 Objective = Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The forward's inputs: padded batches carry an ``attention_mask``, packed rows ``position_ids``
+    instead (transformers finds the example boundaries from them; a mask would switch that off)."""
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+
+
 def cross_entropy_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of next-token cross-entropy over positions whose label is not ignored (fp32)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logits = model(**model_inputs(batch), use_cache=False).logits
     labels = batch["labels"][:, 1:]
     logits = logits[:, :-1]
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
                            ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+cross_entropy_sum.supports_packing = True  # objectives that read per-row teacher outputs do not
 
 
 def accumulate_gradients(model, batches: list[dict[str, torch.Tensor]], objective: Objective, accelerator,
@@ -211,6 +223,14 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
     if len(train_ds) == 0:
         raise ValueError(f"{train_path}: the training set is empty (check curate/build stats)")
     pad_id = tokenizer.pad_token_id
+    pack_tokens = (cfg.pack_tokens or cfg.batch_size * int(train_ds.lengths.max())) if cfg.packing else None
+    if cfg.packing and not getattr(objective, "supports_packing", False):
+        kind = getattr(objective, "__name__", type(objective).__name__)
+        raise ValueError(f"train.packing: {name}'s objective ({kind}) reads per-row inputs and cannot train on "
+                         f"packed rows; set train.packing: false")
+    if pack_tokens is not None and pack_tokens < train_ds.lengths.max():
+        raise ValueError(f"{train_path}: train.pack_tokens={pack_tokens} is shorter than the longest example "
+                         f"({int(train_ds.lengths.max())} tokens); raise it or leave it unset")
 
     global_batch = cfg.batch_size * world  # examples per micro-step over all processes
     batches_per_epoch = math.ceil(len(train_ds) / global_batch)
@@ -231,6 +251,7 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
 
     ckpt_root = out_dir / "checkpoints"
     state = {"step": 0, "epoch": 0, "batch": 0, "elapsed_s": 0.0, "seed": seed, "total_steps": total_steps}
+    micro_batches_run = 0  # forward/backward passes of this process (since the start or the resume)
     found = checkpoints(ckpt_root) if cfg.resume and not sharded else []
     if found:
         from safetensors.torch import load_file
@@ -284,15 +305,22 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
                 epoch, b, idx = next(stream)
                 group.append(idx)
                 state["epoch"], state["batch"] = epoch, b
-            batches = [collate(train_ds, idx, pad_id, multiple, max_width) for idx in group if len(idx)]
+            if pack_tokens is None:
+                batches = [collate(train_ds, idx, pad_id, multiple, max_width) for idx in group if len(idx)]
+            else:  # the step's examples, packed into rows of at most pack_tokens: one row per micro-batch
+                step_examples = [i for idx in group for i in idx]
+                rows = pack_indices(train_ds.lengths[step_examples], pack_tokens) if step_examples else []
+                batches = [collate_packed(train_ds, [[step_examples[j] for j in row]], pad_id, multiple)
+                           for row in rows]
             local_tokens = sum(train_ds.target_tokens(idx) for idx in group if len(idx))
-            window_all_tokens += sum(int(b["attention_mask"].sum()) for b in batches)
+            window_all_tokens += sum(int(train_ds.lengths[idx].sum()) for idx in group if len(idx))
             if not batches and world > 1:
                 # the epoch's last global batch has fewer examples than processes and none is ours: still
                 # join DDP's gradient all-reduce, with a batch that has no target token (loss sum 0)
                 batches = [collate(train_ds, [0], pad_id)]
                 batches[0]["labels"].fill_(IGNORE_INDEX)
             window_loss += accumulate_gradients(model, batches, objective, accelerator, local_tokens)
+            micro_batches_run += len(batches)
             for p in extra if world > 1 else []:  # not inside DDP: average their gradients by hand
                 p.grad = accelerator.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="mean")
             window_tokens += local_tokens
@@ -348,7 +376,7 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
                "train_examples": len(train_ds), "params": sum(p.numel() for p in model.parameters()),
                "processes": world,
                "attention": "reasondistill/attention.py" if fast_on else unwrapped.config._attn_implementation,
-               "pad_to_multiple_of": multiple,
+               "pad_to_multiple_of": multiple, "pack_tokens": pack_tokens, "micro_batches": micro_batches_run,
                "mixed_precision": precision}
     weights = accelerator.get_state_dict(model)  # on every process: gathers FSDP / ZeRO-3 shards (DDP: a no-op)
     if main:
