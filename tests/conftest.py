@@ -15,6 +15,9 @@ SHARED = REPO.parent / "shared"
 
 TINY = {"architecture": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
         "intermediate_size": 64, "max_position_embeddings": 256}
+# head_dim 32: reasondistill/attention.py trains it in fp32 too (train.attention: auto)
+QWEN_HEAD32 = {"architecture": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+               "num_key_value_heads": 1, "intermediate_size": 96, "max_position_embeddings": 512}
 
 
 @pytest.fixture(autouse=True, scope="session")

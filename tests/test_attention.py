@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reasondistill.models import init_model
 from reasondistill.attention import (NAME, CausalAttention, PackedSequences, fast_causal_attention,
                                      saved_probs_elements)
+from reasondistill.models import init_model
+
+from conftest import QWEN_HEAD32
 
 QWEN_GQA = {"architecture": "qwen2", "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "intermediate_size": 96, "max_position_embeddings": 512}
-QWEN_HEAD32 = {"architecture": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-               "num_key_value_heads": 1, "intermediate_size": 96, "max_position_embeddings": 512}
 LLAMA = {"architecture": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
          "intermediate_size": 64, "max_position_embeddings": 512}
 

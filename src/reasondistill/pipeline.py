@@ -255,9 +255,11 @@ class Pipeline:
             # main process only; under torchrun the other ranks wait here (no resuming from a stale run)
             self.rd.restart_if_stale(d, d / "progress.json", fp, self.log)
             tokenizer = load_tokenizer(self._student_tokenizer_name(s))
-            attn = {"attn_implementation": s.attn_implementation} if s.attn_implementation else {}
-            model = (load_model(s.model, **attn) if s.model
-                     else init_model(s.init.spec() | attn, tokenizer, self._seed(s)))
+            if s.model:
+                model = load_model(s.model, attn_implementation=s.attn_implementation)
+            else:
+                attn = {"attn_implementation": s.attn_implementation} if s.attn_implementation else {}
+                model = init_model(s.init.spec() | attn, tokenizer, self._seed(s))
             objective = self._objective(s, tokenizer, model) if s.distill else cross_entropy_sum
             return train_model(model, tokenizer, b / "train.safetensors", b / "val.safetensors", d, s.train,
                                seed=self._seed(s), objective=objective, name=s.name, show_progress=self.show_progress)

@@ -10,7 +10,7 @@ from reasondistill.records import Trace
 from reasondistill.train.config import TrainConfig
 from reasondistill.train.sft import accumulate_gradients, cross_entropy_sum, train_model
 
-from conftest import TINY
+from conftest import QWEN_HEAD32, TINY
 
 
 @pytest.fixture(scope="module")
@@ -155,10 +155,6 @@ def test_padding_to_a_multiple_changes_no_loss(dataset, char_tokenizer, tmp_path
     assert summary["pad_to_multiple_of"] == 1  # fp32
     with pytest.raises(ValueError, match="pad_to_multiple_of"):
         _cfg(pad_to_multiple_of=0)
-
-
-QWEN_HEAD32 = {"architecture": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-               "num_key_value_heads": 1, "intermediate_size": 96, "max_position_embeddings": 512}
 
 
 @pytest.mark.parametrize("spec,attention", [(TINY, "sdpa"), (QWEN_HEAD32, "reasondistill/attention.py")])
