@@ -114,6 +114,16 @@ def test_offline_topk_with_k_equal_to_vocab_matches_online(dataset, char_tokeniz
     lp, ids, tail = reader.get("train", idx)
     with_topk = batch | {"topk_logprobs": lp, "topk_ids": ids, "topk_tail": tail}
     assert OfflineTopKKD(make_loss(cfg), reader)(copy.deepcopy(student), with_topk).item() == pytest.approx(a.item())
+    # the loop's path: the lookup happens on the host batch (prepare_batch) before it moves to the device,
+    # so it never reads a device batch back; on the "meta" device any read of a moved batch would fail
+    from reasondistill.train.sft import to_device
+
+    on_meta = to_device(batch, offline, torch.device("meta"))
+    assert {"topk_logprobs", "topk_ids", "topk_tail"} <= on_meta.keys()
+    assert on_meta["topk_ids"].is_meta and on_meta["topk_ids"].shape == (*batch["input_ids"].shape, v)
+    prepared = offline.prepare_batch(batch)
+    assert torch.equal(prepared["topk_ids"], reader.for_batch(batch)[1])
+    assert offline(copy.deepcopy(student), prepared).item() == pytest.approx(a.item())
 
 
 def test_offline_topk_trains_through_the_loop(dataset, char_tokenizer, tmp_path):

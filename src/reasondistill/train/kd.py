@@ -142,6 +142,14 @@ class OfflineTopKKD:
     def __init__(self, loss, reader=None):
         self.loss, self.reader = loss, reader
 
+    def prepare_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The host-side batch with the reader's top-k rows added (the training loop calls this before
+        moving the batch to the device, so the lookup never reads a device batch back)."""
+        if self.reader is None or "topk_logprobs" in batch:
+            return batch
+        lp, ids, tail = self.reader.for_batch(batch)
+        return {**batch, "topk_logprobs": lp, "topk_ids": ids, "topk_tail": tail}
+
     def teacher_for(self, batch: dict[str, Tensor]) -> TopKTeacher:
         if "topk_logprobs" in batch:
             lp, ids, tail = batch["topk_logprobs"], batch["topk_ids"], batch["topk_tail"]

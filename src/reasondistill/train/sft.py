@@ -41,8 +41,24 @@ METRIC_FIELDS = ["step", "epoch", "train_loss", "val_loss", "val_objective", "lr
                  "tokens_per_s", "elapsed_s"]
 
 # An objective maps (model, batch) to the *sum* of per-token losses over target tokens; the loop
-# divides by the global target-token count. Soft-distillation objectives plug in here.
+# divides by the global target-token count. Soft-distillation objectives plug in here. An objective
+# may also have ``prepare_batch(batch) -> batch``, run on the host (CPU) batch before it moves to the
+# device: work that needs the token ids on the host (e.g. looking up a stored teacher's top-k)
+# belongs there, so the loop never copies a device batch back.
 Objective = Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def to_device(batch: dict[str, torch.Tensor], objective: Objective, device) -> dict[str, torch.Tensor]:
+    """The objective's host-side ``prepare_batch`` (if any), then every tensor moved to ``device``.
+    To a CUDA device the copies go from pinned memory without blocking: a plain copy from pageable
+    memory waits for every kernel already queued, i.e. a host sync per micro-batch."""
+    prepare = getattr(objective, "prepare_batch", None)
+    if prepare is not None:
+        batch = prepare(batch)
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -70,20 +86,27 @@ def accumulate_gradients(model, batches: list[dict[str, torch.Tensor]], objectiv
     Each micro-batch's loss *sum* is scaled by world_size / (target tokens across all micro-batches
     and processes); DDP's gradient averaging over processes then yields exactly
     d(total loss sum / total target tokens). Gradients sync only on the last micro-batch.
-    Returns the local loss sum (for logging).
+    Returns the local loss sum (for logging) as a tensor on the device: nothing here waits for the
+    device (no ``.item()``/``.cpu()``), so a GPU runs ahead until the logging interval reads it.
     """
     world = accelerator.num_processes
-    n_global = accelerator.reduce(torch.tensor(float(local_tokens), device=accelerator.device), reduction="sum")
+    # torch.full fills on the device (torch.tensor(x, device=...) would be a blocking host-to-device copy)
+    n_global = accelerator.reduce(torch.full((), float(local_tokens), device=accelerator.device), reduction="sum")
     scale = world / n_global.clamp(min=1.0)
-    total = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros((), dtype=loss_sum_dtype(accelerator.device), device=accelerator.device)
     for j, batch in enumerate(batches):
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        batch = to_device(batch, objective, accelerator.device)
         with nullcontext() if j == len(batches) - 1 else accelerator.no_sync(model):
             with accelerator.autocast():
                 loss_sum = objective(model, batch)
             accelerator.backward(loss_sum * scale)
-        total += loss_sum.detach().double().cpu()
+        total += loss_sum.detach().to(total.dtype)
     return total
+
+
+def loss_sum_dtype(device: torch.device) -> torch.dtype:
+    """float64 for running loss sums, except on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -171,12 +194,12 @@ def evaluate_loss(model, dataset: TokenizedDataset, pad_id: int, batch_size: int
     model.eval()
     order = sorted(range(len(dataset)), key=lambda i: -dataset.lengths[i])
     mine = order[accelerator.process_index::accelerator.num_processes]
-    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    total = torch.zeros(2, dtype=loss_sum_dtype(accelerator.device), device=accelerator.device)
     for i in range(0, len(mine), batch_size):
         idx = mine[i:i + batch_size]
-        batch = {k: v.to(accelerator.device) for k, v in collate(dataset, idx, pad_id).items()}
+        batch = to_device(collate(dataset, idx, pad_id), objective, accelerator.device)
         with accelerator.autocast():
-            total[0] += objective(model, batch).double()
+            total[0] += objective(model, batch).to(total.dtype)
         total[1] += dataset.target_tokens(idx)
     total = accelerator.reduce(total, reduction="sum")
     model.train(was_training)
@@ -286,7 +309,7 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
 
     stream = micro_batches()
     t0 = time.perf_counter() - state["elapsed_s"]
-    window_loss = torch.zeros((), dtype=torch.float64)
+    window_loss = torch.zeros((), dtype=loss_sum_dtype(accelerator.device), device=accelerator.device)
     window_tokens = 0
     window_all_tokens = 0
     window_t = time.perf_counter()
