@@ -307,7 +307,8 @@ class Pipeline:
         teacher_name = self._local_teacher()
         d = self._topk_dir(s)
         splits = {x: b / f"{x}.safetensors" for x in ("train", "val") if (b / f"{x}.safetensors").exists()}
-        conf = {"teacher": teacher_name, "dtype": resolve_dtype(self.cfg.teacher.dtype), "top_k": s.distill.top_k,
+        dtype = resolve_dtype(self.cfg.teacher.dtype)  # "auto" fingerprints as what it resolved to here
+        conf = {"teacher": teacher_name, "dtype": dtype, "top_k": s.distill.top_k,
                 "temperature": s.distill.temperature, "student": s.model, "tokenizer": self._student_tokenizer_name(s)}
         inputs = [*splits.values(), *self._local(teacher_name)]
 
@@ -317,11 +318,11 @@ class Pipeline:
 
             tokenizer = load_tokenizer(self._student_tokenizer_name(s))
             check_same_tokenizer(tokenizer, load_tokenizer(teacher_name))
-            teacher = load_model(teacher_name, self.cfg.teacher.dtype)
+            teacher = load_model(teacher_name, dtype)
             vocab = min(self._student_vocab(s, tokenizer), teacher.get_output_embeddings().weight.shape[0])
             if vocab < len(tokenizer):
                 raise ValueError(f"{s.name}: {vocab} output rows for a tokenizer of {len(tokenizer)} tokens")
-            teacher_id = hashlib.sha256(json.dumps([teacher_name, resolve_dtype(self.cfg.teacher.dtype),
+            teacher_id = hashlib.sha256(json.dumps([teacher_name, dtype,
                                                     self.rd.hashes(self._local(teacher_name))]).encode()).hexdigest()
             n = sum(len(TokenizedDataset(p)) for p in splits.values())
             with progress_bar(f"capture {s.name}", n, self.show_progress) as bar:

@@ -79,6 +79,11 @@ def cross_entropy_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 cross_entropy_sum.supports_packing = True  # objectives that read per-row teacher outputs do not
 
 
+def loss_sum_dtype(device: torch.device) -> torch.dtype:
+    """float64 for running loss sums, except on MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def accumulate_gradients(model, batches: list[dict[str, torch.Tensor]], objective: Objective, accelerator,
                          local_tokens: int) -> torch.Tensor:
     """Backward over micro-batches so the summed gradient is that of one big batch.
@@ -102,11 +107,6 @@ def accumulate_gradients(model, batches: list[dict[str, torch.Tensor]], objectiv
             accelerator.backward(loss_sum * scale)
         total += loss_sum.detach().to(total.dtype)
     return total
-
-
-def loss_sum_dtype(device: torch.device) -> torch.dtype:
-    """float64 for running loss sums, except on MPS, which has no float64."""
-    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -246,14 +246,15 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
     if len(train_ds) == 0:
         raise ValueError(f"{train_path}: the training set is empty (check curate/build stats)")
     pad_id = tokenizer.pad_token_id
-    pack_tokens = (cfg.pack_tokens or cfg.batch_size * int(train_ds.lengths.max())) if cfg.packing else None
+    longest = int(train_ds.lengths.max())
+    pack_tokens = (cfg.pack_tokens or cfg.batch_size * longest) if cfg.packing else None
     if cfg.packing and not getattr(objective, "supports_packing", False):
         kind = getattr(objective, "__name__", type(objective).__name__)
         raise ValueError(f"train.packing: {name}'s objective ({kind}) reads per-row inputs and cannot train on "
                          f"packed rows; set train.packing: false")
-    if pack_tokens is not None and pack_tokens < train_ds.lengths.max():
+    if pack_tokens is not None and pack_tokens < longest:
         raise ValueError(f"{train_path}: train.pack_tokens={pack_tokens} is shorter than the longest example "
-                         f"({int(train_ds.lengths.max())} tokens); raise it or leave it unset")
+                         f"({longest} tokens); raise it or leave it unset")
 
     global_batch = cfg.batch_size * world  # examples per micro-step over all processes
     batches_per_epoch = math.ceil(len(train_ds) / global_batch)
