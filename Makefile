@@ -1,19 +1,34 @@
-# Two entry points: `make demo` and `make test`. Both create .venv from nothing when needed.
-# torch is pinned to 2.13.0: on this project's machines that is a local CPU wheel (seconds);
-# any other version pulls gigabytes of CUDA wheels.
+# Two entry points: `make demo` and `make test`. Both create .venv from nothing when needed, with
+# every package at the exact version in requirements.lock (transitive ones, pip and setuptools
+# included), so a fresh clone installs today what it installed the day the lock was made.
+#
+# torch is the CPU build 2.13.0+cpu: on this project's machines that is a local wheel (seconds);
+# elsewhere it comes from the PyTorch CPU index (TORCH_WHEELS below). Any other torch pulls
+# gigabytes of CUDA wheels.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TORCH ?= torch==2.13.0
+LOCK := requirements.lock
 STAMP := $(VENV)/.installed
+# The packages the lock is made from, beside pyproject.toml's dependencies and extras.
+LOCK_INPUTS := 'torch==2.13.0+cpu' 'setuptools>=68' 'pip'
+LOCK_EXTRAS := --extra test --extra data --extra bench
+# Where `make lock` finds the CPU build of torch: a folder of wheels or a find-links page
+# (off this machine: TORCH_WHEELS=https://download.pytorch.org/whl/cpu/torch/).
+TORCH_WHEELS ?= /opt/wheels
+UV := uv==0.13.9
+TOOLS := .venv-tools
+LATEST := .venv-latest
 
-.PHONY: demo test install clean-demo teacher browser
+.PHONY: demo test install lock test-latest bench clean-demo teacher browser
 
-$(STAMP): pyproject.toml Makefile
+# A new venv each time the lock changes: installing over an old one would keep packages the lock dropped.
+$(STAMP): $(LOCK) pyproject.toml Makefile
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" numpy
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,6 +38,27 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# The benches in bench/ print JSON; their baselines (TRL) come from the `bench` extra in the lock.
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Regenerate requirements.lock from pyproject.toml's ranges: the newest versions they allow today.
+lock:
+	test -x $(TOOLS)/bin/uv || { $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install -q "$(UV)"; }
+	printf '%s\n' $(LOCK_INPUTS) | $(TOOLS)/bin/uv pip compile pyproject.toml - $(LOCK_EXTRAS) \
+	  --find-links $(TORCH_WHEELS) --python-version 3.11 --custom-compile-command "make lock" -o $(LOCK)
+
+# The suite on the newest versions pyproject.toml allows (not the lock), in a venv of its own, to find
+# an upstream break before a user does. torch stays 2.13.0 (the CPU build this machine has).
+test-latest: browser
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q torch==2.13.0 numpy
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[test,data,bench]"
+	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
+	HF_HUB_OFFLINE=1 $(LATEST)/bin/python -m pytest
 
 # Debian's Chromium for the report's browser test (tests/report/test_html_browser.py skips without it)
 browser:

@@ -177,7 +177,9 @@ def main() -> None:
     results = {}
     for v in VARIANTS:
         out = subprocess.run([sys.executable, __file__, "--variant", v, "--chunk", str(args.chunk),
-                              "--threads", str(args.threads)], env=env, check=True, capture_output=True, text=True)
+                              "--threads", str(args.threads)], env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"kd_memory: variant {v} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
         results[v] = json.loads(out.stdout.strip().splitlines()[-1])
     sft, plain, chunked = results["sft"], results["kd_plain"], results["kd_chunked"]
     report = {

@@ -56,6 +56,7 @@ thread) are less sensitive to that; ours' CPU time includes Accelerator set-up a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -320,6 +321,9 @@ def main() -> None:
     if args.variant:
         return child(args)
 
+    if importlib.util.find_spec("trl") is None:  # the baseline of the headline ratio: no silent null
+        sys.exit("train_throughput: TRL, the baseline, is not installed; `make bench` runs this bench in the "
+                 "locked venv, which has it (requirements.lock, the `bench` extra)")
     n_train = args.examples or (64 if args.quick else 256)
     n_val = args.heldout or (16 if args.quick else 32)
     with tempfile.TemporaryDirectory(prefix="rd-train-bench-") as tmp:
@@ -432,6 +436,9 @@ def main() -> None:
             "note": "shared 2-core machine: compare ratios within one run only",
         }
         print(json.dumps(out, indent=1))
+        failed = {v: r["error"] for v, r in res.items() if "error" in r}
+        if failed:
+            sys.exit(f"train_throughput: {len(failed)} variant(s) failed: {failed}")
 
 
 if __name__ == "__main__":

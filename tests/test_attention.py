@@ -68,7 +68,7 @@ def test_function_packed_rows_equal_sdpa_with_the_block_diagonal_mask():
     """Packed rows: a token attends only to its own sequence; blocks skip the keys of sequences
     that ended before the block's first query (rows with different boundaries in one batch)."""
     q, k, v = _qkv(t=700)
-    packed = PackedSequences(_sequence_ids(700, [[300, 250, 150], [100, 500, 100]]))
+    packed = PackedSequences.from_sequence_ids(_sequence_ids(700, [[300, 250, 150], [100, 500, 100]]))
     assert packed.starts[0, [0, 299, 300, 549, 550, 699]].tolist() == [0, 0, 300, 300, 550, 550]
     grad = torch.randn_like(q)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=packed.allowed())
@@ -98,7 +98,7 @@ def test_model_packed_rows_equal_each_sequence_alone(char_tokenizer):
     with fast_causal_attention(model):
         embeds = torch.zeros(1, ids.shape[1], QWEN_GQA["hidden_size"])
         mask = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=None,
-                                  past_key_values=None, position_ids=positions)
+                                  cache=None, position_ids=positions)
         assert isinstance(mask, PackedSequences)
         logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
         assert "CausalAttentionBackward" in _graph_names(logits)
@@ -106,6 +106,45 @@ def test_model_packed_rows_equal_each_sequence_alone(char_tokenizer):
     torch.testing.assert_close(logits.detach(), torch.cat(alone).detach(), atol=1e-5, rtol=1e-5)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref_grads[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_packed_structure_is_read_from_the_mask_not_from_names():
+    """``from_allowed`` accepts exactly "causal within consecutive sequences" and nothing else."""
+    packed = PackedSequences.from_sequence_ids(_sequence_ids(9, [[4, 3, 2], [9]]))
+    again = PackedSequences.from_allowed(packed.allowed()[:, 0])
+    assert again is not None and torch.equal(again.starts, packed.starts)
+    causal = torch.ones(9, 9, dtype=torch.bool).tril()[None]
+    assert torch.equal(PackedSequences.from_allowed(causal).starts, torch.zeros(1, 9, dtype=torch.long))
+    window = causal & ~torch.ones(9, 9, dtype=torch.bool).tril(-3)[None]  # sliding window of 3
+    assert PackedSequences.from_allowed(window) is None
+    holes = packed.allowed()[:, 0].clone()
+    holes[0, 3, 1] = False  # a gap inside a sequence
+    assert PackedSequences.from_allowed(holes) is None
+    bidirectional = packed.allowed()[:, 0].clone()
+    bidirectional[0, 0, 1] = True  # a key after its query
+    assert PackedSequences.from_allowed(bidirectional) is None
+
+
+def test_custom_mask_functions_fall_back_to_the_dense_mask(char_tokenizer, caplog):
+    """A mask function that is not packed-causal (here: packed rows and a sliding window of 5)
+    reaches the layers as transformers' own dense mask, so results stay correct."""
+    from transformers.masking_utils import create_causal_mask, sdpa_mask
+
+    model = init_model(QWEN_GQA, char_tokenizer, seed=0)
+    positions = torch.cat([torch.arange(n) for n in (30, 20)])[None]
+    embeds = torch.zeros(1, 50, QWEN_GQA["hidden_size"])
+
+    def window(batch_idx, head_idx, q_idx, kv_idx):
+        return kv_idx > q_idx - 5
+
+    with fast_causal_attention(model), caplog.at_level("WARNING", logger="reasondistill.attention"):
+        mask = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=None,
+                                  cache=None, position_ids=positions, and_mask_function=window)
+    assert isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
+    allowed = PackedSequences.from_sequence_ids(_sequence_ids(50, [[30, 20]])).allowed()
+    keys = torch.arange(50)
+    assert torch.equal(mask, allowed & (keys[None, :] > keys[:, None] - 5)[None, None])
+    assert "not causal within packed sequences" in caplog.text
 
 
 def test_bf16_close_to_fp32():

@@ -38,10 +38,13 @@ that generation gives the same tokens.
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 NAME = "reasondistill_causal"
 # The backward needs the probabilities of every block (about half of batch x heads x T x T); sdpa's
@@ -109,12 +112,17 @@ class CausalAttention(torch.autograd.Function):
             go = grad_out[..., start:end, :]
             grad_v[..., lo:end, :] += torch.matmul(p.transpose(-1, -2), go)
             grad_p = torch.matmul(go, v[..., lo:end, :].transpose(-1, -2))
-            grad_s = torch._softmax_backward_data(grad_p, p, -1, p.dtype)
+            grad_s = _softmax_backward(grad_p, p, -1, p.dtype)
             torch.matmul(grad_s, kt[..., lo:end].transpose(-1, -2), out=grad_q[..., start:end, :])
             grad_k[..., lo:end, :] += torch.matmul(grad_s.transpose(-1, -2), qs[..., start:end, :])
         q_dtype, k_dtype, v_dtype = ctx.dtypes
         return (grad_q.mul_(ctx.scale).to(q_dtype), grad_k.to(k_dtype), grad_v.to(v_dtype),
                 None, None, None, None, None)
+
+
+# The softmax backward of ATen's core operator set (a stable, documented operator; the same kernel
+# autograd uses for ``torch.softmax``): dS = P * (dP - rowsum(dP * P)) without intermediate copies.
+_softmax_backward = torch.ops.aten._softmax_backward_data.default
 
 
 def _blocks(t: int, block: int, starts: torch.Tensor | None) -> list[tuple[int, int, int]]:
@@ -137,12 +145,32 @@ class PackedSequences:
     restarting at each; see ``data.packing``): ``starts`` (batch, T), the index in its row where each
     token's sequence begins. Token q may attend key k iff ``starts[q] <= k <= q``."""
 
-    def __init__(self, sequence_ids: torch.Tensor):
+    def __init__(self, starts: torch.Tensor):
+        self.starts = starts
+
+    @classmethod
+    def from_sequence_ids(cls, sequence_ids: torch.Tensor) -> "PackedSequences":
+        """From (batch, T) ids that are equal within a sequence and change where the next begins."""
         t = sequence_ids.shape[-1]
         index = torch.arange(t, device=sequence_ids.device).expand_as(sequence_ids)
         new = torch.ones_like(sequence_ids, dtype=torch.bool)
         new[:, 1:] = sequence_ids[:, 1:] != sequence_ids[:, :-1]
-        self.starts = torch.where(new, index, torch.zeros_like(index)).cummax(-1).values
+        return cls(torch.where(new, index, torch.zeros_like(index)).cummax(-1).values)
+
+    @classmethod
+    def from_allowed(cls, allowed: torch.Tensor) -> "PackedSequences | None":
+        """From a dense (batch, T, T) boolean mask (True = may attend) when it is exactly causal
+        within consecutive sequences, else None. The first allowed key of each query is its start;
+        a start is either the previous query's start or the query itself."""
+        t = allowed.shape[-1]
+        starts = allowed.to(torch.uint8).argmax(-1)  # first True per query (0 for an all-False row)
+        index = torch.arange(t, device=allowed.device)
+        continues = torch.ones_like(starts, dtype=torch.bool)
+        continues[:, 1:] = (starts[:, 1:] == starts[:, :-1]) | (starts[:, 1:] == index[1:])
+        if t == 0 or not bool(continues.all()) or not bool((starts[:, :1] == 0).all()):
+            return None
+        packed = cls(starts)
+        return packed if torch.equal(packed.allowed()[:, 0], allowed) else None
 
     def allowed(self) -> torch.Tensor:
         """The dense (batch, 1, T, T) boolean mask (True = may attend), for the sdpa fallback."""
@@ -152,28 +180,37 @@ class PackedSequences:
         return (causal & (keys[None, None, :] >= self.starts[:, :, None]))[:, None]
 
 
-def _packed_sequence_ids(mask_function) -> torch.Tensor | None:
-    """transformers' mask function for packed rows is ``and_masks(packed_sequence_mask_function(ids),
-    remap_positions_for_packed_sequence(causal_mask_function, position_ids))``; for exactly that
-    composition, the (batch, T) sequence ids it closes over, else None (the caller then builds the
-    dense mask, which is always correct)."""
-    from transformers.masking_utils import causal_mask_function
+def _packed_rows(batch_size: int, length: int, mask_function, **kwargs) -> PackedSequences | torch.Tensor:
+    """The mask of a forward without a padding mask, cache or offsets whose mask function is not the
+    plain causal one: transformers composes such a function for packed rows (it detects them from
+    the ``position_ids`` we pass, ``data.packing``), and also for custom masks. Which one it is is
+    read from what the function *computes*, never from its name or closure: the dense boolean mask
+    is built once per forward with transformers' public ``sdpa_mask`` and kept only when it is
+    exactly "causal within sequences" (each token sees itself and the tokens of its own sequence
+    before it, and a sequence starts where the previous one ended). Then the layers get a
+    ``PackedSequences`` (no dense mask in attention); otherwise the dense mask, for the sdpa
+    fallback (correct for any mask function), and a log line says so once."""
+    from transformers.masking_utils import sdpa_mask
 
-    def cells(fn) -> dict:
-        return {name: cell.cell_contents for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ())}
+    kwargs["allow_is_causal_skip"] = False
+    dense = sdpa_mask(batch_size=batch_size, q_length=length, kv_length=length, q_offset=0, kv_offset=0,
+                      mask_function=mask_function, attention_mask=None, **kwargs)
+    if dense is not None and dense.dtype == torch.bool and dense.ndim == 4 and dense.shape[1] == 1:
+        packed = PackedSequences.from_allowed(dense[:, 0])
+        if packed is not None:
+            return packed
+    _say_once("packed-fallback", "attention: the mask is not causal within packed sequences; "
+              "this forward uses sdpa with a dense mask (correct, slower)")
+    return dense
 
-    try:
-        if mask_function.__qualname__ != "and_masks.<locals>.and_mask":
-            return None
-        same, remap = cells(mask_function)["mask_functions"]
-        if (same.__qualname__ != "packed_sequence_mask_function.<locals>.inner_mask"
-                or remap.__qualname__ != "remap_positions_for_packed_sequence.<locals>.inner_mask"
-                or cells(remap)["mask_function"] is not causal_mask_function):
-            return None
-        ids = cells(same)["packed_sequence_mask"]
-    except (AttributeError, KeyError, ValueError, TypeError):  # another transformers version: no shortcut
-        return None
-    return ids if isinstance(ids, torch.Tensor) and ids.ndim == 2 else None
+
+_said: set[str] = set()
+
+
+def _say_once(key: str, message: str) -> None:
+    if key not in _said:
+        _said.add(key)
+        logger.warning(message)
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -269,9 +306,7 @@ def _mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_
             return None
         return attention_mask[:, :kv_length]
     if attention_mask is None and q_length == kv_length and not q_offset and not kv_offset:
-        ids = _packed_sequence_ids(mask_function)
-        if ids is not None:
-            return PackedSequences(ids)
+        return _packed_rows(batch_size, q_length, mask_function, **kwargs)
     kwargs["allow_is_causal_skip"] = False
     return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
                      kv_offset=kv_offset, mask_function=mask_function, attention_mask=attention_mask, **kwargs)
