@@ -437,6 +437,10 @@ class Pipeline:
         return [self.cfg.student(name)] if name else list(self.cfg.students)
 
     def run(self, force: bool = False) -> dict[str, Any]:
+        with self.rd.writer():  # one writer for the whole run, not only stage by stage
+            return self._run_all(force)
+
+    def _run_all(self, force: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         self.generate(force)
         self.curate(force)

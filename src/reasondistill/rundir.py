@@ -12,6 +12,12 @@ git commit and, per stage, the hashes of inputs and outputs.
 Under several processes (torchrun), only the main process writes here: a stage runs on the main
 process alone while the others wait for its result, except stages run with ``every_rank`` (training),
 which every process runs after the main process has decided whether they are current.
+
+One writer at a time: a stage runs only while its process holds the run directory's writer lock
+(``.stages/writer.lock``, an flock the kernel drops when the process dies, so a killed run never
+leaves it stuck). A second ``run``/``generate``/``train`` on the same directory is refused with a
+``RunDirBusy`` error naming the holder; processes the writer starts itself (``train_workers``
+children) share its lock through ``WRITER_ENV``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import time
@@ -30,6 +37,9 @@ from typing import Any, Callable, Iterator
 
 from reasondistill.distributed import barrier, broadcast, is_main_process, world_size
 from reasondistill.records import write_json
+
+# Set by a writer for the processes it starts (train_workers): they write under its lock.
+WRITER_ENV = "REASONDISTILL_RUN_WRITER"
 
 LIBRARIES = ("reasondistill", "torch", "transformers", "accelerate", "tokenizers", "safetensors", "pydantic", "numpy")
 
@@ -61,6 +71,12 @@ class RunDir:
         self._hash_cache: dict[str, list] | None = None
         self.main = is_main_process()  # only the main process writes bookkeeping (several under torchrun)
         self._solo = 0  # > 0 while the main process runs a stage alone: nested stages need no collectives
+        self.lock = WriterLock(self.root / ".stages" / "writer.lock")
+
+    def writer(self) -> "WriterLock":
+        """``with rd.writer():`` holds the writer lock (re-entrant; other ranks under torchrun skip it:
+        their main process holds it for the launch)."""
+        return self.lock if self.main else _NO_LOCK
 
     def __truediv__(self, part: str) -> Path:
         return self.root / part
@@ -156,6 +172,10 @@ class RunDir:
             say(f"[skip] {name}: inputs and config unchanged")
             return (self.stage_state(name) or {}).get("result")
         say(f"[run ] {name}")
+        with self.writer():
+            return self._run_and_record(name, config, inputs, outputs, fn, fp)
+
+    def _run_and_record(self, name, config, inputs, outputs, fn, fp) -> Any:
         t0 = time.perf_counter()
         result = fn(fp)
         if self.main:
@@ -201,6 +221,79 @@ class RunDir:
                 manifest.setdefault("stages", {})[stage["stage"]] = {
                     k: stage[k] for k in ("fingerprint", "inputs", "outputs", "seconds", "finished_at")}
             write_json(path, manifest)
+
+
+class RunDirBusy(RuntimeError):
+    """Another process is writing to this run directory."""
+
+
+class WriterLock:
+    """The run directory's single-writer lock: an exclusive, non-blocking flock on ``path``, held
+    from the outermost ``with`` to its end (re-entrant within a process). The file records the
+    holder (pid, command, start time, a token) for the message a refused process prints; a process
+    whose ``WRITER_ENV`` carries the holder's token is one the holder started and may write."""
+
+    def __init__(self, path: Path):
+        self.path, self.depth, self.token, self._fh = path, 0, None, None
+
+    def __enter__(self) -> "WriterLock":
+        if self.depth == 0:
+            self._acquire()
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self._fh is not None:
+            import fcntl
+
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = self.token = None
+
+    def _acquire(self) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.path.open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = _holder(fh.read())
+            fh.close()
+            if holder.get("token") and holder["token"] == os.environ.get(WRITER_ENV):
+                self.token = holder["token"]  # started by the holder: writes under its lock
+                return
+            raise RunDirBusy(f"{self.path.parent.parent}: in use by another reasondistill process "
+                             f"(pid {holder.get('pid', '?')}: {holder.get('command', '?')}, since "
+                             f"{holder.get('since', '?')}); wait for it to finish or stop it, then run again") from None
+        self.token = secrets.token_hex(8)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "command": " ".join(["reasondistill", *sys.argv[1:]])[:200],
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "token": self.token}))
+        fh.flush()
+        self._fh = fh
+
+
+def _holder(text: str) -> dict[str, Any]:
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+class _NoLock:
+    def __enter__(self) -> "_NoLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
 
 
 @contextmanager

@@ -80,6 +80,10 @@ def generate_shard(pipe, i: int, n: int, force: bool = False) -> dict[str, Any]:
     """Generate shard i of N of the training problems into ``generate/shards/`` (resumable)."""
     if pipe.cfg.teacher.kind == "ingested":
         raise ValueError("teacher.kind 'ingested': the traces come from `reasondistill ingest`; nothing to shard")
+    from reasondistill.rundir import WriterLock
+
+    # shards of one run may generate side by side (also in one shared directory): one writer per shard
+    pipe.rd.lock = WriterLock(pipe.rd.root / ".stages" / f"writer-shard-{i}-of-{n}.lock")
     pipe.problems()
     traces, _progress = shard_files(pipe.rd.root, i, n)
     if pipe.rd.main:

@@ -6,7 +6,10 @@ run has several students (the demo has three), ``train_workers: 2`` in the confi
 time, each with its own ``train.threads``. Every child is the ordinary CLI
 (``reasondistill train RUN --student NAME``), so each keeps its own resumable checkpoints and stage
 record; the parent only launches, shows progress and collects results. A child that fails does
-not stop the others: they finish (nothing is lost), then the failure is raised with its log.
+not stop the others: they finish (nothing is lost), then the failure is raised with its log. The
+children write under the parent's run-directory lock (``rundir.WRITER_ENV``) and die with it
+(Linux ``PR_SET_PDEATHSIG``; elsewhere the parent stops them when it exits on an error), so a
+killed parent never leaves students training behind it.
 
     Pipeline(cfg).train()            # uses cfg.train_workers
     reasondistill train runs/demo train_workers=2
@@ -48,9 +51,24 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child that must not outlive its parent: SIGTERM when the parent dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG = 1
+
+
 def train_in_processes(pipeline, students: list, workers: int, force: bool = False) -> dict[str, Any]:
     """Train ``students`` with up to ``workers`` child processes; returns {name: train summary}."""
+    with pipeline.rd.writer() as lock:
+        return _train_children(pipeline, students, workers, force, lock.token)
+
+
+def _train_children(pipeline, students: list, workers: int, force: bool, token: str | None) -> dict[str, Any]:
     from reasondistill.data.dataset import TokenizedDataset
+    from reasondistill.rundir import WRITER_ENV
 
     rd = pipeline.rd
     for s in students:  # captures (offline top-k) and input checks happen here, once, before the children
@@ -67,32 +85,37 @@ def train_in_processes(pipeline, students: list, workers: int, force: bool = Fal
     queue, running, failed = list(students), {}, []
     bars = _Bars(pipeline.show_progress)
     with bars:
-        while queue or running:
-            while queue and len(running) < workers:
-                s = queue.pop(0)
-                log_path = rd / "train" / f"{s.name}.log"
-                cmd = [sys.executable, "-m", "reasondistill.cli", "train", str(rd.root), "--student", s.name,
-                       "--quiet", *(["--force"] if force else [])]
-                env = {**os.environ, "OMP_NUM_THREADS": str(s.train.threads or 1)}
-                fh = log_path.open("w")
-                running[s.name] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), fh, log_path)
-                bars.add(s.name, totals[s.name])
-                pipeline.log(f"       {s.name}: training in its own process (log: {log_path})")
-            time.sleep(0.5)
-            for name, (proc, fh, log_path) in list(running.items()):
-                bars.update(name, _last_step(rd / "train" / name / "metrics.csv"))
-                if proc.poll() is None:
-                    continue
-                fh.close()
-                del running[name]
-                if proc.returncode != 0:
-                    failed.append((name, proc.returncode, log_path))
-                    pipeline.log(f"       {name}: FAILED (exit {proc.returncode}); see {log_path}")
-                else:
-                    bars.update(name, totals[name])
-                    for line in _tail(log_path, 50).splitlines():  # the child's stage lines ([run ]/[skip])
-                        if line.startswith("[") or line.startswith("       "):
-                            pipeline.log(line)
+        try:
+            while queue or running:
+                while queue and len(running) < workers:
+                    s = queue.pop(0)
+                    log_path = rd / "train" / f"{s.name}.log"
+                    cmd = [sys.executable, "-m", "reasondistill.cli", "train", str(rd.root), "--student", s.name,
+                           "--quiet", *(["--force"] if force else [])]
+                    env = {**os.environ, "OMP_NUM_THREADS": str(s.train.threads or 1), WRITER_ENV: token or ""}
+                    fh = log_path.open("w")
+                    running[s.name] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                                        preexec_fn=die_with_parent), fh, log_path)
+                    bars.add(s.name, totals[s.name])
+                    pipeline.log(f"       {s.name}: training in its own process (log: {log_path})")
+                time.sleep(0.5)
+                for name, (proc, fh, log_path) in list(running.items()):
+                    bars.update(name, _last_step(rd / "train" / name / "metrics.csv"))
+                    if proc.poll() is None:
+                        continue
+                    fh.close()
+                    del running[name]
+                    if proc.returncode != 0:
+                        failed.append((name, proc.returncode, log_path))
+                        pipeline.log(f"       {name}: FAILED (exit {proc.returncode}); see {log_path}")
+                    else:
+                        bars.update(name, totals[name])
+                        for line in _tail(log_path, 50).splitlines():  # the child's stage lines ([run ]/[skip])
+                            if line.startswith("[") or line.startswith("       "):
+                                pipeline.log(line)
+        finally:  # an error or Ctrl-C in the parent: no child keeps training behind it
+            for proc, _fh, _log in running.values():
+                proc.terminate()
     if failed:
         name, code, log_path = failed[0]
         raise RuntimeError(f"training {name} failed (exit {code}), the other students finished; "
