@@ -149,6 +149,33 @@ def test_generate_with_an_api_teacher_served_locally(tmp_path, tiny_model_dir):
         srv.server_close()
 
 
+def test_a_plain_rerun_retries_traces_that_failed_at_the_teacher(tmp_path, tiny_model_dir):
+    """Failed API traces are recorded with their error; `generate` again (no --force) retries
+    exactly those, and only a run with no failures left is skipped as unchanged."""
+    import threading
+
+    from reasondistill.serve import make_server
+
+    srv = make_server(str(tiny_model_dir), port=0, model_name="tiny", inject_failures="400@1-2")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cfg = write_config(tmp_path / "c.yaml", "tiny", task={"n_train": 6})
+        api = {"kind": "openai", "base_url": srv.url, "model": "tiny", "concurrency": 1}
+        cfg.write_text(cfg.read_text().replace("teacher:\n  model: tiny\n", "teacher: " + json.dumps(api) + "\n"))
+        first = cli("generate", cfg)
+        assert "2 traces failed at the teacher" in first.stdout
+        traces = tmp_path / "run/generate/traces.jsonl"
+        assert sum(t.finish_reason == "error" for t in read_records(traces, Trace)) == 2
+        again = cli("generate", cfg)
+        assert "retrying the traces that failed" in again.stdout and "[run ] generate" in again.stdout
+        latest = {(t.problem_id, t.sample): t for t in read_records(traces, Trace)}  # the newer line wins
+        assert len(latest) == 12 and all(t.finish_reason != "error" for t in latest.values())
+        assert "[skip] generate" in cli("generate", cfg).stdout
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_fields_added_later_keep_old_fingerprints():
     """A student config fingerprints without fields that were added later while they sit at their
     defaults (so upgrading does not retrain old runs), and with them once set."""

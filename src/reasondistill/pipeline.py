@@ -163,7 +163,11 @@ class Pipeline:
                 self.log(f"       {failed} traces failed at the teacher (recorded with their error; "
                          "re-run generate to retry them)")
             return {"traces": len(done), "written_now": written, "resumed_from": resumed, "failed": failed}
-        return self._stage(stage, conf, inputs, [out], fn, force)
+        # traces that failed at the teacher last time make the stage not current: a plain re-run retries them
+        retry = bool(((self.rd.stage_state(stage) or {}).get("result") or {}).get("failed"))
+        if retry and not force:
+            self.log(f"       {stage}: retrying the traces that failed at the teacher last time")
+        return self._stage(stage, conf, inputs, [out], fn, force or retry)
 
     def _generate_conf(self) -> tuple[dict[str, Any], list[Path]]:
         """The generate stage's config section and input files (also what shards.py checks shards by)."""

@@ -222,3 +222,45 @@ def test_packing_refuses_what_it_cannot_do(dataset, char_tokenizer, tmp_path):
         train_model(model, char_tokenizer, dataset / "train.safetensors", None, tmp_path / "b",
                     _cfg(packing=True), seed=0, show_progress=False, objective=per_row_objective)
     assert not (tmp_path / "b").exists() and int(ds.lengths.max()) > 10
+
+
+@pytest.mark.parametrize("log_every", [1, 100], ids=["caught-at-a-log-step", "caught-before-saving"])
+def test_a_diverging_run_stops_and_saves_no_nan_model(dataset, char_tokenizer, tmp_path, log_every):
+    from reasondistill.train.checkpoint import NonFinite
+
+    args = (char_tokenizer, dataset / "train.safetensors", None)
+    cfg = _cfg(lr=1e6, max_grad_norm=None, log_every=log_every, save_every=2, warmup_ratio=0.0)
+    with pytest.raises(NonFinite, match="lower train.lr"):
+        train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path, cfg, seed=0, show_progress=False)
+    assert not (tmp_path / "final").exists()
+    from safetensors.torch import load_file
+    for ckpt in (tmp_path / "checkpoints").glob("step-*"):
+        assert all(torch.isfinite(t).all() for t in load_file(ckpt / "model.safetensors").values())
+
+
+def test_resume_refuses_a_checkpoint_with_nan_weights(dataset, char_tokenizer, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from reasondistill.train.checkpoint import NonFinite
+
+    args = (char_tokenizer, dataset / "train.safetensors", None)
+    with pytest.raises(Crash):
+        train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path, _cfg(), seed=0, show_progress=False,
+                    objective=_crash_after(5))
+    path = tmp_path / "checkpoints/step-4/model.safetensors"
+    weights = load_file(path)
+    weights[next(iter(weights))].fill_(float("nan"))
+    save_file(weights, path)
+    with pytest.raises(NonFinite, match="step-4/model.safetensors.*delete this checkpoint"):
+        train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path, _cfg(), seed=0, show_progress=False)
+
+
+def _crash_after(n):
+    calls = {"n": 0}
+
+    def objective(model, batch):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise Crash("killed")
+        return cross_entropy_sum(model, batch)
+    return objective

@@ -41,6 +41,25 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+class NonFinite(ValueError):
+    """Training produced (or a checkpoint holds) NaN or infinite values: nothing is saved from it."""
+
+
+def non_finite(named: Any) -> list[str]:
+    """Names of the floating-point tensors in ``named`` ((name, tensor) pairs or a dict) that hold a
+    NaN or an infinity."""
+    items = named.items() if isinstance(named, dict) else named
+    return [n for n, t in items if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_finite(named: Any, where: str, hint: str) -> None:
+    """Raise :class:`NonFinite` naming the first bad tensors, ``where`` it happened and what to do."""
+    bad = non_finite(named)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise NonFinite(f"{where}: non-finite values (NaN or inf) in {bad[0]}{more}; {hint}")
+
+
 def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, trainer_state: dict[str, Any],
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
     from safetensors.torch import save_file

@@ -34,7 +34,7 @@ from reasondistill.attention import fast_causal_attention, pays_on_cpu
 from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches
 from reasondistill.data.packing import collate_packed, pack_indices
 from reasondistill.progress import progress_bar
-from reasondistill.train.checkpoint import checkpoints, load_checkpoint, prune, save_checkpoint
+from reasondistill.train.checkpoint import check_finite, checkpoints, load_checkpoint, prune, save_checkpoint
 from reasondistill.train.config import TrainConfig, resolve_mixed_precision
 
 METRIC_FIELDS = ["step", "epoch", "train_loss", "val_loss", "val_objective", "lr", "grad_norm", "target_tokens",
@@ -282,6 +282,7 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
 
         last = found[-1]
         weights = load_file(str(last / "model.safetensors"))
+        check_finite(weights, f"{last}/model.safetensors", "delete this checkpoint to resume from the one before")
         missing, unexpected = model.load_state_dict(weights, strict=False)
         tied = {k for k in missing if "lm_head" in k}
         if unexpected or set(missing) - tied:
@@ -309,6 +310,8 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
             epoch, b = epoch + 1, 0
 
     stream = micro_batches()
+    diverged = (f"training diverged and nothing was saved from it (checkpoints before it are kept): lower "
+                f"train.lr (now {cfg.lr:g}), set train.max_grad_norm, or check the data")
     t0 = time.perf_counter() - state["elapsed_s"]
     window_loss = torch.zeros((), dtype=loss_sum_dtype(accelerator.device), device=accelerator.device)
     window_tokens = 0
@@ -363,6 +366,7 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
                 sums = torch.tensor([window_loss.item(), window_tokens, window_all_tokens], dtype=torch.float64,
                                     device=accelerator.device)
                 sums = accelerator.reduce(sums, reduction="sum") if world > 1 else sums
+                check_finite({"train loss": sums[0]}, f"{out_dir}: step {step}", diverged)
                 row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
                        "train_loss": round(sums[0].item() / max(1.0, sums[1].item()), 6),
                        "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(last_grad_norm), 5),
@@ -386,6 +390,7 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
             if (step % cfg.save_every == 0 or step == total_steps) and not sharded:
                 state["elapsed_s"] = time.perf_counter() - t0
                 if main:
+                    check_finite(unwrapped.named_parameters(), f"{out_dir}: step {step}", diverged)
                     save_checkpoint(ckpt_root / f"step-{step}", accelerator.unwrap_model(model),
                                     _WithObjective(tokenizer, obj_module), optimizer, scheduler, state)
                     prune(ckpt_root, cfg.keep_checkpoints)
@@ -404,6 +409,7 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
                "mixed_precision": precision}
     weights = accelerator.get_state_dict(model)  # on every process: gathers FSDP / ZeRO-3 shards (DDP: a no-op)
     if main:
+        check_finite(weights, f"{out_dir}: after step {state['step']}", diverged)
         final = out_dir / "final"
         accelerator.unwrap_model(model).save_pretrained(final, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(final)
