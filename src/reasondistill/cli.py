@@ -118,10 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     from reasondistill.config import ConfigError
     from reasondistill.records import RecordError
     from reasondistill.rundir import RunDirBusy
+    from reasondistill.teachers.openai_api import TeacherError
 
     try:
         return _dispatch(args)
-    except (ConfigError, RecordError, RunDirBusy, FileNotFoundError, KeyError, ValueError) as exc:
+    except (ConfigError, RecordError, RunDirBusy, TeacherError, FileNotFoundError, KeyError, ValueError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"reasondistill {args.verb}: error: {msg}", file=sys.stderr)
         return 2

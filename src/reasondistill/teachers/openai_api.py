@@ -89,6 +89,16 @@ def _content_text(content: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
+def _unusable(text: str, finish: str) -> str | None:
+    """Why a choice the server did return is no trace (then recorded as an error and retried by a
+    re-run), else None."""
+    if finish == "content_filter":
+        return "the server's content filter withheld the completion (finish_reason content_filter)"
+    if not text:
+        return "the server returned no content (content null or empty, no reasoning)"
+    return None
+
+
 def _int(value: Any) -> int:
     try:
         return max(0, int(value or 0))
@@ -208,6 +218,7 @@ class OpenAITeacher:
         async with httpx.AsyncClient(headers=headers, timeout=self.timeout_s, limits=limits,
                                      trust_env=self._trust_env) as client:
             sem, todo, pending, failed_in_row = asyncio.Semaphore(self.concurrency), iter(problems), set(), 0
+            done: set = set()
             try:
                 while True:
                     for p in todo:
@@ -227,7 +238,7 @@ class OpenAITeacher:
             finally:
                 for task in pending:
                     task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.gather(*pending, *done, return_exceptions=True)  # retrieved: no stray warnings
 
     # -- one problem ----------------------------------------------------------------------------
     async def _problem(self, client, sem, problem: Problem, params: SamplingParams,
@@ -269,12 +280,15 @@ class OpenAITeacher:
                             completion_tokens=0, finish_reason="error", teacher=self.name, sampling=sampling,
                             error=str(exc), usage={"attempts": exc.attempts}) for s in samples]
             return traces
-        usage = {k: v for k, v in (data.get("usage") or {}).items() if v is not None}
+        raw_usage = data.get("usage")
+        usage = {k: v for k, v in raw_usage.items() if v is not None} if isinstance(raw_usage, dict) else {}
+        if not usage:
+            usage = {"missing": True}  # recorded as such: token limits cannot rely on a count of 0
         for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
             self.totals[k] += _int(usage.get(k))
         details = usage.get("completion_tokens_details")
         self.totals["reasoning_tokens"] += _int(details.get("reasoning_tokens") if isinstance(details, dict) else 0)
-        choices = sorted(data["choices"], key=lambda c: c.get("index") or 0)[: len(samples)]
+        choices = sorted(data["choices"], key=lambda c: _int(c.get("index")))[: len(samples)]
         parts = [self._parse(c) for c in choices]
         # a request's completion tokens are split over its choices by text length (exact when n=1)
         shares = _apportion(_int(usage.get("completion_tokens")), [len(p[0]) for p in parts])
@@ -283,10 +297,13 @@ class OpenAITeacher:
             trace_usage = usage | {"attempts": attempts, "latency_s": round(time.monotonic() - t0, 3)}
             if len(parts) > 1:
                 trace_usage["shared_by"] = len(parts)
+            error = _unusable(text, finish)
             traces.append(Trace(problem_id=problem.id, sample=s, thinking=thinking, answer=answer, text=text,
                                 prompt_tokens=_int(usage.get("prompt_tokens")), completion_tokens=c_tok,
-                                finish_reason=finish, teacher=self.name, sampling=sampling, usage=trace_usage))
+                                finish_reason="error" if error else finish, teacher=self.name, sampling=sampling,
+                                usage=trace_usage, error=error))
         self.totals["traces"] += len(traces)
+        self.totals["failed_traces"] += sum(t.error is not None for t in traces)
         return traces
 
     def _parse(self, choice: dict[str, Any]) -> tuple[str, str, str, str]:
@@ -294,7 +311,7 @@ class OpenAITeacher:
         msg = choice["message"]
         content = _content_text(msg.get("content"))
         raw_finish = choice.get("finish_reason")
-        finish = "length" if raw_finish == "length" else "stop"
+        finish = raw_finish if raw_finish in ("length", "content_filter") else "stop"
         field = None
         if self.reasoning != "tags":
             field = next((msg[k] for k in REASONING_KEYS if isinstance(msg.get(k), str) and msg[k].strip()), None)
@@ -325,6 +342,8 @@ class OpenAITeacher:
                 last, retry_after = f"timed out after {self.timeout_s:g}s", None
             except httpx.TransportError as exc:
                 last, retry_after = f"connection error: {type(exc).__name__}: {exc}", None
+            except httpx.HTTPError as exc:  # e.g. a body that does not decode (bad gzip)
+                last, retry_after = f"malformed response: {type(exc).__name__}: {exc}", None
             except _Failed as exc:
                 raise _Failed(self._scrub(f"{exc} (attempt {attempt})"), attempt) from None
             last = self._scrub(last)
@@ -350,6 +369,9 @@ class OpenAITeacher:
                 raise _Retry(message, _retry_after(r.headers))
             if r.status_code == 404:
                 message += " (does base_url end in /v1, and is the model name right?)"
+            if r.status_code in (401, 403):  # every request would fail the same way: stop now
+                raise TeacherError(self._scrub(f"{self.base_url}: {message}; check the API key "
+                                               f"(teacher.api_key_env: {self.api_key_env or 'not set'})"))
             raise _Failed(message, 0)
         try:
             data = r.json()
