@@ -115,20 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    from reasondistill.config import ConfigError
-    from reasondistill.records import RecordError
-    from reasondistill.rundir import RunDirBusy
-    from reasondistill.teachers.openai_api import TeacherError
+    from reasondistill.errors import run_verb
 
-    try:
-        return _dispatch(args)
-    except (ConfigError, RecordError, RunDirBusy, TeacherError, FileNotFoundError, KeyError, ValueError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"reasondistill {args.verb}: error: {msg}", file=sys.stderr)
-        return 2
+    where: dict[str, Path] = {}  # the run directory, once known: where a crash's traceback is saved
+    return run_verb(args.verb, lambda: _dispatch(args, where), crash_dir=lambda: where.get("run_dir"))
 
 
-def _dispatch(args) -> int:
+def _dispatch(args, where: dict[str, Path]) -> int:
     from transformers.utils import logging as hf_logging
 
     from reasondistill.pipeline import Pipeline
@@ -140,6 +133,7 @@ def _dispatch(args) -> int:
     else:
         cfg = _load(args.target, args.overrides)
     pipe = Pipeline(cfg, show_progress=not args.quiet)
+    where["run_dir"] = pipe.rd.root
     if args.verb in ("run", "demo"):
         pipe.run(force=args.force)
         if pipe.rd.main:  # under torchrun the other ranks stay quiet

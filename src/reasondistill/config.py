@@ -314,17 +314,23 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         raise ConfigError(f"override {override!r}: expected key=value")
     key, _, raw = override.partition("=")
     parts = key.strip().split(".")
+    try:
+        value = _parse_value(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({problem})") from None
     node: Any = data
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            node = _list_item(node, part, parts[: i + 1])
-        else:
-            node = node.setdefault(part, {})
+    for i, part in enumerate(parts):
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override {key}: {'.'.join(parts[:i])} is a value ({node!r}), not a section")
+        if i == len(parts) - 1:
+            break
+        node = _list_item(node, part, parts[: i + 1]) if isinstance(node, list) else node.setdefault(part, {})
     last = parts[-1]
     if isinstance(node, list):
-        node[_list_index(node, last, parts)] = _parse_value(raw)
+        node[_list_index(node, last, parts)] = value
     else:
-        node[last] = _parse_value(raw)
+        node[last] = value
 
 
 def _list_index(node: list, part: str, path: list[str]) -> int:
@@ -339,6 +345,56 @@ def _list_item(node: list, part: str, path: list[str]) -> Any:
             if isinstance(item, dict) and item.get("name") == part:
                 return item
     return node[_list_index(node, part, path)]
+
+
+# A config expands to a few hundred values; YAML aliases can make a few hundred bytes expand to
+# billions ("billion laughs"). Past this many values after expansion the file is refused.
+MAX_YAML_VALUES = 100_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    silently keeps the last one, so a config could say one thing and do another)."""
+
+    def construct_mapping(self, node, deep=False):
+        first: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first on line {first[key]})",
+                    key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML to Python values, refusing duplicate keys and alias bombs (``MAX_YAML_VALUES``)."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root) -> None:
+    """Count the values ``root`` expands to (an aliased node once per use), up to the limit."""
+    stack, count = [root], 0
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise yaml.YAMLError(f"its aliases expand to more than {MAX_YAML_VALUES:,} values; "
+                                 "write the repeated parts out instead of nesting anchors")
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(v for pair in node.value for v in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _unalias(obj: Any) -> Any:
@@ -363,7 +419,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     source = str(path) if path else "<defaults>"
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            data = load_yaml(Path(path).read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):

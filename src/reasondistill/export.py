@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from reasondistill.records import Problem, RecordError, Trace, read_records, write_records
+from reasondistill.records import Problem, Trace, read_records, write_records
 
 FORMATS = ("messages", "prompt_completion")
 TARGETS = ("traces", "answers_only")
@@ -110,16 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", choices=TARGETS, help="without --student: what the assistant says (default: traces)")
     ap.add_argument("--with-reference", action="store_true", help="add each row's problem id and reference answer")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    from reasondistill.config import ConfigError
+    from reasondistill.errors import run_verb
 
-    try:
+    def body() -> int:
         path, n = export(args.run_dir, args.fmt, args.out, args.student, args.target, args.with_reference)
-    except (ConfigError, RecordError, FileNotFoundError, KeyError, ValueError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"reasondistill export: error: {msg}", file=sys.stderr)
-        return 2
-    print(f"{n} rows → {path}")
-    return 0
+        print(f"{n} rows → {path}")
+        return 0
+    return run_verb("export", body)
 
 
 if __name__ == "__main__":

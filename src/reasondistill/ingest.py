@@ -306,15 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    from reasondistill.config import ConfigError
+    from reasondistill.errors import run_verb
 
-    try:
+    def body() -> int:
         ingest(args.file, args.run_dir, args.fmt, args.config, args.overrides, force=args.force)
-    except (ConfigError, RecordError, FileNotFoundError, ValueError) as exc:
-        print(f"reasondistill ingest: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"next: reasondistill curate {args.run_dir}")
-    return 0
+        print(f"next: reasondistill curate {args.run_dir}")
+        return 0
+    return run_verb("ingest", body, crash_dir=lambda: Path(args.run_dir) if Path(args.run_dir).is_dir() else None)
 
 
 if __name__ == "__main__":

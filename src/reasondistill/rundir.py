@@ -35,6 +35,7 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from reasondistill.errors import UserError
 from reasondistill.distributed import barrier, broadcast, is_main_process, world_size
 from reasondistill.records import write_json
 
@@ -66,6 +67,8 @@ def _files(path: Path) -> list[Path]:
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root}: run_dir is a file, not a directory; choose another run_dir")
         self.root.mkdir(parents=True, exist_ok=True)
         self._hash_cache_path = self.root / ".stages" / "hash-cache.json"
         self._hash_cache: dict[str, list] | None = None
@@ -223,7 +226,7 @@ class RunDir:
             write_json(path, manifest)
 
 
-class RunDirBusy(RuntimeError):
+class RunDirBusy(UserError):
     """Another process is writing to this run directory."""
 
 

@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -192,9 +191,8 @@ def merge(pipe, sources: list[Path] = (), log: Callable[[str], None] | None = No
 def main(argv: list[str] | None = None) -> int:
     """``reasondistill merge RUN [--from DIR ...]``: exit 0 when complete, 1 when shards are missing."""
     from reasondistill.cli import _load
-    from reasondistill.config import ConfigError
+    from reasondistill.errors import run_verb
     from reasondistill.pipeline import Pipeline
-    from reasondistill.records import RecordError
 
     ap = argparse.ArgumentParser(prog="reasondistill merge", description="Merge the trace shards written by "
                                  "`reasondistill generate RUN --shard I/N` (on this or other machines) into "
@@ -206,10 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(repeatable); later sources win over earlier ones")
     ap.add_argument("--quiet", action="store_true", help="accepted for symmetry with the other verbs")
     args = ap.parse_args(argv)
-    try:
+    def body() -> int:
         pipe = Pipeline(_load(args.target, args.overrides), show_progress=False)
-        result = merge(pipe, args.sources)
-    except (ConfigError, RecordError, FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"reasondistill merge: error: {exc}", file=sys.stderr)
-        return 2
-    return 0 if result["complete"] else 1
+        return 0 if merge(pipe, args.sources)["complete"] else 1
+    return run_verb("merge", body)

@@ -152,14 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each with report.json)")
     ap.add_argument("--out", required=True, help="output directory")
     args = ap.parse_args(argv)
-    try:
+    from reasondistill.errors import run_verb
+
+    def body() -> int:
         result = compare_runs(args.runs, args.out)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"reasondistill compare: error: {exc}", file=sys.stderr)
-        return 2
-    print(markdown(result))
-    print(f"\ncompare: {Path(args.out) / 'compare.html'}")
-    return 0
+        print(markdown(result))
+        print(f"\ncompare: {Path(args.out) / 'compare.html'}")
+        return 0
+    return run_verb("compare", body)
 
 
 if __name__ == "__main__":

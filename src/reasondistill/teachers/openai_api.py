@@ -33,6 +33,7 @@ try:  # huggingface_hub (so transformers 5) installs httpx2, the maintained fork
 except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef]
 
+from reasondistill.errors import UserError
 from reasondistill.records import Problem, Trace
 from reasondistill.teachers.sampling import SamplingParams, row_key
 from reasondistill.thinking import CLOSE, OPEN, split_thinking
@@ -44,7 +45,7 @@ RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx
 RETRY_AFTER_CAP_S = 600.0  # a longer Retry-After is taken as this
 
 
-class TeacherError(RuntimeError):
+class TeacherError(UserError):
     """The teacher cannot go on (e.g. every problem fails: server down, wrong key or model)."""
 
 
@@ -89,13 +90,13 @@ def _content_text(content: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-def _unusable(text: str, finish: str) -> str | None:
+def _unusable(choice: dict[str, Any], text: str, finish: str) -> str | None:
     """Why a choice the server did return is no trace (then recorded as an error and retried by a
-    re-run), else None."""
+    re-run), else None. An empty string is a completion (the model said nothing); null is not."""
     if finish == "content_filter":
         return "the server's content filter withheld the completion (finish_reason content_filter)"
-    if not text:
-        return "the server returned no content (content null or empty, no reasoning)"
+    if not text and choice["message"].get("content") is None:
+        return "the server returned no content (content null, no reasoning)"
     return None
 
 
@@ -293,11 +294,11 @@ class OpenAITeacher:
         # a request's completion tokens are split over its choices by text length (exact when n=1)
         shares = _apportion(_int(usage.get("completion_tokens")), [len(p[0]) for p in parts])
         traces = []
-        for s, (text, thinking, answer, finish), c_tok in zip(samples, parts, shares):
+        for s, choice, (text, thinking, answer, finish), c_tok in zip(samples, choices, parts, shares):
             trace_usage = usage | {"attempts": attempts, "latency_s": round(time.monotonic() - t0, 3)}
             if len(parts) > 1:
                 trace_usage["shared_by"] = len(parts)
-            error = _unusable(text, finish)
+            error = _unusable(choice, text, finish)
             traces.append(Trace(problem_id=problem.id, sample=s, thinking=thinking, answer=answer, text=text,
                                 prompt_tokens=_int(usage.get("prompt_tokens")), completion_tokens=c_tok,
                                 finish_reason="error" if error else finish, teacher=self.name, sampling=sampling,

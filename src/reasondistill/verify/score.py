@@ -171,15 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 0 or args.timeout <= 0:
         print("error: --workers must be >= 0 and --timeout > 0", file=sys.stderr)
         return 2
-    try:
+    from reasondistill.errors import run_verb
+
+    def body() -> int:
         summary = score_file(args.file, args.gold, args.pred, task=args.task, options=args.options,
                              last_number=args.last_number, workers=args.workers, timeout=args.timeout,
                              progress=False if args.no_progress else None)
-    except RecordError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, ensure_ascii=False))
-    return 0
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
+    return run_verb("score", body)
 
 
 if __name__ == "__main__":
