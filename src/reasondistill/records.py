@@ -154,6 +154,17 @@ def write_records(path: str | Path, records: Iterable[Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's content, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def tmp_path(path: str | Path) -> Path:
     """A temporary name beside ``path``, unique to this process and call (pid + random suffix), so
     concurrent writers of one file (e.g. DDP ranks) never write into each other's temp file."""

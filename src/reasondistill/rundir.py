@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 
 from reasondistill.errors import UserError
 from reasondistill.distributed import barrier, broadcast, is_main_process, world_size
-from reasondistill.records import write_json
+from reasondistill.records import file_sha256, write_json
 
 # Set by a writer for the processes it starts (train_workers): they write under its lock.
 WRITER_ENV = "REASONDISTILL_RUN_WRITER"
@@ -97,11 +97,7 @@ class RunDir:
         hit = self._hash_cache.get(key)
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             return hit[2]
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        digest = h.hexdigest()
+        digest = file_sha256(path)
         self._hash_cache[key] = [st.st_size, st.st_mtime_ns, digest]
         if self.main:
             write_json(self._hash_cache_path, self._hash_cache)

@@ -103,3 +103,28 @@ def test_capture_resumes_after_a_kill_and_repairs_torn_shards(teacher, dataset, 
     assert other_k["shards_reused"] == 0 and TopKReader(part).k == 4
     retrained = init_model(TINY | {"hidden_size": 48}, char_tokenizer, seed=2)  # and so does another teacher
     assert _capture(retrained, dataset, part, char_tokenizer, k=4)["shards_reused"] == 0
+
+
+def _corrupt_payload(path):
+    """Flip bytes near the end: the safetensors header stays intact and parseable."""
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - 40, len(data) - 8):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_a_shard_corrupted_behind_its_header_is_captured_again_and_never_read(teacher, dataset, char_tokenizer,
+                                                                               tmp_path):
+    from reasondistill.data.topk import _shard_meta
+
+    _capture(teacher, dataset, tmp_path, char_tokenizer)
+    shard = tmp_path / "train/shard-00001.safetensors"
+    good = TopKReader(tmp_path).get("train", [5, 6])
+    meta = _shard_meta(shard)
+    _corrupt_payload(shard)
+    assert _shard_meta(shard) == meta  # the header still reads as before
+    with pytest.raises(ValueError, match="shard-00001.safetensors: corrupt"):
+        TopKReader(tmp_path).get("train", [5, 6])
+    stats = _capture(teacher, dataset, tmp_path, char_tokenizer)
+    assert stats["shards_reused"] == stats["shards"] - 1
+    assert all(torch.equal(a, b) for a, b in zip(TopKReader(tmp_path).get("train", [5, 6]), good))

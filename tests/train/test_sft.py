@@ -251,6 +251,7 @@ def test_resume_refuses_a_checkpoint_with_nan_weights(dataset, char_tokenizer, t
     weights = load_file(path)
     weights[next(iter(weights))].fill_(float("nan"))
     save_file(weights, path)
+    (path.parent / "checksums.json").unlink()  # as written before checksums existed: only the NaN check is left
     with pytest.raises(NonFinite, match="step-4/model.safetensors.*delete this checkpoint"):
         train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path, _cfg(), seed=0, show_progress=False)
 
@@ -264,3 +265,26 @@ def _crash_after(n):
             raise Crash("killed")
         return cross_entropy_sum(model, batch)
     return objective
+
+
+@pytest.mark.parametrize("damage", ["flip-weights", "truncate-state"])
+def test_resume_refuses_a_checkpoint_that_does_not_match_its_checksums(dataset, char_tokenizer, tmp_path, damage):
+    from reasondistill.train.checkpoint import CHECKSUMS
+
+    args = (char_tokenizer, dataset / "train.safetensors", None)
+    with pytest.raises(Crash):
+        train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path, _cfg(), seed=0, show_progress=False,
+                    objective=_crash_after(5))
+    ckpt = tmp_path / "checkpoints/step-4"
+    assert (ckpt / CHECKSUMS).exists()
+    if damage == "flip-weights":  # behind an intact header: loads fine, silently wrong
+        data = bytearray((ckpt / "model.safetensors").read_bytes())
+        data[-10] ^= 0x01
+        (ckpt / "model.safetensors").write_bytes(bytes(data))
+        name = "model.safetensors"
+    else:
+        state = (ckpt / "trainer_state.json").read_text()
+        (ckpt / "trainer_state.json").write_text(state[: len(state) // 2])
+        name = "trainer_state.json"
+    with pytest.raises(ValueError, match=f"step-4/{name}: does not match the checksum.*delete"):
+        train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path, _cfg(), seed=0, show_progress=False)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate
-from reasondistill.records import tmp_path
+from reasondistill.records import file_sha256, tmp_path
 from reasondistill.train.losses import topk_from_logits
 
 FORMAT_VERSION = 1
@@ -44,14 +44,6 @@ INDEX = "index.json"
 def bytes_per_token(k: int) -> int:
     """Payload per answer token: fp16 log-probs + int32 ids + fp16 tail."""
     return k * 6 + 2
-
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def example_keys(ds: TokenizedDataset) -> list[str]:
@@ -67,6 +59,25 @@ def model_fingerprint(model) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def payload_sha(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over a shard's tensors (names and bytes): recorded in its header, checked before a
+    shard is reused or read, so a file corrupted behind an intact header is never trusted."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _intact(path: Path, meta: dict[str, str]) -> bool:
+    from safetensors.torch import load_file
+
+    try:
+        return "payload_sha256" in meta and payload_sha(load_file(str(path))) == meta["payload_sha256"]
+    except Exception:  # noqa: BLE001 - unreadable payload: not intact
+        return False
 
 
 def _shard_meta(path: Path) -> dict[str, str] | None:
@@ -164,19 +175,21 @@ def capture_topk(teacher, datasets: dict[str, str | Path], out_dir: str | Path, 
         path = Path(path)
         ds = TokenizedDataset(path)
         fp = hashlib.sha256(json.dumps([FORMAT_VERSION, teacher_id, k, float(temperature), vocab_size, shard_size,
-                                        _file_sha(path)]).encode()).hexdigest()[:24]
+                                        file_sha256(path)]).encode()).hexdigest()[:24]
         (out_dir / split).mkdir(exist_ok=True)
         shards = []
         for s, start in enumerate(range(0, len(ds), shard_size)):
             end = min(len(ds), start + shard_size)
             file = out_dir / split / f"shard-{s:05d}.safetensors"
             meta = {"fingerprint": fp, "start": str(start), "end": str(end), "k": str(k)}
-            if file.exists() and _shard_meta(file) == meta:
+            found = _shard_meta(file) if file.exists() else None
+            if found is not None and {k_: v for k_, v in found.items() if k_ != "payload_sha256"} == meta \
+                    and _intact(file, found):
                 stats["shards_reused"] += 1
-            else:
+            else:  # missing, made for other inputs, torn, or corrupt behind its header: captured again
                 tensors = capture_shard(teacher, ds, start, end, k, temperature, vocab_size, pad_id, max_tokens)
                 tmp = tmp_path(file)
-                save_file(tensors, str(tmp), metadata=meta)
+                save_file(tensors, str(tmp), metadata=meta | {"payload_sha256": payload_sha(tensors)})
                 os.replace(tmp, file)
             shards.append({"file": f"{split}/{file.name}", "start": start, "end": end})
             stats["shards"] += 1
@@ -224,7 +237,12 @@ class TopKReader:
         from safetensors import safe_open
 
         if file not in self._handles:
-            self._handles[file] = safe_open(str(self.dir / file), framework="pt")
+            path = self.dir / file
+            meta = _shard_meta(path)
+            if meta is None or ("payload_sha256" in meta and not _intact(path, meta)):
+                raise ValueError(f"{path}: corrupt (its content does not match the hash in its header); "
+                                 "run `reasondistill capture RUN --force` to capture it again")
+            self._handles[file] = safe_open(str(path), framework="pt")
         return self._handles[file]
 
     def example(self, split: str, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

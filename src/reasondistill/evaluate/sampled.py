@@ -19,7 +19,6 @@ it includes the EOS token). A completion whose think block is never closed is al
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,7 +28,7 @@ from reasondistill.curate.verdicts import judge
 from reasondistill.data.build import render_prompts
 from reasondistill.evaluate.metrics import (majority_vote, pass_at_k, plot_reliability, reliability_bins,
                                             expected_calibration_error, with_ci)
-from reasondistill.records import Problem, write_json, write_records
+from reasondistill.records import Problem, file_sha256, write_json, write_records
 from reasondistill.tasks.base import Task
 from reasondistill.teachers.sampling import SamplingParams, generate_completions
 from reasondistill.thinking import CLOSE, OPEN, split_thinking
@@ -46,11 +45,7 @@ def model_file_hash(path: str | Path | None) -> str | None:
     f = Path(resolve(str(path))) / "model.safetensors"
     if not f.is_file():
         return None
-    h = hashlib.sha256()
-    with f.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(f)
 
 
 def provenance(model_path: str | Path | None, tokenizer, params: SamplingParams,

@@ -16,7 +16,10 @@ from typing import Any
 
 import torch
 
+from reasondistill.records import file_sha256
+
 STATE_FILE = "trainer_state.json"
+CHECKSUMS = "checksums.json"  # sha256 of every other file, written last
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -78,8 +81,26 @@ def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, trainer_
     (tmp / "optimizer.json").write_text(json.dumps(meta))
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
+    sums = {f.name: file_sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+    (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Refuse a checkpoint whose files do not match the checksums written with it (a disk error, a
+    copy cut short, an edit): resuming from it would continue from weights that were never trained."""
+    try:
+        sums = json.loads((path / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        return  # written before checksums existed
+    except ValueError as exc:
+        raise ValueError(f"{path / CHECKSUMS}: not valid JSON ({exc}); delete {path} to resume from the "
+                         "checkpoint before it") from None
+    for name, digest in sums.items():
+        if not (path / name).is_file() or file_sha256(path / name) != digest:
+            raise ValueError(f"{path / name}: does not match the checksum written with it (corrupt or "
+                             f"missing); delete {path} to resume from the checkpoint before it")
 
 
 def load_checkpoint(path: Path, optimizer, scheduler) -> dict[str, Any]:

@@ -34,7 +34,8 @@ from reasondistill.attention import fast_causal_attention, pays_on_cpu
 from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches
 from reasondistill.data.packing import collate_packed, pack_indices
 from reasondistill.progress import progress_bar
-from reasondistill.train.checkpoint import check_finite, checkpoints, load_checkpoint, prune, save_checkpoint
+from reasondistill.train.checkpoint import (check_finite, checkpoints, load_checkpoint, prune, save_checkpoint,
+                                            verify_checkpoint)
 from reasondistill.train.config import TrainConfig, resolve_mixed_precision
 
 METRIC_FIELDS = ["step", "epoch", "train_loss", "val_loss", "val_objective", "lr", "grad_norm", "target_tokens",
@@ -281,6 +282,7 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
         from safetensors.torch import load_file
 
         last = found[-1]
+        verify_checkpoint(last)
         weights = load_file(str(last / "model.safetensors"))
         check_finite(weights, f"{last}/model.safetensors", "delete this checkpoint to resume from the one before")
         missing, unexpected = model.load_state_dict(weights, strict=False)
