@@ -45,3 +45,19 @@ def test_greedy_and_limits(tiny_model_dir, arith):
     # top_p so small that only the most likely token survives: sampling becomes greedy
     s = _run(tiny_model_dir, problems, n=1, temperature=1.0, top_p=1e-6, max_new_tokens=10, batch_size=6)
     assert s == g1
+
+
+def test_a_prompt_longer_than_the_context_is_an_error_trace_not_a_hang(tiny_model_dir, arith):
+    """TINY's context is 256 tokens: a 200 KB question gets an error trace at once; the others decode."""
+    import dataclasses
+
+    from reasondistill.teachers.hf import HFTeacher
+
+    problems = arith.problems("train", 3, seed=0)
+    problems[1] = dataclasses.replace(problems[1], prompt="1+" * 100_000 + "1")
+    teacher = HFTeacher(str(tiny_model_dir))
+    traces = {t.problem_id: t for batch in teacher.sample(problems, SamplingParams(n=1, max_new_tokens=4))
+              for t in batch}
+    bad = traces[problems[1].id]
+    assert bad.finish_reason == "error" and "the model's context is 256" in bad.error and bad.prompt_tokens > 200_000
+    assert all(traces[p.id].error is None and traces[p.id].completion_tokens == 4 for p in (problems[0], problems[2]))

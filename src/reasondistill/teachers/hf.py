@@ -37,6 +37,7 @@ class HFTeacher:
                 thinking, answer, _ = split_thinking(c.text)
                 traces.append(Trace(problem_id=problems[c.index].id, sample=c.sample, thinking=thinking,
                                     answer=answer, text=c.text, prompt_tokens=c.prompt_tokens,
-                                    completion_tokens=c.completion_tokens, finish_reason=c.finish_reason,
-                                    teacher=self.name, sampling=sampling))
+                                    completion_tokens=c.completion_tokens,
+                                    finish_reason="error" if c.error else c.finish_reason,
+                                    teacher=self.name, sampling=sampling, error=c.error))
             yield traces

@@ -90,6 +90,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" | "length"
+    error: str | None = None  # why nothing was decoded (a prompt longer than the model's context)
 
 
 def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequence[str],
@@ -113,7 +114,14 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequenc
     # is as fast as ours at head_dim 32 and faster at head_dim 12, so fp32 keeps sdpa
     fast = device.type == "cpu" and next(model.parameters()).dtype == torch.bfloat16
     encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    too_long = [i for i in range(len(prompts)) if context and len(encoded[i]) >= context]
+    if too_long:  # nothing to decode (and no hours spent attending over them): "length" at 0 tokens
+        yield [Completion(index=i, sample=s, text="", prompt_tokens=len(encoded[i]), completion_tokens=0,
+                          finish_reason="length", error=f"the prompt is {len(encoded[i])} tokens; the model's "
+                          f"context is {context}") for i in too_long for s in range(params.n)]
+    skip = set(too_long)
+    order = sorted((i for i in range(len(prompts)) if i not in skip), key=lambda i: -len(encoded[i]))
     per_batch = max(1, params.batch_size // params.n)
     gen_cfg = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
                                eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, use_cache=True,
