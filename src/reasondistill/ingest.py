@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from reasondistill.records import Problem, RecordError, Trace, iter_jsonl, to_dict, write_records
+from reasondistill.records import Problem, RecordError, Trace, json_rows, to_dict, write_records
 from reasondistill.thinking import CLOSE, OPEN, format_target, split_thinking
 
 FORMATS = ("r1", "messages")
@@ -50,44 +50,7 @@ ANSWER_KEYS = ("answer", "gtruth_answer", "ground_truth", "reference", "solution
 # -- reading ---------------------------------------------------------------------------------------
 def read_rows(path: Path) -> list[tuple[int, Any]]:
     """(line, row) for every row of a JSON array or a JSON-lines file."""
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        return _array_rows(path, text)
-    return list(iter_jsonl(path))
-
-
-def _array_rows(path: Path, text: str) -> list[tuple[int, Any]]:
-    """The elements of a top-level JSON array, each with the line it starts on."""
-    dec = json.JSONDecoder()
-    rows: list[tuple[int, Any]] = []
-    i, line, counted = text.index("[") + 1, 1, 0
-
-    def skip(j: int) -> int:
-        while j < len(text) and text[j] in " \t\r\n":
-            j += 1
-        return j
-
-    while True:
-        i = skip(i)
-        line += text.count("\n", counted, i)
-        counted = i
-        if i >= len(text):
-            raise RecordError(f"{path}:{line}: the JSON array is not closed")
-        if text[i] == "]" and not rows:
-            return rows
-        try:
-            obj, end = dec.raw_decode(text, i)
-        except json.JSONDecodeError as exc:
-            raise RecordError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        rows.append((line, obj))
-        i = skip(end)
-        if i < len(text) and text[i] == ",":
-            i += 1
-        elif i < len(text) and text[i] == "]":
-            return rows
-        else:
-            line += text.count("\n", counted, i)
-            raise RecordError(f"{path}:{line}: expected ',' or ']' after an array element")
+    return json_rows(path)
 
 
 def _text(row: dict, key: str, where: str, *, required: bool = True, numbers: bool = False) -> str | None:

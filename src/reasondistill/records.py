@@ -123,14 +123,74 @@ def _type_name(hint: Any) -> str:
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for every non-blank line; a bad line raises RecordError."""
     path = Path(path)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RecordError(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start} of the "
+                                  "line)") from None
             if not line.strip():
                 continue
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise RecordError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file; one that is not UTF-8 raises RecordError naming it and the line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RecordError(f"{path}:{line}: not UTF-8 text ({exc.reason}); convert the file to UTF-8") from None
+
+
+def json_rows(path: str | Path) -> list[tuple[int, Any]]:
+    """(line, value) for every element of a top-level JSON array, or every line of a JSON-lines file."""
+    text = read_text(path)
+    if text.lstrip().startswith("["):
+        return json_array_rows(Path(path), text)
+    return list(iter_jsonl(path))
+
+
+def json_array_rows(path: Path, text: str) -> list[tuple[int, Any]]:
+    """The elements of the top-level JSON array in ``text``, each with the line it starts on. Errors
+    name the file and line: invalid JSON, a missing ',' or ']', an unclosed array, and anything
+    but white space after the closing ']' (a second array pasted on is not silently dropped)."""
+    dec, rows = json.JSONDecoder(), []
+
+    def skip(j: int) -> int:
+        while j < len(text) and text[j] in " \t\r\n":
+            j += 1
+        return j
+
+    def line(j: int) -> int:
+        return text.count("\n", 0, j) + 1
+
+    i = skip(0)
+    if i >= len(text) or text[i] != "[":
+        raise RecordError(f"{path}:{line(i)}: expected a JSON array (use .jsonl for one object per line)")
+    i = skip(i + 1)
+    while i < len(text) and text[i] != "]":
+        try:
+            obj, end = dec.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        rows.append((line(i), obj))
+        i = skip(end)
+        if i < len(text) and text[i] == ",":
+            i = skip(i + 1)
+        elif i >= len(text) or text[i] != "]":
+            raise RecordError(f"{path}:{line(i)}: expected ',' or ']' after array element {len(rows)}")
+    if i >= len(text):
+        raise RecordError(f"{path}:{line(i)}: the JSON array is not closed")
+    after = skip(i + 1)
+    if after < len(text):
+        raise RecordError(f"{path}:{line(after)}: text after the end of the JSON array")
+    return rows
 
 
 def read_records(path: str | Path, cls: type[T]) -> list[T]:

@@ -192,3 +192,23 @@ def test_hub_dataset_offline_and_datasets_missing_are_clear(tmp_path):
     blocked = "import sys\nsys.modules['datasets'] = None  # as if not installed\n" + code
     out = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, env=env, timeout=120)
     assert "needs the `datasets` package: pip install 'reasondistill[data]'" in out.stderr
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("empty.jsonl", b"", "empty.jsonl: no rows"),
+    ("nan.jsonl", b'{"q": "1+1?", "a": NaN, "uid": "x"}\n', "nan.jsonl:1: field 'a' (task.fields.answer) is nan"),
+    ("inf.json", b'[{"q": "1+1?", "a": Infinity, "uid": "x"}]', "inf.json:1 (item 1): field 'a' (task.fields.answer) is inf"),
+    ("twice.json", b'[{"q": "1+1?", "a": "2", "uid": "x"}]\n[{"q": "2+2?", "a": "4", "uid": "y"}]\n',
+     "twice.json:2: text after the end of the JSON array"),
+    ("latin1.jsonl", b'{"q": "1+1?", "a": "2", "uid": "x"}\n{"q": "caf\xe9", "a": "2", "uid": "y"}\n',
+     "latin1.jsonl:2: not UTF-8 text"),
+    ("latin1.json", b'[{"q": "1+1?", "a": "2", "uid": "x"},\n {"q": "caf\xe9", "a": "2", "uid": "y"}]',
+     "latin1.json:2: not UTF-8 text"),
+])
+def test_bad_problem_files_name_the_file_and_line(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content)
+    task = load_task({"name": "file", "train_path": str(path), "test_path": str(path), "fields": MAPPING})
+    with pytest.raises(RecordError) as err:
+        task.problems("train", None, 0)
+    assert expected in str(err.value)

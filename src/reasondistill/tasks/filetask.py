@@ -121,8 +121,9 @@ class RowTask:
         hashed = self._hash_split()
         out: list[Problem] = []
         seen: dict[str, str] = {}
-        skipped = repeated = 0
+        skipped = repeated = rows = 0
         for row in self._rows(split):
+            rows += 1
             try:
                 parts = self.parse(row)
                 if hashed and hash_split(parts["question"], self.test_fraction) != split:
@@ -147,6 +148,9 @@ class RowTask:
             out.append(Problem(id=pid, task=self.name, prompt=self.template.replace("{question}", parts["question"]),
                                answer=parts["answer"], solution=parts.get("solution") or "",
                                difficulty=parts.get("difficulty") or 0, meta=meta))
+        if not rows:
+            source = self.hf_id or self.path or (self.train_path if split == "train" else self.test_path)
+            raise RecordError(f"{source}: no rows (an empty file?): task {self.name} has no {split} problems")
         self.skipped[split], self.repeated[split] = skipped, repeated
         self._cache[split] = out
         return out

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from reasondistill.records import RecordError, iter_jsonl
+from reasondistill.records import RecordError, iter_jsonl, json_array_rows, read_text
 
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet",
               ".pq": "parquet"}
@@ -78,37 +79,10 @@ def _jsonl(p: Path) -> Iterator[Row]:
 
 
 def _json_array(p: Path) -> Iterator[Row]:
-    """A JSON array of objects, read element by element so each row knows its line."""
-    text = p.read_text(encoding="utf-8")
-    dec = json.JSONDecoder()
-
-    def skip(i: int) -> int:
-        while i < len(text) and text[i] in " \t\r\n":
-            i += 1
-        return i
-
-    def line(i: int) -> int:
-        return text.count("\n", 0, i) + 1
-
-    i = skip(0)
-    if i >= len(text) or text[i] != "[":
-        raise RecordError(f"{p}:{line(i)}: expected a JSON array of objects (use .jsonl for one object per line)")
-    i, item = skip(i + 1), 0
-    while i < len(text) and text[i] != "]":
-        item += 1
-        try:
-            obj, end = dec.raw_decode(text, i)
-        except json.JSONDecodeError as exc:
-            raise RecordError(f"{p}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        where = f"{p}:{line(i)} (item {item})"
+    """A JSON array of objects, each row knowing its line and item number."""
+    for item, (line, obj) in enumerate(json_array_rows(p, read_text(p)), start=1):
+        where = f"{p}:{line} (item {item})"
         yield Row(where, _object(where, obj))
-        i = skip(end)
-        if i < len(text) and text[i] == ",":
-            i = skip(i + 1)
-        elif i >= len(text) or text[i] != "]":
-            raise RecordError(f"{p}:{line(i)}: expected ',' or ']' after item {item}")
-    if i >= len(text):
-        raise RecordError(f"{p}:{line(i)}: the JSON array is not closed")
 
 
 def _csv(p: Path) -> Iterator[Row]:
@@ -206,6 +180,8 @@ def field_value(row: Row, role: str, key: str | list[str] | None, *, required: b
     if kind == "text":
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise RecordError(f"{row.where}: {name} should be text, got {type(value).__name__} {value!r:.60}")
+        if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN/Infinity, a blank numeric cell
+            raise RecordError(f"{row.where}: {name} is {value!r}, not a usable value")
         return value if isinstance(value, str) else str(value)
     if kind == "int":
         try:

@@ -27,41 +27,20 @@ import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
-from reasondistill.records import RecordError, iter_jsonl, write_records
+from reasondistill.records import RecordError, json_rows, write_records
 from reasondistill.thinking import CLOSE
 
 TASKS = ("math", "gsm8k", "choice")
-
-
-def _json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    """(line, item) for each element of a top-level JSON array, with its line number."""
-    decoder = json.JSONDecoder()
-    i = text.index("[") + 1
-    while True:
-        while i < len(text) and text[i] in " \t\r\n,":
-            i += 1
-        if i >= len(text):
-            raise RecordError(f"{path}:{text.count(chr(10)) + 1}: JSON array is not closed")
-        if text[i] == "]":
-            return
-        line = text.count("\n", 0, i) + 1
-        try:
-            obj, i = decoder.raw_decode(text, i)
-        except json.JSONDecodeError as exc:
-            raise RecordError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        yield line, obj
 
 
 def load_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for every row of a JSON array or JSON-lines file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecordError(f"{path}: cannot read ({exc})") from None
-    rows = list(_json_array(path, text)) if text.lstrip().startswith("[") else list(iter_jsonl(path))
+        rows = json_rows(path)
+    except OSError as exc:
+        raise RecordError(f"{path}: cannot read ({exc.strerror or exc})") from None
     for line, obj in rows:
         if not isinstance(obj, dict):
             raise RecordError(f"{path}:{line}: expected a JSON object, got {type(obj).__name__}")
