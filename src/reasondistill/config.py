@@ -314,6 +314,8 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         raise ConfigError(f"override {override!r}: expected key=value")
     key, _, raw = override.partition("=")
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {override!r}: the key has an empty part")
     try:
         value = _parse_value(raw)
     except yaml.YAMLError as exc:

@@ -35,7 +35,13 @@ def resolve(name_or_path: str) -> str:
             shipped = sorted(p.name for p in ASSETS.iterdir() if (p / "config.json").exists())
             raise FileNotFoundError(f"no bundled model {name_or_path!r}; shipped: {shipped}")
         return str(path)
-    return name_or_path
+    local = Path(name_or_path).expanduser()
+    looks_local = bool(name_or_path) and (name_or_path.startswith(("/", "./", "../", "~")) or local.exists())
+    if looks_local and not local.is_dir():
+        raise FileNotFoundError(f"{name_or_path}: no such model directory")
+    if looks_local and not any((local / f).exists() for f in ("config.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{name_or_path}: not a model or tokenizer directory (no config.json in it)")
+    return str(local) if looks_local else name_or_path
 
 
 def build_char_tokenizer():

@@ -25,12 +25,18 @@ class TokenizedDataset:
         from safetensors.numpy import load_file
 
         self.path = Path(path)
-        arrays = load_file(str(self.path))
-        self.input_ids = arrays["input_ids"]
-        self.offsets = arrays["offsets"]
-        self.prompt_lens = arrays["prompt_lens"]
-        with safe_open(str(self.path), framework="np") as fh:
-            self.problem_ids: list[str] = json.loads(fh.metadata()["problem_ids"])
+        try:
+            arrays = load_file(str(self.path))
+            self.input_ids = arrays["input_ids"]
+            self.offsets = arrays["offsets"]
+            self.prompt_lens = arrays["prompt_lens"]
+            with safe_open(str(self.path), framework="np") as fh:
+                self.problem_ids: list[str] = json.loads(fh.metadata()["problem_ids"])
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - truncated, corrupt or foreign: name the file
+            raise ValueError(f"{self.path}: not a readable built dataset ({type(exc).__name__}: {exc}); "
+                             "run `reasondistill build RUN --force` to rebuild it") from None
         self.lengths = np.diff(self.offsets)
 
     def __len__(self) -> int:

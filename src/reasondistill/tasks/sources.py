@@ -17,6 +17,7 @@ a ``datasets`` directory (``save_to_disk``) or hub id needs ``datasets``
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ def _json_array(p: Path) -> Iterator[Row]:
 
 
 def _csv(p: Path) -> Iterator[Row]:
-    with p.open(encoding="utf-8", newline="") as fh:
+    with io.StringIO(read_text(p), newline="") as fh:  # not UTF-8: an error naming the file and line
         reader = csv.DictReader(fh)
         start = 2  # the line the next record starts on (line 1 is the header)
         for n, rec in enumerate(reader, start=1):
@@ -104,11 +105,17 @@ def _parquet(p: Path) -> Iterator[Row]:
     except ImportError:
         pq = None
     if pq is not None:
+        import pyarrow as pa
+
         n = 0
-        for batch in pq.ParquetFile(p).iter_batches(batch_size=1024):
-            for rec in batch.to_pylist():
-                n += 1
-                yield Row(f"{p}: row {n}", rec)
+        try:
+            batches = pq.ParquetFile(p).iter_batches(batch_size=1024)
+            for batch in batches:
+                for rec in batch.to_pylist():
+                    n += 1
+                    yield Row(f"{p}: row {n}", rec)
+        except (pa.ArrowException, OSError) as exc:
+            raise RecordError(f"{p}: not a readable Parquet file ({exc})") from None
         return
     try:
         import pandas as pd
