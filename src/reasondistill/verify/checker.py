@@ -89,7 +89,7 @@ class Verifier:
             from reasondistill.verify.pool import WorkerPool
 
             modules = tuple(sorted({func.__module__ for func, _ in jobs}))
-            self.pool = WorkerPool(run_job, workers=self.workers, timeout=self.timeout, chunk_size=8,
+            self.pool = WorkerPool(run_job, workers=self.workers, timeout=self.timeout,
                                    initializer=functools.partial(warm_worker, modules), memory_mb=self.memory_mb)
         return self.pool
 
@@ -100,7 +100,9 @@ class Verifier:
 
         if not jobs:
             return []
-        return self._pool(jobs).map(jobs, on_failure=failure_check, progress=progress, description=description)
+        chunk = max(1, min(16, len(jobs) // (4 * self.workers)))  # small batches: spread over every worker
+        return self._pool(jobs).map(jobs, on_failure=failure_check, progress=progress, description=description,
+                                    chunk_size=chunk)
 
     def check_many(self, task: Task, pairs: Sequence[tuple[Problem, str]]) -> list[Check]:
         """``task.check(problem, answer)`` for every pair, in order, within the limits."""

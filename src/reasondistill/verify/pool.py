@@ -145,16 +145,17 @@ class WorkerPool:
         return _Worker(self.ctx, self.func, self.initializer, self.memory_mb)
 
     def map(self, items: Iterable[Any], *, on_failure: Callable[[Any, ItemFailure], Any] | None = None,
-            progress: bool | None = None, description: str = "verifying") -> list[Any]:
+            progress: bool | None = None, description: str = "verifying", chunk_size: int | None = None) -> list[Any]:
         """``[func(item) for item in items]`` in the workers, in input order.
 
         An item that runs longer than ``timeout`` seconds, kills its worker, or raises, yields
-        ``on_failure(item, ItemFailure)`` (default: the ItemFailure itself).
+        ``on_failure(item, ItemFailure)`` (default: the ItemFailure itself). ``chunk_size``
+        overrides the pool's for this batch (items sent to a worker at once).
         """
         items = list(items)
         if not items:
             return []
-        todo = _chunks(items, self.chunk_size)
+        todo = _chunks(items, chunk_size or self.chunk_size)
         self.pool = [w if w.proc.is_alive() else self._restart(w) for w in self.pool]  # died while idle
         while len(self.pool) < min(self.workers, len(todo)):
             self.pool.append(self._start())
