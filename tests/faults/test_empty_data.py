@@ -83,3 +83,15 @@ def test_an_empty_test_split_skips_evaluation_and_the_report_says_so(tmp_path, t
     report = pipe.report()
     assert "evaluate" in report["skipped"] and report["models"] == {}
     assert "the test split is empty" in (tmp_path / "run/report.md").read_text()
+
+
+def test_a_student_whose_examples_are_all_too_long_is_skipped(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    ingest(write_r1(tmp_path / "d.json"), run, "r1", config=ingest_config(tmp_path / "c.yaml", tiny_model_dir),
+           overrides=["build.max_length=4"], log=lambda s: None)
+    logs: list[str] = []
+    pipe = Pipeline(load_config(run / "config.yaml"), log=logs.append, show_progress=False)
+    assert pipe.curate()["kept"] == 3
+    reason = "no training example: 3 of 3 are longer than build.max_length=4"
+    assert pipe.build()["s1"]["skipped"] == reason and f"[skip] build:s1: {reason}" in logs
+    assert pipe.train()["s1"] == {"skipped": reason}
