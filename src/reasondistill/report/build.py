@@ -96,7 +96,7 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
         report["loss_curves"] = "loss_curves.png"
     from reasondistill.report import extras, html  # sampled/OOD/budget/compare/router sections; report.html
 
-    evaluation = extras.collect(root)
+    evaluation = {name: e for name, e in extras.collect(root).items() if name in models}  # none of skipped ones
     if evaluation:
         report["evaluation"] = evaluation
         report["plots"] = extras.make_plots(root, evaluation)
