@@ -11,6 +11,7 @@ generation and training resume where they stopped.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -99,8 +100,6 @@ class Pipeline:
 
     def no_data(self, name: str) -> str | None:
         """Why student ``name`` has nothing to train on (its build was skipped), else None."""
-        import json
-
         try:
             stats = json.loads((self.rd / "build" / name / "stats.json").read_text())
         except (OSError, ValueError):
@@ -261,8 +260,6 @@ class Pipeline:
             summary = self.rd / "curate/summary.json"
             why = "curate kept no trace"
             if summary.exists():
-                import json
-
                 from reasondistill.curate.filters import kept_line
 
                 why = kept_line(json.loads(summary.read_text())).removeprefix("curate: ")
