@@ -32,10 +32,10 @@ def write_config(path, teacher, **sections):
     return path
 
 
-def cli(*args, check=True):
+def cli(*args, check=True, timeout=600):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-m", "reasondistill", *map(str, args), "--quiet"], capture_output=True,
-                         text=True, env=env, timeout=600)
+                         text=True, env=env, timeout=timeout)
     if check and out.returncode != 0:
         raise AssertionError(f"exit {out.returncode}\n{out.stdout}\n{out.stderr}")
     return out

@@ -125,6 +125,16 @@ class CurateConfig(_Strict):
                                                  description="null: keep training problems that overlap test ones")
 
 
+class VerifyConfig(_Strict):
+    """``verify``: the limits every stage checks answers under (reasondistill/verify/checker.py).
+    Not part of any stage's fingerprint: limits decide how long a check may take, not its verdict
+    (an answer past the limit is "unparseable: timeout")."""
+
+    timeout: float = Field(10.0, gt=0, description="seconds per answer before it is 'unparseable: timeout'")
+    workers: int = Field(2, ge=1, description="verifier processes (for checks that can hang: math, choice)")
+    memory_mb: int | None = Field(2048, gt=0, description="address-space cap per verifier process (null: none)")
+
+
 class BuildConfig(_Strict):
     think_tags: bool = True
     max_length: int = Field(512, gt=0, description="drop examples longer than this (tokens)")
@@ -279,6 +289,7 @@ class RunConfig(_Strict):
     train_workers: int = Field(1, ge=1, description="students trained at once, each in its own process "
                                "(train/parallel.py); each uses its own train.threads")
     evaluate: EvaluateConfig = EvaluateConfig()
+    verify: VerifyConfig = VerifyConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> "RunConfig":

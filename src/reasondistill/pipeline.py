@@ -11,6 +11,7 @@ generation and training resume where they stopped.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -90,6 +91,20 @@ class Pipeline:
 
     def _student_tokenizer_name(self, s: StudentConfig) -> str:
         return s.model or s.tokenizer or self.cfg.teacher.model
+
+    def _verifying(self):
+        """One verifier pool for the stage, with the run's limits (verify/checker.py)."""
+        from reasondistill.verify.checker import verifier_scope
+
+        return verifier_scope(**self.cfg.verify.model_dump())
+
+    def no_data(self, name: str) -> str | None:
+        """Why student ``name`` has nothing to train on (its build was skipped), else None."""
+        try:
+            stats = json.loads((self.rd / "build" / name / "stats.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return stats.get("skipped")
 
     # -- stages --------------------------------------------------------------------------------
     def problems(self, force: bool = False) -> dict[str, Any]:
@@ -176,7 +191,7 @@ class Pipeline:
         return conf, [self.rd / "problems/train.jsonl", *local]
 
     def curate(self, force: bool = False) -> dict[str, Any]:
-        from reasondistill.curate.filters import curate
+        from reasondistill.curate.filters import curate, kept_line
 
         problems_path, traces_path = self.rd / "problems/train.jsonl", self.rd / "generate/traces.jsonl"
         self._need(problems_path, traces_path, stage="generate")
@@ -196,15 +211,17 @@ class Pipeline:
             if unknown:
                 raise ValueError(f"{traces_path}: {len(unknown)} traces name problems not in {problems_path}, "
                                  f"e.g. {unknown[0]!r}")
-            kept, verdicts, summary, pass_rates = curate(problems, traces, self.task, self.cfg.curate)
+            with self._verifying():
+                kept, verdicts, summary, pass_rates = curate(problems, traces, self.task, self.cfg.curate)
             kept = apply_to_curation(kept, summary, list(problems.values()), test_path, self.cfg.curate.decontaminate,
                                      outputs[4])
             write_records(outputs[0], kept)
             write_records(outputs[1], verdicts)
             write_json(outputs[2], summary)
             write_records(outputs[3], pass_rates)
-            self.log(f"       {summary['traces']} traces: {summary['verdicts']}; dropped {summary['dropped']}; "
-                     f"kept {summary['kept']}")
+            self.log(f"       {kept_line(summary)}")
+            if not kept:
+                self.log("       nothing to train on: students are skipped; the teacher is still evaluated")
             return summary
         return self._stage("curate", {"curate": self.cfg.curate, "task": self.cfg.task},
                            [problems_path, traces_path, test_path], outputs, fn, force)
@@ -227,23 +244,66 @@ class Pipeline:
             examples = make_examples(problems, read_records(curated, Trace), s.target, self.cfg.build.think_tags)
             stats = build_dataset(examples, load_tokenizer(tok_name), d, max_length=self.cfg.build.max_length,
                                   val_fraction=self.cfg.build.val_fraction, seed=self.cfg.seed)
-            self.log(f"       {s.name}: {stats['train']['examples']} train / {stats['val']['examples']} val "
-                     f"examples, {stats['dropped_too_long']} too long")
+            if examples:
+                self.log(f"       {s.name}: {stats['train']['examples']} train / {stats['val']['examples']} val "
+                         f"examples, {stats['dropped_too_long']} too long")
+            stats = self._build_skip(s, stats, d)
+            self.rd.mark_skipped(f"build:{s.name}", stats.get("skipped"), self.log)
             return stats
         inputs = [problems_path, curated, *self._local(tok_name)]
         outputs = [d / "train.safetensors", d / "val.safetensors", d / "stats.json"]
         return self._stage(f"build:{s.name}", conf, inputs, outputs, fn, force)
 
+    def _build_skip(self, s: StudentConfig, stats: dict[str, Any], d: Path) -> dict[str, Any]:
+        """``stats`` with ``skipped`` set (and saved) when the build left no training example."""
+        from reasondistill.records import write_json
+
+        if stats["train"]["examples"]:
+            return stats
+        if not stats["examples_in"]:
+            summary = self.rd / "curate/summary.json"
+            why = "curate kept no trace"
+            if summary.exists():
+                from reasondistill.curate.filters import kept_line
+
+                why = kept_line(json.loads(summary.read_text())).removeprefix("curate: ")
+            reason = f"no training data: {why}"
+        elif stats["dropped_too_long"]:
+            reason = (f"no training example: {stats['dropped_too_long']} of {stats['examples_in']} are longer than "
+                      f"build.max_length={self.cfg.build.max_length}" + (f", {stats['val']['examples']} went to validation"
+                                                                          if stats["val"]["examples"] else ""))
+        else:
+            reason = (f"no training example: all {stats['val']['examples']} went to validation "
+                      f"(build.val_fraction={self.cfg.build.val_fraction})")
+        stats = {**stats, "skipped": reason}
+        write_json(d / "stats.json", stats)
+        return stats
+
+    def _trainable(self, students: list[StudentConfig], stage: str) -> list[StudentConfig]:
+        """The students that have training data; the others are skipped with one line each."""
+        out = []
+        for s in students:
+            reason = self.no_data(s.name)
+            if stage == "train":
+                self.rd.mark_skipped(f"train:{s.name}", reason, self.log)
+            elif reason:
+                self.log(f"[skip] {stage}:{s.name}: {reason}")
+            if reason is None:
+                out.append(s)
+        return out
+
     def train(self, student: str | None = None, force: bool = False) -> dict[str, Any]:
         from reasondistill.distributed import world_size
 
-        students = self._students(student)
+        asked = self._students(student)
+        students = self._trainable(asked, "train")
+        skipped = {s.name: {"skipped": self.no_data(s.name)} for s in asked if s not in students}
         workers = min(self.cfg.train_workers, len(students))
         if workers > 1 and world_size() == 1:
             from reasondistill.train.parallel import train_in_processes
 
-            return train_in_processes(self, students, workers, force)
-        return {s.name: self._train_one(s, force) for s in students}
+            return {**skipped, **train_in_processes(self, students, workers, force)}
+        return {**skipped, **{s.name: self._train_one(s, force) for s in students}}
 
     def _train_one(self, s: StudentConfig, force: bool) -> dict[str, Any]:
         from reasondistill.models import init_model, load_model, load_tokenizer
@@ -275,12 +335,13 @@ class Pipeline:
     def capture(self, student: str | None = None, force: bool = False) -> dict[str, Any]:
         """Capture the teacher's top-k log-probs for the students with ``distill.source: offline_topk``."""
         students = [s for s in self._students(student) if s.distill and s.distill.source == "offline_topk"]
+        capturable = self._trainable(students, "capture")
         if student is not None and not students:
             raise ValueError(f"student {student!r} has no `distill: {{source: offline_topk, top_k: K}}` section: "
                              "nothing to capture")
         if not students:
             self.log("[skip] capture: no student uses distill.source 'offline_topk'")
-        return {s.name: self._capture_one(s, force) for s in students}
+        return {s.name: self._capture_one(s, force) for s in capturable}
 
     def _topk_dir(self, s: StudentConfig) -> Path:
         return self.rd / "build" / s.name / "topk" / f"k{s.distill.top_k}"
@@ -374,10 +435,23 @@ class Pipeline:
         return objective
 
     def evaluate(self, model: str | None = None, force: bool = False) -> dict[str, Any]:
-        from reasondistill.evaluate.accuracy import evaluate_model
-
         self.problems()
         test_path = self.rd / "problems/test.jsonl"
+        targets = self._eval_targets(model)
+        if not (test_path.exists() and read_records(test_path, Problem)):
+            self.rd.mark_skipped("evaluate", f"the test split is empty (0 problems in {test_path}): nothing to "
+                                 "evaluate; give the task test problems (task.n_test, test_path or test_fraction)",
+                                 self.log)
+            return {}
+        self.rd.mark_skipped("evaluate", None)
+        with self._verifying():  # one verifier pool for every model and every extra
+            results = {name: self._evaluate_one(name, path, test_path, force) for name, path in targets}
+            self._evaluate_extras(targets, force)
+        return results
+
+    def _eval_targets(self, model: str | None) -> list[tuple[str, str]]:
+        """(name, model path) to evaluate: the teacher (a local one) and every student with training
+        data; a student with none is skipped with one line."""
         targets: list[tuple[str, str]] = []
         if self.cfg.evaluate.teacher and self.cfg.teacher.kind == "hf":
             targets.append(("teacher", self.cfg.teacher.model))
@@ -386,23 +460,31 @@ class Pipeline:
             targets = [t for t in targets if t[0] == model]
             if not targets:
                 raise KeyError(f"no model named {model!r}; known: teacher, {[s.name for s in self.cfg.students]}")
-        results = {}
+        out = []
         for name, path in targets:
-            if name != "teacher":
-                self._need(Path(path), stage=f"train")
-            d = self.rd / "evaluate" / name
+            reason = None if name == "teacher" else self.no_data(name)
+            self.rd.mark_skipped(f"evaluate:{name}", reason and f"not trained: {reason}", self.log)
+            if reason is None:
+                out.append((name, path))
+        return out
 
-            def fn(_fp, name=name, path=path, d=d):
-                problems = read_records(test_path, Problem)
-                m = evaluate_model(path, problems, self.task, batch_size=self.cfg.evaluate.batch_size,
-                                   max_new_tokens=self.cfg.evaluate.max_new_tokens, out_dir=d, name=name)
-                self.log(f"       {name}: accuracy {m['accuracy']:.3f} on {m['n']} problems")
-                return m
-            inputs = [test_path, *(self._local(path) if name == "teacher" else [Path(path)])]
-            results[name] = self._stage(f"evaluate:{name}", {"evaluate": self._greedy_conf(), "model": path},
-                                        inputs, [d / "metrics.json", d / "completions.jsonl"], fn, force)
-        self._evaluate_extras(targets, force)
-        return results
+    def _evaluate_one(self, name: str, path: str, test_path: Path, force: bool) -> dict[str, Any]:
+        from reasondistill.evaluate.accuracy import evaluate_model
+
+        if name != "teacher":
+            self._need(Path(path), stage="train")
+        d = self.rd / "evaluate" / name
+
+        def fn(_fp):
+            problems = read_records(test_path, Problem)
+            m = evaluate_model(path, problems, self.task, batch_size=self.cfg.evaluate.batch_size,
+                               max_new_tokens=self.cfg.evaluate.max_new_tokens, out_dir=d, name=name)
+            self.log(f"       {name}: accuracy {m['accuracy']:.3f} on {m['n']} problems"
+                     + (f" ({m['timeouts']} answers past the verify time limit: unparseable)" if m.get("timeouts") else ""))
+            return m
+        inputs = [test_path, *(self._local(path) if name == "teacher" else [Path(path)])]
+        return self._stage(f"evaluate:{name}", {"evaluate": self._greedy_conf(), "model": path},
+                           inputs, [d / "metrics.json", d / "completions.jsonl"], fn, force)
 
     # -- evaluation beyond greedy: sampled, OOD, budgets, vs teacher, router (evaluate/extras.py) ----
     def _greedy_conf(self) -> dict[str, Any]:
@@ -419,7 +501,8 @@ class Pipeline:
         """Student-first cascade for one or all students (needs the teacher's greedy evaluation)."""
         from reasondistill.evaluate.extras import run_router
 
-        return run_router(self, student, k, thresholds, force)
+        with self._verifying():
+            return run_router(self, student, k, thresholds, force)
 
     def report(self, force: bool = False) -> dict[str, Any]:
         from reasondistill.report.build import write_report
@@ -429,6 +512,7 @@ class Pipeline:
         inputs += sorted(p for p in (self.rd / "evaluate").glob("*/*.json") if p.name != "metrics.json") \
             + sorted((self.rd / "evaluate").glob("*/ood/metrics.json")) \
             + sorted((self.rd / "evaluate").glob("*/completions.jsonl"))  # sampled, budget, compare, router, OOD, traces
+        inputs += [p for p in [self.rd.skipped_path] if p.exists()]  # what had nothing to work on, and why
         if not inputs:
             raise StageInputMissing(f"nothing to report in {self.rd.root}: run `reasondistill evaluate` first")
         outputs = [self.rd / "report.json", self.rd / "report.md", self.rd / "report.html"]

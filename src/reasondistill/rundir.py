@@ -186,6 +186,34 @@ class RunDir:
             self.update_manifest(stage=state)
         return result
 
+    # -- what was skipped and why (shown in the report) ----------------------------------------
+    @property
+    def skipped_path(self) -> Path:
+        return self.root / "skipped.json"
+
+    def skipped(self) -> dict[str, str]:
+        """``{stage: reason}`` for every stage that had nothing to work on in its last run."""
+        try:
+            return json.loads(self.skipped_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def mark_skipped(self, stage: str, reason: str | None, log: Callable[[str], None] = print) -> None:
+        """Record (``reason``) or clear (None) why ``stage`` did nothing; a recorded skip is logged
+        as one line ``[skip] stage: reason``."""
+        if reason is not None:
+            log(f"[skip] {stage}: {reason}")
+        if not self.main:
+            return
+        current = self.skipped()
+        if reason is None and stage not in current:
+            return
+        if reason is None:
+            current.pop(stage)
+        else:
+            current[stage] = reason
+        write_json(self.skipped_path, current)
+
     def restart_if_stale(self, output: Path, progress_file: Path, fp: str, log: Callable[[str], None] = print) -> None:
         """Before a resumable stage (re)writes ``output``: keep what an earlier config made aside (see
         :func:`archive`), and record ``fp`` in ``progress_file`` so the next start knows what it resumes.

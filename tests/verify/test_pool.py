@@ -40,3 +40,27 @@ def test_bad_arguments_and_empty_input():
     assert run_pool(int, [], progress=False) == []
     with pytest.raises(ValueError):
         run_pool(int, ["1"], timeout=0, progress=False)
+
+
+def test_a_pool_keeps_its_workers_across_batches_and_replaces_one_that_died_idle():
+    import signal
+
+    from reasondistill.verify.pool import WorkerPool
+
+    with WorkerPool(int, workers=2, chunk_size=1, timeout=5.0) as pool:
+        assert pool.map(["1", "2", "3"], progress=False) == [1, 2, 3]
+        pids = [w.proc.pid for w in pool.pool]
+        assert pool.map(["4", "5"], progress=False) == [4, 5]
+        assert [w.proc.pid for w in pool.pool] == pids  # reused, not started again
+        os.kill(pids[0], signal.SIGKILL)  # dies between batches: never waited on
+        pool.pool[0].proc.join(5)
+        start = time.monotonic()
+        assert pool.map(["6", "7"], progress=False) == [6, 7]
+        assert time.monotonic() - start < 30 and pool.replaced == 1
+    assert pool.pool == []
+
+
+def test_the_memory_cap_fails_the_item_not_the_caller():
+    out = run_pool(bytearray, [8 << 30, 16], workers=1, memory_mb=1024, progress=False)
+    assert out[0].kind == "error" and out[0].detail.startswith("MemoryError")
+    assert out[1] == bytearray(16)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from reasondistill.curate.verdicts import judge
+from reasondistill.curate.verdicts import MALFORMED, judge_many, verdict_counts
 from reasondistill.records import Problem, Trace, Verdict
 from reasondistill.tasks.base import Task
 
@@ -27,16 +27,19 @@ def curate(problems: dict[str, Problem], traces: list[Trace], task: Task, cfg) -
     kept: list[Trace] = []
     seen: set[tuple[str, str]] = set()
     per_problem: Counter[str] = Counter()
-    for tr in sorted(traces, key=lambda t: (t.problem_id, t.sample)):
+    ordered = sorted(traces, key=lambda t: (t.problem_id, t.sample))
+    judged = iter(judge_many(task, [(problems[t.problem_id], t.text, t.finish_reason, t.sample)
+                                    for t in ordered if t.finish_reason != "error"]))
+    for tr in ordered:
         if tr.finish_reason == "error":
             v = Verdict(tr.problem_id, tr.sample, "unparseable", f"teacher error: {tr.error}")
         else:
-            v = judge(task, problems[tr.problem_id], tr.text, tr.finish_reason, tr.sample)
+            v = next(judged)
         verdicts.append(v)
         if cfg.require_correct and v.verdict != "correct":
             dropped[f"not_correct:{v.verdict}"] += 1
             continue
-        if cfg.require_think and (not tr.thinking or v.reason == "malformed <think> block"):
+        if cfg.require_think and (not tr.thinking or v.reason == MALFORMED):
             dropped["no_thinking"] += 1
             continue
         if cfg.max_completion_tokens and tr.completion_tokens > cfg.max_completion_tokens:
@@ -59,11 +62,12 @@ def curate(problems: dict[str, Problem], traces: list[Trace], task: Task, cfg) -
     pass_rates = [{"problem_id": pid, "samples": len(vs), "correct": vs.count("correct"),
                    "pass_rate": vs.count("correct") / len(vs), "difficulty": problems[pid].difficulty}
                   for pid, vs in sorted(by_problem.items())]
-    verdict_counts = Counter(v.verdict for v in verdicts)
+    counts = verdict_counts(verdicts)
+    n_correct = counts["verdicts"].get("correct", 0)
     summary = {
         "traces": len(traces),
-        "verdicts": dict(verdict_counts),
-        "teacher_accuracy": verdict_counts["correct"] / len(verdicts) if verdicts else float("nan"),
+        **counts,
+        "teacher_accuracy": n_correct / len(verdicts) if verdicts else float("nan"),
         "dropped": dict(dropped),
         "kept": len(kept),
         "problems": len(by_problem),
@@ -71,3 +75,21 @@ def curate(problems: dict[str, Problem], traces: list[Trace], task: Task, cfg) -
         "mean_pass_rate": sum(r["pass_rate"] for r in pass_rates) / len(pass_rates) if pass_rates else float("nan"),
     }
     return kept, verdicts, summary, pass_rates
+
+
+def kept_line(summary: dict[str, Any]) -> str:
+    """The curate stage's one-line account: "curate: 0 of 120 traces kept (95 wrong, 25 unparseable
+    (25 malformed <think> block))", with time-outs, truncations and dropped traces named."""
+    v, parts = summary.get("verdicts", {}), []
+    for key in ("wrong", "unparseable", "truncated"):
+        if v.get(key):
+            parts.append(f"{v[key]} {key}")
+    reasons = summary.get("unparseable_reasons") or {}
+    if reasons:
+        top = ", ".join(f"{n} {r}" for r, n in list(reasons.items())[:3]) + (", …" if len(reasons) > 3 else "")
+        parts[[p.endswith("unparseable") for p in parts].index(True)] += f": {top}"
+    dropped = {k: n for k, n in (summary.get("dropped") or {}).items() if not k.startswith("not_correct:")}
+    parts += [f"{n} {k.replace('_', ' ')}" for k, n in dropped.items()]
+    line = f"curate: {summary.get('kept', 0)} of {summary.get('traces', 0)} traces kept"
+    return line + (f" ({'; '.join(parts)})" if parts else "")
+

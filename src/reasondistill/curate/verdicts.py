@@ -2,35 +2,62 @@
 
 Why: curation and evaluation must judge a completion identically. A completion cut off by the
 token limit is "truncated" whatever it says; a broken ``<think>`` block or an answer the task
-cannot read is "unparseable" (cannot verify), which is kept apart from "wrong".
+cannot read is "unparseable" (cannot verify), which is kept apart from "wrong". So is an answer
+whose check ran past the time limit (reason "timeout"): every answer goes through
+:func:`reasondistill.verify.checker.check_answers`, the one path with limits.
+
+    verdicts = judge_many(task, [(problem, text, finish_reason, sample), ...])
 """
 
 from __future__ import annotations
 
-from reasondistill.records import Problem, Verdict
-from reasondistill.tasks.base import Check, Task
-from reasondistill.thinking import split_thinking
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
-MATH_TASKS = ("math", "gsm8k")  # free-form math answers, checked with verify/math.py (math-verify)
+from reasondistill.records import Problem, Verdict
+from reasondistill.tasks.base import Task
+from reasondistill.thinking import split_thinking
+from reasondistill.verify.checker import check_answers
+from reasondistill.verify.math import TIMEOUT
+
+MALFORMED = "malformed <think> block"
+MAX_REASONS = 20  # unparseable reasons listed in a summary; the rest are counted as "other"
+
+
+def judge_many(task: Task, items: Sequence[tuple[Problem, str, str, int]]) -> list[Verdict]:
+    """Verdicts for ``(problem, completion text, finish_reason, sample)`` items, in order; the
+    answers that need a check are checked in one batch."""
+    out: list[Verdict | None] = []
+    pending: list[tuple[int, Problem, str]] = []
+    for i, (problem, text, finish_reason, sample) in enumerate(items):
+        if finish_reason == "length":
+            out.append(Verdict(problem.id, sample, "truncated", "hit the token limit before the end"))
+            continue
+        _, answer, well_formed = split_thinking(text)
+        if not well_formed:
+            out.append(Verdict(problem.id, sample, "unparseable", MALFORMED))
+            continue
+        out.append(None)
+        pending.append((i, problem, answer))
+    checks = check_answers(task, [(p, a) for _, p, a in pending])
+    for (i, problem, _), check in zip(pending, checks, strict=True):
+        out[i] = Verdict(problem.id, items[i][3], check.verdict, check.reason, check.predicted)
+    return out  # type: ignore[return-value]
 
 
 def judge(task: Task, problem: Problem, text: str, finish_reason: str, sample: int = 0) -> Verdict:
-    if finish_reason == "length":
-        return Verdict(problem.id, sample, "truncated", "hit the token limit before the end")
-    _, answer, well_formed = split_thinking(text)
-    if not well_formed:
-        return Verdict(problem.id, sample, "unparseable", "malformed <think> block")
-    check = check_answer(task, problem, answer)
-    return Verdict(problem.id, sample, check.verdict, check.reason, check.predicted)
+    return judge_many(task, [(problem, text, finish_reason, sample)])[0]
 
 
-def check_answer(task: Task, problem: Problem, answer: str) -> Check:
-    """The run's task judges its own problems (a mixture: those of its sources); a math problem
-    recorded under another task (e.g. ingested into a run whose configured task is another) is
-    judged by verify/math.py, as the ``math`` and ``gsm8k`` tasks judge theirs."""
-    known = problem.task == getattr(task, "name", problem.task) or problem.task in getattr(task, "by_label", {})
-    if not known and problem.task in MATH_TASKS:
-        from reasondistill.verify.math import verify_math
+def verdict_counts(verdicts: Iterable[object]) -> dict[str, object]:
+    """Counts for a summary: ``verdicts`` (correct / wrong / unparseable / truncated), the reasons
+    behind ``unparseable`` and how many of those were time-outs (kept apart from ``wrong``).
 
-        return verify_math(problem.answer, answer)
-    return task.check(problem, answer)
+    Takes Verdicts or row dicts with ``verdict``/``reason``."""
+    pairs = [(v["verdict"], v["reason"]) if isinstance(v, dict) else (v.verdict, v.reason) for v in verdicts]
+    reasons = Counter(r for verdict, r in pairs if verdict == "unparseable")
+    top = dict(reasons.most_common(MAX_REASONS))
+    if len(reasons) > MAX_REASONS:  # e.g. teacher errors, each with its own message
+        top["other"] = sum(reasons.values()) - sum(top.values())
+    return {"verdicts": dict(Counter(verdict for verdict, _ in pairs)), "unparseable_reasons": top,
+            "timeouts": reasons[TIMEOUT]}

@@ -88,9 +88,23 @@ def save_split(path: Path, ids: list[list[int]], prompt_lens: list[int], problem
               str(path), metadata={"problem_ids": json.dumps(problem_ids)})
 
 
+def empty_build(out_dir: str | Path, max_length: int) -> dict:
+    """The stats of a build with no examples at all; stale splits of an earlier build are removed
+    so that nothing trains on them."""
+    out_dir = Path(out_dir)
+    for split in ("train", "val"):
+        (out_dir / f"{split}.safetensors").unlink(missing_ok=True)
+    stats: dict = {"examples_in": 0, "dropped_too_long": 0, "max_length": max_length,
+                   **{split: {"examples": 0, "problems": 0, "tokens": 0, "target_tokens": 0} for split in ("train", "val")}}
+    write_json(out_dir / "stats.json", stats)
+    return stats
+
+
 def build_dataset(examples: list[Example], tokenizer, out_dir: str | Path, *, max_length: int,
                   val_fraction: float, seed: int) -> dict:
     """Tokenise, length-filter and split ``examples``; write train/val safetensors and stats."""
+    if not examples:
+        return empty_build(out_dir, max_length)
     out_dir = Path(out_dir)
     ids, prompt_lens = tokenize_examples(tokenizer, examples)
     keep = [i for i, x in enumerate(ids) if len(x) <= max_length]

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from reasondistill.curate.verdicts import judge
+from reasondistill.curate.verdicts import judge_many, verdict_counts
 from reasondistill.data.build import render_prompts
 from reasondistill.records import Problem, write_json, write_records
 from reasondistill.tasks.base import Task
@@ -36,18 +36,21 @@ def evaluate_model(model: Any, problems: list[Problem], task: Task, *, batch_siz
         model = load_model(model)
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
     prompts = render_prompts(tokenizer, [p.prompt for p in problems])
-    rows: list[dict[str, Any] | None] = [None] * len(problems)
+    outputs: list[Any] = [None] * len(problems)
     for batch in generate_completions(model, tokenizer, prompts, [p.id for p in problems], params):
         for c in batch:
-            p = problems[c.index]
-            v = judge(task, p, c.text, c.finish_reason)
-            thinking, answer, _ = split_thinking(c.text)
-            rows[c.index] = {"problem_id": p.id, "difficulty": p.difficulty, "prompt": p.prompt,
-                             "reference": p.answer, "text": c.text, "answer": answer,
-                             "thinking_chars": len(thinking), "completion_tokens": c.completion_tokens,
-                             "finish_reason": c.finish_reason, "verdict": v.verdict, "reason": v.reason,
-                             "predicted": v.predicted}
-    done = [r for r in rows if r is not None]
+            outputs[c.index] = c
+    outputs = [c for c in outputs if c is not None]
+    verdicts = judge_many(task, [(problems[c.index], c.text, c.finish_reason, 0) for c in outputs])
+    done = []
+    for c, v in zip(outputs, verdicts, strict=True):
+        p = problems[c.index]
+        thinking, answer, _ = split_thinking(c.text)
+        done.append({"problem_id": p.id, "difficulty": p.difficulty, "prompt": p.prompt,
+                     "reference": p.answer, "text": c.text, "answer": answer,
+                     "thinking_chars": len(thinking), "completion_tokens": c.completion_tokens,
+                     "finish_reason": c.finish_reason, "verdict": v.verdict, "reason": v.reason,
+                     "predicted": v.predicted})
     metrics = summarize(done)
     metrics.update({"name": name, "decoding": "greedy", "max_new_tokens": max_new_tokens})
     if out_dir is not None:
@@ -60,6 +63,7 @@ def evaluate_model(model: Any, problems: list[Problem], task: Task, *, batch_siz
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(rows)
     counts = Counter(r["verdict"] for r in rows)
+    detail = verdict_counts(rows)  # unparseable reasons; time-outs apart from wrong answers
     by_diff: dict[int, list[int]] = {}
     for r in rows:
         by_diff.setdefault(r["difficulty"], []).append(r["verdict"] == "correct")
@@ -68,6 +72,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "accuracy": counts["correct"] / n if n else float("nan"),
         "correct": counts["correct"],
         "verdicts": dict(counts),
+        "unparseable_reasons": detail["unparseable_reasons"],
+        "timeouts": detail["timeouts"],
         "mean_output_tokens": sum(r["completion_tokens"] for r in rows) / n if n else float("nan"),
         "truncation_rate": counts["truncated"] / n if n else float("nan"),
         "accuracy_by_difficulty": {str(k): sum(v) / len(v) for k, v in sorted(by_diff.items())},

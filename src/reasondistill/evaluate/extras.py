@@ -208,7 +208,13 @@ def run_router(pipe, student: str | None = None, k: int | None = None, threshold
     k = k or (r.k if r else 4)
     thresholds = list(thresholds or (r.thresholds if r else DEFAULT_THRESHOLDS))
     names = [student] if student else [s.name for s in pipe.cfg.students]
+    routed = []
     for n in names:
         pipe.cfg.student(n)  # KeyError naming the known students
+        reason = pipe.no_data(n)
+        if reason:
+            pipe.log(f"[skip] route:{n}: not trained: {reason}")
+            continue
         pipe._need(pipe.rd / "train" / n / "final", stage="train")
-    return {n: route_stage(pipe, n, k, thresholds, force) for n in names}
+        routed.append(n)
+    return {n: route_stage(pipe, n, k, thresholds, force) for n in routed}

@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from reasondistill.curate.verdicts import judge
+from reasondistill.curate.verdicts import judge_many
 from reasondistill.data.build import render_prompts
-from reasondistill.evaluate.metrics import (majority_vote, pass_at_k, plot_reliability, reliability_bins,
+from reasondistill.evaluate.metrics import (Vote, majority_vote, pass_at_k, plot_reliability, reliability_bins,
                                             expected_calibration_error, with_ci)
 from reasondistill.records import Problem, file_sha256, write_json, write_records
 from reasondistill.tasks.base import Task
 from reasondistill.teachers.sampling import SamplingParams, generate_completions
 from reasondistill.thinking import CLOSE, OPEN, split_thinking
+from reasondistill.verify.checker import check_answers
 
 READABLE = ("correct", "wrong")  # verdicts whose ``predicted`` answer takes part in a vote
 
@@ -86,25 +87,52 @@ def completion_rows(model, tokenizer, problems: Sequence[Problem], task: Task, p
                     system_prompt: str | None = None, generate: Callable | None = None) -> list[dict[str, Any]]:
     """Decode ``params.n`` completions per problem and judge each: one row per (problem, sample)."""
     prompts = render_prompts(tokenizer, [p.prompt for p in problems], system=system_prompt)
+    outputs = [c for batch in (generate or generate_completions)(model, tokenizer, prompts,
+                                                                 [p.id for p in problems], params) for c in batch]
+    verdicts = judge_many(task, [(problems[c.index], c.text, c.finish_reason, c.sample) for c in outputs])
     rows: list[dict[str, Any]] = []
-    for batch in (generate or generate_completions)(model, tokenizer, prompts, [p.id for p in problems], params):
-        for c in batch:
-            p = problems[c.index]
-            v = judge(task, p, c.text, c.finish_reason, c.sample)
-            thinking, answer, _ = split_thinking(c.text)
-            t_tok, a_tok = split_tokens(tokenizer, c.text, c.completion_tokens)
-            rows.append({"problem_id": p.id, "sample": c.sample, "difficulty": p.difficulty, "text": c.text,
-                         "thinking": thinking, "answer": answer, "thinking_tokens": t_tok, "answer_tokens": a_tok,
-                         "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason,
-                         "verdict": v.verdict, "reason": v.reason, "predicted": v.predicted})
+    for c, v in zip(outputs, verdicts, strict=True):
+        p = problems[c.index]
+        thinking, answer, _ = split_thinking(c.text)
+        t_tok, a_tok = split_tokens(tokenizer, c.text, c.completion_tokens)
+        rows.append({"problem_id": p.id, "sample": c.sample, "difficulty": p.difficulty, "text": c.text,
+                     "thinking": thinking, "answer": answer, "thinking_tokens": t_tok, "answer_tokens": a_tok,
+                     "completion_tokens": c.completion_tokens, "finish_reason": c.finish_reason,
+                     "verdict": v.verdict, "reason": v.reason, "predicted": v.predicted})
     order = {p.id: i for i, p in enumerate(problems)}
     rows.sort(key=lambda r: (order[r["problem_id"]], r["sample"]))
     return rows
 
 
-def verified_equal(task: Task, problem: Problem) -> Callable[[str, str], bool]:
-    """Two answers are equal when the task accepts one as the reference for the other."""
-    return lambda a, b: task.check(dataclasses.replace(problem, answer=a), b).verdict == "correct"
+class _Unknown(Exception):
+    """An equality the vote needs that has not been checked yet."""
+
+
+def verified_votes(task: Task, ballots: Mapping[str, tuple[Problem, list[str | None]]]) -> dict[str, Vote]:
+    """:func:`majority_vote` per problem, two answers being equal when the task accepts one as the
+    reference for the other. The checks go through the verifier in rounds: each round runs every
+    unfinished vote until it needs an equality not known yet, then checks those in one batch, so
+    exactly the comparisons the votes make are checked and a pooled verifier stays busy."""
+    known: dict[tuple[str, str, str], bool] = {}
+    votes: dict[str, Vote] = {}
+    pending = dict(ballots)
+    while pending:
+        asks: dict[str, tuple[str, str]] = {}
+        for pid, (_, answers) in pending.items():
+            def equal(a: str, b: str, pid: str = pid) -> bool:
+                if (pid, a, b) not in known:
+                    asks[pid] = (a, b)
+                    raise _Unknown
+                return known[(pid, a, b)]
+            try:
+                votes[pid] = majority_vote(answers, equal)
+            except _Unknown:
+                pass
+        pairs = [(dataclasses.replace(ballots[pid][0], answer=a), b) for pid, (a, b) in asks.items()]
+        for (pid, (a, b)), check in zip(asks.items(), check_answers(task, pairs), strict=True):
+            known[(pid, a, b)] = check.verdict == "correct"
+        pending = {pid: ballots[pid] for pid in asks}
+    return votes
 
 
 def vote_table(rows: Sequence[dict[str, Any]], problems: Sequence[Problem], task: Task,
@@ -114,16 +142,21 @@ def vote_table(rows: Sequence[dict[str, Any]], problems: Sequence[Problem], task
     by_pid: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_pid.setdefault(r["problem_id"], []).append(r)
-    out = {}
+    ballots = {}
     for p in problems:
         samples = sorted(by_pid.get(p.id, []), key=lambda r: r["sample"])[:k]
-        if not samples:
-            continue
-        answers = [r["predicted"] if r["verdict"] in READABLE else None for r in samples]
-        vote = majority_vote(answers, verified_equal(task, p))
-        ok = vote.answer is not None and task.check(p, vote.answer).verdict == "correct"
-        out[p.id] = {"difficulty": p.difficulty, "answer": vote.answer, "votes": vote.votes, "share": vote.share,
-                     "n": vote.n, "correct": ok}
+        if samples:
+            ballots[p.id] = (p, [r["predicted"] if r["verdict"] in READABLE else None for r in samples])
+    votes = verified_votes(task, ballots)
+    answered = [pid for pid in ballots if votes[pid].answer is not None]
+    checks = dict(zip(answered, check_answers(task, [(ballots[pid][0], votes[pid].answer) for pid in answered]),
+                      strict=True))
+    out = {}
+    for pid, (p, _) in ballots.items():
+        vote = votes[pid]
+        ok = pid in checks and checks[pid].verdict == "correct"
+        out[pid] = {"difficulty": p.difficulty, "answer": vote.answer, "votes": vote.votes, "share": vote.share,
+                    "n": vote.n, "correct": ok}
     return out
 
 

@@ -61,9 +61,11 @@ def _fmt(x: Any, spec: str) -> str:
 
 def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
     root = Path(run_dir)
+    skipped = _read_json(root / "skipped.json") or {}  # stage -> why it had nothing to work on (rundir.py)
     models: dict[str, Any] = {}
     for m in sorted((root / "evaluate").glob("*/metrics.json")):
-        models[m.parent.name] = json.loads(m.read_text())
+        if f"evaluate:{m.parent.name}" not in skipped and "evaluate" not in skipped:  # not stale results
+            models[m.parent.name] = json.loads(m.read_text())
     training: dict[str, Any] = {}
     curves = {}
     for s in cfg.students:
@@ -81,7 +83,9 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
         "task": cfg.task.model_dump(),
         "teacher": cfg.teacher.model + (" (traces ingested, not sampled)" if cfg.teacher.kind == "ingested" else ""),
         "models": {name: {k: m.get(k) for k in ("accuracy", "n", "correct", "mean_output_tokens", "truncation_rate",
-                                               "accuracy_by_difficulty", "verdicts")} for name, m in models.items()},
+                                               "accuracy_by_difficulty", "verdicts", "timeouts")}
+                   for name, m in models.items()},
+        "skipped": skipped,
         "training": training,
         "curation": _read_json(root / "curate/summary.json"),
         "stage_seconds": stage_seconds,
@@ -92,7 +96,7 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
         report["loss_curves"] = "loss_curves.png"
     from reasondistill.report import extras, html  # sampled/OOD/budget/compare/router sections; report.html
 
-    evaluation = extras.collect(root)
+    evaluation = {name: e for name, e in extras.collect(root).items() if name in models}  # none of skipped ones
     if evaluation:
         report["evaluation"] = evaluation
         report["plots"] = extras.make_plots(root, evaluation)
@@ -114,6 +118,11 @@ def models_table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def skipped_lines(skipped: dict[str, str]) -> list[str]:
+    """One markdown bullet per stage that had nothing to work on, with the reason."""
+    return [f"- `{stage}`: {reason}" for stage, reason in skipped.items()]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     out = [f"# reasondistill report: `{report['run_dir']}`", "",
            f"Task: `{report['task']['name']}` ({report['task']}); teacher: `{report['teacher']}`.", "",
@@ -131,12 +140,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["## Curation", "", f"- teacher traces: {cur['traces']}, verdicts: {cur['verdicts']}",
                 f"- teacher accuracy on training problems: {_fmt(cur['teacher_accuracy'], '.1%')}; mean pass rate "
                 f"{_fmt(cur['mean_pass_rate'], '.2f')}", f"- dropped: {cur['dropped']}", f"- kept: {cur['kept']}", ""]
+        if cur.get("unparseable_reasons"):  # why answers could not be verified; time-outs are not "wrong"
+            out.insert(-1, f"- unparseable, by reason: {cur['unparseable_reasons']} ({cur.get('timeouts', 0)} "
+                           "past the verify time limit)")
         dec = cur.get("decontamination")
         if dec:  # curate/decontam.py; the full list with the shared n-grams is in curate/decontamination.json
             ids = ", ".join(f"`{i}`" for i in dec["ids"][:20]) + (" …" if len(dec["ids"]) > 20 else "")
             out.insert(-1, f"- decontamination ({dec['ngram']}-gram overlap with {dec['eval_problems']} test "
                            f"problems): {dec['contaminated_problems']} training problems dropped"
                            + (f": {ids}" if ids else ""))
+    if report.get("skipped"):
+        out += ["## Skipped", "", *skipped_lines(report["skipped"]), ""]
     if report.get("loss_curves"):
         out += ["## Loss curves", "", f"![loss curves]({report['loss_curves']})", ""]
     if report["stage_seconds"]:

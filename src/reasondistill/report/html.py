@@ -183,6 +183,15 @@ def provenance(report: Mapping[str, Any]) -> str:
     return "<h2>Provenance</h2>" + "".join(parts) if parts else ""
 
 
+def skipped_list(report: Mapping[str, Any]) -> str:
+    """The stages that had nothing to work on and why ('' when none)."""
+    skipped = report.get("skipped") or {}
+    if not skipped:
+        return ""
+    items = "".join(f"<li><code>{esc(stage)}</code>: {esc(reason)}</li>" for stage, reason in skipped.items())
+    return f'<h2>Skipped</h2><ul id="skipped">{items}</ul>'
+
+
 def render_html(root: Path, report: Mapping[str, Any]) -> str:
     plots = dict(report.get("plots") or {})
     if report.get("loss_curves"):
@@ -193,7 +202,7 @@ def render_html(root: Path, report: Mapping[str, Any]) -> str:
             f"<p>Task <code>{esc(report['task'])}</code>; teacher <code>{esc(report['teacher'])}</code>. "
             "All models on the same held-out problems; CIs are 95% percentile bootstraps over problems.</p>"
             f'<div id="status" data-status="loading">loading…</div><pre id="selftest"></pre>'
-            f"<h2>Models</h2>{models_table(report)}{compare_table(report)}"
+            f"{skipped_list(report)}<h2>Models</h2>{models_table(report)}{compare_table(report)}"
             f'<h2>Plots</h2><div class="plots">{figs}</div>{viewer(trace_data(root, report))}{provenance(report)}')
     return page(f"reasondistill report: {report['run_dir']}", body, f"<script>{JS}</script>")
 

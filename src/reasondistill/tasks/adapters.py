@@ -32,7 +32,7 @@ from typing import Any
 from reasondistill.records import Problem, RecordError
 from reasondistill.tasks.base import Check
 from reasondistill.tasks.config import ChoiceFields, CodeFields, GSM8KFields, MathFields
-from reasondistill.tasks.filetask import RowTask
+from reasondistill.tasks.filetask import RowTask, math_job
 from reasondistill.tasks.sources import Row, field_value
 
 _CALC = re.compile(r"<<[^<>]*>>")
@@ -60,10 +60,8 @@ class GSM8K(RowTask):
                 "difficulty": sum(1 for ln in solution.splitlines() if ln.strip()),
                 "id": field_value(row, "id", f.id, required=False)}
 
-    def check(self, problem: Problem, answer: str) -> Check:
-        from reasondistill.verify.math import verify_math
-
-        return verify_math(problem.answer, answer)
+    def check_job(self, problem: Problem, answer: str) -> tuple:
+        return math_job(problem, answer)
 
 
 def math_level(value: Any) -> int:
@@ -93,10 +91,8 @@ class MATH(RowTask):
                 "difficulty": math_level(level), "id": field_value(row, "id", f.id, required=False),
                 "meta": {k: v for k, v in (("subject", subject), ("level", level)) if v is not None}}
 
-    def check(self, problem: Problem, answer: str) -> Check:
-        from reasondistill.verify.math import verify_math
-
-        return verify_math(problem.answer, answer)
+    def check_job(self, problem: Problem, answer: str) -> tuple:
+        return math_job(problem, answer)
 
 
 class MultipleChoice(RowTask):
@@ -123,10 +119,10 @@ class MultipleChoice(RowTask):
                 "id": field_value(row, "id", f.id, required=False),
                 "meta": {"choices": options, **({"subject": subject} if subject else {})}}
 
-    def check(self, problem: Problem, answer: str) -> Check:
-        from reasondistill.verify.choice import verify_choice
+    def check_job(self, problem: Problem, answer: str) -> tuple:
+        from reasondistill.verify.choice import verify_choice  # backtracking patterns: time-limited
 
-        return verify_choice(problem.answer, answer, options=problem.meta.get("choices"))
+        return verify_choice, (problem.answer, answer, problem.meta.get("choices"))
 
 
 def reference_letter(raw: Any, options: list[str]) -> str | None:

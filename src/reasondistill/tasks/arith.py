@@ -51,6 +51,14 @@ def solve(start: int, ops: list[tuple[str, int]]) -> tuple[list[str], int]:
     return lines, value
 
 
+def canonical_int(digits: str) -> str:
+    """An integer's text without leading zeros or a minus on zero: equal iff ``int()`` is equal, and
+    linear for any length (``int()`` refuses more than 4,300 digits)."""
+    negative = digits.startswith("-")
+    body = digits.lstrip("-").lstrip("0") or "0"
+    return "-" + body if negative and body != "0" else body
+
+
 def parse_prompt(prompt: str) -> tuple[int, list[tuple[str, int]]]:
     start = int(prompt[:2])
     rest = prompt[2:]
@@ -114,9 +122,9 @@ class ChainedArithmetic:
             # be strict: the answer must be just the number
             return Check("unparseable", f"answer is not a bare integer: {answer.strip()[:40]!r}", found[-1])
         pred = found[0]
-        if int(pred) == int(problem.answer):
+        if canonical_int(pred) == canonical_int(problem.answer):
             return Check("correct", "matches reference", pred)
-        return Check("wrong", f"expected {problem.answer}, got {pred}", pred)
+        return Check("wrong", f"expected {problem.answer}, got {pred[:40]}{'…' if len(pred) > 40 else ''}", pred)
 
     def first_wrong_step(self, problem: Problem, thinking: str) -> int | None:
         """Index of the first step line that disagrees with the solver, or None if all agree."""

@@ -47,6 +47,11 @@ class Task(Protocol):
         """The task's parameters, recorded in the run manifest."""
         ...
 
+    # Optional: ``check_job(problem, answer) -> (function, args) | None``. A check that can hang on
+    # hostile text (sympy, backtracking regexes) returns the importable function and plain-data
+    # arguments whose call is ``check``; every stage then runs it in a worker process with a time
+    # limit (reasondistill.verify.checker). Without the method, or for None, ``check`` runs in-process.
+
 
 def load_task(spec: dict[str, Any], label: str | None = None) -> Task:
     """Build a task from its config section (``name`` plus the task's own fields; see

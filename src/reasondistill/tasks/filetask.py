@@ -38,6 +38,13 @@ def hash_split(text: str, test_fraction: float) -> str:
     return "test" if h / 2**64 < test_fraction else "train"
 
 
+def math_job(problem: Problem, answer: str) -> tuple:
+    """The check of a free-form math answer as a pool job: math-verify can hang on hostile LaTeX."""
+    from reasondistill.verify.math import verify_math
+
+    return verify_math, (problem.answer, answer)
+
+
 def text_id(text: str) -> str:
     return hashlib.blake2b(text.strip().encode(), digest_size=6).hexdigest()
 
@@ -73,8 +80,17 @@ class RowTask:
         ``difficulty``, ``meta``, ``id``; raise RecordError (via field_value) on a bad row."""
         raise NotImplementedError
 
+    def check_job(self, problem: Problem, answer: str) -> tuple | None:
+        """``(function, args)`` whose call checks the answer in a worker process with a time limit
+        (reasondistill.verify.checker), or None: :meth:`check` runs here (it cannot hang)."""
+        return None
+
     def check(self, problem: Problem, answer: str) -> Check:
-        raise NotImplementedError
+        job = self.check_job(problem, answer)
+        if job is None:
+            raise NotImplementedError
+        func, args = job
+        return func(*args)
 
     # -- the Task protocol ------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -180,11 +196,12 @@ class FileTask(RowTask):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "verifier": self.verifier}
 
+    def check_job(self, problem: Problem, answer: str) -> tuple | None:
+        return math_job(problem, answer) if self.verifier == "math" else None
+
     def check(self, problem: Problem, answer: str) -> Check:
         if self.verifier == "math":
-            from reasondistill.verify.math import verify_math
-
-            return verify_math(problem.answer, answer)
+            return super().check(problem, answer)
         got = " ".join(answer.split()).casefold()
         if not got:
             return Check("unparseable", "no answer found", None)

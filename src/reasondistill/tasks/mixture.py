@@ -126,6 +126,10 @@ class Mixture:
     def check(self, problem: Problem, answer: str) -> Check:
         return self.task_for(problem).check(problem, answer)
 
+    def check_job(self, problem: Problem, answer: str) -> tuple | None:
+        job = getattr(self.task_for(problem), "check_job", None)
+        return job(problem, answer) if job is not None else None
+
     def first_wrong_step(self, problem: Problem, thinking: str) -> int | None:
         locate = getattr(self.task_for(problem), "first_wrong_step", None)
         return locate(problem, thinking) if locate else None

@@ -11,7 +11,9 @@ answer); "cannot verify" (no answer, parse failure, timeout) is "unparseable", n
     verify_code(CodeProblem(tests="assert f() == 1", entry_point="f"),
                 "```python\\ndef f():\\n    return 1\\n```")  # sandboxed execution
 
-Many items at once, with per-item timeouts that do not depend on signals:
+How the pipeline's stages check answers, with a time and memory limit where a check can hang:
+:func:`reasondistill.verify.checker.check_answers` (one worker pool per stage). Many items at
+once, with per-item timeouts that do not depend on signals:
 :func:`reasondistill.verify.math.verify_math_many` or :func:`reasondistill.verify.pool.run_pool`.
 Scoring a file from the command line: ``python -m reasondistill.verify.score --help``.
 """

@@ -12,9 +12,11 @@ equivalence is math-verify's (``\\frac{1}{2}`` = 0.5, ``(3, \\frac{\\pi}{2})`` =
 
 math-verify's own timeouts use ``signal.alarm``, which fails outside the main thread, so every
 call here passes ``parsing_timeout=None``/``timeout_seconds=None``. A pathological answer (say
-``2^{2^{2^{30}}}``) can then run for ever: run untrusted batches through
-:func:`reasondistill.verify.pool.run_pool`, which kills a stuck worker and reports the item as
-``Check("unparseable", "timeout")`` (see :func:`failure_check` and :func:`verify_math_many`).
+``2^{2^{2^{30}}}``) can then run for ever: every stage checks through
+:mod:`reasondistill.verify.checker`, which runs these checks in worker processes that are killed
+past the time limit, the item reported as ``Check("unparseable", "timeout")`` (see
+:func:`failure_check`; :func:`verify_math_many` for a plain list of pairs). Extraction here is
+linear in the completion's length, so it is never the part that hangs.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ NO_ANSWER = "no answer found"
 PARSE_FAILURE = "parse failure"
 GOLD_PARSE_FAILURE = "gold parse failure"
 TIMEOUT = "timeout"
+OUT_OF_MEMORY = "out of memory"
+TOO_DEEP = "too deeply nested"
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
+_WORD = re.compile(r"[^\s$]+")
 _HASHES = re.compile(r"####\s*([^\n]*)")
 _ANSWER_IS = re.compile(
     r"(?:final answer|the answer|answer)\s*(?:is|=|:)\s*:?\s*([^\n]+)", re.IGNORECASE)
@@ -56,24 +61,27 @@ def last_boxed(text: str) -> str | None:
     ``\\boxed 5`` (no braces) yields ``5``; an unclosed brace yields None.
     """
     matches = list(_BOXED.finditer(text))
+    unclosed = len(text)  # an earlier group cannot close past a later one that never closes
     for m in reversed(matches):
         start = m.end()
         if start < len(text) and text[start] == "{":
-            body = _balanced(text, start)
+            body = _balanced(text, start, unclosed)
             if body is not None:
                 return body.strip()
+            unclosed = start
         else:
-            word = re.match(r"[^\s$]+", text[start:])
+            word = _WORD.match(text, start)
             if word:
                 return word.group(0)
     return None
 
 
-def _balanced(text: str, open_at: int) -> str | None:
-    """The text inside the brace group opening at ``open_at``; None if it never closes."""
+def _balanced(text: str, open_at: int, stop: int | None = None) -> str | None:
+    """The text inside the brace group opening at ``open_at``; None if it never closes (before ``stop``)."""
     depth = 0
     i = open_at
-    while i < len(text):
+    end = len(text) if stop is None else stop
+    while i < end:
         ch = text[i]
         if ch == "\\":  # skip escaped characters such as \{ and \}
             i += 2
@@ -88,6 +96,20 @@ def _balanced(text: str, open_at: int) -> str | None:
     return None
 
 
+def strip_dollars(s: str) -> str:
+    """``$…$`` / ``$$…$$`` unwrapped, in linear time: what ``re.sub(r"^\\$+(.*?)\\$+$", r"\\1", s)``
+    gives (the regex backtracks cubically on a run of ``$``: 2,000 took 7.9 s).
+
+    The text before an optional final newline must have no other newline (``.`` does not cross
+    one), start and end with ``$`` and be at least two characters long; it loses all its leading
+    and trailing ``$``.
+    """
+    body, tail = (s[:-1], "\n") if s.endswith("\n") else (s, "")
+    if len(body) < 2 or body[0] != "$" or body[-1] != "$" or "\n" in body:
+        return s
+    return body.strip("$") + tail
+
+
 def clean_answer(answer: str) -> str:
     """Strip the wrapping a model puts around an answer: markdown, ``$…$``, a final period.
 
@@ -98,7 +120,7 @@ def clean_answer(answer: str) -> str:
         before = s
         s = s.strip().rstrip(".;,!").strip()
         s = re.sub(r"^\*\*(.*)\*\*$", r"\1", s)
-        s = re.sub(r"^\$+(.*?)\$+$", r"\1", s)
+        s = strip_dollars(s)
         s = re.sub(r"^\\\((.*)\\\)$|^\\\[(.*)\\\]$", lambda m: m.group(1) or m.group(2) or "", s)
         if s == before:
             break
@@ -159,6 +181,8 @@ def parse_answer(answer: str) -> list:
     mv = _math_verify()
     try:
         return mv.parse("\\boxed{" + answer + "}", parsing_timeout=None)
+    except (MemoryError, RecursionError):
+        raise  # a resource limit, not a parse failure: verify_math says so
     except Exception:  # math-verify raises on some malformed LaTeX despite raise_on_error=False
         return []
 
@@ -173,6 +197,8 @@ def equivalent(gold: list, pred: list) -> bool:
     mv = _math_verify()
     try:
         return bool(mv.verify(gold, pred, timeout_seconds=None))
+    except (MemoryError, RecursionError):
+        raise  # a resource limit: not evidence that the answers differ
     except Exception:
         return False
 
@@ -181,8 +207,18 @@ def verify_math(gold: str, completion: str, *, last_number: bool = True) -> Chec
     """Judge a completion's final answer against a reference answer (or a GSM8K solution).
 
     Verdicts: "correct" (reason "match"), "wrong" ("mismatch"), "unparseable" ("no answer
-    found", "parse failure", "gold parse failure"; "timeout" comes from the pool).
+    found", "parse failure", "gold parse failure", "out of memory", "too deeply nested";
+    "timeout" comes from the pool).
     """
+    try:
+        return _verify_math(gold, completion, last_number)
+    except MemoryError:
+        return Check("unparseable", OUT_OF_MEMORY, None)
+    except RecursionError:
+        return Check("unparseable", TOO_DEEP, None)
+
+
+def _verify_math(gold: str, completion: str, last_number: bool) -> Check:
     gold_text = gold_answer(gold)
     if gold_text is None:
         return Check("unparseable", GOLD_PARSE_FAILURE, None)
@@ -214,18 +250,21 @@ def warm_up() -> None:
 
 def verify_math_many(golds: list[str], completions: list[str], *, last_number: bool = True,
                      workers: int = 2, timeout: float = 10.0, progress: bool | None = None) -> list[Check]:
-    """:func:`verify_math` over many pairs in worker processes; a stuck item becomes "timeout"."""
-    from reasondistill.verify.pool import run_pool
+    """:func:`verify_math` over many pairs in worker processes (verify/checker.py); a stuck item
+    becomes "timeout"."""
+    from reasondistill.verify.checker import Verifier
 
     if len(golds) != len(completions):
         raise ValueError(f"verify_math_many: {len(golds)} golds but {len(completions)} completions")
-    items = [(g, c, last_number) for g, c in zip(golds, completions, strict=True)]
-    return run_pool(check_item, items, workers=workers, timeout=timeout, initializer=warm_up,
-                    on_failure=failure_check, progress=progress, description="math")
+    jobs = [(check_item, ((g, c, last_number),)) for g, c in zip(golds, completions, strict=True)]
+    with Verifier(timeout=timeout, workers=workers) as verifier:
+        return verifier.check_jobs(jobs, progress=progress, description="math")
 
 
 def failure_check(item: object, failure: object) -> Check:
     """Pool on_failure: cannot verify, never "wrong". Reason "timeout", or "verifier crash" /
     "verifier error" when the worker died or the check raised."""
     kind = getattr(failure, "kind", "error")
+    if kind == "error" and str(getattr(failure, "detail", "")).startswith("MemoryError"):
+        return Check("unparseable", OUT_OF_MEMORY, None)
     return Check("unparseable", TIMEOUT if kind == "timeout" else f"verifier {kind}", None)

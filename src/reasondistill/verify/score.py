@@ -86,17 +86,17 @@ def build_items(rows: list[tuple[int, dict]], path: Path, gold: str, pred: str, 
 
 
 def check_all(task: str, items: list[tuple], workers: int, timeout: float, progress: bool | None) -> list:
-    """Checks for every item: in worker processes (``workers`` >= 1) or in-process (0, no timeout)."""
+    """Checks for every item through the pipeline's verifier (verify/checker.py: worker processes
+    with a time and memory limit), or in this process without limits when ``workers`` is 0."""
     from reasondistill.verify import choice, math
+    from reasondistill.verify.checker import Verifier, run_job
 
     func = choice.check_item if task == "choice" else math.check_item
+    jobs = [(func, (item,)) for item in items]
     if workers == 0:
-        return [func(item) for item in items]
-    from reasondistill.verify.pool import run_pool
-
-    return run_pool(func, items, workers=workers, timeout=timeout, on_failure=math.failure_check,
-                    initializer=math.warm_up if task != "choice" else None, progress=progress,
-                    description=f"scoring ({task})")
+        return [run_job(job) for job in jobs]
+    with Verifier(timeout=timeout, workers=workers) as verifier:
+        return verifier.check_jobs(jobs, progress=progress, description=f"scoring ({task})")
 
 
 def verdicts_path(path: str | Path) -> Path:
