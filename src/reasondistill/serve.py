@@ -21,6 +21,8 @@ item that matches a chat-completion request decides its fate.
               slow[=S]  wait S seconds (default 5), then answer normally
               trunc     HTTP 200 whose JSON body is cut in half
               nochoices HTTP 200 with valid JSON but no ``choices``
+              nousage   HTTP 200 without ``usage`` (token counts the client must not take as 0)
+              html      HTTP 502 with an HTML error page (as a proxy in front of a server sends)
               onechoice only the first of the ``n`` choices (as servers that ignore ``n``)
               drop      close the connection without answering
     SELECTOR  @N / @N-M the N-th (to M-th) chat-completion request, counted from 1
@@ -51,13 +53,13 @@ log = logging.getLogger("reasondistill.serve")
 
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 MAX_BODY = 8 << 20
-_ITEM = re.compile(r"^(?P<kind>\d{3}(?:=[\d.]+)?|slow(?:=[\d.]+)?|trunc|nochoices|onechoice|drop)"
+_ITEM = re.compile(r"^(?P<kind>\d{3}(?:=[\d.]+)?|slow(?:=[\d.]+)?|trunc|nochoices|nousage|onechoice|html|drop)"
                    r"(?:@(?P<a>\d+)(?:-(?P<b>\d+))?|%(?P<p>[\d.]+)|~(?P<text>.+))?$")
 
 
 @dataclass
 class Failure:
-    kind: str  # "status" | "slow" | "trunc" | "nochoices" | "onechoice" | "drop"
+    kind: str  # "status" | "slow" | "trunc" | "nochoices" | "nousage" | "onechoice" | "html" | "drop"
     status: int = 0
     seconds: float = 0.0
     first: int | None = None
@@ -83,7 +85,7 @@ def parse_failures(spec: str | None) -> list[Failure]:
         m = _ITEM.match(item)
         if not m:
             raise ValueError(f"--inject-failures: cannot read {item!r}; expected KIND[@N[-M]|%P|~TEXT] "
-                             "with KIND one of NNN[=S], slow[=S], trunc, nochoices, onechoice, drop")
+                             "with KIND one of NNN[=S], slow[=S], trunc, nochoices, nousage, onechoice, html, drop")
         kind, _, arg = m["kind"].partition("=")
         f = Failure(kind="status", status=int(kind)) if kind.isdigit() else Failure(kind=kind)
         f.seconds = float(arg) if arg else (5.0 if kind == "slow" else 0.0)
@@ -230,9 +232,10 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # request line and status only, never headers
         log.info("%s %s", self.client_address[0], format % args)
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None,
+              content_type: str = "application/json") -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -285,6 +288,9 @@ class Handler(BaseHTTPRequestHandler):
             if failure.kind == "drop":
                 self.close_connection = True
                 return None
+            if failure.kind == "html":
+                return self._send(502, b"<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body>"
+                                       b"</html>", content_type="text/html")
             if failure.kind == "slow" and self.server.closing.wait(failure.seconds):
                 return None
         try:
@@ -301,6 +307,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
         if failure is not None and failure.kind == "nochoices":
             resp.pop("choices")
+        if failure is not None and failure.kind == "nousage":
+            resp.pop("usage", None)
         if failure is not None and failure.kind == "onechoice":
             resp["choices"] = resp["choices"][:1]
         body = json.dumps(resp, ensure_ascii=False).encode()

@@ -69,12 +69,13 @@ def test_zero_problems_left_after_decontamination_skip_the_student(tmp_path, tin
 
 
 def test_an_empty_test_split_skips_evaluation_and_the_report_says_so(tmp_path, tiny_model_dir):
-    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
-    train.write_text("".join(json.dumps({"question": f"{i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(4)))
-    test.write_text("")
+    # one file split by a hash of each question: with a tiny test fraction no problem lands in test
+    # (an empty *file* is an error instead: tests/faults/malformed_inputs.py)
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(4)))
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir)
     conf = yaml.safe_load(cfg.read_text())
-    conf["task"] = {"name": "file", "train_path": str(train), "test_path": str(test)}
+    conf["task"] = {"name": "file", "path": str(data), "test_fraction": 0.0001}
     cfg.write_text(yaml.safe_dump(conf))
     logs: list[str] = []
     pipe = Pipeline(load_config(cfg), log=logs.append, show_progress=False)
