@@ -201,3 +201,15 @@ def test_one_problem_id_with_two_texts_is_an_error_but_spacing_is_not(tmp_path):
     spaced = dict(R1_ROWS[0], problem="What  is 2 +\n3?")
     problems, traces = parse_file(write_r1(tmp_path / "e.json", [R1_ROWS[0], spaced]), "r1")
     assert len(problems) == 1 and [t.sample for t in traces] == [0, 1]
+
+
+@pytest.mark.parametrize("limit, kept", [(1, 0), (10_000, 3)])
+def test_length_limits_hold_for_ingested_traces_without_token_counts(tmp_path, tiny_model_dir, limit, kept):
+    """The rows carry no usage: their completions are counted with the student's tokenizer."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, max_completion_tokens=limit)
+    run = tmp_path / "run"
+    ingest(write_r1(tmp_path / "d.json"), run, "r1", config=cfg, log=lambda s: None)
+    assert all(t.completion_tokens == 0 for t in read_records(run / "generate/traces.jsonl", Trace))
+    summary = Pipeline(load_config(run / "config.yaml"), log=lambda s: None, show_progress=False).curate()
+    assert summary["kept"] == kept and summary["tokens_counted_locally"] >= 3
+    assert summary["dropped"].get("too_long", 0) == 3 - kept

@@ -212,7 +212,8 @@ class Pipeline:
                 raise ValueError(f"{traces_path}: {len(unknown)} traces name problems not in {problems_path}, "
                                  f"e.g. {unknown[0]!r}")
             with self._verifying():
-                kept, verdicts, summary, pass_rates = curate(problems, traces, self.task, self.cfg.curate)
+                kept, verdicts, summary, pass_rates = curate(problems, traces, self.task, self.cfg.curate,
+                                                             self._token_counter(counter))
             kept = apply_to_curation(kept, summary, list(problems.values()), test_path, self.cfg.curate.decontaminate,
                                      outputs[4])
             write_records(outputs[0], kept)
@@ -223,8 +224,30 @@ class Pipeline:
             if not kept:
                 self.log("       nothing to train on: students are skipped; the teacher is still evaluated")
             return summary
-        return self._stage("curate", {"curate": self.cfg.curate, "task": self.cfg.task},
-                           [problems_path, traces_path, test_path], outputs, fn, force)
+        # lengths the source did not count are counted with the (first) student's tokenizer
+        counter = (self._student_tokenizer_name(self.cfg.students[0]) if self.cfg.students
+                   else self.cfg.teacher.model) if self.cfg.curate.max_completion_tokens else None
+        conf = {"curate": self.cfg.curate, "task": self.cfg.task} | ({"count_tokens_with": counter} if counter else {})
+        return self._stage("curate", conf, [problems_path, traces_path, test_path], outputs, fn, force)
+
+    @staticmethod
+    def _token_counter(name: str | None):
+        """Counts a text's tokens with tokenizer ``name``, loaded on first use (most traces carry counts)."""
+        if name is None:
+            return None
+        loaded = []
+
+        def count(text: str) -> int:
+            if not loaded:
+                from reasondistill.models import load_tokenizer
+
+                try:
+                    loaded.append(load_tokenizer(name))
+                except OSError as exc:
+                    raise ValueError(f"curate.max_completion_tokens: some traces carry no token count, and the "
+                                     f"tokenizer {name!r} that would count them cannot be loaded ({exc})") from None
+            return len(loaded[0](text, add_special_tokens=False)["input_ids"])
+        return count
 
     def build(self, student: str | None = None, force: bool = False) -> dict[str, Any]:
         return {s.name: self._build_one(s, force) for s in self._students(student)}

@@ -13,16 +13,20 @@ tokens → exact duplicates (same problem, same text) → at most K distinct tra
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from reasondistill.curate.verdicts import MALFORMED, judge_many, verdict_counts
 from reasondistill.records import Problem, Trace, Verdict
 from reasondistill.tasks.base import Task
 
 
-def curate(problems: dict[str, Problem], traces: list[Trace], task: Task, cfg) -> tuple[
+def curate(problems: dict[str, Problem], traces: list[Trace], task: Task, cfg,
+           count_tokens: Callable[[str], int] | None = None) -> tuple[
         list[Trace], list[Verdict], dict[str, Any], list[dict[str, Any]]]:
+    """``count_tokens`` counts a completion's tokens where its source gave no count (an API answer
+    without ``usage``, ingested traces), so that ``max_completion_tokens`` holds for every source."""
     verdicts = []
+    counted = [0]
     dropped: Counter[str] = Counter()
     kept: list[Trace] = []
     seen: set[tuple[str, str]] = set()
@@ -42,7 +46,7 @@ def curate(problems: dict[str, Problem], traces: list[Trace], task: Task, cfg) -
         if cfg.require_think and (not tr.thinking or v.reason == MALFORMED):
             dropped["no_thinking"] += 1
             continue
-        if cfg.max_completion_tokens and tr.completion_tokens > cfg.max_completion_tokens:
+        if cfg.max_completion_tokens and _tokens(tr, count_tokens, counted) > cfg.max_completion_tokens:
             dropped["too_long"] += 1
             continue
         key = (tr.problem_id, tr.text.strip())
@@ -69,12 +73,27 @@ def curate(problems: dict[str, Problem], traces: list[Trace], task: Task, cfg) -
         **counts,
         "teacher_accuracy": n_correct / len(verdicts) if verdicts else float("nan"),
         "dropped": dict(dropped),
+        **({"tokens_counted_locally": counted[0]} if counted[0] else {}),
         "kept": len(kept),
         "problems": len(by_problem),
         "problems_with_a_kept_trace": len(per_problem),
         "mean_pass_rate": sum(r["pass_rate"] for r in pass_rates) / len(pass_rates) if pass_rates else float("nan"),
     }
     return kept, verdicts, summary, pass_rates
+
+
+def has_token_count(tr: Trace) -> bool:
+    return tr.completion_tokens > 0 and not (tr.usage or {}).get("missing")
+
+
+def _tokens(tr: Trace, count_tokens: Callable[[str], int] | None, counted: list[int]) -> int:
+    if has_token_count(tr) or not tr.text:
+        return tr.completion_tokens
+    if count_tokens is None:
+        raise ValueError(f"curate.max_completion_tokens: trace {tr.problem_id}#{tr.sample} has no token count "
+                         "and no tokenizer was given to count it")
+    counted[0] += 1
+    return count_tokens(tr.text)
 
 
 def kept_line(summary: dict[str, Any]) -> str:
