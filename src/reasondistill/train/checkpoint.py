@@ -20,6 +20,7 @@ from reasondistill.records import file_sha256
 
 STATE_FILE = "trainer_state.json"
 CHECKSUMS = "checksums.json"  # sha256 of every other file, written last
+OBJECTIVE_FILE = "objective.safetensors"  # an objective's own parameters (not exported to final/)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -64,7 +65,11 @@ def check_finite(named: Any, where: str, hint: str) -> None:
 
 
 def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, trainer_state: dict[str, Any],
-                    extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+                    objective: torch.nn.Module | None = None) -> None:
+    """Write everything :func:`restore_checkpoint` reads back: the model (HF format), the tokenizer,
+    the optimizer, the scheduler, the RNG, the trainer's state and, when the objective has
+    parameters of its own (feature projections), ``objective.safetensors``; then ``checksums.json``
+    over all of it. Built in ``path.tmp`` and renamed: a crash never leaves half a checkpoint."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
@@ -72,12 +77,12 @@ def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, trainer_
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    if objective is not None and objective.state_dict():
+        save_file({k: v.detach().cpu().contiguous() for k, v in objective.state_dict().items()},
+                  str(tmp / OBJECTIVE_FILE))
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    rng = {"torch_rng": torch.get_rng_state()}
-    if extra_tensors:
-        rng.update(extra_tensors)
-    save_file(rng, str(tmp / "rng.safetensors"))
+    save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta))
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
@@ -103,11 +108,24 @@ def verify_checkpoint(path: Path) -> None:
                              f"missing); delete {path} to resume from the checkpoint before it")
 
 
-def load_checkpoint(path: Path, optimizer, scheduler) -> dict[str, Any]:
-    """Restore optimizer, scheduler and RNG from ``path``; return the trainer state. The model
-    weights are loaded by the caller (``from_pretrained``/``load_state_dict``)."""
+def restore_checkpoint(path: Path, model, optimizer, scheduler, objective: torch.nn.Module | None = None,
+                       ) -> dict[str, Any]:
+    """Load what :func:`save_checkpoint` wrote into ``model`` (weights; tied heads re-tied), the
+    objective, the optimizer, the scheduler and the RNG; return the trainer's state. A checkpoint
+    that does not match its checksums, or holds NaN weights, is refused with what to do."""
     from safetensors.torch import load_file
 
+    verify_checkpoint(path)
+    weights = load_file(str(path / "model.safetensors"))
+    check_finite(weights, f"{path}/model.safetensors", "delete this checkpoint to resume from the one before")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {k for k in missing if "lm_head" in k}
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"{path}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
+    if tied:
+        model.tie_weights()
+    if objective is not None and objective.state_dict():
+        objective.load_state_dict(load_file(str(path / OBJECTIVE_FILE)))
     meta = json.loads((path / "optimizer.json").read_text())
     optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta))
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))

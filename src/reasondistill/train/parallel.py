@@ -18,7 +18,6 @@ killed parent never leaves students training behind it.
 from __future__ import annotations
 
 import csv
-import math
 import os
 import subprocess
 import sys
@@ -26,13 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def planned_steps(n_examples: int, epochs: float | None, max_steps: int | None, batch_size: int,
-                  grad_accum: int = 1, world: int = 1) -> int:
-    """Optimizer steps a run of :func:`reasondistill.train.sft.train_model` takes (same formula)."""
-    batches_per_epoch = math.ceil(n_examples / (batch_size * world))
-    steps_per_epoch = max(1, batches_per_epoch // grad_accum)
-    return max_steps or max(1, round(epochs * steps_per_epoch))
+from reasondistill.train.plan import StepPlan
 
 
 def _last_step(metrics: Path) -> int:
@@ -80,7 +73,7 @@ def _train_children(pipeline, students: list, workers: int, force: bool, token: 
             n = len(TokenizedDataset(rd / "build" / s.name / "train.safetensors"))
         except Exception:  # noqa: BLE001 - the child reports an unreadable dataset with its own error
             n = 0
-        totals[s.name] = planned_steps(n, s.train.epochs, s.train.max_steps, s.train.batch_size, s.train.grad_accum)
+        totals[s.name] = StepPlan.for_dataset(n, s.train).total_steps
     (rd / "train").mkdir(parents=True, exist_ok=True)
     queue, running, failed = list(students), {}, []
     bars = _Bars(pipeline.show_progress)

@@ -24,8 +24,9 @@ import json
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +35,10 @@ from reasondistill.attention import fast_causal_attention, pays_on_cpu
 from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches
 from reasondistill.data.packing import collate_packed, pack_indices
 from reasondistill.progress import progress_bar
-from reasondistill.train.checkpoint import (check_finite, checkpoints, load_checkpoint, prune, save_checkpoint,
-                                            verify_checkpoint)
+from reasondistill.distributed import world_size
+from reasondistill.train.checkpoint import check_finite, checkpoints, prune, restore_checkpoint, save_checkpoint
 from reasondistill.train.config import TrainConfig, resolve_mixed_precision
+from reasondistill.train.plan import StepPlan
 
 METRIC_FIELDS = ["step", "epoch", "train_loss", "val_loss", "val_objective", "lr", "grad_norm", "target_tokens",
                  "tokens_per_s", "elapsed_s"]
@@ -85,8 +87,13 @@ def loss_sum_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast when ``precision`` is "bf16" (fp32 master weights), else a no-op context."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def accumulate_gradients(model, batches: list[dict[str, torch.Tensor]], objective: Objective, accelerator,
-                         local_tokens: int) -> torch.Tensor:
+                         local_tokens: int, precision: str = "no") -> torch.Tensor:
     """Backward over micro-batches so the summed gradient is that of one big batch.
 
     Each micro-batch's loss *sum* is scaled by world_size / (target tokens across all micro-batches
@@ -103,7 +110,7 @@ def accumulate_gradients(model, batches: list[dict[str, torch.Tensor]], objectiv
     for j, batch in enumerate(batches):
         batch = to_device(batch, objective, accelerator.device)
         with nullcontext() if j == len(batches) - 1 else accelerator.no_sync(model):
-            with accelerator.autocast():
+            with autocast(accelerator.device, precision):
                 loss_sum = objective(model, batch)
             accelerator.backward(loss_sum * scale)
         total += loss_sum.detach().to(total.dtype)
@@ -126,23 +133,6 @@ def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
             continue
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-class _WithObjective:
-    """Saves the objective's state (``objective.safetensors``) beside the tokenizer, inside the
-    checkpoint's temporary directory, so it is renamed into place atomically with the rest."""
-
-    def __init__(self, tokenizer, objective):
-        self.tokenizer, self.objective = tokenizer, objective
-
-    def save_pretrained(self, path) -> None:
-        from safetensors.torch import save_file
-
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(path)
-        if self.objective is not None and self.objective.state_dict():
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.objective.state_dict().items()},
-                      str(Path(path) / "objective.safetensors"))
 
 
 class _Metrics:
@@ -187,7 +177,7 @@ class _Metrics:
 
 @torch.no_grad()
 def evaluate_loss(model, dataset: TokenizedDataset, pad_id: int, batch_size: int, accelerator,
-                  objective: Objective = cross_entropy_sum) -> float:
+                  objective: Objective = cross_entropy_sum, precision: str = "no") -> float:
     """Mean per-target-token loss over the whole dataset, across all processes."""
     if len(dataset) == 0:
         return float("nan")
@@ -199,23 +189,12 @@ def evaluate_loss(model, dataset: TokenizedDataset, pad_id: int, batch_size: int
     for i in range(0, len(mine), batch_size):
         idx = mine[i:i + batch_size]
         batch = to_device(collate(dataset, idx, pad_id), objective, accelerator.device)
-        with accelerator.autocast():
+        with autocast(accelerator.device, precision):
             total[0] += objective(model, batch).to(total.dtype)
         total[1] += dataset.target_tokens(idx)
     total = accelerator.reduce(total, reduction="sum")
     model.train(was_training)
     return (total[0] / total[1].clamp(min=1)).item()
-
-
-def _forget_other_precision(precision: str) -> None:
-    """accelerate keeps one process-wide state and refuses a second ``Accelerator`` with another
-    mixed precision; in a single (non-distributed) process, a later ``train_model`` call with another
-    precision (e.g. a bf16 student after an fp32 one) resets that state first."""
-    from accelerate.state import AcceleratorState, DistributedType
-
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision", precision) != precision and state.get("distributed_type") == DistributedType.NO:
-        AcceleratorState._reset_state()
 
 
 def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path | None, out_dir: str | Path,
@@ -225,196 +204,247 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
 
     Returns a summary: steps, final validation loss, wall time, tokens/s, parameter count.
     """
-    from accelerate import Accelerator
+    return Trainer(model, tokenizer, train_path, val_path, out_dir, cfg, seed, objective, name, show_progress).run()
 
-    out_dir = Path(out_dir)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    precision = resolve_mixed_precision(cfg.mixed_precision)
-    _forget_other_precision(precision)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
-    # FSDP / DeepSpeed shard the optimizer state (and weights), which save_checkpoint cannot write yet:
-    # no mid-run checkpoints or resuming there; final/ is still gathered and written (docs/scaling.md)
-    sharded = accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
-    if sharded and accelerator.is_main_process:
-        import warnings
 
-        warnings.warn(f"{accelerator.distributed_type.name}: no resumable checkpoints (only final/ is written)")
-    rank, world = accelerator.process_index, accelerator.num_processes
-    main = accelerator.is_main_process
-    train_ds = TokenizedDataset(train_path)
-    val_ds = TokenizedDataset(val_path) if val_path and Path(val_path).exists() else None
-    if len(train_ds) == 0:
-        raise ValueError(f"{train_path}: the training set is empty (check curate/build stats)")
-    pad_id = tokenizer.pad_token_id
-    longest = int(train_ds.lengths.max())
-    pack_tokens = (cfg.pack_tokens or cfg.batch_size * longest) if cfg.packing else None
-    if cfg.packing and not getattr(objective, "supports_packing", False):
-        kind = getattr(objective, "__name__", type(objective).__name__)
-        raise ValueError(f"train.packing: {name}'s objective ({kind}) reads per-row inputs and cannot train on "
-                         f"packed rows; set train.packing: false")
-    if pack_tokens is not None and pack_tokens < longest:
-        raise ValueError(f"{train_path}: train.pack_tokens={pack_tokens} is shorter than the longest example "
-                         f"({longest} tokens); raise it or leave it unset")
+@dataclass
+class _Window:
+    """What happened since the last log line. The loss sum stays on the device (no per-step sync)."""
+    loss: torch.Tensor
+    tokens: int = 0  # target (answer) tokens
+    all_tokens: int = 0  # every token the forward saw
+    started: float = field(default_factory=time.perf_counter)
 
-    global_batch = cfg.batch_size * world  # examples per micro-step over all processes
-    batches_per_epoch = math.ceil(len(train_ds) / global_batch)
-    steps_per_epoch = max(1, batches_per_epoch // cfg.grad_accum)
-    total_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
-    warmup = round(cfg.warmup_ratio * total_steps)
 
-    model.train()
-    # an objective that is an nn.Module (e.g. feature projections) trains beside the model, is saved in
-    # checkpoints as objective.safetensors and is not exported to final/
-    obj_module = objective.to(accelerator.device) if isinstance(objective, torch.nn.Module) else None
-    extra = [p for p in obj_module.parameters() if p.requires_grad] if obj_module is not None else []
-    groups = _param_groups(model, cfg.weight_decay) + ([{"params": extra, "weight_decay": 0.0}] if extra else [])
-    # fused: one pass over each tensor instead of ~10 (7 vs 36 ms per step for 11M parameters on CPU)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas,
-                                  fused=accelerator.device.type in ("cpu", "cuda") or None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, cfg.min_lr_ratio))
+class Trainer:
+    """One training run in named phases: set-up (accelerator, data, step plan), optimizer, resume,
+    then per step: step, log, evaluate, save; at the end, finish (``final/`` and the summary)."""
 
-    ckpt_root = out_dir / "checkpoints"
-    state = {"step": 0, "epoch": 0, "batch": 0, "elapsed_s": 0.0, "seed": seed, "total_steps": total_steps}
-    micro_batches_run = 0  # forward/backward passes of this process (since the start or the resume)
-    found = checkpoints(ckpt_root) if cfg.resume and not sharded else []
-    if found:
-        from safetensors.torch import load_file
+    def __init__(self, model, tokenizer, train_path, val_path, out_dir, cfg: TrainConfig, seed: int,
+                 objective: Objective = cross_entropy_sum, name: str = "student", show_progress: bool = True):
+        self.model, self.tokenizer, self.cfg, self.seed, self.objective = model, tokenizer, cfg, seed, objective
+        self.name, self.show_progress, self.out_dir = name, show_progress, Path(out_dir)
+        self.train_path = Path(train_path)
+        self._setup(val_path)
+        self._make_optimizer()
+        self.state = self._resume()
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
+        self.metrics = _Metrics(self.out_dir, self.state["step"], self.main)
+        self.window = _Window(torch.zeros((), dtype=loss_sum_dtype(self.device), device=self.device))
+        self.last_grad_norm, self.val_loss, self.micro_batches_run = float("nan"), float("nan"), 0
+        self.diverged = (f"training diverged and nothing was saved from it (checkpoints before it are kept): lower "
+                         f"train.lr (now {cfg.lr:g}), set train.max_grad_norm, or check the data")
 
+    # -- set-up --------------------------------------------------------------------------------
+    def _setup(self, val_path) -> None:
+        from accelerate import Accelerator
+
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.precision = resolve_mixed_precision(cfg.mixed_precision)
+        # one process: bf16 through torch.autocast (``autocast`` below), so that students with different
+        # precisions can train one after another in a process; under a launcher accelerate gets the
+        # precision too (FSDP's mixed-precision policy), one student per launch
+        distributed = world_size() > 1
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                                       mixed_precision=self.precision if distributed else "no")
+        self.device = self.accelerator.device
+        # FSDP / DeepSpeed shard the optimizer state (and weights), which save_checkpoint cannot write yet:
+        # no mid-run checkpoints or resuming there; final/ is still gathered and written (docs/scaling.md)
+        self.sharded = self.accelerator.distributed_type.name in ("FSDP", "DEEPSPEED")
+        if self.sharded and self.accelerator.is_main_process:
+            import warnings
+
+            warnings.warn(f"{self.accelerator.distributed_type.name}: no resumable checkpoints (only final/ is written)")
+        self.rank, self.world, self.main = self.accelerator.process_index, self.accelerator.num_processes, \
+            self.accelerator.is_main_process
+        self.train_ds = TokenizedDataset(self.train_path)
+        self.val_ds = TokenizedDataset(val_path) if val_path and Path(val_path).exists() else None
+        if len(self.train_ds) == 0:
+            raise ValueError(f"{self.train_path}: the training set is empty (check curate/build stats)")
+        self.pad_id = self.tokenizer.pad_token_id
+        self.pack_tokens = self._pack_tokens()
+        self.plan = StepPlan.for_dataset(len(self.train_ds), cfg, self.world)
+
+    def _pack_tokens(self) -> int | None:
+        cfg, longest = self.cfg, int(self.train_ds.lengths.max())
+        if not cfg.packing:
+            return None
+        if not getattr(self.objective, "supports_packing", False):
+            kind = getattr(self.objective, "__name__", type(self.objective).__name__)
+            raise ValueError(f"train.packing: {self.name}'s objective ({kind}) reads per-row inputs and cannot train "
+                             f"on packed rows; set train.packing: false")
+        pack_tokens = cfg.pack_tokens or cfg.batch_size * longest
+        if pack_tokens < longest:
+            raise ValueError(f"{self.train_path}: train.pack_tokens={pack_tokens} is shorter than the longest "
+                             f"example ({longest} tokens); raise it or leave it unset")
+        return pack_tokens
+
+    def _make_optimizer(self) -> None:
+        cfg = self.cfg
+        self.model.train()
+        # an objective that is an nn.Module (e.g. feature projections) trains beside the model, is saved in
+        # checkpoints as objective.safetensors and is not exported to final/
+        self.obj_module = self.objective.to(self.device) if isinstance(self.objective, torch.nn.Module) else None
+        self.extra = [p for p in self.obj_module.parameters() if p.requires_grad] if self.obj_module else []
+        groups = _param_groups(self.model, cfg.weight_decay) + (
+            [{"params": self.extra, "weight_decay": 0.0}] if self.extra else [])
+        # fused: one pass over each tensor instead of ~10 (7 vs 36 ms per step for 11M parameters on CPU)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas,
+                                           fused=self.device.type in ("cpu", "cuda") or None)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.plan.total_steps, self.plan.warmup_steps, cfg.min_lr_ratio))
+
+    def _resume(self) -> dict[str, Any]:
+        total = self.plan.total_steps
+        self.ckpt_root = self.out_dir / "checkpoints"
+        fresh = {"step": 0, "epoch": 0, "batch": 0, "elapsed_s": 0.0, "seed": self.seed, "total_steps": total}
+        found = checkpoints(self.ckpt_root) if self.cfg.resume and not self.sharded else []
+        if not found:
+            return fresh
         last = found[-1]
-        verify_checkpoint(last)
-        weights = load_file(str(last / "model.safetensors"))
-        check_finite(weights, f"{last}/model.safetensors", "delete this checkpoint to resume from the one before")
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        tied = {k for k in missing if "lm_head" in k}
-        if unexpected or set(missing) - tied:
-            raise RuntimeError(f"{last}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
-        if tied:
-            model.tie_weights()
-        if obj_module is not None and obj_module.state_dict():
-            obj_module.load_state_dict(load_file(str(last / "objective.safetensors")))
-        state = load_checkpoint(last, optimizer, scheduler)
-        if state.get("total_steps") != total_steps:
+        state = restore_checkpoint(last, self.model, self.optimizer, self.scheduler, self.obj_module)
+        if state.get("total_steps") != total:
             raise ValueError(f"{last}: checkpoint was for {state.get('total_steps')} steps, config gives "
-                             f"{total_steps}; use a fresh output directory or the same schedule")
-    model, optimizer = accelerator.prepare(model, optimizer)
-    metrics = _Metrics(out_dir, state["step"], main)
+                             f"{total}; use a fresh output directory or the same schedule")
+        return state
 
-    def micro_batches():
-        """Yield (epoch, batch-in-epoch, indices) for this process from the saved position on."""
-        epoch, b = state["epoch"], state["batch"]
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg, total = self.cfg, self.plan.total_steps
+        self.t0 = time.perf_counter() - self.state["elapsed_s"]
+        self.multiple = cfg.pad_to_multiple_of if cfg.pad_to_multiple_of != "auto" else (
+            "geometric" if self.device.type == "cpu" and self.precision == "bf16" else 1)
+        self.max_width = getattr(self.unwrapped.config, "max_position_embeddings", None)
+        fast = fast_causal_attention(self.unwrapped, enabled=cfg.attention == "auto" and self.device.type == "cpu"
+                                     and pays_on_cpu(self.unwrapped, self.precision))
+        stream = self._micro_batches()
+        bar = progress_bar(f"train {self.name}", total, self.show_progress and self.main, self.state["step"])
+        with fast as fast_on, bar as advance:
+            while self.state["step"] < total:
+                self._step(stream)
+                step = self.state["step"]
+                if step % cfg.log_every == 0 or step == total:
+                    self._log()
+                if self.val_ds is not None and (step % cfg.eval_every == 0 or step == total):
+                    self._evaluate()
+                if (step % cfg.save_every == 0 or step == total) and not self.sharded:
+                    self._save()
+                advance(1)
+            if self.val_ds is not None and math.isnan(self.val_loss):  # resumed after the last step
+                self.val_loss = evaluate_loss(self.model, self.val_ds, self.pad_id, cfg.batch_size, self.accelerator,
+                                              precision=self.precision)
+        self.metrics.close()
+        return self._finish(fast_on)
+
+    def _micro_batches(self) -> Iterator[tuple[int, int, Any]]:
+        """(epoch, batch-in-epoch, indices) for this process from the saved position on."""
+        epoch, b = self.state["epoch"], self.state["batch"]
         while True:
-            order = length_grouped_batches(train_ds.lengths, global_batch, seed, epoch, cfg.group_by_length)
+            order = length_grouped_batches(self.train_ds.lengths, self.plan.global_batch, self.seed, epoch,
+                                           self.cfg.group_by_length)
             while b < len(order):
-                mine = order[b][rank::world]
+                mine = order[b][self.rank::self.world]
                 b += 1
                 yield epoch, b, mine
             epoch, b = epoch + 1, 0
 
-    stream = micro_batches()
-    diverged = (f"training diverged and nothing was saved from it (checkpoints before it are kept): lower "
-                f"train.lr (now {cfg.lr:g}), set train.max_grad_norm, or check the data")
-    t0 = time.perf_counter() - state["elapsed_s"]
-    window_loss = torch.zeros((), dtype=loss_sum_dtype(accelerator.device), device=accelerator.device)
-    window_tokens = 0
-    window_all_tokens = 0
-    window_t = time.perf_counter()
-    last_grad_norm = float("nan")
-    val_loss = float("nan")
-    unwrapped = accelerator.unwrap_model(model)
-    multiple = cfg.pad_to_multiple_of if cfg.pad_to_multiple_of != "auto" else (
-        "geometric" if accelerator.device.type == "cpu" and precision == "bf16" else 1)
-    max_width = getattr(unwrapped.config, "max_position_embeddings", None)
-    fast_attention = fast_causal_attention(unwrapped, enabled=cfg.attention == "auto" and accelerator.device.type == "cpu"
-                                           and pays_on_cpu(unwrapped, precision))
-    with fast_attention as fast_on, progress_bar(f"train {name}", total_steps, show_progress and main, state["step"]) as advance:
-        while state["step"] < total_steps:
-            group = []
-            for _ in range(cfg.grad_accum):
-                epoch, b, idx = next(stream)
-                group.append(idx)
-                state["epoch"], state["batch"] = epoch, b
-            if pack_tokens is None:
-                batches = [collate(train_ds, idx, pad_id, multiple, max_width) for idx in group if len(idx)]
-            else:  # the step's examples, packed into rows of at most pack_tokens: one row per micro-batch
-                step_examples = [i for idx in group for i in idx]
-                rows = pack_indices(train_ds.lengths[step_examples], pack_tokens) if step_examples else []
-                batches = [collate_packed(train_ds, [[step_examples[j] for j in row]], pad_id, multiple)
-                           for row in rows]
-            local_tokens = sum(train_ds.target_tokens(idx) for idx in group if len(idx))
-            window_all_tokens += sum(int(train_ds.lengths[idx].sum()) for idx in group if len(idx))
-            if not batches and world > 1:
-                # the epoch's last global batch has fewer examples than processes and none is ours: still
-                # join DDP's gradient all-reduce, with a batch that has no target token (loss sum 0)
-                batches = [collate(train_ds, [0], pad_id)]
-                batches[0]["labels"].fill_(IGNORE_INDEX)
-            window_loss += accumulate_gradients(model, batches, objective, accelerator, local_tokens)
-            micro_batches_run += len(batches)
-            for p in extra if world > 1 else []:  # not inside DDP: average their gradients by hand
-                p.grad = accelerator.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="mean")
-            window_tokens += local_tokens
-            if cfg.max_grad_norm:
-                norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                last_grad_norm = float("nan") if norm is None else norm  # DeepSpeed clips inside, returns None
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            step = state["step"]
+    def _collate(self, group: list) -> list[dict[str, torch.Tensor]]:
+        """The step's micro-batches: length-grouped padded batches, or the step's examples packed into
+        rows of at most ``pack_tokens`` (one row per micro-batch)."""
+        ds = self.train_ds
+        if self.pack_tokens is None:
+            batches = [collate(ds, idx, self.pad_id, self.multiple, self.max_width) for idx in group if len(idx)]
+        else:
+            examples = [i for idx in group for i in idx]
+            rows = pack_indices(ds.lengths[examples], self.pack_tokens) if examples else []
+            batches = [collate_packed(ds, [[examples[j] for j in row]], self.pad_id, self.multiple) for row in rows]
+        if not batches and self.world > 1:
+            # the epoch's last global batch has fewer examples than processes and none is ours: still
+            # join DDP's gradient all-reduce, with a batch that has no target token (loss sum 0)
+            batches = [collate(ds, [0], self.pad_id)]
+            batches[0]["labels"].fill_(IGNORE_INDEX)
+        return batches
 
-            if step % cfg.log_every == 0 or step == total_steps:
-                now = time.perf_counter()
-                # the loss and token counts of all processes, not just the main one's share
-                sums = torch.tensor([window_loss.item(), window_tokens, window_all_tokens], dtype=torch.float64,
-                                    device=accelerator.device)
-                sums = accelerator.reduce(sums, reduction="sum") if world > 1 else sums
-                check_finite({"train loss": sums[0]}, f"{out_dir}: step {step}", diverged)
-                row = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                       "train_loss": round(sums[0].item() / max(1.0, sums[1].item()), 6),
-                       "lr": scheduler.get_last_lr()[0], "grad_norm": round(float(last_grad_norm), 5),
-                       "target_tokens": int(sums[1].item()),
-                       "tokens_per_s": round(sums[2].item() / max(1e-9, now - window_t), 1),
-                       "elapsed_s": round(now - t0, 2)}
-                metrics.log(row)
-                window_loss.zero_()
-                window_tokens = window_all_tokens = 0
-                window_t = time.perf_counter()
-            if val_ds is not None and (step % cfg.eval_every == 0 or step == total_steps):
-                # val_loss is always the answer-token cross-entropy, so hard and soft students compare;
-                # a soft student's own objective is logged beside it as val_objective
-                val_loss = evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator)
-                row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "val_loss": round(val_loss, 6),
-                       "elapsed_s": round(time.perf_counter() - t0, 2)}
-                if objective is not cross_entropy_sum:
-                    row["val_objective"] = round(evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator,
-                                                               objective), 6)
-                metrics.log(row)
-            if (step % cfg.save_every == 0 or step == total_steps) and not sharded:
-                state["elapsed_s"] = time.perf_counter() - t0
-                if main:
-                    check_finite(unwrapped.named_parameters(), f"{out_dir}: step {step}", diverged)
-                    save_checkpoint(ckpt_root / f"step-{step}", accelerator.unwrap_model(model),
-                                    _WithObjective(tokenizer, obj_module), optimizer, scheduler, state)
-                    prune(ckpt_root, cfg.keep_checkpoints)
-                accelerator.wait_for_everyone()
-            advance(1)
-        if val_ds is not None and math.isnan(val_loss):  # resumed after the last step
-            val_loss = evaluate_loss(model, val_ds, pad_id, cfg.batch_size, accelerator)
-    metrics.close()
-    wall = time.perf_counter() - t0
-    summary = {"name": name, "steps": state["step"], "epochs": round(state["step"] / steps_per_epoch, 3),
-               "final_val_loss": val_loss, "wall_time_s": round(wall, 2),
-               "train_examples": len(train_ds), "params": sum(p.numel() for p in model.parameters()),
-               "processes": world,
-               "attention": "reasondistill/attention.py" if fast_on else unwrapped.config._attn_implementation,
-               "pad_to_multiple_of": multiple, "pack_tokens": pack_tokens, "micro_batches": micro_batches_run,
-               "mixed_precision": precision}
-    weights = accelerator.get_state_dict(model)  # on every process: gathers FSDP / ZeRO-3 shards (DDP: a no-op)
-    if main:
-        check_finite(weights, f"{out_dir}: after step {state['step']}", diverged)
-        final = out_dir / "final"
-        accelerator.unwrap_model(model).save_pretrained(final, state_dict=weights, safe_serialization=True)
-        tokenizer.save_pretrained(final)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    accelerator.wait_for_everyone()
-    return summary
+    def _step(self, stream) -> None:
+        """One optimizer step over ``grad_accum`` micro-batches."""
+        group = []
+        for _ in range(self.cfg.grad_accum):
+            epoch, b, idx = next(stream)
+            group.append(idx)
+            self.state["epoch"], self.state["batch"] = epoch, b
+        batches = self._collate(group)
+        local_tokens = sum(self.train_ds.target_tokens(idx) for idx in group if len(idx))
+        self.window.all_tokens += sum(int(self.train_ds.lengths[idx].sum()) for idx in group if len(idx))
+        self.window.loss += accumulate_gradients(self.model, batches, self.objective, self.accelerator, local_tokens,
+                                                 self.precision)
+        self.micro_batches_run += len(batches)
+        for p in self.extra if self.world > 1 else []:  # not inside DDP: average their gradients by hand
+            p.grad = self.accelerator.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="mean")
+        self.window.tokens += local_tokens
+        if self.cfg.max_grad_norm:
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            self.last_grad_norm = float("nan") if norm is None else norm  # DeepSpeed clips inside, returns None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["step"] += 1
+
+    def _log(self) -> None:
+        step, w, now = self.state["step"], self.window, time.perf_counter()
+        # the loss and token counts of all processes, not just the main one's share
+        sums = torch.tensor([w.loss.item(), w.tokens, w.all_tokens], dtype=torch.float64, device=self.device)
+        sums = self.accelerator.reduce(sums, reduction="sum") if self.world > 1 else sums
+        check_finite({"train loss": sums[0]}, f"{self.out_dir}: step {step}", self.diverged)
+        self.metrics.log({"step": step, "epoch": round(step / self.plan.steps_per_epoch, 4),
+                          "train_loss": round(sums[0].item() / max(1.0, sums[1].item()), 6),
+                          "lr": self.scheduler.get_last_lr()[0], "grad_norm": round(float(self.last_grad_norm), 5),
+                          "target_tokens": int(sums[1].item()),
+                          "tokens_per_s": round(sums[2].item() / max(1e-9, now - w.started), 1),
+                          "elapsed_s": round(now - self.t0, 2)})
+        self.window = _Window(w.loss.zero_())
+
+    def _evaluate(self) -> None:
+        """val_loss is always the answer-token cross-entropy, so hard and soft students compare; a soft
+        student's own objective is logged beside it as val_objective."""
+        step, cfg = self.state["step"], self.cfg
+        self.val_loss = evaluate_loss(self.model, self.val_ds, self.pad_id, cfg.batch_size, self.accelerator,
+                                      precision=self.precision)
+        row = {"step": step, "epoch": round(step / self.plan.steps_per_epoch, 4), "val_loss": round(self.val_loss, 6),
+               "elapsed_s": round(time.perf_counter() - self.t0, 2)}
+        if self.objective is not cross_entropy_sum:
+            row["val_objective"] = round(evaluate_loss(self.model, self.val_ds, self.pad_id, cfg.batch_size,
+                                                       self.accelerator, self.objective, self.precision), 6)
+        self.metrics.log(row)
+
+    def _save(self) -> None:
+        step = self.state["step"]
+        self.state["elapsed_s"] = time.perf_counter() - self.t0
+        if self.main:
+            check_finite(self.unwrapped.named_parameters(), f"{self.out_dir}: step {step}", self.diverged)
+            save_checkpoint(self.ckpt_root / f"step-{step}", self.unwrapped, self.tokenizer, self.optimizer,
+                            self.scheduler, self.state, self.obj_module)
+            prune(self.ckpt_root, self.cfg.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    def _finish(self, fast_on: bool) -> dict[str, Any]:
+        state = self.state
+        summary = {"name": self.name, "steps": state["step"],
+                   "epochs": round(state["step"] / self.plan.steps_per_epoch, 3),
+                   "final_val_loss": self.val_loss, "wall_time_s": round(time.perf_counter() - self.t0, 2),
+                   "train_examples": len(self.train_ds), "params": sum(p.numel() for p in self.model.parameters()),
+                   "processes": self.world,
+                   "attention": "reasondistill/attention.py" if fast_on else self.unwrapped.config._attn_implementation,
+                   "pad_to_multiple_of": self.multiple, "pack_tokens": self.pack_tokens,
+                   "micro_batches": self.micro_batches_run, "mixed_precision": self.precision}
+        weights = self.accelerator.get_state_dict(self.model)  # every process: gathers FSDP / ZeRO-3 shards
+        if self.main:
+            check_finite(weights, f"{self.out_dir}: after step {state['step']}", self.diverged)
+            final = self.out_dir / "final"
+            self.unwrapped.save_pretrained(final, state_dict=weights, safe_serialization=True)
+            self.tokenizer.save_pretrained(final)
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.accelerator.wait_for_everyone()
+        return summary
