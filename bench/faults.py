@@ -77,20 +77,24 @@ def latest_traces(path: Path) -> tuple[dict, int]:
 # -- generate killed and resumed ----------------------------------------------------------------------
 def generate_kills(work: Path, kills: int, rng: random.Random) -> dict:
     gen = {"n": 2, "max_new_tokens": 80, "batch_size": 32}
-    ref_cfg = config(work / "ref", task={"n_train": 400}, generate=gen)
+    ref_cfg = config(work / "ref", task={"n_train": 1200}, generate=gen)
     t0 = time.perf_counter()
     cli("generate", ref_cfg)
     took = time.perf_counter() - t0
-    cfg = config(work / "killed", task={"n_train": 400}, generate=gen)
-    for _ in range(kills):  # startup (imports, model) is ~4 s: kill anywhere from before it to well after
+    cfg = config(work / "killed", task={"n_train": 1200}, generate=gen)
+    traces, grew = work / "killed/run/generate/traces.jsonl", 0
+    for _ in range(kills):  # startup (imports, model) takes ~4 s: kill anywhere from before it to well after
+        before = traces.stat().st_size if traces.exists() else 0
         proc = start("generate", cfg)
-        time.sleep(rng.uniform(1.0, max(6.0, took / 4)))
+        time.sleep(rng.uniform(2.0, max(8.0, took / 4)))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        grew += (traces.stat().st_size if traces.exists() else 0) > before  # killed while writing traces
     done = cli("generate", cfg)
     ref, _ = latest_traces(work / "ref/run/generate/traces.jsonl")
     got, lines = latest_traces(work / "killed/run/generate/traces.jsonl")
-    result = {"kills": kills, "uninterrupted_s": round(took, 1), "traces": len(ref),
+    result = {"kills": kills, "kills_after_traces_were_written": grew, "uninterrupted_s": round(took, 1),
+              "traces": len(ref),
               "lost": len(ref.keys() - got.keys()), "duplicated": lines - len(got),
               "differing": sum(ref[k]["text"] != got[k]["text"] for k in ref.keys() & got.keys()),
               "final_exit": done.returncode}
