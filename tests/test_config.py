@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pytest
 
 from reasondistill.cli import demo_config_path
@@ -47,3 +50,40 @@ def test_packing_only_for_hard_distillation():
     with pytest.raises(ConfigError, match=r"students\.\d.*hard distillation only") as err:
         load_config(demo_config_path(), ["students.student_kd.train.packing=true"])
     assert "demo.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize("override, hint", [
+    ("generate.tempreature=1", "generate.tempreature: Extra inputs are not permitted (got 1); did you mean 'temperature'?"),
+    ("students.student_kd.distill.alhpa=0.3", "did you mean 'alpha'?"),
+    ("students.0.trian.lr=1", "students.0.trian: Extra inputs are not permitted; did you mean 'train'?"),
+    ("seeed=3", "did you mean 'seed'?"),
+    ("task={name: gsm8k, path: x.jsonl, fields: {questoin: q}}", "task.fields.questoin"),
+])
+def test_misspelled_key_in_an_override_gets_a_hint(override, hint):
+    with pytest.raises(ConfigError) as err:
+        load_config(demo_config_path(), [override])
+    assert hint in str(err.value)
+    if override.startswith("task"):
+        assert "did you mean 'question'?" in str(err.value)
+
+
+def test_misspelled_key_in_a_file_gets_a_hint_and_a_stranger_none(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("teacher:\n  concurency: 4\ncurate:\n  max_per_problme: 2\n  zzzz: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    text = str(err.value)
+    assert str(f) in text
+    assert "teacher.concurency: Extra inputs are not permitted (got 4); did you mean 'concurrency'?" in text
+    assert "curate.max_per_problme: Extra inputs are not permitted (got 2); did you mean 'max_per_problem'?" in text
+    assert "curate.zzzz: Extra inputs are not permitted (got 1)\n" in text + "\n"  # nothing close: no guess
+
+
+def test_every_config_field_has_a_description():
+    from reasondistill.config import RunConfig
+    from reasondistill.config_fields import sections
+
+    missing = [f"{heading}: {key}" for heading, model in sections(RunConfig, "")
+               for key, field in model.model_fields.items() if not field.description]
+    assert missing == []
+
