@@ -2,6 +2,7 @@ import argparse
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,12 @@ def test_every_option_has_help_and_no_markup(argv, capsys):
     assert undocumented_options(text) == []
     assert "`" not in text and ":func:" not in text and ":mod:" not in text  # no RST or Markdown quoting
     assert "Why:" not in text  # no module docstring
+
+
+def test_architecture_doc_names_files_that_exist():
+    """docs/architecture.md says where to add things; the modules it names must still be there."""
+    root = Path(__file__).parents[1]
+    text = (root / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(?:src/reasondistill/)?((?:[a-z_]+/)?[a-z_]+\.py)`", text))
+    assert len(named) > 10
+    assert [p for p in sorted(named) if not (root / "src" / "reasondistill" / p).exists()] == []
