@@ -53,17 +53,21 @@ def test_packing_only_for_hard_distillation():
 
 
 @pytest.mark.parametrize("override, hint", [
-    ("generate.tempreature=1", "generate.tempreature: Extra inputs are not permitted (got 1); did you mean 'temperature'?"),
+    ("generate.tempreature=1",
+     "generate.tempreature: Extra inputs are not permitted (got 1); did you mean 'temperature'?"),
     ("students.student_kd.distill.alhpa=0.3", "did you mean 'alpha'?"),
     ("students.0.trian.lr=1", "students.0.trian: Extra inputs are not permitted; did you mean 'train'?"),
     ("seeed=3", "did you mean 'seed'?"),
     ("task={name: gsm8k, path: x.jsonl, fields: {questoin: q}}", "task.fields.questoin"),
+    ("teacher.kind=opnai", "teacher.kind: Input should be 'hf', 'openai', 'ingested' or 'vllm' (got 'opnai'); "
+                           "did you mean 'openai'?"),
+    ("task.name=gsm8", "did you mean 'gsm8k'?"),
 ])
-def test_misspelled_key_in_an_override_gets_a_hint(override, hint):
+def test_misspelled_key_or_name_in_an_override_gets_a_hint(override, hint):
     with pytest.raises(ConfigError) as err:
         load_config(demo_config_path(), [override])
     assert hint in str(err.value)
-    if override.startswith("task"):
+    if "questoin" in override:
         assert "did you mean 'question'?" in str(err.value)
 
 

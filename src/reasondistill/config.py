@@ -9,6 +9,7 @@ expected, e.g. ``train.lr: Input should be greater than 0 (got -1)``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 
 from reasondistill.config_fields import model_at
 from reasondistill.hints import did_you_mean
-from reasondistill.tasks.config import ChainedArithConfig, TaskConfig, clean_loc
+from reasondistill.tasks.config import TASK_NAMES, ChainedArithConfig, TaskConfig, clean_loc
 from reasondistill.teachers.sampling import SamplingParams
 from reasondistill.train.config import TrainConfig
 
@@ -445,18 +446,26 @@ def _unalias(obj: Any) -> Any:
 
 
 def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
-    """One line per error, naming the field; a misspelled key gets the closest field name of
-    ``root`` (default: ``RunConfig``) at that place."""
+    """One line per error, naming the field; a misspelled key, task name or choice gets the
+    closest valid name (for keys: the fields of ``root``, default ``RunConfig``, at that place)."""
     lines = [f"{source}: invalid config"]
     for e in err.errors():
         loc = ".".join(str(x) for x in clean_loc(e["loc"])) or "(top level)"
         got = f" (got {e['input']!r:.60})" if "input" in e and not isinstance(e["input"], dict) else ""
-        hint = ""
-        if e["type"] == "extra_forbidden":
-            parent = model_at(root or RunConfig, e["loc"][:-1])
-            hint = did_you_mean(str(e["loc"][-1]), parent.model_fields) if parent else ""
+        hint = _hint(e, root or RunConfig)
         lines.append(f"  {loc}: {e['msg']}{got}" + (f"; {hint}" if hint else ""))
     return "\n".join(lines)
+
+
+def _hint(e: dict[str, Any], root: type[BaseModel]) -> str:
+    if e["type"] == "extra_forbidden":
+        parent = model_at(root, e["loc"][:-1])
+        return did_you_mean(str(e["loc"][-1]), parent.model_fields) if parent else ""
+    if e["type"] == "task_name" and isinstance(e.get("input"), dict):
+        return did_you_mean(str(e["input"].get("name")), TASK_NAMES)
+    if e["type"] == "literal_error" and isinstance(e.get("input"), str):
+        return did_you_mean(e["input"], re.findall(r"'([^']*)'", e.get("ctx", {}).get("expected", "")))
+    return ""
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
