@@ -1,5 +1,8 @@
+import argparse
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +49,65 @@ def test_overrides_may_follow_options(tmp_path, capsys):
         main(["build", str(demo_config_path()), "--quiet", "--bogus"])
     with pytest.raises(SystemExit):
         main(["build", str(demo_config_path()), "--quiet", "notanoverride"])
+
+
+@pytest.mark.parametrize("argv, usage, hint", [
+    (["curate", "RUN", "--forse"], "usage: reasondistill curate ", "did you mean '--force'?"),
+    (["train", "RUN", "--studnet", "s", "train.lr=1"], "usage: reasondistill train ", "did you mean '--student'?"),
+    (["export", "RUN", "--formt", "messages"], "usage: reasondistill export ", "did you mean '--format'?"),
+    (["serve", "m", "--prot", "8000"], "usage: reasondistill serve ", "did you mean '--port'?"),
+    (["curat", "RUN"], "usage: reasondistill [-h] VERB", "did you mean 'curate'?"),
+    (["config", "shwo"], "usage: reasondistill config ", "did you mean 'show'?"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_misspelled_option_or_verb_prints_the_verbs_usage_and_a_hint(argv, usage, hint, capsys):
+    with pytest.raises(SystemExit) as ex:
+        main(argv)
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage) and hint in err
+
+
+def undocumented_options(help_text: str) -> list[str]:
+    """Entries of the argument sections of a --help text that have no help text beside or below them."""
+    lines, found, in_section = help_text.splitlines(), [], False
+    for i, line in enumerate(lines):
+        if line and not line.startswith(" "):
+            in_section = line.endswith(":") and ("arguments" in line or line == "options:")
+            continue
+        entry = re.match(r"^  (\S(?:\S| (?! ))*)(  +\S.*)?$", line)
+        if not in_section or not entry or entry.group(2):
+            continue
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if len(nxt) - len(nxt.lstrip()) <= 2 and entry.group(1) not in ("VERB", "ACTION"):
+            found.append(entry.group(1))
+    return found
+
+
+def test_undocumented_options_are_found():
+    ap = argparse.ArgumentParser(prog="x")
+    ap.add_argument("--bare")
+    ap.add_argument("--with-a-long-name-and-no-help", metavar="VALUE")
+    ap.add_argument("--fine", help="documented")
+    ap.add_argument("thing")
+    assert undocumented_options(ap.format_help()) == ["thing", "--bare BARE", "--with-a-long-name-and-no-help VALUE"]
+
+
+@pytest.mark.parametrize("argv", [[v] for v in [*STAGE_HELP, "route", "run", "demo", "config", *DELEGATED]]
+                         + [["config", "show"], ["config", "docs"], []], ids=" ".join)
+def test_every_option_has_help_and_no_markup(argv, capsys):
+    with pytest.raises(SystemExit) as ex:
+        main([*argv, "--help"])
+    assert ex.value.code == 0
+    text = capsys.readouterr().out
+    assert undocumented_options(text) == []
+    assert "`" not in text and ":func:" not in text and ":mod:" not in text  # no RST or Markdown quoting
+    assert "Why:" not in text  # no module docstring
+
+
+def test_architecture_doc_names_files_that_exist():
+    """docs/architecture.md says where to add things; the modules it names must still be there."""
+    root = Path(__file__).parents[1]
+    text = (root / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(?:src/reasondistill/)?((?:[a-z_]+/)?[a-z_]+\.py)`", text))
+    assert len(named) > 10
+    assert [p for p in sorted(named) if not (root / "src" / "reasondistill" / p).exists()] == []

@@ -9,13 +9,16 @@ expected, e.g. ``train.lr: Input should be greater than 0 (got -1)``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
-from reasondistill.tasks.config import ChainedArithConfig, TaskConfig, clean_loc
+from reasondistill.config_fields import model_at
+from reasondistill.hints import did_you_mean
+from reasondistill.tasks.config import TASK_NAMES, ChainedArithConfig, TaskConfig, clean_loc
 from reasondistill.teachers.sampling import SamplingParams
 from reasondistill.train.config import TrainConfig
 
@@ -32,9 +35,9 @@ class VLLMOptions(_Strict):
     """``teacher.vllm``: engine options of ``kind: vllm`` (keyword arguments of ``vllm.LLM``)."""
 
     tensor_parallel_size: int = Field(1, gt=0, description="GPUs the teacher is split over")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of each GPU's memory vLLM may use")
     max_model_len: int | None = Field(None, gt=0, description="context length (default: the model's)")
-    enforce_eager: bool = False
+    enforce_eager: bool = Field(False, description="no CUDA graphs (less memory, slower decoding)")
     extra: dict[str, Any] = Field(default_factory=dict, description="any other vllm.LLM keyword arguments")
 
     def engine_args(self) -> dict[str, Any]:
@@ -47,18 +50,22 @@ class TeacherConfig(_Strict):
     server (vLLM, SGLang, Ollama, DeepSeek, OpenRouter; see docs/teachers.md); ``kind: vllm`` runs
     the model in-process on vLLM's offline engine (GPUs; ``pip install vllm``)."""
 
-    kind: Literal["hf", "openai", "ingested", "vllm"] = "hf"
+    kind: Literal["hf", "openai", "ingested", "vllm"] = Field(
+        "hf", description="hf: local Hugging Face model; openai: an OpenAI-compatible server; vllm: vLLM in this "
+        "process; ingested: traces come from `reasondistill ingest`")
     model: str = Field("bundled:tiny-arith-teacher", description="local path, hub id, bundled:NAME, or API model name")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32", description="hf: the weights' dtype; auto = bfloat16 where the GPU or CPU computes it natively "
         "(AVX512-BF16/AMX), else float32. On such a CPU bfloat16 generates 1.65x faster (bench/generate_throughput.py)")
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(None, description="system prompt sent to the teacher with every problem")
     base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(None, description="openai: name of the environment variable holding the key")
-    concurrency: int = Field(8, gt=0)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(6, ge=0)
-    reasoning: Literal["auto", "field", "tags"] = "auto"
+    concurrency: int = Field(8, gt=0, description="openai: requests in flight at once")
+    timeout_s: float = Field(60.0, gt=0, description="openai: seconds per request before it is retried")
+    max_retries: int = Field(6, ge=0, description="openai: retries of a failed request (with backoff)")
+    reasoning: Literal["auto", "field", "tags"] = Field(
+        "auto", description="openai: where the thinking is: field (reasoning_content), tags (<think> in the "
+        "content) or auto (the field when the server fills it, else tags)")
     use_n: bool = Field(False, description="openai: ask for n choices in one request")
     vllm: VLLMOptions | None = Field(None, description="vllm: engine options (tensor_parallel_size, ...)")
 
@@ -101,10 +108,13 @@ class TeacherConfig(_Strict):
 
 
 class GenerateConfig(SamplingParams):
-    n: int = Field(2, gt=0)
-    temperature: float = Field(0.7, ge=0)
-    max_new_tokens: int = Field(256, gt=0)
-    batch_size: int = Field(256, gt=0)
+    n: int = Field(2, gt=0, description="traces sampled per training problem")
+    temperature: float = Field(0.7, ge=0, description="sampling temperature (0: greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: keep the smallest set of tokens "
+                         "reaching this probability")
+    max_new_tokens: int = Field(256, gt=0, description="most tokens per trace (thinking and answer)")
+    batch_size: int = Field(256, gt=0, description="hf: sequences decoded together")
+    seed: int = Field(0, description="sampling seed; each (problem, sample) draws its own stream from it")
 
 
 class DecontamConfig(_Strict):
@@ -116,10 +126,11 @@ class DecontamConfig(_Strict):
 
 
 class CurateConfig(_Strict):
-    require_correct: bool = True
+    require_correct: bool = Field(True, description="keep only traces whose answer verifies as correct")
     require_think: bool = Field(True, description="drop traces with no (or a malformed) <think> block")
-    max_completion_tokens: int | None = Field(None, gt=0)
-    dedup: bool = True
+    max_completion_tokens: int | None = Field(None, gt=0, description="drop traces longer than this many "
+                                              "tokens (null: no limit)")
+    dedup: bool = Field(True, description="drop a trace whose text repeats another of the same problem")
     max_per_problem: int | None = Field(1, gt=0, description="keep at most K distinct correct traces per problem")
     decontaminate: DecontamConfig | None = Field(default_factory=DecontamConfig,
                                                  description="null: keep training problems that overlap test ones")
@@ -136,21 +147,24 @@ class VerifyConfig(_Strict):
 
 
 class BuildConfig(_Strict):
-    think_tags: bool = True
+    think_tags: bool = Field(True, description="the target is <think>thinking</think> then the answer (false: "
+                             "thinking and answer without tags)")
     max_length: int = Field(512, gt=0, description="drop examples longer than this (tokens)")
-    val_fraction: float = Field(0.05, ge=0, lt=1)
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="share of training problems held out for "
+                                "validation loss (split by problem)")
 
 
 class ModelInit(_Strict):
     """A fresh model from a small config; the tokenizer is taken from ``tokenizer``."""
 
-    architecture: Literal["llama", "qwen2"] = "llama"
-    hidden_size: int = Field(64, gt=0)
-    num_hidden_layers: int = Field(2, gt=0)
-    num_attention_heads: int = Field(4, gt=0)
-    num_key_value_heads: int | None = Field(None, gt=0)
-    intermediate_size: int = Field(256, gt=0)
-    max_position_embeddings: int = Field(512, gt=0)
+    architecture: Literal["llama", "qwen2"] = Field("llama", description="transformers model family")
+    hidden_size: int = Field(64, gt=0, description="width of the residual stream")
+    num_hidden_layers: int = Field(2, gt=0, description="transformer blocks")
+    num_attention_heads: int = Field(4, gt=0, description="query heads per layer")
+    num_key_value_heads: int | None = Field(None, gt=0, description="key/value heads (grouped-query "
+                                            "attention); null: as many as query heads")
+    intermediate_size: int = Field(256, gt=0, description="width of the MLP")
+    max_position_embeddings: int = Field(512, gt=0, description="longest sequence the model handles")
 
     def spec(self) -> dict[str, Any]:
         d = self.model_dump()
@@ -165,8 +179,8 @@ class FeatureDistillConfig(_Strict):
     when the widths differ; ``weight`` · Σ per-token loss is added to the logit objective."""
 
     layers: list[tuple[int, int]] = Field(min_length=1, description="[[student_layer, teacher_layer], ...]")
-    loss: Literal["mse", "cosine"] = "mse"
-    weight: float = Field(1.0, gt=0)
+    loss: Literal["mse", "cosine"] = Field("mse", description="per-token distance between hidden states")
+    weight: float = Field(1.0, gt=0, description="factor of the feature loss added to the logit objective")
 
 
 class DistillConfig(_Strict):
@@ -177,17 +191,19 @@ class DistillConfig(_Strict):
     source: Literal["online", "offline_topk", "on_policy"] = Field(
         "online", description="online: teacher runs beside the student; offline_topk: top-k captured once "
         "(`reasondistill capture`); on_policy: GKD, student samples scored by the teacher")
-    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"] = "forward_kl"
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tvd"] = Field(
+        "forward_kl", description="how the student's token distribution is compared with the teacher's "
+        "(train/losses.py)")
     beta: float | None = Field(None, ge=0, le=1, description="jsd only: mixture weight of the teacher (default 0.5)")
     skew_alpha: float | None = Field(None, ge=0, le=1, description="skew_*_kl only: weight of the skewed-in "
                                      "distribution (default 0.1)")
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, description="softmax temperature T of both distributions")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the divergence; 1 − alpha weighs CE on the labels")
     top_k: int | None = Field(None, gt=0, description="offline_topk: log-probs kept per answer token")
     chunk_size: int | None = Field(16, gt=0, description="token rows per loss chunk (bounded memory); None = all")
     lambda_on_policy: float | None = Field(None, ge=0, le=1, description="on_policy only: share of batches "
                                            "replaced by the student's own samples (GKD lambda, default 0.5)")
-    features: FeatureDistillConfig | None = None
+    features: FeatureDistillConfig | None = Field(None, description="hidden-state matching (null: none)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DistillConfig":
@@ -213,17 +229,20 @@ class DistillConfig(_Strict):
 
 
 class StudentConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    target: Literal["traces", "answers_only"] = "traces"
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the student's name: its directories and "
+                      "report rows")
+    target: Literal["traces", "answers_only"] = Field("traces", description="what it learns to write: the "
+                                                      "teacher's traces, or the final answers alone")
     model: str | None = Field(None, description="pretrained student: local path or hub id")
     init: ModelInit | None = Field(None, description="or a freshly initialised student")
     tokenizer: str | None = Field(None, description="tokenizer for an init student (default: the teacher's)")
-    seed: int | None = None
+    seed: int | None = Field(None, description="training seed (null: the run's seed)")
     attn_implementation: str | None = Field(
         None, description="the student's attention kernel (transformers' attn_implementation), e.g. "
                           "flash_attention_2 on GPUs, which trains train.packing's rows without padding; None: "
                           "transformers' default (sdpa; on CPU train.attention: auto replaces it while training)")
-    train: TrainConfig = TrainConfig()
+    train: TrainConfig = Field(TrainConfig(), description="optimisation: epochs, batch size, learning rate, "
+                               "checkpoints")
     distill: DistillConfig | None = Field(None, description="soft distillation (None: hard, traces only)")
 
     @model_validator(mode="after")
@@ -240,31 +259,35 @@ class OODConfig(_Strict):
     """An out-of-distribution test split: harder levels of the same task that training never saw
     (``min_ops`` must exceed ``task.max_ops``); evaluated greedily, reported as ``ood``."""
 
-    min_ops: int = Field(gt=0)
-    max_ops: int = Field(gt=0)
-    n: int = Field(100, gt=0)
+    min_ops: int = Field(gt=0, description="fewest operations of an OOD problem (above task.max_ops)")
+    max_ops: int = Field(gt=0, description="most operations of an OOD problem")
+    n: int = Field(100, gt=0, description="OOD problems evaluated")
 
 
 class RouterConfig(_Strict):
     """Student-first cascade: the student votes over ``k`` samples; below ``threshold`` agreement
     the problem goes to the teacher (evaluate/router.py)."""
 
-    k: int = Field(4, gt=0)
-    thresholds: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [i / 10 for i in range(11)])
+    k: int = Field(4, gt=0, description="student samples per problem")
+    thresholds: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [i / 10 for i in range(11)], description="vote-agreement thresholds below "
+        "which the problem goes to the teacher (one point of the curve each)")
 
 
 class EvaluateConfig(_Strict):
-    batch_size: int = Field(200, gt=0)
-    max_new_tokens: int = Field(256, gt=0)
+    batch_size: int = Field(200, gt=0, description="sequences decoded together")
+    max_new_tokens: int = Field(256, gt=0, description="most tokens per answer (thinking included)")
     teacher: bool = Field(True, description="evaluate the teacher beside the students")
     samples: int = Field(0, ge=0, description="samples per problem for pass@k/maj@k/avg@n (0: greedy only)")
     temperature: float = Field(0.7, gt=0, description="sampling temperature of the sampled evaluation")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the sampled evaluation")
     k: list[int] = Field(default_factory=lambda: [1], description="k of pass@k and maj@k (each <= samples)")
-    seed: int = 0
-    ood: OODConfig | None = None
+    seed: int = Field(0, description="seed of the sampled evaluation")
+    ood: OODConfig | None = Field(None, description="an out-of-distribution test split (chained_arith only; "
+                                  "null: none)")
     budgets: list[int] = Field(default_factory=list, description="thinking budgets (tokens) for budget forcing")
-    router: RouterConfig | None = None
+    router: RouterConfig | None = Field(None, description="student-first cascade settings of "
+                                        "`reasondistill route` (null: its defaults)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "EvaluateConfig":
@@ -278,18 +301,22 @@ class EvaluateConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    run_dir: str = "runs/demo"
-    seed: int = 0
-    task: TaskConfig = ChainedArithConfig()
-    teacher: TeacherConfig = TeacherConfig()
-    generate: GenerateConfig = GenerateConfig()
-    curate: CurateConfig = CurateConfig()
-    build: BuildConfig = BuildConfig()
-    students: list[StudentConfig] = Field(default_factory=list)
+    run_dir: str = Field("runs/demo", description="the run directory every stage reads and writes")
+    seed: int = Field(0, description="seed of problem selection, splits and (unless a student sets its own) "
+                      "training")
+    task: TaskConfig = Field(ChainedArithConfig(), description="which problems, from where (docs/tasks.md)")
+    teacher: TeacherConfig = Field(TeacherConfig(), description="the model whose reasoning is distilled "
+                                   "(docs/teachers.md)")
+    generate: GenerateConfig = Field(GenerateConfig(), description="sampling of the teacher's traces")
+    curate: CurateConfig = Field(CurateConfig(), description="which traces are kept for training")
+    build: BuildConfig = Field(BuildConfig(), description="turning traces into tokenised training examples")
+    students: list[StudentConfig] = Field(default_factory=list, description="the students to train, each "
+                                          "with its own model, target and training settings")
     train_workers: int = Field(1, ge=1, description="students trained at once, each in its own process "
                                "(train/parallel.py); each uses its own train.threads")
-    evaluate: EvaluateConfig = EvaluateConfig()
-    verify: VerifyConfig = VerifyConfig()
+    evaluate: EvaluateConfig = Field(EvaluateConfig(), description="held-out evaluation of the teacher "
+                                     "and the students")
+    verify: VerifyConfig = Field(VerifyConfig(), description="time and memory limits of answer checking")
 
     @model_validator(mode="after")
     def _unique(self) -> "RunConfig":
@@ -418,13 +445,27 @@ def _unalias(obj: Any) -> Any:
     return obj
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
+    """One line per error, naming the field; a misspelled key, task name or choice gets the
+    closest valid name (for keys: the fields of ``root``, default ``RunConfig``, at that place)."""
     lines = [f"{source}: invalid config"]
     for e in err.errors():
         loc = ".".join(str(x) for x in clean_loc(e["loc"])) or "(top level)"
         got = f" (got {e['input']!r:.60})" if "input" in e and not isinstance(e["input"], dict) else ""
-        lines.append(f"  {loc}: {e['msg']}{got}")
+        hint = _hint(e, root or RunConfig)
+        lines.append(f"  {loc}: {e['msg']}{got}" + (f"; {hint}" if hint else ""))
     return "\n".join(lines)
+
+
+def _hint(e: dict[str, Any], root: type[BaseModel]) -> str:
+    if e["type"] == "extra_forbidden":
+        parent = model_at(root, e["loc"][:-1])
+        return did_you_mean(str(e["loc"][-1]), parent.model_fields) if parent else ""
+    if e["type"] == "task_name" and isinstance(e.get("input"), dict):
+        return did_you_mean(str(e["input"].get("name")), TASK_NAMES)
+    if e["type"] == "literal_error" and isinstance(e.get("input"), str):
+        return did_you_mean(e["input"], re.findall(r"'([^']*)'", e.get("ctx", {}).get("expected", "")))
+    return ""
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

@@ -21,7 +21,6 @@ Tests: ``pytest tests/test_export.py``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -101,10 +100,13 @@ def check_rows(rows: Iterable[dict[str, Any]], fmt: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="reasondistill export", description="Write a run's curated traces as a "
-                                 "TRL dataset (JSON lines): conversational messages or prompt-completion.")
+    from reasondistill.hints import HintingParser
+
+    ap = HintingParser(prog="reasondistill export", description="Write a run's curated traces as a TRL "
+                       "dataset (JSON lines): conversational messages or prompt-completion.")
     ap.add_argument("run_dir", help="a run directory that has been curated")
-    ap.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+    ap.add_argument("--format", required=True, choices=FORMATS, dest="fmt",
+                    help="messages: one 'messages' list per row; prompt_completion: 'prompt' and 'completion'")
     ap.add_argument("--out", help="output file (default: RUN_DIR/export/<student or target>.<format>.jsonl)")
     ap.add_argument("--student", help="use this student's target (traces or answers_only)")
     ap.add_argument("--target", choices=TARGETS, help="without --student: what the assistant says (default: traces)")

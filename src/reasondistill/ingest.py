@@ -253,9 +253,11 @@ def ingested_generate(pipe, force: bool = False) -> dict[str, Any]:
 
 # -- command line ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reasondistill ingest", description="Turn a file of existing reasoning "
-                                "traces into a run directory's problems and traces (no teacher needed); then "
-                                "run curate, build, train on it.")
+    from reasondistill.hints import HintingParser
+
+    p = HintingParser(prog="reasondistill ingest", description="Turn a file of existing reasoning traces into "
+                      "a run directory's problems and traces (no teacher needed); then run curate, build, "
+                      "train on it.")
     p.add_argument("file", help="a JSON array or JSON-lines file of traces")
     p.add_argument("run_dir", help="the run directory to write (created if missing)")
     p.add_argument("--format", required=True, choices=FORMATS, dest="fmt",

@@ -36,7 +36,6 @@ item that matches a chat-completion request decides its fate.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -345,10 +344,13 @@ def make_server(model: str | Any, tokenizer: Any = None, *, host: str = "127.0.0
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    ap = argparse.ArgumentParser(prog="reasondistill serve", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from reasondistill.hints import HintingParser
+
+    ap = HintingParser(prog="reasondistill serve", description="Serve a local Hugging Face model over an "
+                       "OpenAI-compatible HTTP API (GET /v1/models, POST /v1/chat/completions, GET /health), "
+                       "so the API teacher path runs offline; --inject-failures makes it misbehave on purpose.")
     ap.add_argument("model", help="local path, hub name or bundled:NAME")
-    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     ap.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     ap.add_argument("--served-model-name", default=None, help="the model id clients send (default: MODEL)")
     ap.add_argument("--reasoning-field", action="store_true", help="return the <think> part in a separate "
@@ -356,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reasoning-field-name", default="reasoning_content", choices=REASONING_FIELDS,
                     help="that field's name: reasoning_content (vLLM, DeepSeek) or reasoning (Ollama, OpenRouter)")
     ap.add_argument("--inject-failures", metavar="SPEC", default=None,
-                    help="for tests: e.g. '429@1,500@2-3,slow=3@4,trunc@5,drop@6,503~TEXT,500%%0.1'")
+                    help="for tests: fail requests on purpose, e.g. 429@1,trunc@5,500%%0.1 (the first request "
+                    "gets HTTP 429, the fifth a cut-off body, each one HTTP 500 with probability 0.1; all kinds "
+                    "and selectors: docs/teachers.md)")
     ap.add_argument("--api-key-env", default=None, metavar="VAR",
                     help="require 'Authorization: Bearer $VAR' (the key is read from this variable)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],

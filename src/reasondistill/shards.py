@@ -194,11 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     from reasondistill.errors import run_verb
     from reasondistill.pipeline import Pipeline
 
-    ap = argparse.ArgumentParser(prog="reasondistill merge", description="Merge the trace shards written by "
-                                 "`reasondistill generate RUN --shard I/N` (on this or other machines) into "
-                                 "generate/traces.jsonl; exit status 1 while shards are missing.")
+    from reasondistill.hints import HintingParser
+
+    ap = HintingParser(prog="reasondistill merge", description="Merge the trace shards written by "
+                       "'reasondistill generate RUN --shard I/N' (on this or other machines) into "
+                       "generate/traces.jsonl; exit status 1 while shards are missing.")
     ap.add_argument("target", help="the run directory (or its config YAML)")
-    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. generate.n=4")
     ap.add_argument("--from", dest="sources", action="append", default=[], type=Path, metavar="DIR",
                     help="also take shards from DIR: another run directory or a directory of shard files "
                          "(repeatable); later sources win over earlier ones")

@@ -12,7 +12,6 @@ and, when the runs have them, ``budget.png`` and ``router.png``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -148,9 +147,13 @@ def render_html(result: dict[str, Any], out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="reasondistill compare", description=__doc__.split("\n\n")[1])
+    from reasondistill.hints import HintingParser
+
+    ap = HintingParser(prog="reasondistill compare", description="Put several runs' models in one table and "
+                       "one set of plots: writes compare.json, compare.md, compare.html and the PNGs to DIR. "
+                       "Each RUN needs a report.json (reasondistill report RUN writes it).")
     ap.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each with report.json)")
-    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
     args = ap.parse_args(argv)
     from reasondistill.errors import run_verb
 

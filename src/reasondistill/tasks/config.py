@@ -44,9 +44,9 @@ class _TaskBase(_Strict):
 
 
 class ChainedArithConfig(_TaskBase):
-    name: Literal["chained_arith"] = "chained_arith"
-    min_ops: int = Field(3, ge=1)
-    max_ops: int = Field(5, ge=1)
+    name: Literal["chained_arith"] = Field("chained_arith", description="generated chained modular arithmetic")
+    min_ops: int = Field(3, ge=1, description="fewest operations per problem")
+    max_ops: int = Field(5, ge=1, description="most operations per problem")
     n_train: int = Field(5000, gt=0, description="training problems given to the teacher")
     n_test: int = Field(400, gt=0, description="held-out problems for evaluation")
 
@@ -57,57 +57,58 @@ class ChainedArithConfig(_TaskBase):
 
 # -- field mappings: which field of a row holds what (defaults follow the public datasets) ----------
 class FileFields(_Strict):
-    question: str = "question"
-    answer: str = "answer"
-    solution: str | None = None
-    id: str | None = None
-    difficulty: str | None = None
+    question: str = Field("question", description="the field holding the question")
+    answer: str = Field("answer", description="the field holding the reference answer")
+    solution: str | None = Field(None, description="a worked solution (optional)")
+    id: str | None = Field(None, description="a stable problem id (default: a hash of the question)")
+    difficulty: str | None = Field(None, description="a number used to report accuracy by difficulty")
 
 
 class GSM8KFields(_Strict):
-    question: str = "question"
+    question: str = Field("question", description="the field holding the question")
     answer: str = Field("answer", description="the solution text ending in '#### <number>'")
-    id: str | None = None
+    id: str | None = Field(None, description="a stable problem id (default: a hash of the question)")
 
 
 class MathFields(_Strict):
-    question: str = "problem"
+    question: str = Field("problem", description="the field holding the problem")
     solution: str = Field("solution", description="worked solution with the answer in \\boxed{}")
     answer: str | None = Field("answer", description="the final answer; if a row lacks it, the last \\boxed{}")
-    level: str | None = "level"
-    subject: str | None = "subject"
-    id: str | None = "unique_id"
+    level: str | None = Field("level", description="'Level 3' or 3: the difficulty")
+    subject: str | None = Field("subject", description="kept as metadata")
+    id: str | None = Field("unique_id", description="a stable problem id")
 
 
 class ChoiceFields(_Strict):
-    question: str = "question"
+    question: str = Field("question", description="the field holding the question")
     choices: str | list[str] = Field("choices", description="a field holding the options (a list, or a JSON "
                                      "list in a string), or a list of fields, one option each")
     answer: str = Field("answer", description="the reference: a letter, a 0-based index or an option's text")
-    subject: str | None = None
-    id: str | None = None
+    subject: str | None = Field(None, description="kept as metadata")
+    id: str | None = Field(None, description="a stable problem id (default: a hash of the question)")
 
 
 class CodeFields(_Strict):
     prompt: str = Field("prompt", description="HumanEval: the signature and docstring; MBPP: 'text'")
     tests: str = Field("test", description="HumanEval 'test' (def check) or MBPP 'test_list' (asserts)")
-    entry_point: str | None = "entry_point"
+    entry_point: str | None = Field("entry_point", description="the function the tests call")
     solution: str | None = Field("canonical_solution", description="a reference solution (optional)")
     setup: str | None = Field(None, description="MBPP 'test_setup_code'")
-    id: str | None = "task_id"
+    id: str | None = Field("task_id", description="a stable problem id")
 
 
 class _FileTask(_TaskBase):
     """Where the rows come from: one file (hash split) or separate train/test files; or a dataset."""
 
     path: str | None = Field(None, description="one file or datasets directory, split by a hash of the question")
-    train_path: str | None = None
-    test_path: str | None = None
+    train_path: str | None = Field(None, description="a file of training problems (with test_path)")
+    test_path: str | None = Field(None, description="a file of test problems (with train_path)")
     hf_id: str | None = Field(None, description="a Hugging Face hub dataset id (needs the network)")
     hf_config: str | None = Field(None, description="the dataset's config (subset) name, e.g. 'main'")
     train_split: str = Field("train", description="split name inside a datasets directory or hub dataset")
-    test_split: str = "test"
-    format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf"] = "auto"
+    test_split: str = Field("test", description="the test split's name inside a datasets directory or hub dataset")
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf"] = Field(
+        "auto", description="the files' format (auto: from the file name)")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="share of a single file that is the test split")
     template: str = Field("{question}", description="the prompt; {question} is the rendered question")
     skip_bad_rows: bool = Field(False, description="skip (and count) malformed rows instead of failing")
@@ -132,31 +133,32 @@ class _FileTask(_TaskBase):
 class FileTaskConfig(_FileTask):
     """Any question/answer file; answers are checked as math (``verify_math``) or exactly."""
 
-    name: Literal["file"] = "file"
-    fields: FileFields = FileFields()
-    verifier: Literal["math", "exact"] = "math"
+    name: Literal["file"] = Field("file", description="any question/answer file")
+    fields: FileFields = Field(FileFields(), description="which field of a row holds what")
+    verifier: Literal["math", "exact"] = Field("math", description="math: equivalent answers are correct "
+                                               "(math-verify); exact: the same text after trimming")
 
 
 class GSM8KConfig(_FileTask):
-    name: Literal["gsm8k"] = "gsm8k"
-    fields: GSM8KFields = GSM8KFields()
+    name: Literal["gsm8k"] = Field("gsm8k", description="grade-school math word problems, numeric answers")
+    fields: GSM8KFields = Field(GSM8KFields(), description="which field of a row holds what")
 
 
 class MathConfig(_FileTask):
-    name: Literal["math"] = "math"
-    fields: MathFields = MathFields()
+    name: Literal["math"] = Field("math", description="competition math (MATH, MATH-500), \\boxed{} answers")
+    fields: MathFields = Field(MathFields(), description="which field of a row holds what")
 
 
 class ChoiceConfig(_FileTask):
-    name: Literal["choice"] = "choice"
-    fields: ChoiceFields = ChoiceFields()
+    name: Literal["choice"] = Field("choice", description="multiple choice; the answer is an option's letter")
+    fields: ChoiceFields = Field(ChoiceFields(), description="which field of a row holds what")
 
 
 class CodeConfig(_FileTask):
-    name: Literal["code"] = "code"
-    fields: CodeFields = CodeFields()
+    name: Literal["code"] = Field("code", description="Python functions checked by running tests in a sandbox")
+    fields: CodeFields = Field(CodeFields(), description="which field of a row holds what")
     wall_seconds: float = Field(10.0, gt=0, description="sandbox wall-clock limit per check")
-    memory_mb: int = Field(1024, gt=0)
+    memory_mb: int = Field(1024, gt=0, description="sandbox memory limit per check")
 
 
 def _tag(value: Any) -> str | None:
@@ -181,7 +183,8 @@ class MixtureSource(_Strict):
     label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="default: the task name")
     ratio: float = Field(1.0, gt=0, description="share of the mixture (ratios are normalised)")
     cap: int | None = Field(None, gt=0, description="at most this many problems from this source per split")
-    task: SourceTask
+    task: SourceTask = Field(description="the source's task section; in YAML its keys sit beside label, ratio "
+                             "and cap")
 
     @model_validator(mode="before")
     @classmethod
@@ -210,11 +213,12 @@ class MixtureSource(_Strict):
 
 
 class MixtureConfig(_TaskBase):
-    name: Literal["mixture"] = "mixture"
-    sources: list[MixtureSource] = Field(min_length=1)
+    name: Literal["mixture"] = Field("mixture", description="several sources mixed by ratio")
+    sources: list[MixtureSource] = Field(min_length=1, description="the sources: each a task section plus "
+                                         "label, ratio and cap")
     n_train: int | None = Field(None, gt=0, description="problems in the training mixture (None: as many as "
                                 "the ratios allow given each source's size and cap)")
-    n_test: int | None = Field(None, gt=0)
+    n_test: int | None = Field(None, gt=0, description="problems in the test mixture (None: as the ratios allow)")
 
     @model_validator(mode="after")
     def _unique(self) -> "MixtureConfig":

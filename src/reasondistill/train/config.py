@@ -15,14 +15,14 @@ class TrainConfig(BaseModel):
     epochs: float | None = Field(3.0, gt=0, description="passes over the training set (or use max_steps)")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs when set")
     batch_size: int = Field(64, gt=0, description="examples per micro-batch per process")
-    grad_accum: int = Field(1, gt=0)
-    lr: float = Field(1e-3, gt=0)
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW, cosine schedule)")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.98)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    group_by_length: bool = True
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of the steps with linear warm-up")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping norm (null: no clipping)")
+    group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
     mixed_precision: Literal["no", "bf16", "auto"] = Field(
         "no", description="bf16: autocast matmuls to bf16 (fp32 master weights); auto: bf16 where the hardware "
                           "runs it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else no")
@@ -43,11 +43,11 @@ class TrainConfig(BaseModel):
         None, gt=0, description="packing: tokens per row (one row per micro-batch); None: batch_size x the longest "
                                 "example, the most a padded micro-batch could hold (so no more memory)")
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None keeps torch's default")
-    log_every: int = Field(10, gt=0)
-    eval_every: int = Field(200, gt=0)
-    save_every: int = Field(500, gt=0)
-    keep_checkpoints: int = Field(2, gt=0)
-    resume: bool = True
+    log_every: int = Field(10, gt=0, description="steps between log lines (metrics.csv)")
+    eval_every: int = Field(200, gt=0, description="steps between validation losses")
+    save_every: int = Field(500, gt=0, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, gt=0, description="checkpoints kept (older ones are deleted)")
+    resume: bool = Field(True, description="continue from the last checkpoint when there is one")
 
     @model_validator(mode="after")
     def _length(self) -> "TrainConfig":

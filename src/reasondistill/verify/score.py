@@ -129,19 +129,21 @@ def score_file(path: str | Path, gold: str, pred: str, *, task: str = "math", op
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reasondistill score", description="Score model outputs against "
-                                "reference answers; writes <stem>.verdicts.jsonl beside FILE.")
+    from reasondistill.hints import HintingParser
+
+    p = HintingParser(prog="reasondistill score", description="Score model outputs against reference "
+                      "answers; writes <stem>.verdicts.jsonl beside FILE.")
     p.add_argument("file", metavar="FILE", help="JSON array or JSON-lines file of model outputs")
     p.add_argument("--gold", required=True, metavar="FIELD", help="field with the reference answer")
     p.add_argument("--pred", required=True, metavar="FIELD", help="field with the model output")
-    p.add_argument("--task", choices=TASKS, default="math")
+    p.add_argument("--task", choices=TASKS, default="math", help="how answers are compared (default: math)")
     p.add_argument("--options", metavar="FIELD", help="choice: field with the list of options")
     p.add_argument("--last-number", action=argparse.BooleanOptionalAction, default=None,
                    help="fall back to the last number in the output (default: on for gsm8k only)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="verifier processes; 0 = in this process, without time limits")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per item before it counts as 'timeout'")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
