@@ -87,25 +87,6 @@ class TeacherConfig(_Strict):
             data.pop("vllm", None)
         return data
 
-    def make(self):
-        """The teacher object this config describes."""
-        if self.kind == "ingested":
-            raise ValueError("teacher.kind 'ingested': the traces come from `reasondistill ingest FILE RUN_DIR`, "
-                             "there is no teacher to sample")
-        if self.kind == "openai":
-            from reasondistill.teachers.openai_api import OpenAITeacher
-
-            return OpenAITeacher(self.base_url, self.model, api_key_env=self.api_key_env,
-                                 concurrency=self.concurrency, timeout_s=self.timeout_s,
-                                 max_retries=self.max_retries, reasoning=self.reasoning, use_n=self.use_n)
-        if self.kind == "vllm":  # raises a clear error when vllm is not installed
-            from reasondistill.teachers.vllm_backend import VLLMTeacher
-
-            return VLLMTeacher(self.model, self.dtype, **(self.vllm or VLLMOptions()).engine_args())
-        from reasondistill.teachers.hf import HFTeacher
-
-        return HFTeacher(self.model, self.dtype)
-
 
 class GenerateConfig(SamplingParams):
     n: int = Field(2, gt=0, description="traces sampled per training problem")

@@ -22,6 +22,7 @@ from reasondistill.records import (JsonlWriter, Problem, Trace, read_records, re
 from reasondistill.rundir import RunDir
 from reasondistill.tasks.base import load_task
 from reasondistill.tasks.strategy import record_system_prompt, sample_by_system_prompt
+from reasondistill.teachers.factory import make_teacher
 
 STAGES = ("generate", "curate", "build", "capture", "train", "evaluate", "report")
 
@@ -163,7 +164,7 @@ class Pipeline:
                 self.log(f"       resuming: {resumed} traces already written, {len(todo)} problems to go")
             written = 0
             if todo:
-                teacher = self.cfg.teacher.make()
+                teacher = make_teacher(self.cfg.teacher)
                 with JsonlWriter(out) as writer, progress_bar("generate", len(todo), self.show_progress) as bar:
                     for system, batch in sample_by_system_prompt(teacher, todo, self.cfg.generate,
                                                                  self.cfg.teacher.system_prompt):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from reasondistill.config import ConfigError, RunConfig, TeacherConfig, load_config
+from reasondistill.teachers.factory import make_teacher
 from reasondistill.teachers.sampling import SamplingParams
 from reasondistill.teachers.vllm_backend import (VLLMUnavailable, request_output_to_traces, request_seed,
                                                  sampling_kwargs)
@@ -64,7 +65,7 @@ def test_config_validates_and_fingerprints_old_configs_as_before(tmp_path):
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here")
 def test_make_without_vllm_says_how_to_get_it(tmp_path):
     with pytest.raises(VLLMUnavailable, match=r"pip install vllm; needs a GPU"):
-        TeacherConfig(kind="vllm", model="some/model").make()
+        make_teacher(TeacherConfig(kind="vllm", model="some/model"))
     assert issubclass(VLLMUnavailable, ConfigError)  # so the CLI reports it as `error: ...`, exit status 2
 
     from reasondistill.pipeline import Pipeline
