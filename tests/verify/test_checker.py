@@ -42,7 +42,7 @@ def test_math_goes_to_the_pool_and_a_hang_is_a_timeout_not_wrong(arith):
 def test_tasks_say_which_checks_can_hang(tmp_path, arith):
     from reasondistill.tasks.adapters import GSM8K, CodeTask, MultipleChoice
     from reasondistill.tasks.filetask import FileTask
-    from reasondistill.tasks.mixture import Mixture
+    from reasondistill.tasks.base import load_task
 
     f = tmp_path / "qa.jsonl"
     f.write_text('{"question": "1+1?", "answer": "2"}\n')
@@ -53,8 +53,8 @@ def test_tasks_say_which_checks_can_hang(tmp_path, arith):
     assert FileTask(path=str(f), verifier="exact").check_job(p, "2") is None
     assert CodeTask(path=str(f)).check_job(p, "") is None  # the sandbox has its own limits
     assert getattr(arith, "check_job", None) is None
-    mix = Mixture([{"label": "a", "spec": {"name": "chained_arith"}},
-                   {"label": "g", "spec": {"name": "gsm8k", "path": str(f)}}])
+    mix = load_task({"name": "mixture", "sources": [{"label": "a", "spec": {"name": "chained_arith"}},
+                                                    {"label": "g", "spec": {"name": "gsm8k", "path": str(f)}}]})
     assert mix.check_job(Problem(id="g:1", task="g", prompt="q", answer="2", meta={"source": "g"}), "2")
     assert mix.check_job(Problem(id="a:1", task="a", prompt="q", answer="2", meta={"source": "a"}), "2") is None
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from reasondistill.verify.math import (GOLD_PARSE_FAILURE, MATCH, MISMATCH, NO_ANSWER, PARSE_FAILURE,
-                                       TIMEOUT, extract_answer, gold_answer, last_boxed, verify_math,
-                                       verify_math_many)
+from reasondistill.checks import TIMEOUT
+from reasondistill.verify.checker import verify_math_many
+from reasondistill.verify.math import (GOLD_PARSE_FAILURE, MATCH, MISMATCH, NO_ANSWER, PARSE_FAILURE, extract_answer,
+                                       gold_answer, last_boxed, verify_math)
 
 GSM8K = (Path(__file__).resolve().parents[2] / "../shared/data/gsm8k").resolve()
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from reasondistill.curate.verdicts import MALFORMED, judge_many, verdict_counts
 from reasondistill.records import Problem, Trace, Verdict
-from reasondistill.tasks.base import Task
+from reasondistill.checks import Task
 
 
 def curate(problems: dict[str, Problem], traces: list[Trace], task: Task, cfg,

@@ -15,10 +15,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from reasondistill.records import Problem, Verdict
-from reasondistill.tasks.base import Task
+from reasondistill.checks import Task
 from reasondistill.thinking import split_thinking
 from reasondistill.verify.checker import check_answers
-from reasondistill.verify.math import TIMEOUT
+from reasondistill.checks import TIMEOUT
 
 MALFORMED = "malformed <think> block"
 MAX_REASONS = 20  # unparseable reasons listed in a summary; the rest are counted as "other"

@@ -17,7 +17,7 @@ from typing import Any
 from reasondistill.curate.verdicts import judge_many, verdict_counts
 from reasondistill.data.build import render_prompts
 from reasondistill.records import Problem, write_json, write_records
-from reasondistill.tasks.base import Task
+from reasondistill.checks import Task
 from reasondistill.teachers.sampling import SamplingParams, generate_completions
 from reasondistill.thinking import split_thinking
 

@@ -30,7 +30,7 @@ import torch
 from reasondistill.evaluate.metrics import with_ci
 from reasondistill.evaluate.sampled import completion_rows, load, provenance
 from reasondistill.records import Problem, write_json
-from reasondistill.tasks.base import Task
+from reasondistill.checks import Task
 from reasondistill.teachers.sampling import SamplingParams, generate_completions
 from reasondistill.thinking import CLOSE, OPEN
 

@@ -29,7 +29,7 @@ from reasondistill.evaluate.failures import annotate, breakdown, falloff
 from reasondistill.evaluate.metrics import (answer_agreement, expected_calibration_error, normalized_edit_distance,
                                             plot_reliability, reliability_bins, rouge_l, rows_by_problem, with_ci)
 from reasondistill.records import Problem, write_json
-from reasondistill.tasks.base import Task
+from reasondistill.checks import Task
 from reasondistill.thinking import split_thinking
 
 

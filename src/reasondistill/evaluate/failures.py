@@ -24,7 +24,7 @@ import numpy as np
 from reasondistill.curate.verdicts import judge
 from reasondistill.evaluate.metrics import bootstrap_ci, rows_by_problem
 from reasondistill.records import Problem
-from reasondistill.tasks.base import Task
+from reasondistill.checks import Task
 from reasondistill.thinking import split_thinking
 
 FAILURE_MODES = ("correct", "truncated", "no_answer", "format_error", "step_error", "wrong_final_answer")

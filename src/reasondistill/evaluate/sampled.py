@@ -29,7 +29,7 @@ from reasondistill.data.build import render_prompts
 from reasondistill.evaluate.metrics import (Vote, majority_vote, pass_at_k, plot_reliability, reliability_bins,
                                             expected_calibration_error, with_ci)
 from reasondistill.records import Problem, file_sha256, write_json, write_records
-from reasondistill.tasks.base import Task
+from reasondistill.checks import Task
 from reasondistill.teachers.sampling import SamplingParams, generate_completions
 from reasondistill.thinking import CLOSE, OPEN, split_thinking
 from reasondistill.verify.checker import check_answers

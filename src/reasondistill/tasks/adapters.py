@@ -30,7 +30,7 @@ import string
 from typing import Any
 
 from reasondistill.records import Problem, RecordError
-from reasondistill.tasks.base import Check
+from reasondistill.checks import Check
 from reasondistill.tasks.config import ChoiceFields, CodeFields, GSM8KFields, MathFields
 from reasondistill.tasks.filetask import RowTask, math_job
 from reasondistill.tasks.sources import Row, field_value

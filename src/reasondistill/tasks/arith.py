@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from reasondistill.records import Problem
-from reasondistill.tasks.base import Check
+from reasondistill.checks import Check
 
 OPS = "+-*"
 DIGITS = range(2, 10)

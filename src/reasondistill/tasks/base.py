@@ -15,42 +15,9 @@ Built in: ``chained_arith`` (generated, :mod:`.arith`), ``gsm8k``/``math``/``cho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from reasondistill.records import Problem
-
-
-@dataclass(frozen=True)
-class Check:
-    verdict: str  # "correct" | "wrong" | "unparseable"
-    reason: str
-    predicted: str | None = None
-
-
-class Task(Protocol):
-    name: str
-
-    def problems(self, split: str, n: int | None, seed: int) -> list[Problem]:
-        """``n`` problems of ``split`` ("train" or "test"), deterministic given ``seed``; for
-        file-backed tasks ``n`` is a cap and None means all.
-
-        Train and test problems must be disjoint by construction.
-        """
-        ...
-
-    def check(self, problem: Problem, answer: str) -> Check:
-        """Judge the final-answer text of a completion against the problem's reference."""
-        ...
-
-    def describe(self) -> dict[str, Any]:
-        """The task's parameters, recorded in the run manifest."""
-        ...
-
-    # Optional: ``check_job(problem, answer) -> (function, args) | None``. A check that can hang on
-    # hostile text (sympy, backtracking regexes) returns the importable function and plain-data
-    # arguments whose call is ``check``; every stage then runs it in a worker process with a time
-    # limit (reasondistill.verify.checker). Without the method, or for None, ``check`` runs in-process.
+from reasondistill.checks import Task
 
 
 def load_task(spec: dict[str, Any], label: str | None = None) -> Task:
@@ -66,7 +33,7 @@ def load_task(spec: dict[str, Any], label: str | None = None) -> Task:
     if name == "mixture":
         from reasondistill.tasks.mixture import Mixture
 
-        return Mixture(**spec, **({"name": label} if label else {}))
+        return Mixture(**spec, load=load_task, **({"name": label} if label else {}))
     from reasondistill.tasks.adapters import GSM8K, MATH, CodeTask, MultipleChoice
     from reasondistill.tasks.filetask import FileTask
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from reasondistill.records import Problem, RecordError
-from reasondistill.tasks.base import Check
+from reasondistill.checks import Check
 from reasondistill.tasks.config import FileFields
 from reasondistill.tasks.sources import Row, detect_format, field_value, is_dataset_dict, read_dataset, read_rows
 

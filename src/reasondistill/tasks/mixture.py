@@ -12,8 +12,9 @@ A shortfall is not filled from the other sources (the ratios stay honest); it sh
 ``problems/composition.json``. With ``n`` None, the mixture is as large as the ratios allow:
 the source that runs out first (its size or cap over its share) sets the total.
 
-    mix = Mixture([{"label": "gsm8k", "ratio": 0.7, "spec": {"name": "gsm8k", "path": ...}},
-                   {"label": "math", "ratio": 0.3, "cap": 200, "spec": {"name": "math", "path": ...}}])
+    mix = load_task({"name": "mixture", "sources": [
+        {"label": "gsm8k", "ratio": 0.7, "spec": {"name": "gsm8k", "path": ...}},
+        {"label": "math", "ratio": 0.3, "cap": 200, "spec": {"name": "math", "path": ...}}]})
     problems, composition = mix.select("train", 1000, seed=0)
 """
 
@@ -22,10 +23,10 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from reasondistill.records import Problem
-from reasondistill.tasks.base import Check, Task
+from reasondistill.checks import Check, Task
 
 
 def apportion(n: int, weights: list[float]) -> list[int]:
@@ -56,9 +57,9 @@ def select_problems(task: Task, split: str, n: int | None, seed: int) -> tuple[l
 class Mixture:
     kind = "mixture"
 
-    def __init__(self, sources: list[dict[str, Any]], name: str = "mixture"):
-        from reasondistill.tasks.base import load_task
-
+    def __init__(self, sources: list[dict[str, Any]], load: Callable[..., Task], name: str = "mixture"):
+        """``sources``: the config's list (label, ratio, cap, spec); ``load(spec, label=...)`` builds each
+        source's task (``tasks.base.load_task``, handed in: the registry knows this class, not back)."""
         if not sources:
             raise ValueError("task.sources: a mixture needs at least one source")
         self.name = name
@@ -72,7 +73,7 @@ class Mixture:
                 raise ValueError(f"task.sources.{i}.label: {label!r} is used twice")
             if not s.get("ratio", 1.0) > 0:
                 raise ValueError(f"task.sources.{i}.ratio: must be > 0")
-            self.sources.append((label, float(s.get("ratio", 1.0)), s.get("cap"), load_task(spec, label=label)))
+            self.sources.append((label, float(s.get("ratio", 1.0)), s.get("cap"), load(spec, label=label)))
         self.by_label = {label: task for label, _, _, task in self.sources}
 
     def describe(self) -> dict[str, Any]:

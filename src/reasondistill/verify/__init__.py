@@ -14,13 +14,14 @@ answer); "cannot verify" (no answer, parse failure, timeout) is "unparseable", n
 How the pipeline's stages check answers, with a time and memory limit where a check can hang:
 :func:`reasondistill.verify.checker.check_answers` (one worker pool per stage). Many items at
 once, with per-item timeouts that do not depend on signals:
-:func:`reasondistill.verify.math.verify_math_many` or :func:`reasondistill.verify.pool.run_pool`.
+:func:`reasondistill.verify.checker.verify_math_many` or :func:`reasondistill.verify.pool.run_pool`.
 Scoring a file from the command line: ``python -m reasondistill.verify.score --help``.
 """
 
 from reasondistill.verify.choice import extract_choice, verify_choice
 from reasondistill.verify.code import CodeProblem, extract_code, verify_code
-from reasondistill.verify.math import extract_answer, verify_math, verify_math_many
+from reasondistill.verify.checker import verify_math_many
+from reasondistill.verify.math import extract_answer, verify_math
 from reasondistill.verify.pool import ItemFailure, run_pool
 from reasondistill.verify.sandbox import Limits, RunResult, run_sandboxed, sandbox_mode
 

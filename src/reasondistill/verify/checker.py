@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from reasondistill.records import Problem
-from reasondistill.tasks.base import Check, Task
+from reasondistill.checks import Check, Task, failure_check
 
 DEFAULT_TIMEOUT = 10.0  # seconds per answer
 DEFAULT_MEMORY_MB = 2048  # address space per worker
@@ -96,8 +96,6 @@ class Verifier:
     def check_jobs(self, jobs: Sequence[Job], progress: bool | None = False,
                    description: str = "verifying") -> list[Check]:
         """Run ``jobs`` in the pool; a job past the time limit, or whose worker dies, is unparseable."""
-        from reasondistill.verify.math import failure_check
-
         if not jobs:
             return []
         chunk = max(1, min(16, len(jobs) // (4 * self.workers)))  # small batches: spread over every worker
@@ -159,3 +157,16 @@ def check_answers(task: Task, pairs: Sequence[tuple[Problem, str]]) -> list[Chec
 def check_answer(task: Task, problem: Problem, answer: str) -> Check:
     """One answer through :func:`check_answers` (batch where you can: a batch fills every worker)."""
     return check_answers(task, [(problem, answer)])[0]
+
+
+def verify_math_many(golds: list[str], completions: list[str], *, last_number: bool = True,
+                     workers: int = 2, timeout: float = 10.0, progress: bool | None = None) -> list[Check]:
+    """:func:`reasondistill.verify.math.verify_math` over many pairs in worker processes; a stuck
+    item becomes "unparseable: timeout"."""
+    from reasondistill.verify.math import check_item
+
+    if len(golds) != len(completions):
+        raise ValueError(f"verify_math_many: {len(golds)} golds but {len(completions)} completions")
+    jobs = [(check_item, ((g, c, last_number),)) for g, c in zip(golds, completions, strict=True)]
+    with Verifier(timeout=timeout, workers=workers) as verifier:
+        return verifier.check_jobs(jobs, progress=progress, description="math")

@@ -18,7 +18,7 @@ import re
 import string
 from collections.abc import Mapping, Sequence
 
-from reasondistill.tasks.base import Check
+from reasondistill.checks import Check
 
 MATCH = "match"
 MISMATCH = "mismatch"

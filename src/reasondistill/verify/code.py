@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from reasondistill.tasks.base import Check
+from reasondistill.checks import Check
 from reasondistill.verify.sandbox import Limits, run_sandboxed  # noqa: F401 (Limits: re-export)
 
 PYTHON_TAGS = ("python", "python3", "py", "py3")

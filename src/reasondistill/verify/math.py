@@ -15,7 +15,7 @@ call here passes ``parsing_timeout=None``/``timeout_seconds=None``. A pathologic
 ``2^{2^{2^{30}}}``) can then run for ever: every stage checks through
 :mod:`reasondistill.verify.checker`, which runs these checks in worker processes that are killed
 past the time limit, the item reported as ``Check("unparseable", "timeout")`` (see
-:func:`failure_check`; :func:`verify_math_many` for a plain list of pairs). Extraction here is
+``checks.failure_check``; ``verify.checker.verify_math_many`` for a plain list of pairs). Extraction here is
 linear in the completion's length, so it is never the part that hangs.
 """
 
@@ -25,7 +25,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from reasondistill.tasks.base import Check
+from reasondistill.checks import OUT_OF_MEMORY, Check
 
 # The reasons a Check from this module can carry (``Check.reason``).
 MATCH = "match"
@@ -33,8 +33,6 @@ MISMATCH = "mismatch"
 NO_ANSWER = "no answer found"
 PARSE_FAILURE = "parse failure"
 GOLD_PARSE_FAILURE = "gold parse failure"
-TIMEOUT = "timeout"
-OUT_OF_MEMORY = "out of memory"
 TOO_DEEP = "too deeply nested"
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
@@ -246,25 +244,3 @@ def check_item(item: tuple[str, str] | tuple[str, str, bool]) -> Check:
 def warm_up() -> None:
     """Pool initializer: import math-verify and pay its slow first call before the clock starts."""
     verify_math("1", "1")
-
-
-def verify_math_many(golds: list[str], completions: list[str], *, last_number: bool = True,
-                     workers: int = 2, timeout: float = 10.0, progress: bool | None = None) -> list[Check]:
-    """:func:`verify_math` over many pairs in worker processes (verify/checker.py); a stuck item
-    becomes "timeout"."""
-    from reasondistill.verify.checker import Verifier
-
-    if len(golds) != len(completions):
-        raise ValueError(f"verify_math_many: {len(golds)} golds but {len(completions)} completions")
-    jobs = [(check_item, ((g, c, last_number),)) for g, c in zip(golds, completions, strict=True)]
-    with Verifier(timeout=timeout, workers=workers) as verifier:
-        return verifier.check_jobs(jobs, progress=progress, description="math")
-
-
-def failure_check(item: object, failure: object) -> Check:
-    """Pool on_failure: cannot verify, never "wrong". Reason "timeout", or "verifier crash" /
-    "verifier error" when the worker died or the check raised."""
-    kind = getattr(failure, "kind", "error")
-    if kind == "error" and str(getattr(failure, "detail", "")).startswith("MemoryError"):
-        return Check("unparseable", OUT_OF_MEMORY, None)
-    return Check("unparseable", TIMEOUT if kind == "timeout" else f"verifier {kind}", None)

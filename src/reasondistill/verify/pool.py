@@ -9,10 +9,11 @@ memory limit) is replaced the same way, so a caller never waits on a dead worker
 back in input order.
 
     from reasondistill.verify.pool import WorkerPool, run_pool
-    from reasondistill.verify.math import check_item, failure_check, warm_up
+    from reasondistill.checks import failure_check
+    from reasondistill.verify.math import check_item, warm_up
     checks = run_pool(check_item, [(gold, text), ...], workers=2, timeout=10,
                       on_failure=failure_check, initializer=warm_up)
-    # a timed-out item -> Check("unparseable", "timeout"); or use math.verify_math_many
+    # a timed-out item -> Check("unparseable", "timeout"); or use checker.verify_math_many
 
     with WorkerPool(check_item, workers=2, timeout=10, initializer=warm_up, memory_mb=2048) as pool:
         first = pool.map(items_a)   # workers start on the first map and are reused by the next
