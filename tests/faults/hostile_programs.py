@@ -9,9 +9,9 @@ it finds, and keeps going after a refusal where that gives it more chances.
 The placeholders are filled by :func:`render` from a :class:`Targets` the test sets up:
 OUTSIDE (a directory outside the sandbox with ``outside.txt``), SECRET_FILE (a file in the
 parent's home), CWD_FILE (a "gold tests" file in the parent's working directory, i.e. the run
-directory), VICTIM (the pid of a process outside, started with the secret in its environment), HOST (the parent's own pid, which counts
-SIGUSR1s), PORT (a TCP and UDP listener on 127.0.0.1) and STDLIB (a directory of the
-interpreter's installation). The secret itself is never given: the program must find it.
+directory), VICTIM (the pid of a process outside, started with the secret in its environment),
+HOST (the parent's own pid, which counts SIGUSR1s), PORT (a TCP and UDP listener on 127.0.0.1)
+and STDLIB (a directory of the interpreter's installation). The secret itself is never given: the program must find it.
 
 Import from outside the test package with ``importlib`` by path (bench/faults.py does).
 """
@@ -62,6 +62,25 @@ def _attempts(*lines: str) -> str:
 
 
 BLOCKED, FAILED = ("blocked",), ("test failed", "error", "blocked")
+# defines forge(frame): walk up from a frame and down through the closures of every function in
+# its locals; a 32-character string found there (the nonce) goes into a "passed" line written to
+# every fd, and the program leaves before the real report
+_FORGE_FROM_FRAMES = (
+    "import os\n"
+    "def _strings(v, depth=0):\n"
+    "    if isinstance(v, str):\n        yield v\n"
+    "    elif depth < 4:\n"
+    "        for c in getattr(v, '__closure__', None) or ():\n"
+    "            try: x = c.cell_contents\n            except ValueError: continue\n"
+    "            yield from _strings(x, depth + 1)\n"
+    "def forge(f):\n    while f is not None:\n        for v in list(f.f_locals.values()):\n"
+    "            for x in _strings(v):\n"
+    "                if len(x) == 32:\n"
+    "                    for fd in range(3, 20):\n"
+    "                        try: os.write(fd, (x + '\\tpassed\\t\\t\\n').encode())\n"
+    "                        except OSError: pass\n"
+    "                    os._exit(0)\n"
+    "        f = f.f_back\n")
 ESCAPES = _attempts(
     "open(OUTSIDE + '/pwned.txt', 'w').write('x')",
     "import socket; socket.create_connection(('127.0.0.1', PORT), 2).sendall(b'pwned')",
@@ -203,6 +222,24 @@ PROGRAMS = [
             "    f = f.f_back\nprint(seen)\n"
             "for fr in seen:\n    for v in fr.values():\n"
             "        if len(v) == 34:\n            os.write(4, (v.strip(\"'\") + '\\tpassed\\t\\t\\n').encode())\n"),
+    Hostile("reach the hook's closure through a refusal's traceback",
+            "import os\ntry:\n    import ctypes\nexcept BaseException as e:\n    tb = e.__traceback__\n"
+            "found = []\nwhile tb is not None:\n    try:\n        for v in list(tb.tb_frame.f_locals.values()):\n"
+            "            found.append(v)\n"
+            "            for c in getattr(v, '__closure__', None) or ():\n"
+            "                try: found.append(c.cell_contents)\n                except ValueError: pass\n"
+            "    except BaseException as x:\n        print('refused:', x)\n    tb = tb.tb_next\n"
+            "for n in [v for v in found if isinstance(v, str) and len(v) == 32]:\n"
+            "    for fd in range(3, 20):\n"
+            "        try: os.write(fd, (n + '\\tpassed\\t\\t\\n').encode())\n        except OSError: pass\n"
+            "    os._exit(0)\n"),
+    Hostile("finalizers run by the garbage collector inside the hook", "import gc, sys\n" + _FORGE_FROM_FRAMES
+            + "class Bomb:\n    def __del__(self):\n        forge(sys._getframe(1))\n"
+            "for i in range(5000):\n    a = Bomb(); a.me = a; del a\n"
+            "    try: open('/usr/x%d' % i, 'w')\n    except OSError: pass\n"),
+    Hostile("SIGXCPU handler inside the hook", "import signal\n" + _FORGE_FROM_FRAMES
+            + "signal.signal(signal.SIGXCPU, lambda sig, frame: forge(frame))\nwhile True:\n"
+            "    try: open('/nonexistent')\n    except OSError: pass\n", ("cpu time limit", "timeout")),
     Hostile("signal handler reaches the harness frame",
             "import os, signal, sys\n"
             "def h(sig, frame):\n    while frame is not None:\n"

@@ -255,7 +255,7 @@ def _classify(rc: int, timed_out: bool, reply: str, nonce: str, stdout: str, std
     if timed_out or rc == 124 or (sig == signal.SIGKILL and seconds >= limits.wall_seconds):
         return RunResult("timeout", f"still running after {limits.wall_seconds:g} s; killed",
                          stdout, stderr, seconds)
-    if sig == signal.SIGXCPU:
+    if sig in (signal.SIGXCPU, signal.SIGKILL):  # the child's RLIMIT_CPU kills with SIGKILL; nothing else does
         return RunResult("cpu time limit", f"used more than {limits.cpu_seconds} s of CPU", stdout, stderr, seconds)
     if rc == 97 or any(f"{tool}:" in stderr for tool in ("unshare", "mount", "pivot_root", "umount")):
         return RunResult("sandbox error", stderr.strip()[-300:], stdout, stderr, seconds)

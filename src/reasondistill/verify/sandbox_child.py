@@ -12,20 +12,27 @@ code runs, it:
    process_vm_*, no pidfd, no signals to other processes, no sockets but AF_UNIX, no timers, no
    unshare/setns/mount, no io_uring/bpf/userfaultfd/keyctl;
 4. forgets ctypes (used for step 3) and installs an audit hook that refuses ctypes/cffi and the
-   CPython test modules, threads, tracing, heap inspection (``gc.get_objects``...), new audit
-   hooks, swapping a function's ``__code__``, process creation, sockets and writes outside
-   /sandbox; a refusal is recorded even when the code catches the exception;
+   CPython test modules, tracing, heap inspection (``gc.get_objects``...), new audit hooks,
+   swapping a function's ``__code__``, process creation, sockets, signals to others and writes
+   outside /sandbox (a refusal is recorded even when the code catches the exception), and that
+   never shows its own frames through a traceback;
 5. hands the nonce to that hook and forgets it. Only the hook can write a result (the nonce, the
    status, the violations) to the result pipe, and only when asked by the frame of ``main`` that
    registered itself before model code ran: model code cannot run in that frame, so it can ask,
    but is refused (and the attempt is recorded). ``main`` reports "passed" only when the tests
    returned normally.
 
+No code of the program runs while a frame of the hook is live (which would hand it the hook's
+locals): the hook calls nothing the program defined, garbage collection (which runs finalizers)
+is off inside it, and there is no asynchronous signal (no timers, no threads, and RLIMIT_CPU
+kills with SIGKILL rather than a catchable SIGXCPU).
+
 Every name the hook and ``main`` use after model code starts is bound before it (closure cells or
 default arguments), so patching builtins, ``json``, ``os`` or this module's globals changes
 nothing here. Residual risks are listed in docs/sandbox.md.
 """
 
+import gc
 import os
 import resource
 import struct
@@ -55,14 +62,6 @@ CLONE3, KILL, TGKILL, SOCKET, SOCKETPAIR = 435, 62, 234, 41, 53
 AF_UNIX, EPERM = 1, 1
 
 
-class SandboxViolation(PermissionError):
-    """Raised by the audit hook when model code does something the sandbox forbids."""
-
-
-class SandboxImportError(ImportError):
-    """A module the sandbox withholds (numpy and others treat ImportError as "not available")."""
-
-
 def read_job() -> dict:
     """The job: one JSON line on fd 0, read without Python buffer objects; fd 0 then /dev/null."""
     import json
@@ -78,11 +77,13 @@ def read_job() -> dict:
 
 
 def set_limits(limits: dict) -> None:
-    """Hard rlimits (CPU: SIGXCPU at the soft limit, SIGKILL a second later)."""
+    """Hard rlimits. CPU: soft = hard, so the kernel sends SIGKILL and never SIGXCPU, whose
+    handler (the program's) would run at a moment the program does not choose, maybe inside
+    the audit hook."""
     import signal
 
     for name, value in limits.items():
-        resource.setrlimit(getattr(resource, name), (value, value + (name == "RLIMIT_CPU")))
+        resource.setrlimit(getattr(resource, name), (value, value))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-big write fails with EFBIG instead
 
 
@@ -155,44 +156,64 @@ PATH_ARGS = {"open": (0,), "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,)
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
-def make_hook(nonce: str, result_fd: int, pid: int):
-    """The audit hook. It holds the nonce and the result fd in its closure; nothing else does.
+# The hook is built from closures, not a class or module globals: the program can rebind
+# anything it can name (``sys.modules["__main__"].deny = ...`` switched the old hook off), and it
+# can name neither a closure cell nor a local of a function that has returned. Each factory binds
+# every builtin and table it needs before the program runs. The code objects of the inner
+# functions go into ``protected``: a traceback entry for one of their frames is never shown, since
+# a frame's locals include its closure cells, whose functions' closures lead to the nonce.
 
-    It never calls code the sandboxed program can replace: every name it uses is bound here (the
-    rule tables are private copies), and arguments are used only when their type is exactly str,
-    bytes or int.
-    """
-    state = {"frame": None, "reported": False, "inner": False}
-    seen = []
-    fd_identity = (os.fstat(result_fd).st_dev, os.fstat(result_fd).st_ino)
-    refused, hidden, refused_modules, path_args = dict(REFUSED), HIDDEN_MODULES, dict(REFUSED_MODULES), dict(PATH_ARGS)
-    statuses, workdir, write_flags, report_event, register_event = STATUSES, WORKDIR, WRITE_FLAGS, REPORT, REGISTER
-    violation, hidden_error = SandboxViolation, SandboxImportError
-    getframe, fstat, write, type_, str_, bytes_, int_, tuple_ = (
-        sys._getframe, os.fstat, os.write, type, str, bytes, int, tuple)
-    sorted_, len_, repr_ = sorted, len, repr
 
-    def deny(what: str, exc=violation):
+def _traceback_type() -> type:
+    try:
+        raise ValueError
+    except ValueError as exc:
+        return type(exc.__traceback__)
+
+
+def make_deny(seen: list):
+    """deny(what): record ``what`` once and raise (a builtin class: one defined here could be
+    given an ``__init__`` that runs inside the hook)."""
+    violation = PermissionError
+
+    def deny(what: str):
         if what not in seen:
             seen.append(what)
-        raise exc("sandbox: " + what + " is not allowed")
+        raise violation("sandbox: " + what + " is not allowed")
+
+    return deny
+
+
+def make_outside():
+    """outside(path): whether writing ``path`` might reach outside /sandbox (the kernel refuses
+    it anyway; this names the attempt). Anything but an exact str, bytes or int counts as outside:
+    a PathLike would run the program's own ``__fspath__`` inside the hook."""
+    type_, str_, bytes_, int_, workdir = type, str, bytes, int, WORKDIR
 
     def outside(path) -> bool:
-        """True if writing ``path`` may reach outside /sandbox (the kernel refuses it anyway)."""
         if type_(path) is bytes_:
             path = path.decode("utf-8", "replace")
         if type_(path) is int_ or path is None:
             return False
         if type_(path) is not str_:
-            return True  # a PathLike would run the program's own __fspath__ inside this hook
+            return True
         inside = not path.startswith("/") or path == workdir or path.startswith(workdir + "/") \
             or path == "/tmp" or path.startswith("/tmp/") or path == "/dev/null"
         return not inside or "/../" in "/" + path + "/"
 
+    return outside
+
+
+def make_report(nonce: str, result_fd: int, state: dict, seen: list, deny):
+    """report(status, detail): write the one result line, if asked by the registered frame."""
+    fd_identity = (os.fstat(result_fd).st_dev, os.fstat(result_fd).st_ino)
+    getframe, fstat, write, statuses = sys._getframe, os.fstat, os.write, STATUSES
+    type_, str_, sorted_ = type, str, sorted
+
     def report(status, detail):
         state["inner"] = True
         try:
-            caller = getframe(2)  # report <- hook <- the frame that called sys.audit
+            caller = getframe(3)  # report <- dispatch <- hook <- the frame that called sys.audit
         finally:
             state["inner"] = False
         if caller is not state["frame"] or state["reported"] or type_(status) is not str_ \
@@ -206,6 +227,15 @@ def make_hook(nonce: str, result_fd: int, pid: int):
                           ",".join(sorted_(seen))]) + "\n"
         write(result_fd, line.encode())
 
+    return report
+
+
+def make_rules(pid: int, state: dict, protected: set, deny, outside):
+    """check_event(event, args): the rules for every audit event but ours."""
+    refused, hidden, refused_modules, path_args = dict(REFUSED), HIDDEN_MODULES, dict(REFUSED_MODULES), dict(PATH_ARGS)
+    type_, str_, int_, len_, repr_, write_flags = type, str, int, len, repr, WRITE_FLAGS
+    violation, hidden_error, traceback_type = PermissionError, ModuleNotFoundError, _traceback_type()
+
     def check_write(event, args):
         if event == "open":
             mode, flags = args[1], args[2]
@@ -217,6 +247,13 @@ def make_hook(nonce: str, result_fd: int, pid: int):
         for i in path_args[event]:
             if i < len_(args) and outside(args[i]):
                 deny("write outside the sandbox")
+
+    def hides_our_frame(traceback) -> bool:
+        state["inner"] = True  # the two attribute reads below are audited too
+        try:
+            return traceback.tb_frame.f_code in protected
+        finally:
+            state["inner"] = False
 
     def check_event(event, args):
         what = refused.get(event)
@@ -237,14 +274,41 @@ def make_hook(nonce: str, result_fd: int, pid: int):
         elif event == "object.__setattr__" and len_(args) > 1 and type_(args[1]) is str_ \
                 and args[1] == "__code__":
             deny("replacing a function's code")
+        elif event == "object.__getattr__" and len_(args) > 1 and type_(args[0]) is traceback_type \
+                and type_(args[1]) is str_ and args[1] == "tb_frame" and hides_our_frame(args[0]):
+            raise violation("sandbox: the sandbox's own frames are not visible")
         elif event in path_args:
             check_write(event, args)
 
+    protected.update(f.__code__ for f in (check_write, hides_our_frame, check_event))
+    return check_event
+
+
+def make_hook(nonce: str, result_fd: int, pid: int):
+    """The audit hook. The nonce and the result fd live in its closures and nowhere else."""
+    state, seen, protected = {"frame": None, "reported": False, "inner": False}, [], set()
+    deny, outside = make_deny(seen), make_outside()
+    report = make_report(nonce, result_fd, state, seen, deny)
+    check_event = make_rules(pid, state, protected, deny, outside)
+    type_, str_, tuple_, len_, report_event, register_event = type, str, tuple, len, REPORT, REGISTER
+    gc_isenabled, gc_disable, gc_enable = gc.isenabled, gc.disable, gc.enable
+
     def hook(event, args):
+        """Garbage collection is off while the hook runs: a collection could run the program's
+        finalizers (``__del__``, gc callbacks) with this hook's frame as their caller."""
+        collecting = gc_isenabled()
+        gc_disable()
+        try:
+            return dispatch(event, args)
+        finally:
+            if collecting:
+                gc_enable()
+
+    def dispatch(event, args):
         if type_(event) is not str_ or type_(args) is not tuple_:
             deny("forging the result")
         if state["inner"]:
-            return  # our own sys._getframe call in report()
+            return None  # our own audited reads (sys._getframe, tb_frame, f_code)
         if event == report_event:
             return report(*args) if len_(args) == 2 else deny("forging the result")
         if event == register_event:
@@ -254,6 +318,7 @@ def make_hook(nonce: str, result_fd: int, pid: int):
             return None
         return check_event(event, args)
 
+    protected.update(f.__code__ for f in (hook, dispatch, deny, outside, report))
     return hook
 
 
@@ -269,13 +334,23 @@ def harden(job: dict) -> None:
     sys.addaudithook(hook)
 
 
-def describe(exc: BaseException) -> str:
-    """``Type: message at file:line: source`` (the last frame in solution.py or tests.py)."""
-    try:
-        import traceback
+def describe(exc: BaseException, sources: dict) -> str:
+    """``Type: message at file:line: source`` for the last frame in solution.py or tests.py.
 
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename in ("solution.py", "tests.py")]
-        where = f" at {frames[-1].filename}:{frames[-1].lineno}: {frames[-1].line}" if frames else ""
+    Walks the traceback itself: the sandbox refuses to show its own frames, which end the walk.
+    """
+    try:
+        where, tb = "", exc.__traceback__
+        while tb is not None:
+            try:
+                name = tb.tb_frame.f_code.co_filename
+            except BaseException:
+                break
+            if name in sources:
+                lines = sources[name].splitlines()
+                line = lines[tb.tb_lineno - 1].strip() if 0 < tb.tb_lineno <= len(lines) else ""
+                where = f" at {name}:{tb.tb_lineno}: {line}"
+            tb = tb.tb_next
         return (f"{type(exc).__name__}: {exc}"[:300] + where)[:800]
     except BaseException:  # the program's exception may refuse to be printed
         return "an exception that cannot be printed"
@@ -302,11 +377,11 @@ def run_job(job: dict, exec_=exec, compile_=compile, str_=str, describe_=describ
         status, caught = "memory limit", exc
     except assertion as exc:
         status, caught = ("test failed" if phase == "tests" else "error"), exc
-    except exit_ as exc:
+    except exit_:
         return "exited early", f"{phase} raised SystemExit"
     except base as exc:
         status, caught = "error", exc
-    return status, describe_(caught)
+    return status, describe_(caught, {"solution.py": job["solution"], "tests.py": job["tests"]})
 
 
 def main(audit=sys.audit, getframe=sys._getframe, exit_=os._exit, type_=type, str_=str, base=BaseException):
