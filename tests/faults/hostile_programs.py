@@ -52,7 +52,8 @@ def render(program: Hostile, targets: Targets) -> tuple[str, str]:
         code = code.replace(key.upper(), str(getattr(targets, key)))
     if "def add(" not in code:
         code += WRONG
-    return code, program.tests
+    # line-buffered: a secret printed just before the wall-clock kill must still reach stdout
+    return "import sys\nsys.stdout.reconfigure(line_buffering=True)\n" + code, program.tests
 
 
 def _attempts(*lines: str) -> str:
@@ -137,7 +138,10 @@ PROGRAMS = [
     Hostile("file in the parent's home", _attempts("print(open(SECRET_FILE).read())",
                                                    "import os; print(os.listdir(os.path.dirname(SECRET_FILE)))")),
     Hostile("file in the parent's working directory (gold tests)",
-            _attempts("print(open(CWD_FILE).read())", "import glob; print(glob.glob('/**/*.jsonl', recursive=True))")),
+            _attempts("print(open(CWD_FILE).read())",
+                      "import glob; print([t for d in ('/tmp', '/root', '/home', '/work')"
+                      " for t in map(lambda p: open(p).read(), glob.glob(d + '/**/*.jsonl', recursive=True))"
+                      " if 'sk-rd-canary' in t])")),
     Hostile("walk the whole filesystem for the secret",  # (looks for the test's canary only)
             "import os\nfor d, subdirs, fs in os.walk('/'):\n"
             "    subdirs[:] = [s for s in subdirs if os.path.join(d, s) not in ('/proc', '/sys', '/dev')]\n"

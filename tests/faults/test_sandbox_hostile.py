@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import live_sandbox_processes
 from hostile_programs import PROGRAMS, Hostile, Targets, render
 from reasondistill.verify import sandbox
 from reasondistill.verify.sandbox import Limits, run_sandboxed
@@ -103,21 +104,8 @@ def _stdlib_state(stdlib: str) -> tuple:
     return Path(stdlib, "rd_pwned.py").exists(), json_init.stat().st_size, json_init.stat().st_mtime_ns
 
 
-def _sandbox_processes() -> int:
-    """Sandboxed interpreters still alive anywhere on this machine (their -c holds the child)."""
-    count = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"reasondistill.sandbox.register" in cmdline or b"job = json.loads(sys.stdin.readline())" in cmdline:
-            count += 1
-    return count
-
-
 @pytest.mark.parametrize("program", PROGRAMS, ids=[p.name for p in PROGRAMS])
-def test_hostile_program_is_contained(program: Hostile, mode, world):
+def test_hostile_program_is_contained(program: Hostile, mode, world, sandbox_marker):
     targets, signals, listener, victim = world
     before, stdlib_before = _snapshot(targets.outside), _stdlib_state(targets.stdlib)
     run = run_sandboxed(*render(program, targets), LIMITS)
@@ -131,7 +119,7 @@ def test_hostile_program_is_contained(program: Hostile, mode, world):
     assert victim.poll() is None, "a process outside the sandbox was killed"
     assert signals == [], "the parent was signalled"
     assert listener.heard() == [], "a connection reached the host"
-    assert _sandbox_processes() == 0, "a sandboxed process outlived its run"
+    assert live_sandbox_processes(sandbox_marker) == 0, "a sandboxed process outlived its run"
     if mode == "rlimits":
         assert run.status == "sandbox error" and "refusing" in run.detail, verdict
     elif program.expect:

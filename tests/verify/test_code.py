@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import live_sandbox_processes
 from reasondistill.verify import sandbox
 from reasondistill.verify.code import CodeProblem, build_program, extract_code, verify_code
 from reasondistill.verify.sandbox import Limits, run_sandboxed
@@ -79,27 +80,15 @@ def test_no_code_is_unparseable():
         "unparseable", "no code found")
 
 
-def _runner_processes() -> int:
-    """Sandboxed interpreters still alive anywhere on the machine (their -c holds the child)."""
-    count = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if b"reasondistill.sandbox.register" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                count += 1
-        except OSError:
-            pass
-    return count
-
-
 @needs_sandbox
-def test_infinite_loop_is_killed_with_its_process_group():
+def test_infinite_loop_is_killed_with_its_process_group(sandbox_marker):
     start = time.monotonic()
     check = verify_code(ADD, fenced("def add(a, b):\n    while True:\n        pass"), FAST)
     assert check.verdict == "wrong" and check.reason in ("timeout", "cpu time limit")
     sleeper = verify_code(ADD, fenced("import time\ntime.sleep(60)"), FAST)
     assert sleeper.reason == "timeout"
     assert time.monotonic() - start < 15
-    assert _runner_processes() == 0
+    assert live_sandbox_processes(sandbox_marker) == 0
 
 
 @needs_sandbox
