@@ -178,6 +178,8 @@ PROGRAMS = [
             "socket.create_connection(('127.0.0.1', PORT), 2).sendall(b'pwned')\n", BLOCKED),
     Hostile("UDP datagram to the host", "import socket\n"
             "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'pwned', ('127.0.0.1', PORT))\n", BLOCKED),
+    Hostile("abstract unix socket to the host", "import socket\n"
+            "socket.socket(socket.AF_UNIX).connect('\\0rd-hostile-PORT')\n", BLOCKED),
     # --- resources ----------------------------------------------------------------------------------
     Hostile("memory hog", "x = []\nwhile True:\n    x.append(bytearray(64 << 20))\n", ("memory limit",)),
     Hostile("disk fill", "i = 0\nwhile True:\n    open(f'fill{i}', 'wb').write(b'x' * (1 << 20))\n    i += 1\n",
@@ -185,6 +187,14 @@ PROGRAMS = [
     Hostile("stdout flood", "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", FAILED),
     Hostile("infinite loop", "while True:\n    pass\n", ("timeout", "cpu time limit")),
     Hostile("sleep past the wall limit", "import time\ntime.sleep(60)\n", ("timeout",)),
+    Hostile("fill /sandbox with empty files", "i = 0\nwhile True:\n    open(f'e{i}', 'w').close()\n    i += 1\n",
+            FAILED),
+    Hostile("exhaust file descriptors", "import os\nfds = [os.open('/dev/null', os.O_RDONLY) for _ in range(10 ** 6)]\n",
+            FAILED),
+    Hostile("overflow the C stack", "import sys\nsys.setrecursionlimit(10 ** 7)\n"
+            "def f(n):\n    return f(n + 1) + 1\nf(0)\n", ("crashed", "error", "memory limit", "cpu time limit")),
+    Hostile("leave its session and outlive the run", "import os, time\nos.setsid()\ntime.sleep(60)\n",
+            ("timeout",)),
     Hostile("raise its own limits", "import resource\n"
             "resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))\n",
             ("error",)),

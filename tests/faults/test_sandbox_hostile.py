@@ -43,7 +43,7 @@ def mode(request, monkeypatch):
 
 
 class Listener:
-    """A TCP and a UDP socket on one 127.0.0.1 port. No thread: the kernel completes a TCP
+    """A TCP and a UDP socket on one 127.0.0.1 port, and an abstract unix socket. No thread: the kernel completes a TCP
     connection into the backlog on its own, so a non-blocking accept afterwards sees it."""
 
     def __init__(self):
@@ -51,12 +51,16 @@ class Listener:
         self.port = self.tcp.getsockname()[1]
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind(("127.0.0.1", self.port))
-        for s in (self.tcp, self.udp):
+        self.unix = socket.socket(socket.AF_UNIX)
+        self.unix.bind(f"\0rd-hostile-{self.port}")  # an abstract socket: no file, per network namespace
+        self.unix.listen(8)
+        for s in (self.tcp, self.udp, self.unix):
             s.setblocking(False)
 
     def heard(self) -> list:
         got = []
-        for kind, receive in (("tcp", lambda: self.tcp.accept()[0].close()), ("udp", lambda: self.udp.recv(100))):
+        for kind, receive in (("tcp", lambda: self.tcp.accept()[0].close()), ("udp", lambda: self.udp.recv(100)),
+                              ("unix", lambda: self.unix.accept()[0].close())):
             try:
                 got.append((kind, receive()))
             except OSError:
@@ -64,8 +68,8 @@ class Listener:
         return got
 
     def close(self):
-        self.tcp.close()
-        self.udp.close()
+        for s in (self.tcp, self.udp, self.unix):
+            s.close()
 
 
 @pytest.fixture

@@ -132,6 +132,7 @@ def install_seccomp() -> bool:
 # event -> what is refused; "import" is handled by module name
 REFUSED = {
     "_thread.start_new_thread": "threads", "sys.settrace": "tracing", "sys.setprofile": "tracing",
+    "sys.monitoring.register_callback": "tracing",  # Python 3.12+: callbacks would run inside the hook
     "sys.addaudithook": "audit hooks", "gc.get_objects": "heap inspection",
     "gc.get_referrers": "heap inspection", "gc.get_referents": "heap inspection",
     "os.fork": "process creation", "os.forkpty": "process creation", "os.system": "process creation",
