@@ -201,6 +201,9 @@ PROGRAMS = [
     # --- faking a pass ------------------------------------------------------------------------------
     Hostile("sys.exit(0) before the tests", "import sys\nsys.exit(0)\n", ("exited early",)),
     Hostile("os._exit(0) before the tests", "import os\nos._exit(0)\n", ("exited early",)),
+    Hostile("exit like a failed sandbox (97, mount errors)", "import os, sys\n"
+            "sys.stderr.write('mount: cannot remount\\nunshare: failed\\nsandbox: cannot make / read-only\\n')\n"
+            "sys.stderr.flush()\nos._exit(97)\n", ("exited early",)),
     Hostile("print PASSED and leave", "import os\nprint('PASSED')\nprint('{\"status\": \"passed\"}')\n"
             "os._exit(0)\n", ("exited early",)),
     Hostile("call the runner's own report",

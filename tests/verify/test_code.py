@@ -148,6 +148,13 @@ def test_namespaces_hold_without_the_audit_hook_or_seccomp(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_sandbox_that_fails_to_start_is_a_sandbox_error(monkeypatch):
+    """Before the child's "started" line nothing is the program's: any failure is ours."""
+    monkeypatch.setattr(sandbox, "_command", lambda *a: ["sh", "-c", "echo 'mount: permission denied' >&2; exit 97"])
+    run = sandbox._execute("x = 1\n", "", FAST)
+    assert (run.status, run.detail) == ("sandbox error", "mount: permission denied")
+
+
 def test_hosts_without_namespaces_are_refused(monkeypatch):
     monkeypatch.setattr(sandbox, "_probe", lambda: ("rlimits", "unshare: operation not permitted"))
     assert sandbox.sandbox_mode() == "rlimits"

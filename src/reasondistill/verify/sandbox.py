@@ -20,7 +20,8 @@ run is built from nothing (see docs/sandbox.md for what is and is not contained)
   one-time nonce. The nonce lives in the child only inside the audit hook's closure, and the
   hook writes the line only when asked by the harness's own frame, once. Printing "PASSED",
   exiting before the tests, calling the harness's functions, replacing ``json.dumps`` or
-  builtins, or writing lines to every fd gives no pass.
+  builtins, or writing lines to every fd gives no pass. A "started" line (same nonce, written
+  before model code) tells a failure of the sandbox from a failure of the program.
 * **Environment**: only PATH, HOME, TMPDIR, LANG and thread counts (plus ``Limits.env``); no
   variable of ours (no API keys). Wall clock: the whole process group is SIGKILLed at
   ``wall_seconds`` (coreutils ``timeout`` as a backstop). stdout/stderr are files capped by
@@ -54,12 +55,16 @@ from pathlib import Path
 # builds a read-only root (a tmpfs with /usr, /lib*, /bin, the interpreter's installation and
 # four /dev nodes bound in, plus a size-capped tmpfs at /sandbox), pivots into it, detaches the
 # old root, and runs the child in a further user namespace where it has no capabilities at all.
+# Any failure before the child starts exits 97 (the EXIT trap); the child never sees this shell.
 _SETUP = r'''
 set -e
+trap 'exit 97' EXIT
 root=$1 py=$2 child=$3 work_kb=$4
 shift 4
 ro() {
-  for m in $(awk -v p="$1" '$2 == p || index($2, p "/") == 1 {print $2}' /proc/self/mounts); do
+  mounts=$(awk -v p="$1" '$2 == p || index($2, p "/") == 1 {print $2}' /proc/self/mounts)
+  [ -n "$mounts" ] || { echo "sandbox: $1 is not a mount point" >&2; exit 97; }
+  for m in $mounts; do
     mount -o remount,bind,ro "$m" 2>/dev/null || mount -o remount,bind,ro,nosuid,nodev "$m" 2>/dev/null ||
       mount -o remount,bind,ro,nosuid,nodev,noexec "$m" || { echo "sandbox: cannot make $m read-only" >&2; exit 97; }
   done
@@ -83,6 +88,7 @@ umount -l /.old
 umount /proc
 cd /sandbox
 unset OLDPWD
+trap - EXIT
 unshare --user "$py" -I -B -c "$child"
 '''
 _UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--ipc", "--uts", "--fork",
@@ -171,7 +177,8 @@ def run_sandboxed(solution: str, tests: str, limits: Limits | None = None) -> Ru
 
 
 def _execute(solution: str, tests: str, limits: Limits) -> RunResult:
-    root = tempfile.mkdtemp(prefix="rd-sandbox-")  # an empty mount point; nothing is written here
+    # an empty mount point (resolved: the setup finds its mounts by path); nothing is written here
+    root = os.path.realpath(tempfile.mkdtemp(prefix="rd-sandbox-"))
     read_fd, write_fd = os.pipe()
     nonce = secrets.token_hex(16)
     job = {"nonce": nonce, "result_fd": write_fd, "limits": _rlimits(limits), "solution": solution, "tests": tests}
@@ -226,26 +233,32 @@ def _tail(fh, limit: int = 4000) -> str:
     return fh.read().decode(errors="replace")
 
 
-def _parse_reply(reply: str, nonce: str) -> tuple[str, str, tuple[str, ...]] | None:
-    """(status, detail, violations) from the one line that starts with our nonce, else None.
+def _parse_reply(reply: str, nonce: str) -> tuple[bool, tuple[str, str, tuple[str, ...]] | None]:
+    """(whether the child started, (status, detail, violations) or None) from the child's lines.
 
-    Two such lines cannot come from the child's harness (it reports once), so they mean a
-    forgery: no result.
+    The child writes "<nonce>\tstarted" before any model code runs, then at most one result line
+    "<nonce>\t<status>\t<detail as hex>\t<violations>". Two result lines cannot come from its
+    harness (it reports once), so they mean a forgery: no result.
     """
     lines = [ln.split("\t") for ln in reply.splitlines() if ln.startswith(nonce + "\t")]
-    if len(lines) != 1 or len(lines[0]) != 4:
-        return None
-    _, status, detail_hex, violations = lines[0]
+    started = [nonce, "started"] in lines
+    results = [fields for fields in lines if len(fields) == 4]
+    if len(results) != 1:
+        return started, None
+    _, status, detail_hex, violations = results[0]
     try:
         detail = bytes.fromhex(detail_hex).decode(errors="replace")
     except ValueError:
-        return None
-    return status, detail, tuple(v for v in violations.split(",") if v)
+        return started, None
+    return started, (status, detail, tuple(v for v in violations.split(",") if v))
 
 
 def _classify(rc: int, timed_out: bool, reply: str, nonce: str, stdout: str, stderr: str,
               seconds: float, limits: Limits) -> RunResult:
-    result = _parse_reply(reply, nonce)
+    started, result = _parse_reply(reply, nonce)
+    if not started:  # the sandbox itself failed (the model's code never ran)
+        why = stderr.strip()[-300:] or (f"no start within {limits.wall_seconds:g} s" if timed_out else f"exit {rc}")
+        return RunResult("sandbox error", why, stdout, stderr, seconds)
     if result is not None:
         status, detail, violations = result
         if violations:
@@ -257,8 +270,6 @@ def _classify(rc: int, timed_out: bool, reply: str, nonce: str, stdout: str, std
                          stdout, stderr, seconds)
     if sig in (signal.SIGXCPU, signal.SIGKILL):  # the child's RLIMIT_CPU kills with SIGKILL; nothing else does
         return RunResult("cpu time limit", f"used more than {limits.cpu_seconds} s of CPU", stdout, stderr, seconds)
-    if rc == 97 or any(f"{tool}:" in stderr for tool in ("unshare", "mount", "pivot_root", "umount")):
-        return RunResult("sandbox error", stderr.strip()[-300:], stdout, stderr, seconds)
     if sig:
         return RunResult("crashed", f"killed by {signal.Signals(sig).name}", stdout, stderr, seconds)
     return RunResult("exited early", f"exit code {rc} before the tests finished", stdout, stderr, seconds)

@@ -331,7 +331,9 @@ def harden(job: dict) -> None:
     except OSError as exc:
         os.write(2, f"sandbox: cannot install the seccomp filter: {exc}\n".encode())
         os._exit(97)  # the parent reports "sandbox error"
-    hook = make_hook(job.pop("nonce"), job["result_fd"], os.getpid())
+    nonce = job.pop("nonce")
+    os.write(job["result_fd"], (nonce + "\tstarted\n").encode())  # the sandbox is up: what follows is the program's
+    hook = make_hook(nonce, job["result_fd"], os.getpid())
     sys.addaudithook(hook)
 
 
