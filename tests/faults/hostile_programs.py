@@ -6,6 +6,9 @@ what was tried. Each program is model-written code as ``verify_code`` would run 
 not at all). A program tries one escape, one secret, or one way to fake a pass, prints anything
 it finds, and keeps going after a refusal where that gives it more chances.
 
+A program that can only tell from inside that it got through (it loaded a module it must not
+have) prints ``ESCAPED``; the test checks that it never does.
+
 The placeholders are filled by :func:`render` from a :class:`Targets` the test sets up:
 OUTSIDE (a directory outside the sandbox with ``outside.txt``), SECRET_FILE (a file in the
 parent's home), CWD_FILE (a "gold tests" file in the parent's working directory, i.e. the run
@@ -164,6 +167,12 @@ PROGRAMS = [
                                                     "import ctypes; ctypes.CDLL(None).fork()")),
     Hostile("ctypes: read memory", _attempts("import ctypes; print(ctypes.string_at(id(1), 64))",
                                              "import _ctypes", "import _testcapi")),
+    Hostile("load _ctypes past the import system",
+            "import glob, sys, importlib.machinery as m, importlib.util as u\n"
+            "path = [p for d in sys.path for p in glob.glob(d + '/_ctypes.*.so')][0]\n"
+            + _attempts(*[f"u.module_from_spec(u.spec_from_file_location({n!r}, path, "
+                          f"loader=m.ExtensionFileLoader({n!r}, path))); print('ESCAPED: loaded', {n!r})"
+                          for n in ("_ctypes", "x._ctypes")])),
     Hostile("fork bomb", "import os\nwhile True:\n    os.fork()\n", BLOCKED),
     Hostile("thread bomb", "import threading, time\nwhile True:\n"
             "    threading.Thread(target=time.sleep, args=(60,)).start()\n", FAILED),

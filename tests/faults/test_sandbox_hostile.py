@@ -117,6 +117,7 @@ def test_hostile_program_is_contained(program: Hostile, mode, world, sandbox_mar
     verdict = f"{run.status}: {run.detail[:160]}"
     assert run.status != "passed", verdict
     assert SECRET not in run.stdout + run.stderr + run.detail, f"secret read ({verdict})"
+    assert "ESCAPED" not in run.stdout, f"the program says it got through ({verdict})"
     assert _snapshot(targets.outside) == before, "a file outside the sandbox changed"
     assert _stdlib_state(targets.stdlib) == stdlib_before, "the interpreter's installation changed"
     assert not Path("/etc/rd-pwned").exists(), "a file was written to the host's /etc"

@@ -89,7 +89,7 @@ umount /proc
 cd /sandbox
 unset OLDPWD
 trap - EXIT
-unshare --user "$py" -I -B -c "$child"
+unshare --user "$py" -I -B -c "$child" --seccomp-then-exec "$child"
 '''
 _UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--ipc", "--uts", "--fork",
             "--kill-child", "sh", "-c", _SETUP, "sh"]

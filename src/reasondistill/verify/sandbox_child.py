@@ -8,14 +8,16 @@ code runs, it:
 1. reads its job (code, tests, limits, a one-time nonce) from fd 0 with ``os.read``, so the job
    never sits in a Python buffer object, and replaces fd 0 with /dev/null;
 2. sets rlimits (memory, CPU, file size, processes, open files, no core dumps);
-3. installs a seccomp filter (x86_64): no fork, no threads, no exec, no ptrace or
-   process_vm_*, no pidfd, no signals to other processes, no sockets but AF_UNIX, no timers, no
-   unshare/setns/mount, no io_uring/bpf/userfaultfd/keyctl;
-4. forgets ctypes (used for step 3) and installs an audit hook that refuses ctypes/cffi and the
-   CPython test modules, tracing, heap inspection (``gc.get_objects``...), new audit hooks,
-   swapping a function's ``__code__``, process creation, sockets, signals to others and writes
-   outside /sandbox (a refusal is recorded even when the code catches the exception), and that
-   never shows its own frames through a traceback;
+3. checks the seccomp filter (x86_64) that its prelude installed: no fork, no threads, no
+   ptrace or process_vm_*, no pidfd, no signals to other processes, no sockets but AF_UNIX, no
+   timers, no unshare/setns/mount, no io_uring/bpf/userfaultfd/keyctl. The prelude is this file
+   run with ``--seccomp-then-exec``: it loads the filter through ctypes, then execs the child,
+   so ctypes is never loaded in the process that runs model code;
+4. installs an audit hook that refuses ctypes/cffi and the CPython test modules, tracing, heap
+   inspection (``gc.get_objects``...), new audit hooks, swapping a function's ``__code__``,
+   process creation, sockets, signals to others and writes outside /sandbox (a refusal is
+   recorded even when the code catches the exception), and that never shows its own frames
+   through a traceback;
 5. hands the nonce to that hook and forgets it. Only the hook can write a result (the nonce, the
    status, the violations) to the result pipe, and only when asked by the frame of ``main`` that
    registered itself before model code ran: model code cannot run in that frame, so it can ask,
@@ -45,7 +47,7 @@ STATUSES = frozenset({"passed", "test failed", "error", "syntax error", "memory 
 
 # x86_64 syscall numbers refused with EPERM (kernel-enforced, whatever Python does).
 DENIED_X86_64 = (
-    56, 57, 58, 59, 322,  # clone (so no threads either), fork, vfork, execve, execveat
+    56, 57, 58, 322,  # clone (so no threads either), fork, vfork, execveat (execve: see seccomp_then_exec)
     101, 310, 311, 312,  # ptrace, process_vm_readv/writev, kcmp
     434, 424, 438,  # pidfd_open, pidfd_send_signal, pidfd_getfd
     200, 129, 297,  # tkill, rt_sigqueueinfo, rt_tgsigqueueinfo
@@ -108,10 +110,10 @@ def seccomp_program(pid: int) -> bytes:
     return b"".join(prog + [_insn(ret, allow)])
 
 
-def install_seccomp() -> bool:
-    """Load the filter with ctypes (x86_64 only), then drop ctypes from sys.modules."""
+def install_seccomp() -> None:
+    """Load the filter with ctypes (x86_64 only)."""
     if os.uname().machine != "x86_64":
-        return False
+        return
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -124,9 +126,35 @@ def install_seccomp() -> bool:
     fprog = FProg(len(program) // 8, ctypes.addressof(buf))
     if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "seccomp: prctl failed")
-    for name in [m for m in sys.modules if m == "_ctypes" or m.split(".")[0] == "ctypes"]:
-        del sys.modules[name]
-    return True
+
+
+def seccomp_then_exec(source: str) -> None:
+    """The prelude: install the filter, then replace this process by the child proper.
+
+    ctypes is needed for ``prctl`` but must not stay loaded: CPython caches a single-phase C
+    extension such as ``_ctypes``, and loading a cached one (``ExtensionFileLoader``) raises no
+    audit event, so the program could get ctypes back past the hook. Hence a fresh interpreter,
+    which inherits the filter. The filter allows ``execve`` for this one call; afterwards the hook
+    refuses ``os.exec*``, and an exec would only give up the nonce and the hook, not the
+    namespaces or the filter.
+    """
+    try:
+        install_seccomp()
+        os.execv(sys.executable, [sys.executable, "-I", "-B", "-c", source])
+    except OSError as exc:
+        os.write(2, f"sandbox: cannot install the seccomp filter: {exc}\n".encode())
+        os._exit(97)  # the parent reports "sandbox error"
+
+
+def seccomp_active() -> bool:
+    """Whether the prelude's filter holds (an AF_INET socket is refused; the namespace allows one)."""
+    import socket
+
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+    except PermissionError:
+        return True
+    return False
 
 
 # event -> what is refused; "import" is handled by module name
@@ -249,6 +277,16 @@ def make_rules(pid: int, state: dict, protected: set, deny, outside):
             if i < len_(args) and outside(args[i]):
                 deny("write outside the sandbox")
 
+    def check_import(name):
+        """Every dotted part counts: a loader named "x._ctypes" would load _ctypes all the same."""
+        if type_(name) is not str_:
+            deny("importing by a non-string name")
+        for part in name.split("."):
+            if part in hidden:
+                raise hidden_error("sandbox: no module named " + repr_(part))
+            if part in refused_modules:
+                deny(refused_modules[part])
+
     def hides_our_frame(traceback) -> bool:
         state["inner"] = True  # the two attribute reads below are audited too
         try:
@@ -261,12 +299,7 @@ def make_rules(pid: int, state: dict, protected: set, deny, outside):
         if what is not None:
             deny(what)
         if event == "import":
-            name = args[0]
-            top = name.partition(".")[0] if type_(name) is str_ else ""
-            if top in hidden:
-                raise hidden_error("sandbox: no module named " + repr_(top))
-            if top in refused_modules or type_(name) is not str_:
-                deny(refused_modules.get(top, "importing by a non-string name"))
+            check_import(args[0])
         elif event.startswith("socket."):
             deny("network")
         elif event == "os.kill" or event == "os.killpg":
@@ -281,7 +314,7 @@ def make_rules(pid: int, state: dict, protected: set, deny, outside):
         elif event in path_args:
             check_write(event, args)
 
-    protected.update(f.__code__ for f in (check_write, hides_our_frame, check_event))
+    protected.update(f.__code__ for f in (check_write, check_import, hides_our_frame, check_event))
     return check_event
 
 
@@ -326,11 +359,9 @@ def make_hook(nonce: str, result_fd: int, pid: int):
 def harden(job: dict) -> None:
     """Limits, seccomp, the audit hook; afterwards the nonce exists only in the hook."""
     set_limits(job.pop("limits"))
-    try:
-        install_seccomp()
-    except OSError as exc:
-        os.write(2, f"sandbox: cannot install the seccomp filter: {exc}\n".encode())
-        os._exit(97)  # the parent reports "sandbox error"
+    if os.uname().machine == "x86_64" and not seccomp_active():
+        os.write(2, b"sandbox: the seccomp filter is not active\n")
+        os._exit(97)  # before the "started" line: the parent reports "sandbox error"
     nonce = job.pop("nonce")
     os.write(job["result_fd"], (nonce + "\tstarted\n").encode())  # the sandbox is up: what follows is the program's
     hook = make_hook(nonce, job["result_fd"], os.getpid())
@@ -413,4 +444,7 @@ def flush_output() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--seccomp-then-exec"]:
+        seccomp_then_exec(sys.argv[2])
+    else:
+        main()
