@@ -82,7 +82,7 @@ for d in /bin /sbin /lib /lib32 /lib64 /libx32 /usr "$@"; do
   fi
 done
 mount -t proc proc proc  # umount needs it; gone again before the child starts
-mount -o remount,ro "$root"
+mount -o remount,bind,ro "$root"
 pivot_root . .old
 umount -l /.old
 umount /proc
