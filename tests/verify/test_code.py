@@ -155,6 +155,16 @@ def test_a_sandbox_that_fails_to_start_is_a_sandbox_error(monkeypatch):
     assert (run.status, run.detail) == ("sandbox error", "mount: permission denied")
 
 
+def test_the_probe_says_why_a_host_is_refused(monkeypatch, caplog):
+    monkeypatch.setattr(sandbox, "_command", lambda *a: ["sh", "-c", "echo 'unshare: Operation not permitted' >&2"])
+    sandbox._probe.cache_clear()
+    try:
+        assert sandbox._probe() == ("rlimits", "unshare: Operation not permitted")
+        assert "refusing to run model-written code" in caplog.text and "Operation not permitted" in caplog.text
+    finally:
+        sandbox._probe.cache_clear()  # the next caller probes this host again
+
+
 def test_hosts_without_namespaces_are_refused(monkeypatch):
     monkeypatch.setattr(sandbox, "_probe", lambda: ("rlimits", "unshare: operation not permitted"))
     assert sandbox.sandbox_mode() == "rlimits"

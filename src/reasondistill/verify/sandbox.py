@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -93,6 +94,7 @@ unshare --user "$py" -I -B -c "$child" --seccomp-then-exec "$child"
 '''
 _UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--ipc", "--uts", "--fork",
             "--kill-child", "sh", "-c", _SETUP, "sh"]
+log = logging.getLogger(__name__)
 _REFUSAL = ("refusing to run model-written code: this host cannot build the sandbox's namespaces ({}). "
             "Enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04 "
             "also kernel.apparmor_restrict_unprivileged_userns=0) or run where they exist; see docs/sandbox.md")
@@ -135,7 +137,9 @@ def _probe() -> tuple[str, str]:
     run = _execute("x = 1\n", "assert x == 1\n", Limits(wall_seconds=30))
     if run.status == "passed":
         return "namespaces", ""
-    return "rlimits", (run.detail or run.stderr.strip()[-300:] or run.status)
+    why = run.detail or run.stderr.strip()[-300:] or run.status
+    log.warning(_REFUSAL.format(why))  # once per process (cached): code checks will say "sandbox error"
+    return "rlimits", why
 
 
 def _rlimits(limits: Limits) -> dict[str, int]:
