@@ -198,10 +198,11 @@ PROGRAMS = [
     Hostile("sleep past the wall limit", "import time\ntime.sleep(60)\n", ("timeout",)),
     Hostile("fill /sandbox with empty files", "i = 0\nwhile True:\n    open(f'e{i}', 'w').close()\n    i += 1\n",
             FAILED),
-    Hostile("exhaust file descriptors", "import os\nfds = [os.open('/dev/null', os.O_RDONLY) for _ in range(10 ** 6)]\n",
-            FAILED),
+    Hostile("exhaust file descriptors",
+            "import os\nfds = [os.open('/dev/null', os.O_RDONLY) for _ in range(10 ** 6)]\n", FAILED),
     Hostile("overflow the C stack", "import sys\nsys.setrecursionlimit(10 ** 7)\n"
-            "def f(n):\n    return f(n + 1) + 1\nf(0)\n", ("crashed", "error", "memory limit", "cpu time limit", "timeout")),
+            "def f(n):\n    return f(n + 1) + 1\nf(0)\n",
+            ("crashed", "error", "memory limit", "cpu time limit", "timeout")),
     Hostile("leave its session and outlive the run", "import os, time\nos.setsid()\ntime.sleep(60)\n",
             ("timeout",)),
     Hostile("raise its own limits", "import resource\n"
