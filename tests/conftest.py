@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,28 @@ def arith():
     from reasondistill.tasks.arith import ChainedArithmetic
 
     return ChainedArithmetic(min_ops=3, max_ops=5)
+
+
+@pytest.fixture
+def sandbox_marker(monkeypatch) -> bytes:
+    """A comment unique to this test appended to the code sandbox's child source: its processes
+    (whose command line holds that source) can then be told from other sandboxes on the machine."""
+    from reasondistill.verify import sandbox
+
+    mark = f"# rd-test-{os.getpid()}-{time.monotonic_ns()}"
+    if not hasattr(sandbox, "_child_source"):  # the module before its hardening (tests/faults)
+        return b"job = json.loads(sys.stdin.readline())"
+    source = sandbox._child_source()
+    monkeypatch.setattr(sandbox, "_child_source", lambda: f"{source}\n{mark}\n")
+    return mark.encode()
+
+
+def live_sandbox_processes(marker: bytes) -> int:
+    """Processes whose command line holds ``marker`` still alive anywhere on this machine."""
+    count = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            count += marker in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+    return count

@@ -1,20 +1,21 @@
 """Sandboxed code verification: right code passes, wrong code fails, hostile code is contained.
 
-Hostile programs run in both sandbox modes: "namespaces" (when ``unshare`` works here) and
-"rlimits" (audit hook + resource limits only, forced by patching ``sandbox_mode``).
+Runs where the sandbox can be built (``sandbox_mode() == "namespaces"``); elsewhere every run
+must be refused, which ``test_hosts_without_namespaces_are_refused`` checks by forcing it. The
+long list of hostile programs is tests/faults/test_sandbox_hostile.py.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from conftest import live_sandbox_processes
 from reasondistill.verify import sandbox
 from reasondistill.verify.code import CodeProblem, build_program, extract_code, verify_code
 from reasondistill.verify.sandbox import Limits, run_sandboxed
@@ -23,19 +24,12 @@ ADD = CodeProblem(prompt='from typing import List\n\n\ndef add(a: int, b: int) -
                   tests="def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n",
                   entry_point="add")
 FAST = Limits(wall_seconds=2.5, cpu_seconds=2)
-MODES = ["namespaces", "rlimits"]
+needs_sandbox = pytest.mark.skipif(sandbox.sandbox_mode() != "namespaces",
+                                   reason="this host cannot build the sandbox's namespaces")
 
 
 def fenced(src: str) -> str:
     return f"Here is my solution:\n```python\n{src}\n```\nDone."
-
-
-@pytest.fixture(params=MODES)
-def mode(request, monkeypatch):
-    if request.param == "namespaces" and sandbox.sandbox_mode() != "namespaces":
-        pytest.skip("unshare cannot create user/net/mount/pid namespaces on this machine")
-    monkeypatch.setattr(sandbox, "sandbox_mode", lambda: request.param)
-    return request.param
 
 
 def test_extract_code_prefers_the_last_python_fence():
@@ -57,7 +51,8 @@ def test_build_program_continues_the_prompt_or_keeps_its_imports():
     assert solution == "import math\ndef add(a, b):\n    return a + b\n"
 
 
-def test_right_code_passes_and_wrong_code_fails(mode):
+@needs_sandbox
+def test_right_code_passes_and_wrong_code_fails():
     assert verify_code(ADD, fenced("def add(a, b):\n    return a + b")).reason == "passed"
     assert verify_code(ADD, fenced("    return a + b")).verdict == "correct"  # continuation of the prompt
     wrong = verify_code(ADD, fenced("def add(a, b):\n    return a - b"))
@@ -68,6 +63,7 @@ def test_right_code_passes_and_wrong_code_fails(mode):
     assert run.status == "test failed" and "tests.py:2" in run.detail
 
 
+@needs_sandbox
 @pytest.mark.parametrize("src, reason", [
     ("def add(a, b) return", "syntax error"),
     ("def add(a, b):\n    return undefined_name", "error"),
@@ -84,86 +80,108 @@ def test_no_code_is_unparseable():
         "unparseable", "no code found")
 
 
-def _runner_processes() -> int:
-    """Sandboxed interpreters still alive anywhere on the machine (their -c names the runner)."""
-    count = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if b"job = json.loads(sys.stdin.readline())" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                count += 1
-        except OSError:
-            pass
-    return count
-
-
-def test_infinite_loop_is_killed_with_its_process_group(mode):
+@needs_sandbox
+def test_infinite_loop_is_killed_with_its_process_group(sandbox_marker):
     start = time.monotonic()
     check = verify_code(ADD, fenced("def add(a, b):\n    while True:\n        pass"), FAST)
     assert check.verdict == "wrong" and check.reason in ("timeout", "cpu time limit")
     sleeper = verify_code(ADD, fenced("import time\ntime.sleep(60)"), FAST)
     assert sleeper.reason == "timeout"
     assert time.monotonic() - start < 15
-    assert _runner_processes() == 0
+    assert live_sandbox_processes(sandbox_marker) == 0
 
 
+@needs_sandbox
 @pytest.mark.parametrize("src, reason", [
     ("import os\nwhile True:\n    os.fork()", "blocked: process creation"),
     ("import subprocess\nsubprocess.run(['sh', '-c', ':(){ :|:& };:'])", "blocked: process creation"),
     ("import os\nos.system('echo hi')", "blocked: process creation"),
-    ("import ctypes\nctypes.CDLL(None).fork()", "blocked: foreign-function access"),
+    ("import ctypes\nctypes.CDLL(None).fork()", "error"),  # ImportError: ctypes is withheld
     ("import socket\nsocket.socket().connect(('127.0.0.1', 80))", "blocked: network"),
     ("import urllib.request\nurllib.request.urlopen('http://pypi.org')", "blocked: network"),
-    ("import ctypes\nctypes.c_int.from_address(8)", "blocked: foreign-function access"),
     ("x = bytearray(10 * 1024 ** 3)", "memory limit"),
     ("import os, signal\nos.kill(1, signal.SIGKILL)", "blocked: signalling other processes"),
     ("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", "error"),  # RLIMIT_FSIZE: EFBIG
+    ("import sys\nsys.audit('reasondistill.sandbox.report', 'passed', '')", "blocked: forging the result"),
 ])
-def test_hostile_code_is_contained_and_named(mode, src, reason):
+def test_hostile_code_is_contained_and_named(src, reason):
     check = verify_code(ADD, fenced(src), FAST)
     assert (check.verdict, check.reason) == ("wrong", reason), check
 
 
-def test_writes_outside_the_sandbox_are_refused_even_if_the_error_is_caught(mode, tmp_path):
-    target = tmp_path / "escaped.txt"
-    for src in (f"open({str(target)!r}, 'w').write('x')",
-                f"try:\n    open({str(target)!r}, 'a').write('x')\nexcept Exception:\n    pass",
-                f"import os\nos.rename(__file__ if '__file__' in dir() else 'a', {str(target)!r})",
-                f"import shutil\nshutil.rmtree({str(tmp_path)!r})"):
+@needs_sandbox
+def test_writes_outside_the_sandbox_are_refused_even_if_the_error_is_caught():
+    target = "/usr/rd-escaped.txt"
+    for src in (f"open({target!r}, 'w').write('x')",
+                f"try:\n    open({target!r}, 'a').write('x')\nexcept Exception:\n    pass",
+                f"import os\nopen('a', 'w').close()\nos.rename('a', {target!r})",
+                "import shutil\nshutil.rmtree('/usr/share')"):
         check = verify_code(ADD, fenced(src + "\ndef add(a, b):\n    return a + b"), FAST)
         assert check.reason == "blocked: write outside the sandbox", (src, check)
-    assert tmp_path.exists() and not target.exists()
+    assert not os.path.exists(target) and os.path.isdir("/usr/share")
     inside = "open('scratch.txt', 'w').write('ok')\nimport tempfile\ntempfile.TemporaryFile().write(b'x')\n"
     assert verify_code(ADD, fenced(inside + "def add(a, b):\n    return a + b"), FAST).verdict == "correct"
 
 
-@pytest.mark.skipif(sandbox.sandbox_mode() != "namespaces", reason="namespaces unavailable: rlimits mode only")
-def test_namespaces_hold_without_the_audit_hook(tmp_path):
-    """The kernel layer alone (no audit hook): read-only filesystem, no network, no remount."""
-    probe = (f"import socket, subprocess\n"
+@needs_sandbox
+def test_namespaces_hold_without_the_audit_hook_or_seccomp(tmp_path):
+    """The kernel layer alone (plain python, no hook, no seccomp): a read-only root without the
+    host's files or /proc, no network, no remount, a writable /sandbox."""
+    (tmp_path / "secret.txt").write_text("s")
+    probe = (f"import os, socket, subprocess\n"
              f"try: open({str(tmp_path / 'x')!r}, 'w')\nexcept OSError as e: print('write', e.errno)\n"
+             f"try: open('/usr/x', 'w')\nexcept OSError as e: print('usr', e.errno)\n"
              f"try: socket.create_connection(('1.1.1.1', 80), 2)\nexcept OSError as e: print('net', e.errno)\n"
-             f"r = subprocess.run(['mount', '-o', 'remount,rw', '/'], capture_output=True)\n"
-             f"print('remount', r.returncode)\nopen('inside.txt', 'w').write('ok'); print('inside ok')")
-    workdir = Path(tempfile.mkdtemp(prefix="rd-probe-"))
+             f"print('visible', [p for p in ({str(tmp_path)!r}, {str(Path.cwd())!r}, '/proc/self', '/etc') "
+             f"if os.path.exists(p)])\n"
+             f"r = subprocess.run(['mount', '-o', 'remount,rw', '/usr'], capture_output=True)\n"
+             f"print('remount', r.returncode)\nopen('/sandbox/inside.txt', 'w').write('ok'); print('inside ok')")
+    root = tempfile.mkdtemp(prefix="rd-probe-")
     try:
-        out = subprocess.run(sandbox._UNSHARE + [str(workdir), sys.executable, probe], capture_output=True,
-                             text=True, timeout=60).stdout.split("\n")
+        out = subprocess.run(sandbox._command(root, probe, 1024), capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, cwd=root)
     finally:
-        (workdir / "inside.txt").unlink(missing_ok=True)
-        workdir.rmdir()
-    assert out[:2] == ["write 30", "net 101"]  # EROFS, ENETUNREACH
-    assert out[2] != "remount 0" and out[3] == "inside ok"
+        os.rmdir(root)
+    lines = out.stdout.split("\n")
+    assert lines[:4] == ["write 2", "usr 30", "net 101", "visible []"], out  # ENOENT, EROFS, ENETUNREACH
+    assert lines[4] != "remount 0" and lines[5] == "inside ok", out
     assert not (tmp_path / "x").exists()
 
 
-def test_numpy_works_with_namespaces_and_demo_blocks_do_not_run():
-    if sandbox.sandbox_mode() != "namespaces":
-        pytest.skip("numpy imports ctypes, which rlimits mode refuses")
+def test_a_sandbox_that_fails_to_start_is_a_sandbox_error(monkeypatch):
+    """Before the child's "started" line nothing is the program's: any failure is ours."""
+    monkeypatch.setattr(sandbox, "_command", lambda *a: ["sh", "-c", "echo 'mount: permission denied' >&2; exit 97"])
+    run = sandbox._execute("x = 1\n", "", FAST)
+    assert (run.status, run.detail) == ("sandbox error", "mount: permission denied")
+
+
+def test_the_probe_says_why_a_host_is_refused(monkeypatch, caplog):
+    monkeypatch.setattr(sandbox, "_command", lambda *a: ["sh", "-c", "echo 'unshare: Operation not permitted' >&2"])
+    sandbox._probe.cache_clear()
+    try:
+        assert sandbox._probe() == ("rlimits", "unshare: Operation not permitted")
+        assert "refusing to run model-written code" in caplog.text and "Operation not permitted" in caplog.text
+    finally:
+        sandbox._probe.cache_clear()  # the next caller probes this host again
+
+
+def test_hosts_without_namespaces_are_refused(monkeypatch):
+    monkeypatch.setattr(sandbox, "_probe", lambda: ("rlimits", "unshare: operation not permitted"))
+    assert sandbox.sandbox_mode() == "rlimits"
+    run = run_sandboxed("def add(a, b):\n    return a + b\n", "assert add(1, 2) == 3\n")
+    assert run.status == "sandbox error" and "refusing" in run.detail and "operation not permitted" in run.detail
+    check = verify_code(ADD, fenced("def add(a, b):\n    return a + b"))
+    assert (check.verdict, check.reason) == ("unparseable", "sandbox error")
+
+
+@needs_sandbox
+def test_numpy_works_and_demo_blocks_do_not_run():
     pytest.importorskip("numpy")
     src = "import numpy as np\ndef add(a, b):\n    return int(np.add(a, b))\nif __name__ == '__main__':\n    input()"
     assert verify_code(ADD, fenced(src), FAST).reason == "passed"
 
 
+@needs_sandbox
 def test_many_completions_in_the_worker_pool():
     from reasondistill.verify.code import check_item
     from reasondistill.verify.pool import run_pool

@@ -1,32 +1,35 @@
-"""A sandbox for model-written Python: a fresh, limited, isolated interpreter per run.
+"""A sandbox for model-written Python: a fresh, isolated, limited interpreter per run.
 
-Why: model-written code must never run in our process or with our rights. Each run is a new
-``python -I -B`` (isolated mode, no bytecode writes) in its own session, reading its job from
-stdin, reporting on a private pipe, and enforced in layers:
+Why: model-written code is hostile until proven otherwise. It must not run in our process or
+with our rights, must not see our secrets or files, and must not be able to fake a pass. Each
+run is built from nothing (see docs/sandbox.md for what is and is not contained):
 
-* always: a wall-clock limit after which the whole process group is SIGKILLed (plus coreutils
-  ``timeout`` as a backstop if we die first); ``setrlimit`` on address space (RLIMIT_AS), CPU
-  seconds (RLIMIT_CPU), file size (RLIMIT_FSIZE, which also caps stdout/stderr), processes
-  (RLIMIT_NPROC) and core dumps; a fresh temporary working directory (also HOME and TMPDIR);
-  a minimal environment; and an audit hook that refuses process creation (fork, exec, system,
-  posix_spawn, subprocess and so ``import subprocess``), every socket operation, cffi and
-  ctypes calls (ctypes may be imported only with namespaces, as numpy does), signals to other
-  processes, and writes, renames, deletes, chmods outside the working directory. A
-  refusal is recorded even if the code catches the exception.
-* when ``unshare`` works here (``sandbox_mode() == "namespaces"``): new user, network, mount and
-  PID namespaces. The network namespace has only a down loopback; every mount is remounted
-  read-only except the working directory, and the code then runs in a second user namespace
-  without privileges, so it cannot remount anything writable; killing the sandbox kills every
-  process in its PID namespace.
+* **Namespaces** (``unshare``): new user, mount, PID, network, IPC and UTS namespaces. The
+  root is a read-only tmpfs holding only /usr, /lib*, /bin, the interpreter's installation
+  (read-only binds), /dev/null, zero, random, urandom, and /sandbox: a size-capped tmpfs that is
+  the working directory, HOME and /tmp. The host's root is pivoted away and detached, so the run
+  directory, $HOME, the gold tests, /proc and /etc do not exist in there; no other process is
+  visible (so none can be signalled); the network has only a down loopback. The code then runs
+  in a further user namespace, without any capability.
+* **Inside the child** (:mod:`reasondistill.verify.sandbox_child`): rlimits (address space,
+  CPU, file size, open files, no core dumps), a seccomp filter (x86_64: no fork, threads, exec,
+  ptrace, pidfd, timers, sockets but AF_UNIX, signals to others, mount/unshare/setns), and an
+  audit hook that names what was refused and refuses what the kernel cannot see (ctypes, heap
+  inspection, tracing, swapping code, new audit hooks).
+* **The verdict is decided here**, from one line on a private pipe that must start with a
+  one-time nonce. The nonce lives in the child only inside the audit hook's closure, and the
+  hook writes the line only when asked by the harness's own frame, once. Printing "PASSED",
+  exiting before the tests, calling the harness's functions, replacing ``json.dumps`` or
+  builtins, or writing lines to every fd gives no pass. A "started" line (same nonce, written
+  before model code) tells a failure of the sandbox from a failure of the program.
+* **Environment**: only PATH, HOME, TMPDIR, LANG and thread counts (plus ``Limits.env``); no
+  variable of ours (no API keys). Wall clock: the whole process group is SIGKILLed at
+  ``wall_seconds`` (coreutils ``timeout`` as a backstop). stdout/stderr are files capped by
+  RLIMIT_FSIZE; we keep their last 4,000 characters.
 
-Not enforced: reading files (the code can read anything our user can; it just cannot send it
-anywhere), RLIMIT_NPROC for root (the kernel exempts uid 0, namespaced or not; process creation
-is stopped by the audit hook and the PID namespace instead), and a determined forger of its own
-result: in-process Python can find the runner's nonce in memory. Without namespaces the network
-and filesystem rules rest on the audit hook alone, which native code could bypass (ctypes and
-``_posixsubprocess`` are refused for that reason, but a C extension already installed is not).
-With namespaces, ``ctypes.memmove``/``string_at`` on raw addresses are not refused (no audit
-event): they can crash the sandbox or disable its hook, but not leave the namespaces.
+Hosts where the namespaces cannot be built (``sandbox_mode() == "rlimits"``) are refused: every
+run returns status "sandbox error" with the reason, so code tasks are "unparseable" there rather
+than run under rlimits alone, which contain nothing (no filesystem or network isolation).
 
     from reasondistill.verify.sandbox import Limits, run_sandboxed
     run_sandboxed("def f():\\n    return 1\\n", "assert f() == 1\\n", Limits(wall_seconds=5))
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -46,105 +50,54 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-# Executed as ``python -I -B -c _RUNNER``; reads its job as one JSON line on stdin.
-_RUNNER = r'''
-import json, os, resource, signal, sys
-job = json.loads(sys.stdin.readline()); os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-out, work, lim = os.fdopen(job["result_fd"], "w"), os.path.realpath(job["dir"]), job["limits"]
-for name, value in lim.items():  # CPU: SIGXCPU at the soft limit, SIGKILL a second later
-    resource.setrlimit(getattr(resource, name), (value, value + (name == "RLIMIT_CPU")))
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-sys.dont_write_bytecode = True
-seen = []
-class SandboxViolation(PermissionError):
-    pass
-WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-PATHS = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,), "os.chown": (0,),
-         "os.rename": (0, 1), "os.link": (1,), "os.symlink": (1,), "os.truncate": (0,), "os.utime": (0,),
-         "os.chflags": (0,), "os.lchown": (0,), "os.mkfifo": (0,), "os.mknod": (0,), "shutil.rmtree": (0,)}
-SPAWN = {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "subprocess.Popen",
-         "pty.spawn", "os.startfile"}
-MODULES = {"cffi": "foreign-function access", "_cffi_backend": "foreign-function access",
-           "_posixsubprocess": "process creation"}
-# with namespaces, ctypes may be imported (numpy does) but not used to look up C functions or build
-# objects at raw addresses; without them the audit hook is the only barrier, so no ctypes at all
-FOREIGN = {"ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.call_function", "ctypes.cdata", "ctypes.set_errno"}
-if not job["namespaces"]:
-    MODULES.update({"ctypes": "foreign-function access", "_ctypes": "foreign-function access"})
-def inside(p):
-    if p is None or isinstance(p, int):
-        return True
-    real = os.path.realpath(os.fsdecode(p))
-    return real == work or real.startswith(work + os.sep)
-def deny(what, detail):
-    seen.append(what)
-    raise SandboxViolation(f"sandbox: {what} is not allowed ({detail})")
-def hook(event, args):
-    if event == "open":
-        path, mode, flags = args
-        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool((flags or 0) & WRITE)
-        if writing and not inside(path):
-            deny("write outside the sandbox", path)
-    elif event in PATHS:
-        for i in PATHS[event]:
-            if i < len(args) and not inside(args[i]):
-                deny("write outside the sandbox", f"{event} {args[i]}")
-    elif event.startswith("socket."):
-        deny("network", event)
-    elif event in SPAWN:
-        deny("process creation", event)
-    elif event in ("os.kill", "os.killpg") and args[0] != os.getpid():
-        deny("signalling other processes", event)
-    elif event == "import" and args[0].split(".")[0] in MODULES:
-        deny(MODULES[args[0].split(".")[0]], "import " + args[0])
-    elif event in FOREIGN or (event == "ctypes.dlopen" and args[0] is not None):
-        deny("foreign-function access", event)
-def report(status, detail=""):
-    out.write(json.dumps({"nonce": job["nonce"], "status": status, "detail": str(detail)[-800:],
-                          "violations": sorted(set(seen))}) + "\n")
-    out.flush()
-def describe(exc):
-    import traceback
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename in ("solution.py", "tests.py")]
-    where = f" at {frames[-1].filename}:{frames[-1].lineno}: {frames[-1].line}" if frames else ""
-    return f"{type(exc).__name__}: {exc}"[:300] + where
-sys.addaudithook(hook)
-scope = {"__name__": "solution", "__builtins__": __builtins__}  # skip `if __name__ == "__main__":` demos
-phase = "syntax"
-try:
-    solution, tests = compile(job["solution"], "solution.py", "exec"), compile(job["tests"], "tests.py", "exec")
-    phase = "solution"
-    exec(solution, scope)
-    phase = "tests"
-    exec(tests, scope)
-    report("passed")
-except SyntaxError as exc:
-    report("syntax error" if phase == "syntax" else "error", f"{exc.msg} (line {exc.lineno})")
-except MemoryError as exc:
-    report("memory limit", describe(exc))
-except AssertionError as exc:
-    report("test failed" if phase == "tests" else "error", describe(exc))
-except SystemExit as exc:
-    report("exited early", f"{phase} called exit({exc.code!r})")
-except BaseException as exc:
-    report("error", describe(exc))
-for stream in (sys.stdout, sys.stderr):
-    try:
-        stream.flush()
-    except Exception:
-        pass
-os._exit(0)  # do not wait for threads the code may have left running
+# Runs as root of a new user namespace with new mount, PID, network, IPC and UTS namespaces:
+# builds a read-only root (a tmpfs with /usr, /lib*, /bin, the interpreter's installation and
+# four /dev nodes bound in, plus a size-capped tmpfs at /sandbox), pivots into it, detaches the
+# old root, and runs the child in a further user namespace where it has no capabilities at all.
+# Any failure before the child starts exits 97 (the EXIT trap); the child never sees this shell.
+_SETUP = r'''
+set -e
+trap 'exit 97' EXIT
+root=$1 py=$2 child=$3 work_kb=$4
+shift 4
+ro() {
+  mounts=$(awk -v p="$1" '$2 == p || index($2, p "/") == 1 {print $2}' /proc/self/mounts)
+  [ -n "$mounts" ] || { echo "sandbox: $1 is not a mount point" >&2; exit 97; }
+  for m in $mounts; do
+    mount -o remount,bind,ro "$m" 2>/dev/null || mount -o remount,bind,ro,nosuid,nodev "$m" 2>/dev/null ||
+      mount -o remount,bind,ro,nosuid,nodev,noexec "$m" || { echo "sandbox: cannot make $m read-only" >&2; exit 97; }
+  done
+}
+mount -t tmpfs -o mode=755,size=1m rd-root "$root"
+cd "$root"
+mkdir sandbox dev proc .old
+ln -s sandbox tmp
+mount -t tmpfs -o "mode=777,size=${work_kb}k,nr_inodes=4096" rd-work sandbox
+for n in null zero random urandom; do : > "dev/$n"; mount --bind "/dev/$n" "dev/$n"; done
+for d in /bin /sbin /lib /lib32 /lib64 /libx32 /usr "$@"; do
+  if [ -e ".$d" ] || [ -L ".$d" ]; then continue; fi
+  if [ -L "$d" ]; then mkdir -p ".${d%/*}"; ln -s "$(readlink "$d")" ".$d"
+  elif [ -d "$d" ]; then mkdir -p ".$d"; mount --rbind "$d" ".$d"; ro "$root$d"
+  fi
+done
+mount -t proc proc proc  # umount needs it; gone again before the child starts
+mount -o remount,bind,ro "$root"
+pivot_root . .old
+umount -l /.old
+umount /proc
+cd /sandbox
+unset OLDPWD
+trap - EXIT
+unshare --user "$py" -I -B -c "$child" --seccomp-then-exec "$child"
 '''
-
-_MOUNTS = r'''
-mount --bind "$1" "$1" || exit 97
-for m in $(awk '{print $2}' /proc/self/mounts); do [ "$m" = "$1" ] || mount -o remount,bind,ro "$m" 2>/dev/null; done
-cd "$1" && unshare --user "$2" -I -B -c "$3"
-'''
-_UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork",
-            "--kill-child", "--mount-proc", "sh", "-c", _MOUNTS, "sh"]
-
+_UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--pid", "--ipc", "--uts", "--fork",
+            "--kill-child", "sh", "-c", _SETUP, "sh"]
+log = logging.getLogger(__name__)
+_REFUSAL = ("refusing to run model-written code: this host cannot build the sandbox's namespaces ({}). "
+            "Enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04 "
+            "also kernel.apparmor_restrict_unprivileged_userns=0) or run where they exist; see docs/sandbox.md")
 
 
 @dataclass(frozen=True)
@@ -154,8 +107,8 @@ class Limits:
     wall_seconds: float = 10.0
     cpu_seconds: int = 10
     memory_mb: int = 1024
-    file_mb: int = 16  # largest file (and stdout/stderr) the code may write
-    processes: int = 64  # RLIMIT_NPROC; only enforced for a non-root user (see sandbox_mode)
+    file_mb: int = 16  # largest file (and stdout/stderr) the code may write; /sandbox holds 2x (8 MB at least)
+    processes: int = 64  # RLIMIT_NPROC (the kernel exempts root; seccomp refuses fork anyway)
     env: dict[str, str] = field(default_factory=dict)  # extra environment variables
 
 
@@ -170,70 +123,103 @@ class RunResult:
     violations: tuple[str, ...] = ()
 
 
-@functools.lru_cache(maxsize=1)
 def sandbox_mode() -> str:
-    """"namespaces" if ``unshare`` gives us user+net+mount+pid namespaces here, else "rlimits"."""
+    """"namespaces" if the sandbox can be built on this host, else "rlimits" (then every run is
+    refused with a "sandbox error" that says why: rlimits alone do not contain hostile code)."""
+    return _probe()[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _probe() -> tuple[str, str]:
+    """("namespaces", "") or ("rlimits", why): runs one trivial job through the whole sandbox."""
     if shutil.which("unshare") is None or shutil.which("sh") is None:
-        return "rlimits"
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = ("import socket\ntry: socket.create_connection(('127.0.0.1', 9), 1)\n"
-                 "except OSError: print('network-blocked')")
-        try:
-            run = subprocess.run(_UNSHARE + [tmp, sys.executable, probe], capture_output=True,
-                                 text=True, timeout=30, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired):
-            return "rlimits"
-    ok = run.returncode == 0 and run.stdout.strip() == "network-blocked"
-    return "namespaces" if ok else "rlimits"
+        return "rlimits", "no unshare or sh on PATH"
+    run = _execute("x = 1\n", "assert x == 1\n", Limits(wall_seconds=30))
+    if run.status == "passed":
+        return "namespaces", ""
+    why = run.detail or run.stderr.strip()[-300:] or run.status
+    log.warning(_REFUSAL.format(why))  # once per process (cached): code checks will say "sandbox error"
+    return "rlimits", why
 
 
 def _rlimits(limits: Limits) -> dict[str, int]:
     mb = 1024 * 1024
     return {"RLIMIT_AS": limits.memory_mb * mb, "RLIMIT_CPU": int(limits.cpu_seconds),
-            "RLIMIT_FSIZE": limits.file_mb * mb, "RLIMIT_NPROC": limits.processes, "RLIMIT_CORE": 0}
+            "RLIMIT_FSIZE": limits.file_mb * mb, "RLIMIT_NPROC": limits.processes, "RLIMIT_CORE": 0,
+            "RLIMIT_NOFILE": 256}
+
+
+def _child_source() -> str:
+    return (Path(__file__).parent / "sandbox_child.py").read_text()
+
+
+def _interpreter_dirs() -> list[str]:
+    """The interpreter's installation (venv and base), as given and resolved, to mount read-only."""
+    dirs = []
+    for d in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix):
+        for path in (os.path.abspath(d), os.path.realpath(d)):
+            if path not in dirs and path != "/":
+                dirs.append(path)
+    return dirs
+
+
+def _command(root: str, source: str, work_kb: int) -> list[str]:
+    """argv that builds the sandbox on the empty directory ``root`` and runs ``python -c source``
+    there (as the child, with a ``work_kb`` KiB /sandbox), reading stdin and inheriting fds."""
+    return _UNSHARE + [root, sys.executable, source, str(work_kb)] + _interpreter_dirs()
 
 
 def run_sandboxed(solution: str, tests: str, limits: Limits | None = None) -> RunResult:
-    """Run ``solution`` then ``tests`` (same globals) in a fresh sandboxed interpreter."""
-    limits = limits or Limits()
-    work = tempfile.mkdtemp(prefix="rd-sandbox-")
+    """Run ``solution`` then ``tests`` (same globals) in a fresh sandboxed interpreter.
+
+    Refused (status "sandbox error", with the reason) on hosts where the sandbox cannot be built.
+    """
+    mode, why = _probe()
+    if mode != "namespaces":
+        return RunResult("sandbox error", _REFUSAL.format(why), "", "", 0.0)
+    return _execute(solution, tests, limits or Limits())
+
+
+def _execute(solution: str, tests: str, limits: Limits) -> RunResult:
+    # an empty mount point (resolved: the setup finds its mounts by path); nothing is written here
+    root = os.path.realpath(tempfile.mkdtemp(prefix="rd-sandbox-"))
     read_fd, write_fd = os.pipe()
     nonce = secrets.token_hex(16)
-    namespaces = sandbox_mode() == "namespaces"
-    job = {"nonce": nonce, "dir": work, "result_fd": write_fd, "limits": _rlimits(limits),
-           "solution": solution, "tests": tests, "namespaces": namespaces}
-    if namespaces:
-        cmd = _UNSHARE + [work, sys.executable, _RUNNER]
-    else:
-        cmd = [sys.executable, "-I", "-B", "-c", _RUNNER]
+    job = {"nonce": nonce, "result_fd": write_fd, "limits": _rlimits(limits), "solution": solution, "tests": tests}
+    cmd = _command(root, _child_source(), max(2 * limits.file_mb * 1024, 8 * 1024))
     # outer guard: coreutils timeout kills the lot even if this process dies first
     cmd = ["timeout", "-s", "KILL", f"{limits.wall_seconds + 5:g}"] + cmd if shutil.which("timeout") else cmd
-    env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
-           "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **limits.env}
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/sandbox", "TMPDIR": "/sandbox", "LANG": "C.UTF-8",
+           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **limits.env}
     start = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=work, env=env,
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=root, env=env,
                                     pass_fds=(write_fd,), start_new_session=True)
         except OSError as exc:
             for fd in (read_fd, write_fd):
                 os.close(fd)
-            shutil.rmtree(work, ignore_errors=True)
+            os.rmdir(root)
             return RunResult("sandbox error", f"cannot start the sandbox: {exc}", "", "", 0.0)
         os.close(write_fd)
-        timed_out = False
-        try:
-            proc.communicate((json.dumps(job) + "\n").encode(), timeout=limits.wall_seconds)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            _kill_group(proc)
+        timed_out = _wait(proc, (json.dumps(job) + "\n").encode(), limits.wall_seconds)
         seconds = time.monotonic() - start
         with os.fdopen(read_fd, "rb") as fh:
-            reply = fh.read(1 << 20).decode(errors="replace")
+            reply = fh.read(1 << 16).decode(errors="replace")
         stdout, stderr = _tail(out), _tail(err)
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
     return _classify(proc.returncode, timed_out, reply, nonce, stdout, stderr, seconds, limits)
+
+
+def _wait(proc: subprocess.Popen, job: bytes, wall_seconds: float) -> bool:
+    """Send the job, wait up to ``wall_seconds``, then kill the whole group; True if timed out."""
+    try:
+        proc.communicate(job, timeout=wall_seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        return True
+    finally:
+        _kill_group(proc)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -251,19 +237,34 @@ def _tail(fh, limit: int = 4000) -> str:
     return fh.read().decode(errors="replace")
 
 
+def _parse_reply(reply: str, nonce: str) -> tuple[bool, tuple[str, str, tuple[str, ...]] | None]:
+    """(whether the child started, (status, detail, violations) or None) from the child's lines.
+
+    The child writes "<nonce>\tstarted" before any model code runs, then at most one result line
+    "<nonce>\t<status>\t<detail as hex>\t<violations>". Two result lines cannot come from its
+    harness (it reports once), so they mean a forgery: no result.
+    """
+    lines = [ln.split("\t") for ln in reply.splitlines() if ln.startswith(nonce + "\t")]
+    started = [nonce, "started"] in lines
+    results = [fields for fields in lines if len(fields) == 4]
+    if len(results) != 1:
+        return started, None
+    _, status, detail_hex, violations = results[0]
+    try:
+        detail = bytes.fromhex(detail_hex).decode(errors="replace")
+    except ValueError:
+        return started, None
+    return started, (status, detail, tuple(v for v in violations.split(",") if v))
+
+
 def _classify(rc: int, timed_out: bool, reply: str, nonce: str, stdout: str, stderr: str,
               seconds: float, limits: Limits) -> RunResult:
-    result = None
-    for line in reply.splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and obj.get("nonce") == nonce:
-            result = obj
+    started, result = _parse_reply(reply, nonce)
+    if not started:  # the sandbox itself failed (the model's code never ran)
+        why = stderr.strip()[-300:] or (f"no start within {limits.wall_seconds:g} s" if timed_out else f"exit {rc}")
+        return RunResult("sandbox error", why, stdout, stderr, seconds)
     if result is not None:
-        violations = tuple(result["violations"])
-        status, detail = result["status"], result["detail"]
+        status, detail, violations = result
         if violations:
             status, detail = "blocked: " + ", ".join(violations), detail or "see violations"
         return RunResult(status, detail, stdout, stderr, seconds, violations)
@@ -271,10 +272,8 @@ def _classify(rc: int, timed_out: bool, reply: str, nonce: str, stdout: str, std
     if timed_out or rc == 124 or (sig == signal.SIGKILL and seconds >= limits.wall_seconds):
         return RunResult("timeout", f"still running after {limits.wall_seconds:g} s; killed",
                          stdout, stderr, seconds)
-    if sig == signal.SIGXCPU:
+    if sig in (signal.SIGXCPU, signal.SIGKILL):  # the child's RLIMIT_CPU kills with SIGKILL; nothing else does
         return RunResult("cpu time limit", f"used more than {limits.cpu_seconds} s of CPU", stdout, stderr, seconds)
-    if rc == 97 or "unshare:" in stderr:
-        return RunResult("sandbox error", stderr.strip()[-300:], stdout, stderr, seconds)
     if sig:
         return RunResult("crashed", f"killed by {signal.Signals(sig).name}", stdout, stderr, seconds)
     return RunResult("exited early", f"exit code {rc} before the tests finished", stdout, stderr, seconds)
