@@ -18,8 +18,9 @@ Sections (goals in brackets):
 - ``two_writers``: two ``generate`` on one run directory [the second refused, 0 duplicated traces].
 - ``pathological``: the answers of ``tests/faults/pathological_answers.py`` through ``reasondistill
   score`` (the verification pool every stage uses) [each within the time limit plus pool overhead].
-- ``sandbox``: ``tests/faults/hostile_programs.py`` in the code sandbox [all contained, 0 counted as a
-  pass, 0 secrets read].
+- ``sandbox``: the programs of ``tests/faults/hostile_programs.py`` in the code sandbox, in both modes
+  (namespaces; the rlimits fallback, which refuses to run code) [all contained, 0 counted as a pass,
+  0 secrets read].
 Exits 1 (with the reasons on stderr) when a goal is missed.
 """
 
@@ -280,8 +281,38 @@ def pathological(work: Path, timeout: float = 5.0) -> dict:
             "goal_met": out.returncode == 0 and seconds <= budget and not summary.get("correct")}
 
 
+# -- hostile programs in the code sandbox ----------------------------------------------------------------
+def sandbox(work: Path) -> dict:
+    """Runs the hostile-program suite (its checks: nothing outside changed, no process killed or
+    signalled, no connection made, no secret in the output, not a pass) and counts its results."""
+    import xml.etree.ElementTree as ET
+
+    from hostile_programs import PROGRAMS
+
+    report = work / "junit.xml"
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "hostile_program",
+                          f"--junitxml={report}", str(REPO / "tests/faults/test_sandbox_hostile.py")],
+                         capture_output=True, text=True, env=ENV, cwd=REPO, timeout=1800)
+    cases = ET.parse(report).getroot().iter("testcase")
+    by_mode: dict[str, dict[str, int]] = {}
+    failed = []
+    for case in cases:
+        mode = "namespaces" if "namespaces" in case.get("name") else "rlimits"
+        outcome = "skipped" if case.find("skipped") is not None else \
+            "escaped" if case.find("failure") is not None or case.find("error") is not None else "contained"
+        by_mode.setdefault(mode, {}).setdefault(outcome, 0)
+        by_mode[mode][outcome] += 1
+        if outcome == "escaped":
+            failed.append(case.get("name"))
+    result = {"programs": len(PROGRAMS), "modes": by_mode, "escaped": failed, "pytest_exit": out.returncode,
+              "note": "rlimits mode (hosts without user namespaces) refuses to run code: contained by refusal"}
+    result["goal_met"] = not failed and out.returncode == 0 and by_mode.get("namespaces", {}).get("contained") == \
+        len(PROGRAMS)
+    return result
+
+
 SECTIONS = {"generate_kills": None, "train_kills": None, "api": None, "malformed": None, "two_writers": None,
-            "pathological": None}
+            "pathological": None, "sandbox": None}
 
 
 def main() -> int:

@@ -24,11 +24,13 @@ Variants (each in its own subprocess, one after the other, same thread count):
     answer tokens of the whole step, ``attention: auto`` = reasondistill/attention.py's blocked causal
     attention on CPU, ``pad_to_multiple_of: auto`` = lengths rounded up geometrically in bf16, fused AdamW),
     fp32 and bf16 autocast (``mixed_precision="bf16"``); ``ours_dtype`` says
-    which one the headline numbers use (the faster one). ``ours_bf16_sdpa`` is an ablation with
-    the model's own sdpa attention (``attention_speedup`` in the JSON); ``ours_bf16_packed`` one with
-    ``train.packing`` (each step's examples packed into rows, no padding; ``packing_speedup``);
-    ``ours_bf16_3_epochs`` trains three epochs and times each: ``mfu_steady_state`` is ours' MFU in
-    the faster of epochs 2 and 3 (a long run's figure; the headline one-epoch MFU includes first-time costs).
+    which one the headline numbers use (the faster one); bf16 only where the CPU computes it natively
+    (AVX512-BF16/AMX; emulated bf16 is ~100x slower). Ablations, in that dtype (``ablation_dtype``):
+    ``ours_<dtype>_sdpa`` with the model's own sdpa attention (``attention_speedup``),
+    ``ours_<dtype>_packed`` with ``train.packing`` (each step's examples packed into rows, no padding;
+    ``packing_speedup``), ``ours_<dtype>_3_epochs`` three epochs timed each: ``mfu_steady_state`` is
+    ours' MFU in the faster of epochs 2 and 3 (a long run's figure; the headline one-epoch MFU
+    includes first-time costs).
   * ``trl``: ``trl.SFTTrainer`` with a prompt/completion dataset and ``completion_only_loss=True``,
     ``gradient_checkpointing=False`` (its default is True), ``padding_free=False``, ``packing=False``,
     ``train_sampling_strategy="group_by_length"`` (transformers 5 name for group_by_length),
@@ -60,6 +62,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -282,18 +285,14 @@ def run_per_example(work: Path, threads: int) -> dict:
 
 def child(args) -> None:
     work = Path(args.work)
+    ours = re.fullmatch(r"ours_(fp32|bf16)(_sdpa|_packed|_3_epochs)?", args.variant)
     if args.variant == "peak":
-        res = {"fp32": matmul_peak("float32", args.threads), "bf16": matmul_peak("bfloat16", args.threads)}
-    elif args.variant == "ours_fp32":
-        res = run_ours(work, args.threads, "no", args.ours_batch)
-    elif args.variant == "ours_bf16":
-        res = run_ours(work, args.threads, "bf16", args.ours_batch)
-    elif args.variant == "ours_bf16_sdpa":  # ablation: the model's own (sdpa) attention
-        res = run_ours(work, args.threads, "bf16", args.ours_batch, attention="model")
-    elif args.variant == "ours_bf16_3_epochs":  # steady state: epochs 2 and 3 of the same run
-        res = run_ours(work, args.threads, "bf16", args.ours_batch, epochs=3)
-    elif args.variant == "ours_bf16_packed":  # ablation: train.packing (rows of <= 4 x 1024 tokens)
-        res = run_ours(work, args.threads, "bf16", args.ours_batch, packing=True)
+        res = {dt: matmul_peak(name, args.threads) for dt, name in (("fp32", "float32"), ("bf16", "bfloat16"))
+               if dt == "fp32" or args.with_bf16}
+    elif ours:  # _sdpa: the model's own attention; _packed: train.packing; _3_epochs: the steady state
+        mixed, kind = "bf16" if ours[1] == "bf16" else "no", ours[2] or ""
+        res = run_ours(work, args.threads, mixed, args.ours_batch, attention="model" if kind == "_sdpa" else "auto",
+                       packing=kind == "_packed", epochs=3 if kind == "_3_epochs" else 1)
     elif args.variant in ("trl_fp32", "trl_bf16"):
         res = run_trl(work, args.threads, args.trl_batch, bf16=args.variant == "trl_bf16")
     elif args.variant == "per_example":
@@ -314,7 +313,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every variant (default 1)")
     ap.add_argument("--ours-batch", type=int, default=4, help="ours: examples per micro-batch (divides 16)")
     ap.add_argument("--trl-batch", type=int, default=4, help="TRL: per-device batch (divides 16)")
-    ap.add_argument("--skip-bf16", action="store_true")
+    ap.add_argument("--skip-bf16", action="store_true", help="no bf16 variants (the default where the CPU has "
+                    "no native bf16: emulated, it runs ~100x slower and measures nothing useful)")
+    ap.add_argument("--with-bf16", action="store_true", help=argparse.SUPPRESS)  # child: the peak measures bf16
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -331,13 +332,18 @@ def main() -> None:
         t0 = time.perf_counter()
         stats = prepare(work, n_train, n_val, seed=0)
         (work / "stats.json").write_text(json.dumps(stats))
+        from reasondistill.models import bf16_is_native
+
+        bf16 = bf16_is_native() and not args.skip_bf16
+        ab = "bf16" if bf16 else "fp32"  # the dtype of the ablations (attention, packing, steady state)
         variants = ["peak", "initial", "ours_fp32", "trl_fp32", "per_example"]
-        variants += [] if args.skip_bf16 else ["ours_bf16", "trl_bf16", "ours_bf16_sdpa", "ours_bf16_packed",
-                                                  "ours_bf16_3_epochs"]
+        variants += (["ours_bf16", "trl_bf16"] if bf16 else []) + [f"ours_{ab}_sdpa", f"ours_{ab}_packed",
+                                                                     f"ours_{ab}_3_epochs"]
         res = {}
         for v in variants:
             cmd = [sys.executable, __file__, "--variant", v, "--work", str(work), "--threads", str(args.threads),
-                   "--ours-batch", str(args.ours_batch), "--trl-batch", str(args.trl_batch)]
+                   "--ours-batch", str(args.ours_batch), "--trl-batch", str(args.trl_batch),
+                   *(["--with-bf16"] if bf16 else [])]
             p = subprocess.run(cmd, capture_output=True, text=True)
             if p.returncode != 0:
                 res[v] = {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"}
@@ -393,7 +399,7 @@ def main() -> None:
                            "completion_only_loss": True, "gradient_checkpointing": False, "padding_free": False,
                            "packing": False, "train_sampling_strategy": "group_by_length",
                            "attn_implementation": "sdpa", "use_cache": False,
-                           "dtype_tried": ["fp32"] + ([] if args.skip_bf16 else ["bf16 (bf16=True: autocast)"])},
+                           "dtype_tried": ["fp32"] + (["bf16 (bf16=True: autocast)"] if bf16 else [])},
             "trl_best": trl_key,
             "per_example_config": {"batch_size": 1, "grad_accum": EFFECTIVE_BATCH, "dtype": "fp32",
                                    "optimizer": "torch.optim.AdamW"},
@@ -409,17 +415,18 @@ def main() -> None:
             "speedup_vs_trl_cpu_time": cpu_ratio(ours_key, trl_key),
             "speedup_vs_per_example_cpu_time": cpu_ratio(ours_key, "per_example"),
             "bf16_over_fp32_cpu_time": cpu_ratio("ours_bf16", "ours_fp32"),
-            "attention_speedup": ratio(tps("ours_bf16"), tps("ours_bf16_sdpa")),
+            "bf16_native": bf16_is_native(), "ablation_dtype": ab,
+            "attention_speedup": ratio(tps(f"ours_{ab}"), tps(f"ours_{ab}_sdpa")),
             # train.packing (each step's 16 examples packed into rows of <= 4 x 1024 tokens) over padding
-            "packing_speedup": ratio(tps("ours_bf16_packed"), tps("ours_bf16")),
+            "packing_speedup": ratio(tps(f"ours_{ab}_packed"), tps(f"ours_{ab}")),
             "matmul_peak_gflops": {k: round(v, 1) for k, v in res["peak"].items()},
             "mfu": mfu(ours, "bf16" if use_bf16 else "fp32"),
             "mfu_with_attention": round(mfu(ours, "bf16" if use_bf16 else "fp32") * (1 + attn_per_token / (6 * params)), 4)
                                   if ours and params else None,
             # a real run sees each length many times: epochs 2-3 of a 3-epoch run, without the first
             # epoch's one-time costs (oneDNN kernels per new shape, first touches of fresh memory)
-            "mfu_steady_state": mfu(tokens / min(res["ours_bf16_3_epochs"]["epoch_s"][1:]), "bf16")
-                                if len(res.get("ours_bf16_3_epochs", {}).get("epoch_s", [])) == 3 else None,
+            "mfu_steady_state": mfu(tokens / min(res[f"ours_{ab}_3_epochs"]["epoch_s"][1:]), ab)
+                                if len(res.get(f"ours_{ab}_3_epochs", {}).get("epoch_s", [])) == 3 else None,
             "mfu_ours_fp32": mfu(tps("ours_fp32"), "fp32"),
             "mfu_per_example": mfu(per, "fp32"),
             "mfu_trl": mfu(trl, "bf16" if trl_key == "trl_bf16" else "fp32"),
