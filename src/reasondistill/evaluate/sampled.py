@@ -28,6 +28,7 @@ from reasondistill.curate.verdicts import judge_many
 from reasondistill.data.build import render_prompts
 from reasondistill.evaluate.metrics import (Vote, majority_vote, pass_at_k, plot_reliability, reliability_bins,
                                             expected_calibration_error, with_ci)
+from reasondistill.layout import EvalFiles
 from reasondistill.records import Problem, file_sha256, write_json, write_records
 from reasondistill.tasks.base import Task
 from reasondistill.teachers.sampling import SamplingParams, generate_completions
@@ -217,10 +218,10 @@ def evaluate_sampled(model: Any, problems: Sequence[Problem], task: Task, *, sam
               "provenance": provenance(path, tokenizer, params, system_prompt, bootstrap={"n_boot": n_boot, "seed": seed,
                                                                                            "level": 0.95})}
     if out_dir is not None:
-        out = Path(out_dir)
-        write_records(out / "samples.jsonl", rows)
+        out = EvalFiles(out_dir)
+        write_records(out.samples, rows)
         if result["calibration"]["bins"]:
-            plot_reliability(result["calibration"]["bins"], out / "reliability.png", title=f"{name}: vote confidence")
-            result["reliability_png"] = "reliability.png"
-        write_json(out / "sampled.json", result)
+            plot_reliability(result["calibration"]["bins"], out.reliability, title=f"{name}: vote confidence")
+            result["reliability_png"] = out.reliability.name
+        write_json(out.sampled, result)
     return result
