@@ -30,13 +30,13 @@ from reasondistill.evaluate.metrics import (Judge, Same, correct_by_problem, exp
                                             fraction_correct, judged_votes, pass_at_k_per_problem, plot_reliability,
                                             reliability_bins, vote_outcomes, with_ci)
 from reasondistill.layout import EvalFiles
-from reasondistill.records import Problem, file_sha256, write_json, write_records
+from reasondistill.records import CheckVerdict, Problem, file_sha256, write_json, write_records
 from reasondistill.tasks.base import Task
 from reasondistill.teachers.sampling import SamplingParams, generate_completions
 from reasondistill.thinking import CLOSE, OPEN, split_thinking
 from reasondistill.verify.checker import check_answers
 
-READABLE = ("correct", "wrong")  # verdicts whose ``predicted`` answer takes part in a vote
+READABLE: tuple[CheckVerdict, ...] = ("correct", "wrong")  # verdicts whose ``predicted`` answer takes part in a vote
 
 
 def model_file_hash(path: str | Path | None) -> str | None:

@@ -18,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from reasondistill.records import Problem
+from reasondistill.records import CheckVerdict, Problem
 
 
 @dataclass(frozen=True)
 class Check:
-    verdict: str  # "correct" | "wrong" | "unparseable"
+    verdict: CheckVerdict
     reason: str
     predicted: str | None = None
 

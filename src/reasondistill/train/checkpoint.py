@@ -63,8 +63,7 @@ def check_finite(named: Any, where: str, hint: str) -> None:
         raise NonFinite(f"{where}: non-finite values (NaN or inf) in {bad[0]}{more}; {hint}")
 
 
-def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, trainer_state: dict[str, Any],
-                    extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, trainer_state: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
@@ -74,10 +73,7 @@ def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, trainer_
         tokenizer.save_pretrained(tmp)
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    rng = {"torch_rng": torch.get_rng_state()}
-    if extra_tensors:
-        rng.update(extra_tensors)
-    save_file(rng, str(tmp / "rng.safetensors"))
+    save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta))
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2))
