@@ -446,7 +446,7 @@ class Pipeline:
         self.rd.mark_skipped("evaluate", None)
         with self._verifying():  # one verifier pool for every model and every extra
             results = {name: self._evaluate_one(name, path, test_path, force) for name, path in targets}
-            self._evaluate_extras(targets, force)
+            self._evaluate_beyond_greedy(targets, force)
         return results
 
     def _eval_targets(self, model: str | None) -> list[tuple[str, str]]:
@@ -486,20 +486,20 @@ class Pipeline:
         return self.run_stage(f"evaluate:{name}", {"evaluate": self._greedy_conf(), "model": path},
                               inputs, self.rd.eval(name).greedy_outputs, fn, force)
 
-    # -- evaluation beyond greedy: sampled, OOD, budgets, vs teacher, router (evaluate/extras.py) ----
+    # -- evaluation beyond greedy: sampled, OOD, budgets, vs teacher, router (evaluate/stages.py) ----
     def _greedy_conf(self) -> dict[str, Any]:
         """The settings greedy evaluation depends on (the same fingerprint as before the extras existed)."""
         return self.cfg.evaluate.model_dump(include={"batch_size", "max_new_tokens", "teacher"})
 
-    def _evaluate_extras(self, targets: list[tuple[str, str]], force: bool = False) -> dict[str, Any]:
-        from reasondistill.evaluate.extras import run_extras
+    def _evaluate_beyond_greedy(self, targets: list[tuple[str, str]], force: bool = False) -> dict[str, Any]:
+        from reasondistill.evaluate.stages import run_beyond_greedy
 
-        return run_extras(self, targets, force)
+        return run_beyond_greedy(self, targets, force)
 
     def route(self, student: str | None = None, k: int | None = None, thresholds: list[float] | None = None,
               force: bool = False) -> dict[str, Any]:
         """Student-first cascade for one or all students (needs the teacher's greedy evaluation)."""
-        from reasondistill.evaluate.extras import run_router
+        from reasondistill.evaluate.stages import run_router
 
         with self._verifying():
             return run_router(self, student, k, thresholds, force)

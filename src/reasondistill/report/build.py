@@ -97,12 +97,12 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
     if curves:
         plot_loss_curves(curves, lay.loss_curves)
         report["loss_curves"] = lay.loss_curves.name
-    from reasondistill.report import extras, html  # sampled/OOD/budget/compare/router sections; report.html
+    from reasondistill.report import evaluation as evaluation_section, html  # sampled/OOD/budget/compare/router; report.html
 
-    evaluation = {name: e for name, e in extras.collect(root).items() if name in models}  # none of skipped ones
+    evaluation = {name: e for name, e in evaluation_section.collect(root).items() if name in models}  # none of skipped ones
     if evaluation:
         report["evaluation"] = evaluation
-        report["plots"] = extras.make_plots(root, evaluation)
+        report["plots"] = evaluation_section.make_plots(root, evaluation)
     write_json(lay.report_json, report)
     lay.report_md.write_text(render_markdown(report), encoding="utf-8")
     html.write_html(root, report)
@@ -161,7 +161,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 ", ".join(f"{k} {v:.1f}" for k, v in report["stage_seconds"].items()),
                 f"\nSum of stage times: {report['total_stage_seconds']:.1f} s (students may train in parallel, so wall time is less)", ""]
     if report.get("evaluation"):
-        from reasondistill.report.extras import render_markdown as evaluation_markdown
+        from reasondistill.report.evaluation import render_markdown as evaluation_markdown
 
         out.append(evaluation_markdown(report))
     return "\n".join(out)

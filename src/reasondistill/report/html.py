@@ -18,8 +18,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from reasondistill.report.extras import fmt_ci, rows
 from reasondistill.layout import Layout
+from reasondistill.report.evaluation import fmt_ci, rows
 from reasondistill.report.html_assets import CSS, JS
 
 PLOT_TITLES = {"loss_curves": "Training and validation loss", "accuracy_by_difficulty": "Accuracy by difficulty",

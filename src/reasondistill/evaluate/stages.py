@@ -29,7 +29,7 @@ def _inputs(name: str, path: str) -> list[Path]:
     return local_files(path) if name == "teacher" else [Path(path)]
 
 
-def run_extras(pipe, targets: Sequence[tuple[str, str]], force: bool = False) -> dict[str, Any]:
+def run_beyond_greedy(pipe, targets: Sequence[tuple[str, str]], force: bool = False) -> dict[str, Any]:
     ev = pipe.cfg.evaluate
     out: dict[str, Any] = {}
     for name, path in targets:
@@ -67,38 +67,49 @@ def greedy_provenance(pipe, name: str, path: str) -> None:
         "(tests/evaluate/test_sampled.py)"})
 
 
-def sampled_stage(pipe, name: str, path: str, force: bool = False, samples: int | None = None,
-                  ks: Sequence[int] | None = None, file: str = "samples.jsonl") -> Any:
-    from reasondistill.evaluate.sampled import completion_rows, evaluate_sampled
-
+def _sampling_conf(pipe, path: str, n: int, ks: Sequence[int]) -> dict[str, Any]:
     ev = pipe.cfg.evaluate
-    n = samples or ev.samples
-    test_path, e = pipe.rd.test_problems, pipe.rd.eval(name)
-    d = e.dir
-    conf = {"samples": n, "k": list(ks or ev.k), "temperature": ev.temperature, "top_p": ev.top_p, "seed": ev.seed,
+    return {"samples": n, "k": list(ks), "temperature": ev.temperature, "top_p": ev.top_p, "seed": ev.seed,
             "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "model": path}
 
-    def fn(_fp):
-        problems = read_records(test_path, Problem)
-        if file != "samples.jsonl":  # router-only samples: rows, no summary files
-            from reasondistill.evaluate.sampled import load
-            from reasondistill.teachers.sampling import SamplingParams
 
-            model, tok, _ = load(path)
-            params = SamplingParams(n=n, temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed,
-                                    max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
-            write_records(d / file, completion_rows(model, tok, problems, pipe.task, params))
-            return {"samples": n}
-        res = evaluate_sampled(path, problems, pipe.task, samples=n, k=conf["k"], temperature=ev.temperature,
-                               top_p=ev.top_p, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
-                               seed=ev.seed, out_dir=d, name=name)
+def sampled_stage(pipe, name: str, path: str, force: bool = False) -> Any:
+    """``evaluate.samples`` samples per test problem: ``samples.jsonl`` and the metrics in ``sampled.json``."""
+    from reasondistill.evaluate.sampled import evaluate_sampled
+
+    ev = pipe.cfg.evaluate
+    n, test_path, e = ev.samples, pipe.rd.test_problems, pipe.rd.eval(name)
+    conf = _sampling_conf(pipe, path, n, ev.k)
+
+    def fn(_fp):
+        res = evaluate_sampled(path, read_records(test_path, Problem), pipe.task, samples=n, k=conf["k"],
+                               temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens,
+                               batch_size=ev.batch_size, seed=ev.seed, out_dir=e.dir, name=name)
         top = str(max(conf["k"]))
         pipe.log(f"       {name}: pass@{top} {res['pass@k'][top]['value']:.3f}, maj@{top} "
                  f"{res['maj@k'][top]['value']:.3f}, avg@{n} {res['avg@n']['value']:.3f}")
         return {"pass@k": res["pass@k"], "maj@k": res["maj@k"], "avg@n": res["avg@n"]}
-    outputs = [d / file] + ([d / "sampled.json"] if file == "samples.jsonl" else [])
-    stage = "evaluate-sampled" if file == "samples.jsonl" else "evaluate-router-samples"
-    return pipe.run_stage(f"{stage}:{name}", conf, [test_path, *_inputs(name, path)], outputs, fn, force)
+    return pipe.run_stage(f"evaluate-sampled:{name}", conf, [test_path, *_inputs(name, path)],
+                          [e.samples, e.sampled], fn, force)
+
+
+def router_samples_stage(pipe, name: str, path: str, k: int, force: bool = False) -> Any:
+    """``k`` samples per test problem for the router alone (when ``evaluate.samples`` < k): rows in
+    ``router_samples.jsonl``, no metrics."""
+    from reasondistill.evaluate.sampled import completion_rows, load
+    from reasondistill.teachers.sampling import SamplingParams
+
+    ev = pipe.cfg.evaluate
+    test_path, e = pipe.rd.test_problems, pipe.rd.eval(name)
+
+    def fn(_fp):
+        model, tok, _ = load(path)
+        params = SamplingParams(n=k, temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed,
+                                max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+        write_records(e.router_samples, completion_rows(model, tok, read_records(test_path, Problem), pipe.task, params))
+        return {"samples": k}
+    return pipe.run_stage(f"evaluate-router-samples:{name}", _sampling_conf(pipe, path, k, [k]),
+                          [test_path, *_inputs(name, path)], [e.router_samples], fn, force)
 
 
 def ood_problems(pipe) -> list[Problem]:
@@ -184,7 +195,7 @@ def route_stage(pipe, name: str, k: int, thresholds: Sequence[float], force: boo
             sampled_stage(pipe, name, model, force)
     else:
         samples = e.router_samples
-        sampled_stage(pipe, name, model, force, samples=k, ks=[k], file="router_samples.jsonl")
+        router_samples_stage(pipe, name, model, k, force)
 
     def fn(_fp):
         res = route_student(_rows(samples), _rows(t.completions), read_records(root, Problem), pipe.task,

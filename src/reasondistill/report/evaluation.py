@@ -1,6 +1,6 @@
 """The report's evaluation section: greedy CIs, sampled metrics, OOD, budgets, comparison, router.
 
-Why: :mod:`.build` writes the models table; this module gathers what :mod:`reasondistill.evaluate.extras`
+Why: :mod:`.build` writes the models table; this module gathers what :mod:`reasondistill.evaluate.stages`
 left in ``evaluate/<model>/`` into ``report["evaluation"]``, draws the shared plots into
 ``plots/`` (accuracy by difficulty with CIs, length histograms, budget curve, router curve) and
 renders the matching Markdown. Every input is optional; a section without data is left out.
@@ -62,7 +62,8 @@ def collect(root: str | Path) -> dict[str, Any]:
     return out
 
 
-def _fig(w: float = 6, h: float = 3.6):
+def agg_figure(w: float = 6, h: float = 3.6):
+    """A bare Agg figure (no pyplot, no global backend change)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -81,7 +82,7 @@ def make_plots(root: str | Path, evaluation: dict[str, Any]) -> dict[str, str]:
     plots_dir.mkdir(exist_ok=True)
     with_diff = {m: e["accuracy_by_difficulty_ci"] for m, e in evaluation.items() if e.get("accuracy_by_difficulty_ci")}
     if with_diff:
-        fig = _fig()
+        fig = agg_figure()
         ax = fig.subplots()
         for m, acc in with_diff.items():
             xs = [int(k) for k in acc]
@@ -105,7 +106,7 @@ def make_plots(root: str | Path, evaluation: dict[str, Any]) -> dict[str, str]:
     lengths = {m: [r["completion_tokens"] for r in rows(Layout(root).eval(m).completions)] for m in evaluation}
     lengths = {m: v for m, v in lengths.items() if v}
     if lengths:
-        fig = _fig()
+        fig = agg_figure()
         ax = fig.subplots()
         top = max(max(v) for v in lengths.values())
         bins = list(range(0, top + 2, max(1, (top + 1) // 30)))
