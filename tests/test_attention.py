@@ -335,7 +335,7 @@ def test_decode_steps_match_sdpa_logits(char_tokenizer):
 def test_generate_completions_decodes_bf16_through_it(char_tokenizer, monkeypatch, arith):
     """A bf16 model on CPU decodes with _decode (fp32 keeps sdpa) and gets its attention back after."""
     import reasondistill.attention as attention
-    from reasondistill.data.build import render_prompts
+    from reasondistill.prompts import render_prompts
     from reasondistill.teachers.sampling import SamplingParams, generate_completions
 
     calls = []

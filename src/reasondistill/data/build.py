@@ -19,6 +19,7 @@ from typing import Iterable
 import numpy as np
 
 from reasondistill.layout import BuildFiles
+from reasondistill.prompts import render_prompts
 from reasondistill.records import Problem, Trace, write_json
 from reasondistill.thinking import format_target
 
@@ -47,14 +48,6 @@ def make_examples(problems: dict[str, Problem], traces: Iterable[Trace], target:
             seen.add(key)
             out.append(Example(tr.problem_id, p.prompt, completion))
     return out
-
-
-def render_prompts(tokenizer, prompts: list[str], system: str | None = None) -> list[str]:
-    rendered = []
-    for prompt in prompts:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return rendered
 
 
 def tokenize_examples(tokenizer, examples: list[Example]) -> tuple[list[list[int]], list[int]]:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from reasondistill.curate.verdicts import judge_many, verdict_counts
-from reasondistill.data.build import render_prompts
 from reasondistill.layout import EvalFiles
+from reasondistill.prompts import render_prompts
 from reasondistill.records import Problem, write_json, write_records
 from reasondistill.tasks.base import Task
 from reasondistill.teachers.sampling import SamplingParams, generate_completions

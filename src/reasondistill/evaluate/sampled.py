@@ -25,11 +25,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from reasondistill.curate.verdicts import judge_many
-from reasondistill.data.build import render_prompts
 from reasondistill.evaluate.metrics import (Judge, Same, correct_by_problem, expected_calibration_error,
                                             fraction_correct, judged_votes, pass_at_k_per_problem, plot_reliability,
                                             reliability_bins, vote_outcomes, with_ci)
 from reasondistill.layout import EvalFiles
+from reasondistill.prompts import render_prompts
 from reasondistill.records import CheckVerdict, Problem, file_sha256, write_json, write_records
 from reasondistill.tasks.base import Task
 from reasondistill.teachers.sampling import SamplingParams, generate_completions
