@@ -20,28 +20,34 @@ name the files of a directory given to a library function (``build_dataset(out_d
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+
+class At:
+    """A file or directory at ``parts`` below the owner's ``base`` attribute (a Path), read as a
+    property: ``traces = At("generate", "traces.jsonl")`` makes ``layout.traces`` a Path."""
+
+    def __init__(self, *parts: str, base: str = "root"):
+        self.parts, self.base = parts, base
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Path:
+        if obj is None:
+            return self  # type: ignore[return-value]  # the descriptor itself, on the class
+        return getattr(obj, self.base).joinpath(*self.parts)
 
 
 class BuildFiles:
     """``build/<student>/``: the tokenised dataset of one student (data/build.py, data/topk.py)."""
+
+    train = At("train.safetensors", base="dir")
+    val = At("val.safetensors", base="dir")
+    stats = At("stats.json", base="dir")
 
     def __init__(self, d: str | Path):
         self.dir = Path(d)
 
     def split(self, name: str) -> Path:
         return self.dir / f"{name}.safetensors"
-
-    @property
-    def train(self) -> Path:
-        return self.split("train")
-
-    @property
-    def val(self) -> Path:
-        return self.split("val")
-
-    @property
-    def stats(self) -> Path:
-        return self.dir / "stats.json"
 
     def topk(self, k: int) -> Path:
         """The teacher's captured top-``k`` log-probs (the capture stage's output)."""
@@ -55,24 +61,13 @@ class BuildFiles:
 class TrainFiles:
     """``train/<student>/``: checkpoints, the final model and its curves (train/sft.py)."""
 
+    final = At("final", base="dir")
+    metrics_csv = At("metrics.csv", base="dir")
+    summary = At("summary.json", base="dir")
+    progress = At("progress.json", base="dir")
+
     def __init__(self, d: str | Path):
         self.dir = Path(d)
-
-    @property
-    def final(self) -> Path:
-        return self.dir / "final"
-
-    @property
-    def metrics_csv(self) -> Path:
-        return self.dir / "metrics.csv"
-
-    @property
-    def summary(self) -> Path:
-        return self.dir / "summary.json"
-
-    @property
-    def progress(self) -> Path:
-        return self.dir / "progress.json"
 
     @property
     def outputs(self) -> list[Path]:
@@ -80,17 +75,24 @@ class TrainFiles:
 
 
 class EvalFiles:
-    """``evaluate/<model>/`` (and its ``ood/``): greedy results and the optional extras
-    (evaluate/accuracy.py, evaluate/sampled.py, evaluate/stages.py)."""
+    """``evaluate/<model>/`` (and its ``ood/``): greedy results and the optional extra stages'
+    files (evaluate/accuracy.py, evaluate/sampled.py, evaluate/stages.py)."""
+
+    metrics = At("metrics.json", base="dir")  # greedy: the evaluate stage
+    completions = At("completions.jsonl", base="dir")
+    provenance = At("provenance.json", base="dir")
+    samples = At("samples.jsonl", base="dir")  # evaluate.samples
+    sampled = At("sampled.json", base="dir")
+    reliability = At("reliability.png", base="dir")
+    budget = At("budget.json", base="dir")  # evaluate.budgets
+    compare = At("compare.json", base="dir")  # students vs the teacher
+    compare_reliability = At("compare_reliability.png", base="dir")
+    router = At("router.json", base="dir")  # evaluate.router / `reasondistill route`
+    router_png = At("router.png", base="dir")
+    router_samples = At("router_samples.jsonl", base="dir")
 
     def __init__(self, d: str | Path):
         self.dir = Path(d)
-
-    def __getattr__(self, name: str) -> Path:
-        try:
-            return self.dir / _EVAL_FILES[name]
-        except KeyError:
-            raise AttributeError(f"{type(self).__name__} has no file {name!r}") from None
 
     @property
     def ood(self) -> "EvalFiles":
@@ -103,20 +105,42 @@ class EvalFiles:
     @property
     def reported(self) -> list[Path]:
         """The files of this directory the report reads (sampled, OOD, budget, compare, router, traces)."""
-        return [*self.greedy_outputs, *(self.dir / _EVAL_FILES[k] for k in REPORTED_EXTRAS), self.ood.metrics]
-
-
-# evaluate/<model>/<file>, by attribute of EvalFiles
-_EVAL_FILES = {"metrics": "metrics.json", "completions": "completions.jsonl", "provenance": "provenance.json",
-               "samples": "samples.jsonl", "sampled": "sampled.json", "reliability": "reliability.png",
-               "budget": "budget.json", "compare": "compare.json", "compare_reliability": "compare_reliability.png",
-               "router": "router.json", "router_png": "router.png", "router_samples": "router_samples.jsonl"}
-# the per-model JSON files the report shows beside the greedy metrics (report/evaluation.py)
-REPORTED_EXTRAS = ("budget", "compare", "router", "provenance", "sampled")
+        return [*self.greedy_outputs, self.budget, self.compare, self.router, self.provenance, self.sampled,
+                self.ood.metrics]
 
 
 class Layout:
     """Paths under a run directory's ``root``, by stage."""
+
+    config_file = At("config.yaml")
+    manifest = At("manifest.json")
+    skipped_path = At("skipped.json")  # why stages had nothing to work on
+    stages_dir = At(".stages")  # bookkeeping: stage states, the writer lock, the hash cache (rundir.py)
+    exports_dir = At("export")  # `reasondistill export`
+    # problems
+    train_problems = At("problems", "train.jsonl")
+    test_problems = At("problems", "test.jsonl")
+    ood_problems = At("problems", "ood.jsonl")
+    composition = At("problems", "composition.json")
+    # generate
+    traces = At("generate", "traces.jsonl")
+    generate_progress = At("generate", "progress.json")
+    shards_dir = At("generate", "shards")
+    # curate
+    curated = At("curate", "curated.jsonl")
+    verdicts = At("curate", "verdicts.jsonl")
+    curate_summary = At("curate", "summary.json")
+    pass_rates = At("curate", "pass_rates.jsonl")
+    decontamination = At("curate", "decontamination.json")
+    # train and evaluate: one directory per student or model below these
+    train_root = At("train")
+    eval_root = At("evaluate")
+    # report
+    report_json = At("report.json")
+    report_md = At("report.md")
+    report_html = At("report.html")
+    loss_curves = At("loss_curves.png")
+    plots_dir = At("plots")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -124,95 +148,22 @@ class Layout:
     def __truediv__(self, part: str) -> Path:
         return self.root / part
 
-    # -- the run as a whole ---------------------------------------------------------------------
-    @property
-    def config_file(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def skipped_path(self) -> Path:
-        return self.root / "skipped.json"
-
-    @property
-    def stages_dir(self) -> Path:
-        """Bookkeeping: each stage's state, the writer lock, the hash cache (rundir.py)."""
-        return self.root / ".stages"
-
-    @property
-    def exports_dir(self) -> Path:
-        """``reasondistill export`` output (export.py)."""
-        return self.root / "export"
-
-    # -- problems -------------------------------------------------------------------------------
-    @property
-    def train_problems(self) -> Path:
-        return self.root / "problems" / "train.jsonl"
-
-    @property
-    def test_problems(self) -> Path:
-        return self.root / "problems" / "test.jsonl"
-
-    @property
-    def ood_problems(self) -> Path:
-        return self.root / "problems" / "ood.jsonl"
-
-    @property
-    def composition(self) -> Path:
-        return self.root / "problems" / "composition.json"
-
+    # -- each stage's outputs -------------------------------------------------------------------
     @property
     def problems_outputs(self) -> list[Path]:
         return [self.train_problems, self.test_problems, self.composition]
-
-    # -- generate -------------------------------------------------------------------------------
-    @property
-    def traces(self) -> Path:
-        return self.root / "generate" / "traces.jsonl"
-
-    @property
-    def generate_progress(self) -> Path:
-        return self.root / "generate" / "progress.json"
-
-    @property
-    def shards_dir(self) -> Path:
-        return self.root / "generate" / "shards"
-
-    # -- curate ---------------------------------------------------------------------------------
-    @property
-    def curated(self) -> Path:
-        return self.root / "curate" / "curated.jsonl"
-
-    @property
-    def verdicts(self) -> Path:
-        return self.root / "curate" / "verdicts.jsonl"
-
-    @property
-    def curate_summary(self) -> Path:
-        return self.root / "curate" / "summary.json"
-
-    @property
-    def pass_rates(self) -> Path:
-        return self.root / "curate" / "pass_rates.jsonl"
-
-    @property
-    def decontamination(self) -> Path:
-        return self.root / "curate" / "decontamination.json"
 
     @property
     def curate_outputs(self) -> list[Path]:
         return [self.curated, self.verdicts, self.curate_summary, self.pass_rates, self.decontamination]
 
-    # -- build, train, evaluate (one directory per student or model) ----------------------------
+    @property
+    def report_outputs(self) -> list[Path]:
+        return [self.report_json, self.report_md, self.report_html]
+
+    # -- per student or model -------------------------------------------------------------------
     def build(self, student: str) -> BuildFiles:
         return BuildFiles(self.root / "build" / student)
-
-    @property
-    def train_root(self) -> Path:
-        return self.root / "train"
 
     def train(self, student: str) -> TrainFiles:
         return TrainFiles(self.train_root / student)
@@ -221,45 +172,16 @@ class Layout:
         """A student's output when it trains in a child process (train_workers)."""
         return self.train_root / f"{student}.log"
 
-    @property
-    def eval_root(self) -> Path:
-        return self.root / "evaluate"
-
     def eval(self, model: str) -> EvalFiles:
         return EvalFiles(self.eval_root / model)
 
-    # -- report ---------------------------------------------------------------------------------
-    @property
-    def report_json(self) -> Path:
-        return self.root / "report.json"
-
-    @property
-    def report_md(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
-
-    @property
-    def loss_curves(self) -> Path:
-        return self.root / "loss_curves.png"
-
-    @property
-    def plots_dir(self) -> Path:
-        return self.root / "plots"
-
-    @property
-    def report_outputs(self) -> list[Path]:
-        return [self.report_json, self.report_md, self.report_html]
-
     def evaluated(self) -> list[str]:
         """Models with a directory under ``evaluate/``, sorted."""
-        return sorted(p.name for p in self.eval_root.iterdir() if p.is_dir()) if self.eval_root.is_dir() else []
+        return _subdirs(self.eval_root)
 
     def trained(self) -> list[str]:
         """Students with a directory under ``train/``, sorted."""
-        return sorted(p.name for p in self.train_root.iterdir() if p.is_dir()) if self.train_root.is_dir() else []
+        return _subdirs(self.train_root)
 
     def report_inputs(self) -> list[Path]:
         """The other stages' files the report reads, those that exist: curation summary, training
@@ -270,3 +192,7 @@ class Layout:
         for m in self.evaluated():
             files += self.eval(m).reported
         return [f for f in files if f.is_file()]
+
+
+def _subdirs(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
