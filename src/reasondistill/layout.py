@@ -176,11 +176,10 @@ class Layout:
         return EvalFiles(self.eval_root / model)
 
     def evaluated(self) -> list[str]:
-        """Models with a directory under ``evaluate/``, sorted."""
+        """Models with a directory under ``evaluate/`` (sorted); :meth:`trained`: students under ``train/``."""
         return _subdirs(self.eval_root)
 
     def trained(self) -> list[str]:
-        """Students with a directory under ``train/``, sorted."""
         return _subdirs(self.train_root)
 
     def report_inputs(self) -> list[Path]:
