@@ -24,6 +24,7 @@ from reasondistill.rundir import RunDir, StageInputMissing
 from reasondistill.tasks.base import load_task
 from reasondistill.tasks.strategy import record_system_prompt, sample_by_system_prompt
 
+
 def load_traces(path: Path) -> dict[tuple[str, int], Trace]:
     """Traces by (problem, sample); when a key repeats (a retried failure) the later line wins."""
     if not path.exists():
