@@ -104,8 +104,8 @@ def main() -> None:
     import torch
     import transformers
 
-    from reasondistill.data.build import render_prompts
     from reasondistill.models import n_params
+    from reasondistill.prompts import render_prompts
     from reasondistill.tasks.arith import ChainedArithmetic
 
     transformers.logging.set_verbosity_error()

@@ -84,7 +84,7 @@ def make_texts(n: int, seed: int, tokenizer) -> list[tuple[str, str, str]]:
     """(problem_id, prompt, completion) with lognormal total token lengths in [64, 1024]."""
     import numpy as np
 
-    from reasondistill.data.build import render_prompts
+    from reasondistill.prompts import render_prompts
     from reasondistill.tasks.arith import ChainedArithmetic
 
     rng = np.random.default_rng(seed)
@@ -217,7 +217,7 @@ def run_trl(work: Path, threads: int, batch: int, bf16: bool) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from reasondistill.data.build import render_prompts
+    from reasondistill.prompts import render_prompts
 
     torch.set_num_threads(threads)
     model, tok = build_model()

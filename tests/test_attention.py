@@ -128,7 +128,7 @@ def test_packed_structure_is_read_from_the_mask_not_from_names():
 def test_custom_mask_functions_fall_back_to_the_dense_mask(char_tokenizer, caplog):
     """A mask function that is not packed-causal (here: packed rows and a sliding window of 5)
     reaches the layers as transformers' own dense mask, so results stay correct."""
-    from transformers.masking_utils import create_causal_mask, sdpa_mask
+    from transformers.masking_utils import create_causal_mask
 
     model = init_model(QWEN_GQA, char_tokenizer, seed=0)
     positions = torch.cat([torch.arange(n) for n in (30, 20)])[None]
@@ -335,7 +335,7 @@ def test_decode_steps_match_sdpa_logits(char_tokenizer):
 def test_generate_completions_decodes_bf16_through_it(char_tokenizer, monkeypatch, arith):
     """A bf16 model on CPU decodes with _decode (fp32 keeps sdpa) and gets its attention back after."""
     import reasondistill.attention as attention
-    from reasondistill.data.build import render_prompts
+    from reasondistill.prompts import render_prompts
     from reasondistill.teachers.sampling import SamplingParams, generate_completions
 
     calls = []

@@ -17,7 +17,7 @@ import pytest
 httpx = pytest.importorskip("httpx2")
 
 from reasondistill import models  # noqa: E402
-from reasondistill.data.build import render_prompts  # noqa: E402
+from reasondistill.prompts import render_prompts  # noqa: E402
 from reasondistill.serve import make_server, parse_failures  # noqa: E402
 
 TARGET = "<think>ab</think>7"

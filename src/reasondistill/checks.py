@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from reasondistill.records import Problem
+from reasondistill.records import CheckVerdict, Problem
 
 # reasons of an "unparseable" verdict that say the check itself could not finish (never "wrong")
 TIMEOUT = "timeout"
@@ -21,7 +21,7 @@ OUT_OF_MEMORY = "out of memory"
 
 @dataclass(frozen=True)
 class Check:
-    verdict: str  # "correct" | "wrong" | "unparseable"
+    verdict: CheckVerdict
     reason: str
     predicted: str | None = None
 

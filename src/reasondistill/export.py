@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+from reasondistill.layout import Layout
 from reasondistill.records import Problem, Trace, read_records, write_records
 
 FORMATS = ("messages", "prompt_completion")
@@ -60,7 +61,8 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, student
     from reasondistill.config import load_config
 
     run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.yaml"
+    lay = Layout(run_dir)
+    cfg_file = lay.config_file
     if not cfg_file.exists():
         raise FileNotFoundError(f"{run_dir} has no config.yaml: pass a run directory")
     cfg = load_config(cfg_file, [f"run_dir={run_dir}"])
@@ -70,13 +72,13 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, student
             raise ValueError(f"--target {target} contradicts student {student!r}'s target {s.target!r}")
         target = s.target
     target = target or "traces"
-    curated, problems_path = run_dir / "curate/curated.jsonl", run_dir / "problems/train.jsonl"
+    curated, problems_path = lay.curated, lay.train_problems
     for p in (curated, problems_path):
         if not p.exists():
             raise FileNotFoundError(f"{p} not found: run `reasondistill curate {run_dir}` first")
     problems = {p.id: p for p in read_records(problems_path, Problem)}
     rows = to_rows(problems, read_records(curated, Trace), fmt, target, cfg.build.think_tags, with_reference)
-    path = Path(out) if out else run_dir / "export" / f"{student or target}.{fmt}.jsonl"
+    path = Path(out) if out else lay.exports_dir / f"{student or target}.{fmt}.jsonl"
     write_records(path, rows)
     return path, len(rows)
 

@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from reasondistill.layout import Layout
 from reasondistill.records import Problem, RecordError, Trace, json_rows, to_dict, write_records
 from reasondistill.thinking import CLOSE, OPEN, format_target, split_thinking
 
@@ -187,7 +188,8 @@ def _same(path: Path, records: list[Any]) -> bool:
 def _load_config(run_dir: Path, config: str | Path | None, overrides: list[str]):
     from reasondistill.config import load_config
 
-    source = config if config is not None else (run_dir / "config.yaml" if (run_dir / "config.yaml").exists() else None)
+    cfg_file = Layout(run_dir).config_file
+    source = config if config is not None else (cfg_file if cfg_file.exists() else None)
     return load_config(source, [*overrides, f"run_dir={run_dir}", "teacher.kind=ingested"])
 
 
@@ -204,7 +206,7 @@ def ingest(path: str | Path, run_dir: str | Path, fmt: str, config: str | Path |
     path, run_dir = Path(path), Path(run_dir)
     problems, traces = parse_file(path, fmt)  # every row is checked before anything is written
     pipe = Pipeline(_load_config(run_dir, config, overrides or []), log=log, show_progress=False)
-    train, out = pipe.rd / "problems/train.jsonl", pipe.rd / "generate/traces.jsonl"
+    train, out = pipe.rd.train_problems, pipe.rd.traces
 
     def fn(_fp):
         for target, records in ((train, problems), (out, traces)):
@@ -222,7 +224,7 @@ def ingest(path: str | Path, run_dir: str | Path, fmt: str, config: str | Path |
 def ingested_problems(pipe, force: bool = False) -> dict[str, Any]:
     """Pipeline.problems for an ingested run: the training problems are the ingested ones; only the
     test split comes from the configured task."""
-    out_test = pipe.rd / "problems/test.jsonl"
+    out_test = pipe.rd.test_problems
     conf = {"task": pipe.cfg.task, "seed": pipe.cfg.seed, "train": "ingested"}
 
     def fn(_fp):
@@ -232,15 +234,15 @@ def ingested_problems(pipe, force: bool = False) -> dict[str, Any]:
         write_records(out_test, test)
         return {"test": len(test)}
     inputs = getattr(pipe.task, "input_files", lambda: [])()  # a file task's data files
-    return pipe._stage("problems", conf, inputs, [out_test], fn, force)
+    return pipe.run_stage("problems", conf, inputs, [out_test], fn, force)
 
 
 def ingested_generate(pipe, force: bool = False) -> dict[str, Any]:
     """Pipeline.generate for an ingested run: nothing to sample; the ingested traces are the output."""
-    from reasondistill.pipeline import StageInputMissing
+    from reasondistill.rundir import StageInputMissing
 
     pipe.problems()
-    train, out = pipe.rd / "problems/train.jsonl", pipe.rd / "generate/traces.jsonl"
+    train, out = pipe.rd.train_problems, pipe.rd.traces
     state = pipe.rd.stage_state("ingest")
     if state is None or not train.exists() or not out.exists():
         raise StageInputMissing(f"{out} not found: teacher.kind is 'ingested'; run "

@@ -44,6 +44,13 @@ def resolve(name_or_path: str) -> str:
     return str(local) if looks_local else name_or_path
 
 
+def local_files(name: str) -> list[Path]:
+    """Files that identify a model or tokenizer when it is local (a stage's inputs; hub ids hash by name only)."""
+    path = Path(resolve(name))
+    return [f for f in (path / "config.json", path / "model.safetensors", path / "tokenizer.json")
+            if f.exists()] if path.is_dir() else []
+
+
 def build_char_tokenizer():
     """A character-level tokenizer over printable ASCII, with chat and think tokens.
 

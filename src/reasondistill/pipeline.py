@@ -17,18 +17,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from reasondistill.config import RunConfig, StudentConfig, dump_config
+from reasondistill.models import local_files
 from reasondistill.records import (JsonlWriter, Problem, Trace, read_records, repair_tail, write_json,
                                    write_records, write_text)
-from reasondistill.rundir import RunDir
+from reasondistill.rundir import RunDir, StageInputMissing
 from reasondistill.tasks.base import load_task
 from reasondistill.tasks.strategy import record_system_prompt, sample_by_system_prompt
 from reasondistill.teachers.factory import make_teacher
-
-STAGES = ("generate", "curate", "build", "capture", "train", "evaluate", "report")
-
-
-class StageInputMissing(FileNotFoundError):
-    pass
 
 
 def load_traces(path: Path) -> dict[tuple[str, int], Trace]:
@@ -64,7 +59,7 @@ class Pipeline:
         self.show_progress = show_progress
         self.rd = RunDir(cfg.run_dir)
         if self.rd.main:  # under torchrun every rank starts here; the others read config.yaml meanwhile
-            write_text(self.rd / "config.yaml", dump_config(cfg))
+            write_text(self.rd.config_file, dump_config(cfg))
         self.rd.update_manifest(seeds={"run": cfg.seed, "generate": cfg.generate.seed,
                                        "students": {s.name: self._seed(s) for s in cfg.students}})
         self.task = load_task(cfg.task.task_spec())
@@ -73,21 +68,8 @@ class Pipeline:
     def _seed(self, s: StudentConfig) -> int:
         return self.cfg.seed if s.seed is None else s.seed
 
-    def _need(self, *paths: Path, stage: str) -> None:
-        for p in paths:
-            if not p.exists():
-                raise StageInputMissing(f"{p} not found: run `reasondistill {stage} {self.rd.root}` first")
-
-    @staticmethod
-    def _local(name: str) -> list[Path]:
-        """Files that identify a model or tokenizer when it is local (hub ids hash by name only)."""
-        from reasondistill.models import resolve
-
-        path = Path(resolve(name))
-        return [f for f in (path / "config.json", path / "model.safetensors", path / "tokenizer.json")
-                if f.exists()] if path.is_dir() else []
-
-    def _stage(self, name, config, inputs, outputs, fn, force=False, every_rank=False):
+    def run_stage(self, name, config, inputs, outputs, fn, force=False, every_rank=False):
+        """:meth:`RunDir.run_stage` with this pipeline's log."""
         return self.rd.run_stage(name, config, inputs, outputs, fn, force=force, log=self.log, every_rank=every_rank)
 
     def _student_tokenizer_name(self, s: StudentConfig) -> str:
@@ -102,7 +84,7 @@ class Pipeline:
     def no_data(self, name: str) -> str | None:
         """Why student ``name`` has nothing to train on (its build was skipped), else None."""
         try:
-            stats = json.loads((self.rd / "build" / name / "stats.json").read_text())
+            stats = json.loads(self.rd.build(name).stats.read_text())
         except (OSError, ValueError):
             return None
         return stats.get("skipped")
@@ -113,7 +95,7 @@ class Pipeline:
             from reasondistill.ingest import ingested_problems
 
             return ingested_problems(self, force)
-        out_train, out_test = self.rd / "problems/train.jsonl", self.rd / "problems/test.jsonl"
+        out_train, out_test = self.rd.train_problems, self.rd.test_problems
         conf = {"task": self.cfg.task, "seed": self.cfg.seed}
 
         def fn(_fp):
@@ -124,11 +106,10 @@ class Pipeline:
             write_records(out_train, train)
             write_records(out_test, test)
             composition = {"train": comp_train, "test": comp_test}  # problems per source (mixture: wanted vs taken)
-            write_json(self.rd / "problems/composition.json", composition)
+            write_json(self.rd.composition, composition)
             return {"train": len(train), "test": len(test), "composition": composition}
         inputs = getattr(self.task, "input_files", lambda: [])()  # data files: a changed file re-runs the stage
-        return self._stage("problems", conf, inputs, [out_train, out_test, self.rd / "problems/composition.json"],
-                           fn, force)
+        return self.run_stage("problems", conf, inputs, self.rd.problems_outputs, fn, force)
 
     def generate(self, force: bool = False, shard: tuple[int, int] | None = None) -> dict[str, Any]:
         """Sample the teacher; ``shard=(i, N)``: only shard i of N of the problems (see shards.py)."""
@@ -137,10 +118,9 @@ class Pipeline:
 
             return ingested_generate(self, force)
         self.problems()
-        problems_path = self.rd / "problems/train.jsonl"
-        out = self.rd / "generate/traces.jsonl"
-        conf, inputs = self._generate_conf()
-        stage, progress_file = "generate", self.rd / "generate/progress.json"
+        problems_path, out = self.rd.train_problems, self.rd.traces
+        conf, inputs = self.generate_conf()
+        stage, progress_file = "generate", self.rd.generate_progress
         if shard is not None:
             from reasondistill.shards import in_shard, shard_files
 
@@ -183,23 +163,21 @@ class Pipeline:
         retry = bool(((self.rd.stage_state(stage) or {}).get("result") or {}).get("failed"))
         if retry and not force:
             self.log(f"       {stage}: retrying the traces that failed at the teacher last time")
-        return self._stage(stage, conf, inputs, [out], fn, force or retry)
+        return self.run_stage(stage, conf, inputs, [out], fn, force or retry)
 
-    def _generate_conf(self) -> tuple[dict[str, Any], list[Path]]:
+    def generate_conf(self) -> tuple[dict[str, Any], list[Path]]:
         """The generate stage's config section and input files (also what shards.py checks shards by)."""
         conf = {"teacher": self.cfg.teacher, "sampling": self.cfg.generate}
-        local = self._local(self.cfg.teacher.model) if self.cfg.teacher.kind in ("hf", "vllm") else []
-        return conf, [self.rd / "problems/train.jsonl", *local]
+        local = local_files(self.cfg.teacher.model) if self.cfg.teacher.kind in ("hf", "vllm") else []
+        return conf, [self.rd.train_problems, *local]
 
     def curate(self, force: bool = False) -> dict[str, Any]:
         from reasondistill.curate.filters import curate, kept_line
 
-        problems_path, traces_path = self.rd / "problems/train.jsonl", self.rd / "generate/traces.jsonl"
-        self._need(problems_path, traces_path, stage="generate")
-        d = self.rd / "curate"
-        outputs = [d / "curated.jsonl", d / "verdicts.jsonl", d / "summary.json", d / "pass_rates.jsonl",
-                   d / "decontamination.json"]
-        test_path = self.rd / "problems/test.jsonl"  # decontamination: drop training problems overlapping these
+        problems_path, traces_path = self.rd.train_problems, self.rd.traces
+        self.rd.need(problems_path, traces_path, stage="generate")
+        outputs = self.rd.curate_outputs
+        test_path = self.rd.test_problems  # decontamination: drop training problems overlapping these
         if self.cfg.curate.decontaminate is not None and not test_path.exists():
             self.problems()
 
@@ -216,11 +194,11 @@ class Pipeline:
                 kept, verdicts, summary, pass_rates = curate(problems, traces, self.task, self.cfg.curate,
                                                              self._token_counter(counter))
             kept = apply_to_curation(kept, summary, list(problems.values()), test_path, self.cfg.curate.decontaminate,
-                                     outputs[4])
-            write_records(outputs[0], kept)
-            write_records(outputs[1], verdicts)
-            write_json(outputs[2], summary)
-            write_records(outputs[3], pass_rates)
+                                     self.rd.decontamination)
+            write_records(self.rd.curated, kept)
+            write_records(self.rd.verdicts, verdicts)
+            write_json(self.rd.curate_summary, summary)
+            write_records(self.rd.pass_rates, pass_rates)
             self.log(f"       {kept_line(summary)}")
             if not kept:
                 self.log("       nothing to train on: students are skipped; the teacher is still evaluated")
@@ -229,7 +207,7 @@ class Pipeline:
         counter = (self._student_tokenizer_name(self.cfg.students[0]) if self.cfg.students
                    else self.cfg.teacher.model) if self.cfg.curate.max_completion_tokens else None
         conf = {"curate": self.cfg.curate, "task": self.cfg.task} | ({"count_tokens_with": counter} if counter else {})
-        return self._stage("curate", conf, [problems_path, traces_path, test_path], outputs, fn, force)
+        return self.run_stage("curate", conf, [problems_path, traces_path, test_path], outputs, fn, force)
 
     @staticmethod
     def _token_counter(name: str | None):
@@ -257,35 +235,34 @@ class Pipeline:
         from reasondistill.data.build import build_dataset, make_examples
         from reasondistill.models import load_tokenizer
 
-        problems_path, curated = self.rd / "problems/train.jsonl", self.rd / "curate/curated.jsonl"
-        self._need(curated, stage="curate")
-        d = self.rd / "build" / s.name
+        problems_path, curated = self.rd.train_problems, self.rd.curated
+        self.rd.need(curated, stage="curate")
+        b = self.rd.build(s.name)
         tok_name = self._student_tokenizer_name(s)
         conf = {"build": self.cfg.build, "target": s.target, "tokenizer": tok_name, "seed": self.cfg.seed}
 
         def fn(_fp):
             problems = {p.id: p for p in read_records(problems_path, Problem)}
             examples = make_examples(problems, read_records(curated, Trace), s.target, self.cfg.build.think_tags)
-            stats = build_dataset(examples, load_tokenizer(tok_name), d, max_length=self.cfg.build.max_length,
+            stats = build_dataset(examples, load_tokenizer(tok_name), b.dir, max_length=self.cfg.build.max_length,
                                   val_fraction=self.cfg.build.val_fraction, seed=self.cfg.seed)
             if examples:
                 self.log(f"       {s.name}: {stats['train']['examples']} train / {stats['val']['examples']} val "
                          f"examples, {stats['dropped_too_long']} too long")
-            stats = self._build_skip(s, stats, d)
+            stats = self._build_skip(stats, b.stats)
             self.rd.mark_skipped(f"build:{s.name}", stats.get("skipped"), self.log)
             return stats
-        inputs = [problems_path, curated, *self._local(tok_name)]
-        outputs = [d / "train.safetensors", d / "val.safetensors", d / "stats.json"]
-        return self._stage(f"build:{s.name}", conf, inputs, outputs, fn, force)
+        inputs = [problems_path, curated, *local_files(tok_name)]
+        return self.run_stage(f"build:{s.name}", conf, inputs, b.outputs, fn, force)
 
-    def _build_skip(self, s: StudentConfig, stats: dict[str, Any], d: Path) -> dict[str, Any]:
+    def _build_skip(self, stats: dict[str, Any], stats_file: Path) -> dict[str, Any]:
         """``stats`` with ``skipped`` set (and saved) when the build left no training example."""
         from reasondistill.records import write_json
 
         if stats["train"]["examples"]:
             return stats
         if not stats["examples_in"]:
-            summary = self.rd / "curate/summary.json"
+            summary = self.rd.curate_summary
             why = "curate kept no trace"
             if summary.exists():
                 from reasondistill.curate.filters import kept_line
@@ -300,7 +277,7 @@ class Pipeline:
             reason = (f"no training example: all {stats['val']['examples']} went to validation "
                       f"(build.val_fraction={self.cfg.build.val_fraction})")
         stats = {**stats, "skipped": reason}
-        write_json(d / "stats.json", stats)
+        write_json(stats_file, stats)
         return stats
 
     def _trainable(self, students: list[StudentConfig], stage: str) -> list[StudentConfig]:
@@ -333,15 +310,14 @@ class Pipeline:
         from reasondistill.models import init_model, load_model, load_tokenizer
         from reasondistill.train.sft import cross_entropy_sum, train_model
 
-        b = self.rd / "build" / s.name
-        self._need(b / "train.safetensors", stage="build")
-        d = self.rd / "train" / s.name
+        b, t = self.rd.build(s.name), self.rd.train(s.name)
+        self.rd.need(b.train, stage="build")
         conf = {"student": _fingerprinted(s), "seed": self._seed(s)}
         soft_inputs = self._soft_inputs(s, force)  # soft distillation: teacher files or captured top-k
 
         def fn(fp):
             # main process only; under torchrun the other ranks wait here (no resuming from a stale run)
-            self.rd.restart_if_stale(d, d / "progress.json", fp, self.log)
+            self.rd.restart_if_stale(t.dir, t.progress, fp, self.log)
             tokenizer = load_tokenizer(self._student_tokenizer_name(s))
             if s.model:
                 model = load_model(s.model, attn_implementation=s.attn_implementation)
@@ -349,10 +325,10 @@ class Pipeline:
                 attn = {"attn_implementation": s.attn_implementation} if s.attn_implementation else {}
                 model = init_model(s.init.spec() | attn, tokenizer, self._seed(s))
             objective = self._objective(s, tokenizer, model) if s.distill else cross_entropy_sum
-            return train_model(model, tokenizer, b / "train.safetensors", b / "val.safetensors", d, s.train,
+            return train_model(model, tokenizer, b.train, b.val, t.dir, s.train,
                                seed=self._seed(s), objective=objective, name=s.name, show_progress=self.show_progress)
-        inputs = [b / "train.safetensors", b / "val.safetensors", *self._local(s.model or ""), *soft_inputs]
-        return self._stage(f"train:{s.name}", conf, inputs, [d / "final", d / "metrics.csv"], fn, force,
+        inputs = [b.train, b.val, *local_files(s.model or ""), *soft_inputs]
+        return self.run_stage(f"train:{s.name}", conf, inputs, t.outputs, fn, force,
                            every_rank=True)  # every process trains; the main process keeps the books
 
     # -- soft distillation (train.kd): capture stage and objectives -----------------------------
@@ -368,7 +344,7 @@ class Pipeline:
         return {s.name: self._capture_one(s, force) for s in capturable}
 
     def _topk_dir(self, s: StudentConfig) -> Path:
-        return self.rd / "build" / s.name / "topk" / f"k{s.distill.top_k}"
+        return self.rd.build(s.name).topk(s.distill.top_k)
 
     def _local_teacher(self) -> str:
         if self.cfg.teacher.kind != "hf":
@@ -380,9 +356,11 @@ class Pipeline:
         if s.distill is None:
             return []
         if s.distill.source == "offline_topk":
+            from reasondistill.data.topk import INDEX
+
             self._capture_one(s, force)
-            return [self._topk_dir(s) / "index.json"]
-        return self._local(self._local_teacher())
+            return [self._topk_dir(s) / INDEX]
+        return local_files(self._local_teacher())
 
     def _capture_one(self, s: StudentConfig, force: bool) -> dict[str, Any]:
         from reasondistill.data.dataset import TokenizedDataset
@@ -391,15 +369,15 @@ class Pipeline:
         from reasondistill.progress import progress_bar
         from reasondistill.train.kd import check_same_tokenizer
 
-        b = self.rd / "build" / s.name
-        self._need(b / "train.safetensors", stage="build")
+        b = self.rd.build(s.name)
+        self.rd.need(b.train, stage="build")
         teacher_name = self._local_teacher()
         d = self._topk_dir(s)
-        splits = {x: b / f"{x}.safetensors" for x in ("train", "val") if (b / f"{x}.safetensors").exists()}
+        splits = {x: b.split(x) for x in ("train", "val") if b.split(x).exists()}
         dtype = resolve_dtype(self.cfg.teacher.dtype)  # "auto" fingerprints as what it resolved to here
         conf = {"teacher": teacher_name, "dtype": dtype, "top_k": s.distill.top_k,
                 "temperature": s.distill.temperature, "student": s.model, "tokenizer": self._student_tokenizer_name(s)}
-        inputs = [*splits.values(), *self._local(teacher_name)]
+        inputs = [*splits.values(), *local_files(teacher_name)]
 
         def fn(_fp):
             import hashlib
@@ -412,7 +390,7 @@ class Pipeline:
             if vocab < len(tokenizer):
                 raise ValueError(f"{s.name}: {vocab} output rows for a tokenizer of {len(tokenizer)} tokens")
             teacher_id = hashlib.sha256(json.dumps([teacher_name, dtype,
-                                                    self.rd.hashes(self._local(teacher_name))]).encode()).hexdigest()
+                                                    self.rd.hashes(local_files(teacher_name))]).encode()).hexdigest()
             n = sum(len(TokenizedDataset(p)) for p in splits.values())
             with progress_bar(f"capture {s.name}", n, self.show_progress) as bar:
                 stats = capture_topk(teacher, splits, d, s.distill.top_k, s.distill.temperature, vocab_size=vocab,
@@ -420,7 +398,7 @@ class Pipeline:
             self.log(f"       {s.name}: teacher top-{s.distill.top_k} of {stats['tokens']} answer tokens, "
                      f"{stats['bytes_per_token']} bytes/token on disk")
             return stats
-        return self._stage(f"capture:{s.name}", conf, inputs, [d], fn, force)
+        return self.run_stage(f"capture:{s.name}", conf, inputs, [d], fn, force)
 
     def _student_vocab(self, s: StudentConfig, tokenizer) -> int:
         """Output rows of the student: the tokenizer's size for a fresh student (see init_model)."""
@@ -460,7 +438,7 @@ class Pipeline:
 
     def evaluate(self, model: str | None = None, force: bool = False) -> dict[str, Any]:
         self.problems()
-        test_path = self.rd / "problems/test.jsonl"
+        test_path = self.rd.test_problems
         targets = self._eval_targets(model)
         if not (test_path.exists() and read_records(test_path, Problem)):
             self.rd.mark_skipped("evaluate", f"the test split is empty (0 problems in {test_path}): nothing to "
@@ -470,7 +448,7 @@ class Pipeline:
         self.rd.mark_skipped("evaluate", None)
         with self._verifying():  # one verifier pool for every model and every extra
             results = {name: self._evaluate_one(name, path, test_path, force) for name, path in targets}
-            self._evaluate_extras(targets, force)
+            self._evaluate_beyond_greedy(targets, force)
         return results
 
     def _eval_targets(self, model: str | None) -> list[tuple[str, str]]:
@@ -479,7 +457,7 @@ class Pipeline:
         targets: list[tuple[str, str]] = []
         if self.cfg.evaluate.teacher and self.cfg.teacher.kind == "hf":
             targets.append(("teacher", self.cfg.teacher.model))
-        targets += [(s.name, str(self.rd / "train" / s.name / "final")) for s in self.cfg.students]
+        targets += [(s.name, str(self.rd.train(s.name).final)) for s in self.cfg.students]
         if model is not None:
             targets = [t for t in targets if t[0] == model]
             if not targets:
@@ -496,8 +474,8 @@ class Pipeline:
         from reasondistill.evaluate.accuracy import evaluate_model
 
         if name != "teacher":
-            self._need(Path(path), stage="train")
-        d = self.rd / "evaluate" / name
+            self.rd.need(Path(path), stage="train")
+        d = self.rd.eval(name).dir
 
         def fn(_fp):
             problems = read_records(test_path, Problem)
@@ -506,24 +484,24 @@ class Pipeline:
             self.log(f"       {name}: accuracy {m['accuracy']:.3f} on {m['n']} problems"
                      + (f" ({m['timeouts']} answers past the verify time limit: unparseable)" if m.get("timeouts") else ""))
             return m
-        inputs = [test_path, *(self._local(path) if name == "teacher" else [Path(path)])]
-        return self._stage(f"evaluate:{name}", {"evaluate": self._greedy_conf(), "model": path},
-                           inputs, [d / "metrics.json", d / "completions.jsonl"], fn, force)
+        inputs = [test_path, *(local_files(path) if name == "teacher" else [Path(path)])]
+        return self.run_stage(f"evaluate:{name}", {"evaluate": self._greedy_conf(), "model": path},
+                              inputs, self.rd.eval(name).greedy_outputs, fn, force)
 
-    # -- evaluation beyond greedy: sampled, OOD, budgets, vs teacher, router (evaluate/extras.py) ----
+    # -- evaluation beyond greedy: sampled, OOD, budgets, vs teacher, router (evaluate/stages.py) ----
     def _greedy_conf(self) -> dict[str, Any]:
         """The settings greedy evaluation depends on (the same fingerprint as before the extras existed)."""
         return self.cfg.evaluate.model_dump(include={"batch_size", "max_new_tokens", "teacher"})
 
-    def _evaluate_extras(self, targets: list[tuple[str, str]], force: bool = False) -> dict[str, Any]:
-        from reasondistill.evaluate.extras import run_extras
+    def _evaluate_beyond_greedy(self, targets: list[tuple[str, str]], force: bool = False) -> dict[str, Any]:
+        from reasondistill.evaluate.stages import run_beyond_greedy
 
-        return run_extras(self, targets, force)
+        return run_beyond_greedy(self, targets, force)
 
     def route(self, student: str | None = None, k: int | None = None, thresholds: list[float] | None = None,
               force: bool = False) -> dict[str, Any]:
         """Student-first cascade for one or all students (needs the teacher's greedy evaluation)."""
-        from reasondistill.evaluate.extras import run_router
+        from reasondistill.evaluate.stages import run_router
 
         with self._verifying():
             return run_router(self, student, k, thresholds, force)
@@ -531,19 +509,13 @@ class Pipeline:
     def report(self, force: bool = False) -> dict[str, Any]:
         from reasondistill.report.build import write_report
 
-        inputs = sorted((self.rd / "evaluate").glob("*/metrics.json")) + sorted((self.rd / "train").glob("*/summary.json")) \
-            + sorted((self.rd / "train").glob("*/metrics.csv")) + [p for p in [self.rd / "curate/summary.json"] if p.exists()]
-        inputs += sorted(p for p in (self.rd / "evaluate").glob("*/*.json") if p.name != "metrics.json") \
-            + sorted((self.rd / "evaluate").glob("*/ood/metrics.json")) \
-            + sorted((self.rd / "evaluate").glob("*/completions.jsonl"))  # sampled, budget, compare, router, OOD, traces
-        inputs += [p for p in [self.rd.skipped_path] if p.exists()]  # what had nothing to work on, and why
+        inputs = self.rd.report_inputs()  # the other stages' outputs the report reads (layout.py)
         if not inputs:
             raise StageInputMissing(f"nothing to report in {self.rd.root}: run `reasondistill evaluate` first")
-        outputs = [self.rd / "report.json", self.rd / "report.md", self.rd / "report.html"]
-
         def fn(_fp):
             return write_report(self.rd.root, self.cfg)
-        return self._stage("report", {"students": [s.name for s in self.cfg.students]}, inputs, outputs, fn, force)
+        return self.run_stage("report", {"students": [s.name for s in self.cfg.students]}, inputs,
+                              self.rd.report_outputs, fn, force)
 
     def _students(self, name: str | None) -> list[StudentConfig]:
         return [self.cfg.student(name)] if name else list(self.cfg.students)
@@ -560,5 +532,5 @@ class Pipeline:
         self.train(force=force)
         self.evaluate(force=force)
         report = self.report(force=True)
-        self.log(f"done in {time.perf_counter() - t0:.1f}s: {self.rd.root}/report.md")
+        self.log(f"done in {time.perf_counter() - t0:.1f}s: {self.rd.report_md}")
         return report

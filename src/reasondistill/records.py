@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -58,18 +58,23 @@ class Trace:
     usage: dict[str, Any] = field(default_factory=dict)  # e.g. API prompt/completion tokens
 
 
+# What a task's check says of an answer (tasks/base.py: Check.verdict).
+CheckVerdict = Literal["correct", "wrong", "unparseable"]
+# What curation and evaluation say of a completion: its answer's check, or "truncated" when the
+# token limit cut it off first (curate/verdicts.py).
+TraceVerdict = Literal[CheckVerdict, "truncated"]
+
+
 @dataclass
 class Verdict:
     """The verifier's judgement of one trace: correct, wrong, unparseable or truncated."""
 
     problem_id: str
     sample: int
-    verdict: str
+    verdict: TraceVerdict
     reason: str
     predicted: str | None = None
-
-
-VERDICTS = ("correct", "wrong", "unparseable", "truncated")
+    malformed_think: bool = False  # unparseable because the <think> block is broken (curate.require_think)
 
 
 def to_dict(record: Any) -> dict[str, Any]:
@@ -80,6 +85,8 @@ def _check_type(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if hint is Any:
         return True
+    if origin is Literal:
+        return value in typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         return any(_check_type(value, h) for h in typing.get_args(hint))
     if hint is type(None):
@@ -117,6 +124,8 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
 
 
 def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

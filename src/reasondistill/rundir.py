@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 
 from reasondistill.errors import UserError
 from reasondistill.distributed import barrier, broadcast, is_main_process, world_size
+from reasondistill.layout import Layout
 from reasondistill.records import file_sha256, write_json
 
 # Set by a writer for the processes it starts (train_workers): they write under its lock.
@@ -45,7 +46,7 @@ WRITER_ENV = "REASONDISTILL_RUN_WRITER"
 LIBRARIES = ("reasondistill", "torch", "transformers", "accelerate", "tokenizers", "safetensors", "pydantic", "numpy")
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Plain JSON data from configs (pydantic models, nested in dicts/lists) and paths."""
     return json.loads(json.dumps(obj, default=_default))
 
@@ -64,25 +65,30 @@ def _files(path: Path) -> list[Path]:
     return [path] if path.exists() else []
 
 
-class RunDir:
+class RunDir(Layout):
+    """A run directory: its layout (:class:`~reasondistill.layout.Layout`) plus stage bookkeeping."""
+
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        super().__init__(root)
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"{self.root}: run_dir is a file, not a directory; choose another run_dir")
         self.root.mkdir(parents=True, exist_ok=True)
-        self._hash_cache_path = self.root / ".stages" / "hash-cache.json"
+        self._hash_cache_path = self.stages_dir / "hash-cache.json"
         self._hash_cache: dict[str, list] | None = None
         self.main = is_main_process()  # only the main process writes bookkeeping (several under torchrun)
         self._solo = 0  # > 0 while the main process runs a stage alone: nested stages need no collectives
-        self.lock = WriterLock(self.root / ".stages" / "writer.lock")
+        self.lock = WriterLock(self.stages_dir / "writer.lock")
 
     def writer(self) -> "WriterLock":
         """``with rd.writer():`` holds the writer lock (re-entrant; other ranks under torchrun skip it:
         their main process holds it for the launch)."""
         return self.lock if self.main else _NO_LOCK
 
-    def __truediv__(self, part: str) -> Path:
-        return self.root / part
+    def need(self, *paths: Path, stage: str) -> None:
+        """Raise :class:`StageInputMissing` for the first of ``paths`` missing, naming the ``stage`` that writes it."""
+        for p in paths:
+            if not p.exists():
+                raise StageInputMissing(f"{p} not found: run `reasondistill {stage} {self.root}` first")
 
     # -- hashing -------------------------------------------------------------------------------
     def file_hash(self, path: Path) -> str:
@@ -120,12 +126,12 @@ class RunDir:
             return str(p)
 
     def fingerprint(self, config: Any, inputs: list[Path]) -> str:
-        blob = json.dumps({"config": _jsonable(config), "inputs": self.hashes(inputs)}, sort_keys=True)
+        blob = json.dumps({"config": jsonable(config), "inputs": self.hashes(inputs)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # -- stage bookkeeping ---------------------------------------------------------------------
     def _state_path(self, name: str) -> Path:
-        return self.root / ".stages" / f"{name.replace(':', '--')}.json"
+        return self.stages_dir / f"{name.replace(':', '--')}.json"
 
     def stage_state(self, name: str) -> dict[str, Any] | None:
         try:
@@ -178,7 +184,7 @@ class RunDir:
         t0 = time.perf_counter()
         result = fn(fp)
         if self.main:
-            state = {"stage": name, "fingerprint": fp, "config": _jsonable(config),
+            state = {"stage": name, "fingerprint": fp, "config": jsonable(config),
                      "inputs": self.hashes(inputs), "outputs": self.hashes(outputs),
                      "seconds": round(time.perf_counter() - t0, 2),
                      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "result": result}
@@ -187,10 +193,6 @@ class RunDir:
         return result
 
     # -- what was skipped and why (shown in the report) ----------------------------------------
-    @property
-    def skipped_path(self) -> Path:
-        return self.root / "skipped.json"
-
     def skipped(self) -> dict[str, str]:
         """``{stage: reason}`` for every stage that had nothing to work on in its last run."""
         try:
@@ -234,9 +236,9 @@ class RunDir:
     def update_manifest(self, seeds: dict[str, Any] | None = None, stage: dict[str, Any] | None = None) -> None:
         if not self.main:
             return
-        path = self.root / "manifest.json"
+        path = self.manifest
         env = environment()
-        with file_lock(self.root / ".stages" / "manifest.lock"):  # students may train in parallel processes
+        with file_lock(self.stages_dir / "manifest.lock"):  # students may train in parallel processes
             try:
                 manifest = json.loads(path.read_text())
             except (OSError, ValueError):
@@ -248,6 +250,10 @@ class RunDir:
                 manifest.setdefault("stages", {})[stage["stage"]] = {
                     k: stage[k] for k in ("fingerprint", "inputs", "outputs", "seconds", "finished_at")}
             write_json(path, manifest)
+
+
+class StageInputMissing(FileNotFoundError):
+    """A stage's input file is missing: the stage that writes it has not run."""
 
 
 class RunDirBusy(UserError):

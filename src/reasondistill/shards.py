@@ -27,9 +27,9 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from reasondistill.layout import Layout
 from reasondistill.records import Problem, Trace, read_records, write_json, write_records
 
-SHARD_DIR = "generate/shards"
 _NAME = re.compile(r"^traces-(\d+)-of-(\d+)\.jsonl$")
 
 
@@ -56,7 +56,7 @@ def in_shard(problem_id: str, i: int, n: int) -> bool:
 
 def shard_files(root: Path, i: int, n: int) -> tuple[Path, Path]:
     """(traces file, progress file) of shard i of N in a run directory."""
-    d = Path(root) / SHARD_DIR
+    d = Layout(root).shards_dir
     return d / f"traces-{i}-of-{n}.jsonl", d / f"traces-{i}-of-{n}.progress.json"
 
 
@@ -67,10 +67,10 @@ def _meta_path(traces: Path) -> Path:
 def generation_fingerprint(pipe) -> dict[str, str]:
     """What a shard must share with this run to be merged into it: the generate config and the
     content of its inputs (by content only, so a run directory or model copied elsewhere matches)."""
-    from reasondistill.rundir import _jsonable
+    from reasondistill.rundir import jsonable
 
-    conf, inputs = pipe._generate_conf()
-    config = hashlib.sha256(json.dumps(_jsonable(conf), sort_keys=True).encode()).hexdigest()[:16]
+    conf, inputs = pipe.generate_conf()
+    config = hashlib.sha256(json.dumps(jsonable(conf), sort_keys=True).encode()).hexdigest()[:16]
     content = hashlib.sha256(json.dumps(sorted(pipe.rd.hashes(inputs).values())).encode()).hexdigest()[:16]
     return {"fingerprint": f"{config}-{content}", "config": config, "inputs": content}
 
@@ -82,7 +82,7 @@ def generate_shard(pipe, i: int, n: int, force: bool = False) -> dict[str, Any]:
     from reasondistill.rundir import WriterLock
 
     # shards of one run may generate side by side (also in one shared directory): one writer per shard
-    pipe.rd.lock = WriterLock(pipe.rd.root / ".stages" / f"writer-shard-{i}-of-{n}.lock")
+    pipe.rd.lock = WriterLock(pipe.rd.stages_dir / f"writer-shard-{i}-of-{n}.lock")
     pipe.problems()
     traces, _progress = shard_files(pipe.rd.root, i, n)
     if pipe.rd.main:
@@ -95,7 +95,7 @@ def find_shards(root: Path, sources: list[Path] = ()) -> list[tuple[int, int, Pa
     or a directory of shard files), in that order."""
     found = []
     for src in [Path(root), *map(Path, sources)]:
-        d = src / SHARD_DIR if (src / SHARD_DIR).is_dir() else src
+        d = Layout(src).shards_dir if Layout(src).shards_dir.is_dir() else src
         if not d.is_dir():
             raise FileNotFoundError(f"{src}: no such directory (expected a run directory or a directory of shards)")
         here = [(int(m.group(1)), int(m.group(2)), f) for f in d.glob("traces-*-of-*.jsonl")
@@ -137,11 +137,11 @@ def merge(pipe, sources: list[Path] = (), log: Callable[[str], None] | None = No
             raise ValueError(f"{f}: generated with a different {what} than this run (fingerprint "
                              f"{meta.get('fingerprint')} != {want['fingerprint']}): not merged")
 
-    problems = read_records(rd / "problems/train.jsonl", Problem)
+    problems = read_records(rd.train_problems, Problem)
     order = {p.id: k for k, p in enumerate(problems)}
     n = pipe.cfg.generate.n
-    conf, inputs = pipe._generate_conf()
-    out, progress = rd / "generate/traces.jsonl", rd / "generate/progress.json"
+    conf, inputs = pipe.generate_conf()
+    out, progress = rd.traces, rd.generate_progress
     fp = rd.fingerprint(conf, inputs)
     merged: dict[tuple[str, int], Trace] = {}
     try:

@@ -62,9 +62,9 @@ def test_budget_curve_with_a_real_model_caps_thinking_exactly(chatty_model_dir, 
 
 
 def test_forced_completions_have_the_budget_then_the_close(chatty_model_dir, char_tokenizer, arith):
-    from reasondistill.data.build import render_prompts
     from reasondistill.evaluate.budget import forced_model
     from reasondistill.models import load_model
+    from reasondistill.prompts import render_prompts
     from reasondistill.teachers.sampling import SamplingParams, generate_completions
 
     model = load_model(str(chatty_model_dir))

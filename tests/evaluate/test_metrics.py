@@ -14,9 +14,9 @@ from reasondistill.evaluate.failures import (FAILURE_MODES, annotate, breakdown,
                                              falloff, task_of)
 from reasondistill.evaluate.metrics import (Vote, answer_agreement, avg_at_n, bootstrap_ci, correct_by_problem,
                                             edit_distance, expected_calibration_error, lcs_length, maj_at_k,
-                                            majority_vote, mean_pass_at_k, normalized_edit_distance, pass_at_k,
+                                            majority_vote, majority_votes, mean_pass_at_k, normalized_edit_distance, pass_at_k,
                                             pass_at_k_per_problem, plot_reliability, reliability_bins, rouge_l,
-                                            vote_outcomes, with_ci)
+                                            one_by_one, vote_outcomes, with_ci)
 from reasondistill.tasks.arith import ChainedArithmetic
 
 # ----------------------------------------------------------------------------- pass@k
@@ -108,12 +108,25 @@ def test_maj_at_k_and_vote_outcomes():
     def ok(key, ans):
         return ans == answers[key]
 
-    assert maj_at_k(samples, ok) == pytest.approx(1 / 3)  # p1 votes 6, p2 votes 2, p3 abstains
-    assert maj_at_k({"p1": samples["p1"], "p2": samples["p2"]}, ok, k=2) == pytest.approx(0.5)
-    correct, conf = vote_outcomes([["5", "5", "6"], ["7"]], lambda i, a: a == ["5", "8"][i])
+    assert maj_at_k(samples, one_by_one(ok)) == pytest.approx(1 / 3)  # p1 votes 6, p2 votes 2, p3 abstains
+    assert maj_at_k({"p1": samples["p1"], "p2": samples["p2"]}, one_by_one(ok), k=2) == pytest.approx(0.5)
+    correct, conf = vote_outcomes([["5", "5", "6"], ["7"]], one_by_one(lambda i, a: a == ["5", "8"][i]))
     assert correct.tolist() == [True, False] and conf.tolist() == pytest.approx([2 / 3, 1.0])
     with pytest.raises(ValueError):
-        maj_at_k(samples, ok, k=3)  # p3 has only 2 samples
+        maj_at_k(samples, one_by_one(ok), k=3)  # p3 has only 2 samples
+
+
+def test_majority_votes_check_equalities_in_rounds():
+    asked = []
+
+    def same(items):
+        asked.append(items)
+        return [float(a) == float(b) for _, a, b in items]
+
+    votes = majority_votes({"p": ["1", "1.0", "2"], "q": ["3"]}, same)
+    assert (votes["p"].answer, votes["p"].votes, votes["q"].answer) == ("1", 2, "3")
+    assert [len(batch) for batch in asked] == [1, 1]  # one equality per round: the one the vote needs next
+    assert majority_votes({"p": ["1", "1.0"]}) == {"p": majority_vote(["1", "1.0"])}  # string equality
 
 
 # ----------------------------------------------------------------------------- bootstrap

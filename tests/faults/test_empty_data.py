@@ -8,6 +8,7 @@ skipped, the teacher is still evaluated and the report is written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import yaml
@@ -48,6 +49,10 @@ def test_a_teacher_that_never_closes_think_is_named_in_the_curate_line(arith):
     kept, _, summary, _ = curate(problems, traces, arith, CurateConfig())
     assert not kept
     assert kept_line(summary) == "curate: 0 of 2 traces kept (2 unparseable: 2 malformed <think> block)"
+    # without require_correct, require_think drops them by the verdict's malformed_think flag
+    kept, verdicts, summary, _ = curate(problems, [dataclasses.replace(t, thinking="47+5=52") for t in traces], arith,
+                                        CurateConfig(require_correct=False))
+    assert not kept and all(v.malformed_think for v in verdicts) and summary["dropped"] == {"no_thinking": 2}
 
 
 def test_zero_problems_left_after_decontamination_skip_the_student(tmp_path, tiny_model_dir):

@@ -6,10 +6,10 @@ import threading
 import pytest
 
 from reasondistill.config import RunConfig
-from reasondistill.data.build import render_prompts
 from reasondistill.data.dataset import TokenizedDataset
 from reasondistill.models import load_tokenizer
 from reasondistill.pipeline import Pipeline
+from reasondistill.prompts import render_prompts
 from reasondistill.records import Problem, Trace, read_records
 from reasondistill.tasks.strategy import group_by_system_prompt, system_prompt_for
 

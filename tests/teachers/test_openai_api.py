@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("httpx2")
 
 from reasondistill import models  # noqa: E402
-from reasondistill.data.build import render_prompts  # noqa: E402
+from reasondistill.prompts import render_prompts  # noqa: E402
 from reasondistill.records import JsonlWriter, Trace, read_records  # noqa: E402
 from reasondistill.serve import make_server  # noqa: E402
 from reasondistill.tasks.arith import ChainedArithmetic  # noqa: E402

@@ -1,7 +1,7 @@
 import torch
 
-from reasondistill.data.build import render_prompts
 from reasondistill.models import load_model, load_tokenizer
+from reasondistill.prompts import render_prompts
 from reasondistill.teachers.sampling import SamplingParams, counter_uniform, generate_completions, row_key
 
 

@@ -15,7 +15,7 @@ import pytest
 from reasondistill.config import ConfigError, RunConfig, TeacherConfig, load_config
 from reasondistill.teachers.factory import make_teacher
 from reasondistill.teachers.sampling import SamplingParams
-from reasondistill.teachers.vllm_backend import (VLLMUnavailable, request_output_to_traces, request_seed,
+from reasondistill.teachers.vllm_backend import (VLLMUnavailable, request_output_to_traces, problem_seed,
                                                  sampling_kwargs)
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -106,6 +106,6 @@ def test_request_output_to_traces():
 def test_sampling_kwargs_seed_per_problem():
     params = SamplingParams(n=4, temperature=0.8, top_p=0.95, max_new_tokens=100, seed=3)
     kw = sampling_kwargs(params, "p1")
-    assert kw == {"n": 4, "temperature": 0.8, "top_p": 0.95, "max_tokens": 100, "seed": request_seed(3, "p1")}
+    assert kw == {"n": 4, "temperature": 0.8, "top_p": 0.95, "max_tokens": 100, "seed": problem_seed(3, "p1")}
     assert sampling_kwargs(params, "p1") == kw and 0 <= kw["seed"] < 2**31
-    assert request_seed(3, "p2") != kw["seed"] and request_seed(4, "p1") != kw["seed"]
+    assert problem_seed(3, "p2") != kw["seed"] and problem_seed(4, "p1") != kw["seed"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable
 
-from reasondistill.curate.verdicts import MALFORMED, judge_many, verdict_counts
+from reasondistill.curate.verdicts import judge_many, verdict_counts
 from reasondistill.records import Problem, Trace, Verdict
 from reasondistill.checks import Task
 
@@ -43,7 +43,7 @@ def curate(problems: dict[str, Problem], traces: list[Trace], task: Task, cfg,
         if cfg.require_correct and v.verdict != "correct":
             dropped[f"not_correct:{v.verdict}"] += 1
             continue
-        if cfg.require_think and (not tr.thinking or v.reason == MALFORMED):
+        if cfg.require_think and (not tr.thinking or v.malformed_think):
             dropped["no_thinking"] += 1
             continue
         if cfg.max_completion_tokens and _tokens(tr, count_tokens, counted) > cfg.max_completion_tokens:

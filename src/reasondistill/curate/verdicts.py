@@ -35,7 +35,7 @@ def judge_many(task: Task, items: Sequence[tuple[Problem, str, str, int]]) -> li
             continue
         _, answer, well_formed = split_thinking(text)
         if not well_formed:
-            out.append(Verdict(problem.id, sample, "unparseable", MALFORMED))
+            out.append(Verdict(problem.id, sample, "unparseable", MALFORMED, malformed_think=True))
             continue
         out.append(None)
         pending.append((i, problem, answer))

@@ -18,6 +18,8 @@ from typing import Iterable
 
 import numpy as np
 
+from reasondistill.layout import BuildFiles
+from reasondistill.prompts import render_prompts
 from reasondistill.records import Problem, Trace, write_json
 from reasondistill.thinking import format_target
 
@@ -46,14 +48,6 @@ def make_examples(problems: dict[str, Problem], traces: Iterable[Trace], target:
             seen.add(key)
             out.append(Example(tr.problem_id, p.prompt, completion))
     return out
-
-
-def render_prompts(tokenizer, prompts: list[str], system: str | None = None) -> list[str]:
-    rendered = []
-    for prompt in prompts:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        rendered.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    return rendered
 
 
 def tokenize_examples(tokenizer, examples: list[Example]) -> tuple[list[list[int]], list[int]]:
@@ -91,12 +85,12 @@ def save_split(path: Path, ids: list[list[int]], prompt_lens: list[int], problem
 def empty_build(out_dir: str | Path, max_length: int) -> dict:
     """The stats of a build with no examples at all; stale splits of an earlier build are removed
     so that nothing trains on them."""
-    out_dir = Path(out_dir)
+    out = BuildFiles(out_dir)
     for split in ("train", "val"):
-        (out_dir / f"{split}.safetensors").unlink(missing_ok=True)
+        out.split(split).unlink(missing_ok=True)
     stats: dict = {"examples_in": 0, "dropped_too_long": 0, "max_length": max_length,
                    **{split: {"examples": 0, "problems": 0, "tokens": 0, "target_tokens": 0} for split in ("train", "val")}}
-    write_json(out_dir / "stats.json", stats)
+    write_json(out.stats, stats)
     return stats
 
 
@@ -105,7 +99,7 @@ def build_dataset(examples: list[Example], tokenizer, out_dir: str | Path, *, ma
     """Tokenise, length-filter and split ``examples``; write train/val safetensors and stats."""
     if not examples:
         return empty_build(out_dir, max_length)
-    out_dir = Path(out_dir)
+    out = BuildFiles(out_dir)
     ids, prompt_lens = tokenize_examples(tokenizer, examples)
     keep = [i for i, x in enumerate(ids) if len(x) <= max_length]
     too_long = len(ids) - len(keep)
@@ -115,11 +109,11 @@ def build_dataset(examples: list[Example], tokenizer, out_dir: str | Path, *, ma
         parts["val" if examples[i].problem_id in val_problems else "train"].append(i)
     stats: dict = {"examples_in": len(examples), "dropped_too_long": too_long, "max_length": max_length}
     for split, idx in parts.items():
-        save_split(out_dir / f"{split}.safetensors", [ids[i] for i in idx], [prompt_lens[i] for i in idx],
+        save_split(out.split(split), [ids[i] for i in idx], [prompt_lens[i] for i in idx],
                    [examples[i].problem_id for i in idx])
         n_tok = sum(len(ids[i]) for i in idx)
         n_target = sum(len(ids[i]) - prompt_lens[i] for i in idx)
         stats[split] = {"examples": len(idx), "problems": len({examples[i].problem_id for i in idx}),
                         "tokens": n_tok, "target_tokens": n_target}
-    write_json(out_dir / "stats.json", stats)
+    write_json(out.stats, stats)
     return stats

@@ -47,9 +47,9 @@ def bytes_per_token(k: int) -> int:
 
 
 def example_keys(ds: TokenizedDataset) -> list[str]:
-    from reasondistill.train.kd import row_key
+    from reasondistill.train.kd import example_key
 
-    return [row_key(ds[i][0], ds[i][1]) for i in range(len(ds))]
+    return [example_key(ds[i][0], ds[i][1]) for i in range(len(ds))]
 
 
 def model_fingerprint(model) -> str:

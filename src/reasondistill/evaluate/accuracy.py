@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from reasondistill.curate.verdicts import judge_many, verdict_counts
-from reasondistill.data.build import render_prompts
+from reasondistill.layout import EvalFiles
+from reasondistill.prompts import render_prompts
 from reasondistill.records import Problem, write_json, write_records
 from reasondistill.checks import Task
 from reasondistill.teachers.sampling import SamplingParams, generate_completions
@@ -54,9 +55,9 @@ def evaluate_model(model: Any, problems: list[Problem], task: Task, *, batch_siz
     metrics = summarize(done)
     metrics.update({"name": name, "decoding": "greedy", "max_new_tokens": max_new_tokens})
     if out_dir is not None:
-        out = Path(out_dir)
-        write_records(out / "completions.jsonl", done)
-        write_json(out / "metrics.json", metrics)
+        out = EvalFiles(out_dir)
+        write_records(out.completions, done)
+        write_json(out.metrics, metrics)
     return metrics
 
 

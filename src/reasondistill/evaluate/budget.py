@@ -29,6 +29,7 @@ import torch
 
 from reasondistill.evaluate.metrics import with_ci
 from reasondistill.evaluate.sampled import completion_rows, load, provenance
+from reasondistill.layout import EvalFiles
 from reasondistill.records import Problem, write_json
 from reasondistill.checks import Task
 from reasondistill.teachers.sampling import SamplingParams, generate_completions
@@ -141,7 +142,7 @@ def budget_curve(model: Any, problems: Sequence[Problem], task: Task, budgets: S
               "provenance": provenance(path, tokenizer, SamplingParams(n=1, temperature=0.0, batch_size=batch_size),
                                        system_prompt, max_new_tokens="budget + think tags + answer_tokens")}
     if out_dir is not None:
-        write_json(Path(out_dir) / "budget.json", result)
+        write_json(EvalFiles(out_dir).budget, result)
     return result
 
 

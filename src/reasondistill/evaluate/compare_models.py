@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 from reasondistill.evaluate.failures import annotate, breakdown, falloff
 from reasondistill.evaluate.metrics import (answer_agreement, expected_calibration_error, normalized_edit_distance,
                                             plot_reliability, reliability_bins, rouge_l, rows_by_problem, with_ci)
+from reasondistill.layout import EvalFiles
 from reasondistill.records import Problem, write_json
 from reasondistill.checks import Task
 from reasondistill.thinking import split_thinking
@@ -81,11 +82,11 @@ def compare_to_teacher(student_rows: Sequence[Mapping[str, Any]], teacher_rows: 
         from reasondistill.evaluate.sampled import vote_table
 
         votes = vote_table(list(student_samples), list(problems), task, k)
-        png = Path(out_dir) / "compare_reliability.png" if out_dir is not None else None
+        png = EvalFiles(out_dir).compare_reliability if out_dir is not None else None
         result["calibration"] = calibration(votes, png=png, title=name)
         result["calibration"]["k"] = k or max(v["n"] for v in votes.values())
     if out_dir is not None:
-        write_json(Path(out_dir) / "compare.json", result)
+        write_json(EvalFiles(out_dir).compare, result)
     return result
 
 

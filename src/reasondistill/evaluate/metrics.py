@@ -9,7 +9,7 @@ is a small pure function over plain lists, so it can be applied to any saved com
     mean_pass_at_k([(8, 3), (8, 0)], k=4)                  # problems with n samples, c correct
     majority_vote(["42", " 42", "17", None])               # Vote(answer="42", votes=2, share=0.5, ...)
     with_ci([pass_at_k(n, c, 4) for n, c in counts])       # {"value", "ci_low", "ci_high", "n"}
-    correct, conf = vote_outcomes(samples, is_correct)     # maj@k per problem and its confidence
+    correct, conf = vote_outcomes(samples, one_by_one(is_correct))  # maj@k per problem and its confidence
     expected_calibration_error(conf, correct); plot_reliability(reliability_bins(conf, correct), "r.png")
     rouge_l(teacher_thinking, student_thinking); normalized_edit_distance(a, b, unit="token")
 """
@@ -59,9 +59,14 @@ def correct_by_problem(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[bool
     return {pid: [ok for _, ok in sorted(v, key=lambda t: t[0])] for pid, v in grouped.items()}
 
 
+def fraction_correct(per_problem_correct: Iterable[Sequence[bool]]) -> list[float]:
+    """Per problem (with samples): the fraction of its samples that are correct; avg@n is their mean."""
+    return [sum(v) / len(v) for v in per_problem_correct if len(v)]
+
+
 def avg_at_n(per_problem_correct: Iterable[Sequence[bool]]) -> float:
     """avg@n: the mean over problems of the fraction of a problem's n samples that are correct."""
-    values = [float(np.mean(v)) for v in per_problem_correct if len(v)]
+    values = fraction_correct(per_problem_correct)
     return float(np.mean(values)) if values else float("nan")
 
 
@@ -109,34 +114,87 @@ def majority_vote(answers: Sequence[Any], equal: Callable[[str, str], bool] | No
     return Vote(min(best), len(best), len(best) / n, len(valid), n)
 
 
-def _items(samples: Mapping[Hashable, Sequence[Any]] | Sequence[Sequence[Any]]):
-    return samples.items() if isinstance(samples, Mapping) else enumerate(samples)
+# checks made in batches, so a pooled verifier stays busy: ``same([(key, a, b), ...])`` says, per item,
+# whether answer ``b`` equals answer ``a`` for problem ``key``; ``judge([(key, answer), ...])`` whether
+# each answer is correct. :func:`one_by_one` makes either from a function of one item.
+Same = Callable[[list[tuple[Hashable, str, str]]], list[bool]]
+Judge = Callable[[list[tuple[Hashable, str]]], list[bool]]
 
 
-def vote_outcomes(samples: Mapping[Hashable, Sequence[Any]] | Sequence[Sequence[Any]],
-                  is_correct: Callable[[Any, str], bool], k: int | None = None,
-                  equal: Callable[[str, str], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def one_by_one(fn: Callable[..., bool]) -> Callable[[list[tuple]], list[bool]]:
+    """A batch check (:data:`Same`, :data:`Judge`) from ``fn`` of one item's fields."""
+    return lambda items: [bool(fn(*item)) for item in items]
+
+
+class _Unknown(Exception):
+    """An equality a vote needs that has not been checked yet."""
+
+
+def majority_votes(samples: Mapping[Hashable, Sequence[Any]], same: Same | None = None) -> dict[Hashable, Vote]:
+    """:func:`majority_vote` per problem, answers being equal when ``same`` says so (default:
+    string equality). The equalities are checked in rounds: each round runs every unfinished vote
+    until it needs an equality not known yet, then checks those in one batch, so exactly the
+    comparisons the votes make are checked."""
+    if same is None:
+        return {key: majority_vote(list(answers)) for key, answers in samples.items()}
+    known: dict[tuple[Hashable, str, str], bool] = {}
+    votes: dict[Hashable, Vote] = {}
+    pending = dict(samples)
+    while pending:
+        asks: dict[Hashable, tuple[str, str]] = {}
+        for key, answers in pending.items():
+            def equal(a: str, b: str, key: Hashable = key) -> bool:
+                if (key, a, b) not in known:
+                    asks[key] = (a, b)
+                    raise _Unknown
+                return known[(key, a, b)]
+            try:
+                votes[key] = majority_vote(list(answers), equal)
+            except _Unknown:
+                pass
+        checked = same([(key, a, b) for key, (a, b) in asks.items()]) if asks else []
+        for (key, (a, b)), ok in zip(asks.items(), checked, strict=True):
+            known[(key, a, b)] = bool(ok)
+        pending = {key: samples[key] for key in asks}
+    return {key: votes[key] for key in samples}
+
+
+def judged_votes(samples: Mapping[Hashable, Sequence[Any]], judge: Judge, k: int | None = None,
+                 same: Same | None = None) -> dict[Hashable, tuple[Vote, bool]]:
+    """Per problem: the vote over its first ``k`` samples (all if None; fewer if it has fewer) and
+    whether the voted answer is correct (an abstaining vote is not)."""
+    votes = majority_votes({key: list(answers)[:k] for key, answers in samples.items()}, same)
+    answered = [key for key, v in votes.items() if v.answer is not None]
+    ok = dict(zip(answered, judge([(key, votes[key].answer) for key in answered]), strict=True))
+    return {key: (v, bool(ok.get(key, False))) for key, v in votes.items()}
+
+
+def _as_mapping(samples: Mapping[Hashable, Sequence[Any]] | Sequence[Sequence[Any]]) -> Mapping[Hashable, Sequence[Any]]:
+    return samples if isinstance(samples, Mapping) else dict(enumerate(samples))
+
+
+def vote_outcomes(samples: Mapping[Hashable, Sequence[Any]] | Sequence[Sequence[Any]], judge: Judge,
+                  k: int | None = None, same: Same | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per problem: whether the majority vote over its first ``k`` samples (all if None) is
     correct, and the vote's share (its confidence, for calibration).
 
-    ``samples`` maps a problem key (or index) to its answers in sample order; ``is_correct(key,
-    answer)`` judges a winning answer. A problem with fewer than ``k`` samples is an error.
+    ``samples`` maps a problem key (or index) to its answers in sample order; ``judge`` checks the
+    winning answers, ``same`` the equalities the votes need (see :data:`Judge`, :data:`Same`).
+    A problem with fewer than ``k`` samples is an error.
     """
-    correct, conf = [], []
-    for key, answers in _items(samples):
+    samples = _as_mapping(samples)
+    for key, answers in samples.items():
         if k is not None and len(answers) < k:
             raise ValueError(f"maj@{k}: problem {key!r} has only {len(answers)} samples")
-        vote = majority_vote(list(answers)[:k] if k is not None else list(answers), equal)
-        correct.append(vote.answer is not None and bool(is_correct(key, vote.answer)))
-        conf.append(vote.share)
-    return np.array(correct, dtype=bool), np.array(conf, dtype=float)
+    judged = judged_votes(samples, judge, k, same)
+    return (np.array([ok for _, ok in judged.values()], dtype=bool),
+            np.array([v.share for v, _ in judged.values()], dtype=float))
 
 
-def maj_at_k(samples: Mapping[Hashable, Sequence[Any]] | Sequence[Sequence[Any]],
-             is_correct: Callable[[Any, str], bool], k: int | None = None,
-             equal: Callable[[str, str], bool] | None = None) -> float:
+def maj_at_k(samples: Mapping[Hashable, Sequence[Any]] | Sequence[Sequence[Any]], judge: Judge,
+             k: int | None = None, same: Same | None = None) -> float:
     """maj@k accuracy: the fraction of problems whose vote over the first k samples is correct."""
-    correct, _ = vote_outcomes(samples, is_correct, k, equal)
+    correct, _ = vote_outcomes(samples, judge, k, same)
     return float(correct.mean()) if correct.size else float("nan")
 
 

@@ -99,6 +99,7 @@ def route_student(student_sample_rows: Sequence[Mapping[str, Any]], teacher_rows
     """The cascade of one student from saved rows: its sampled rows (first ``k`` samples per problem)
     and the teacher's greedy rows; writes ``router.json`` and ``router.png`` to ``out_dir``."""
     from reasondistill.evaluate.sampled import vote_table
+    from reasondistill.layout import EvalFiles
     from reasondistill.records import write_json
 
     votes = vote_table(list(student_sample_rows), list(problems), task, k)
@@ -108,7 +109,8 @@ def route_student(student_sample_rows: Sequence[Mapping[str, Any]], teacher_rows
     curve = cascade_curve(votes, {r["problem_id"]: r["verdict"] == "correct" for r in teacher_rows}, thresholds)
     curve.update({"name": name, "k": k})
     if out_dir is not None:
-        plot_router_curve({name: curve}, Path(out_dir) / "router.png")
-        curve["router_png"] = "router.png"
-        write_json(Path(out_dir) / "router.json", curve)
+        out = EvalFiles(out_dir)
+        plot_router_curve({name: curve}, out.router_png)
+        curve["router_png"] = out.router_png.name
+        write_json(out.router, curve)
     return curve

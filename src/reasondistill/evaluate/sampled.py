@@ -25,16 +25,18 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from reasondistill.curate.verdicts import judge_many
-from reasondistill.data.build import render_prompts
-from reasondistill.evaluate.metrics import (Vote, majority_vote, pass_at_k, plot_reliability, reliability_bins,
-                                            expected_calibration_error, with_ci)
-from reasondistill.records import Problem, file_sha256, write_json, write_records
+from reasondistill.evaluate.metrics import (Judge, Same, correct_by_problem, expected_calibration_error,
+                                            fraction_correct, judged_votes, pass_at_k_per_problem, plot_reliability,
+                                            reliability_bins, vote_outcomes, with_ci)
+from reasondistill.layout import EvalFiles
+from reasondistill.prompts import render_prompts
+from reasondistill.records import CheckVerdict, Problem, file_sha256, write_json, write_records
 from reasondistill.checks import Task
 from reasondistill.teachers.sampling import SamplingParams, generate_completions
 from reasondistill.thinking import CLOSE, OPEN, split_thinking
 from reasondistill.verify.checker import check_answers
 
-READABLE = ("correct", "wrong")  # verdicts whose ``predicted`` answer takes part in a vote
+READABLE: tuple[CheckVerdict, ...] = ("correct", "wrong")  # verdicts whose ``predicted`` answer takes part in a vote
 
 
 def model_file_hash(path: str | Path | None) -> str | None:
@@ -104,60 +106,43 @@ def completion_rows(model, tokenizer, problems: Sequence[Problem], task: Task, p
     return rows
 
 
-class _Unknown(Exception):
-    """An equality the vote needs that has not been checked yet."""
+def verifier_checks(task: Task, problems: Mapping[str, Problem]) -> tuple[Judge, Same]:
+    """The task's verifier as the batch checks votes take (:data:`~reasondistill.evaluate.metrics.Judge`,
+    :data:`~reasondistill.evaluate.metrics.Same`): an answer is correct when the task accepts it
+    against the problem's reference, and two answers are equal when the task accepts one as the
+    reference for the other."""
+    def judge(items: list[tuple[str, str]]) -> list[bool]:
+        return [c.verdict == "correct" for c in check_answers(task, [(problems[pid], a) for pid, a in items])]
+
+    def same(items: list[tuple[str, str, str]]) -> list[bool]:
+        pairs = [(dataclasses.replace(problems[pid], answer=a), b) for pid, a, b in items]
+        return [c.verdict == "correct" for c in check_answers(task, pairs)]
+    return judge, same
 
 
-def verified_votes(task: Task, ballots: Mapping[str, tuple[Problem, list[str | None]]]) -> dict[str, Vote]:
-    """:func:`majority_vote` per problem, two answers being equal when the task accepts one as the
-    reference for the other. The checks go through the verifier in rounds: each round runs every
-    unfinished vote until it needs an equality not known yet, then checks those in one batch, so
-    exactly the comparisons the votes make are checked and a pooled verifier stays busy."""
-    known: dict[tuple[str, str, str], bool] = {}
-    votes: dict[str, Vote] = {}
-    pending = dict(ballots)
-    while pending:
-        asks: dict[str, tuple[str, str]] = {}
-        for pid, (_, answers) in pending.items():
-            def equal(a: str, b: str, pid: str = pid) -> bool:
-                if (pid, a, b) not in known:
-                    asks[pid] = (a, b)
-                    raise _Unknown
-                return known[(pid, a, b)]
-            try:
-                votes[pid] = majority_vote(answers, equal)
-            except _Unknown:
-                pass
-        pairs = [(dataclasses.replace(ballots[pid][0], answer=a), b) for pid, (a, b) in asks.items()]
-        for (pid, (a, b)), check in zip(asks.items(), check_answers(task, pairs), strict=True):
-            known[(pid, a, b)] = check.verdict == "correct"
-        pending = {pid: ballots[pid] for pid in asks}
-    return votes
+def ballots(rows: Sequence[dict[str, Any]], problems: Sequence[Problem]) -> dict[str, list[str | None]]:
+    """Per problem with samples, in the order of ``problems``: its answers in sample order (None
+    for a sample whose verdict is not readable)."""
+    by_pid: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_pid.setdefault(r["problem_id"], []).append(r)
+    out = {}
+    for p in problems:
+        samples = sorted(by_pid.get(p.id, []), key=lambda r: r["sample"])
+        if samples:
+            out[p.id] = [r["predicted"] if r["verdict"] in READABLE else None for r in samples]
+    return out
 
 
 def vote_table(rows: Sequence[dict[str, Any]], problems: Sequence[Problem], task: Task,
                k: int | None = None) -> dict[str, dict[str, Any]]:
     """Per problem: the vote over its first ``k`` samples (answers only from readable verdicts),
     whether the voted answer is correct, and its share (the confidence used for calibration)."""
-    by_pid: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_pid.setdefault(r["problem_id"], []).append(r)
-    ballots = {}
-    for p in problems:
-        samples = sorted(by_pid.get(p.id, []), key=lambda r: r["sample"])[:k]
-        if samples:
-            ballots[p.id] = (p, [r["predicted"] if r["verdict"] in READABLE else None for r in samples])
-    votes = verified_votes(task, ballots)
-    answered = [pid for pid in ballots if votes[pid].answer is not None]
-    checks = dict(zip(answered, check_answers(task, [(ballots[pid][0], votes[pid].answer) for pid in answered]),
-                      strict=True))
-    out = {}
-    for pid, (p, _) in ballots.items():
-        vote = votes[pid]
-        ok = pid in checks and checks[pid].verdict == "correct"
-        out[pid] = {"difficulty": p.difficulty, "answer": vote.answer, "votes": vote.votes, "share": vote.share,
-                    "n": vote.n, "correct": ok}
-    return out
+    by_id = {p.id: p for p in problems}
+    judge, same = verifier_checks(task, by_id)
+    judged = judged_votes(ballots(rows, problems), judge, k, same)
+    return {pid: {"difficulty": by_id[pid].difficulty, "answer": vote.answer, "votes": vote.votes,
+                  "share": vote.share, "n": vote.n, "correct": ok} for pid, (vote, ok) in judged.items()}
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -167,22 +152,22 @@ def _mean(xs: Sequence[float]) -> float:
 def summarize_sampled(rows: Sequence[dict[str, Any]], problems: Sequence[Problem], task: Task,
                       ks: Sequence[int], n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """pass@k, maj@k, avg@n (with CIs over problems), lengths, truncation/no-answer shares, calibration."""
-    by_pid: dict[str, list[bool]] = {}
-    for r in rows:
-        by_pid.setdefault(r["problem_id"], []).append(r["verdict"] == "correct")
+    by_pid = correct_by_problem(rows)
     n_per = sorted({len(v) for v in by_pid.values()})
     if len(n_per) > 1:
         raise ValueError(f"sampled evaluation: problems have different sample counts {n_per}")
     n = n_per[0] if n_per else 0
     counts = [(len(v), sum(v)) for v in by_pid.values()]
     ci = dict(n_boot=n_boot, seed=seed)
+    answers = ballots(rows, problems)
+    judge, same = verifier_checks(task, {p.id: p for p in problems})
     out: dict[str, Any] = {"samples": n, "problems": len(by_pid), "pass@k": {}, "maj@k": {}}
     for k in ks:
         if not 1 <= k <= n:
             raise ValueError(f"k={k} needs 1 <= k <= samples={n}")
-        out["pass@k"][str(k)] = with_ci([pass_at_k(nn, c, k) for nn, c in counts], **ci)
-        out["maj@k"][str(k)] = with_ci([v["correct"] for v in vote_table(rows, problems, task, k).values()], **ci)
-    out["avg@n"] = with_ci([c / nn for nn, c in counts], **ci)
+        out["pass@k"][str(k)] = with_ci(pass_at_k_per_problem(counts, k), **ci)
+        out["maj@k"][str(k)] = with_ci(vote_outcomes(answers, judge, k, same)[0], **ci)
+    out["avg@n"] = with_ci(fraction_correct(by_pid.values()), **ci)
     thinking = [r["thinking_tokens"] for r in rows]
     answer = [r["answer_tokens"] for r in rows]
     out["lengths"] = {"mean_thinking_tokens": _mean(thinking), "mean_answer_tokens": _mean(answer),
@@ -190,15 +175,14 @@ def summarize_sampled(rows: Sequence[dict[str, Any]], problems: Sequence[Problem
                       "median_answer_tokens": float(np.median(answer)) if answer else float("nan")}
     out["truncation_rate"] = _mean([r["finish_reason"] == "length" for r in rows])
     out["no_answer_rate"] = _mean([r["verdict"] not in READABLE for r in rows])
-    votes = vote_table(rows, problems, task)
-    conf = [v["share"] for v in votes.values()]
-    correct = [v["correct"] for v in votes.values()]
-    bins = reliability_bins(conf, correct) if conf else []
+    correct, conf = vote_outcomes(answers, judge, None, same)
+    bins = reliability_bins(conf, correct) if conf.size else []
     out["calibration"] = {"k": n, "confidence": "share of the samples agreeing with the vote",
-                          "ece": expected_calibration_error(conf, correct) if conf else float("nan"), "bins": bins}
+                          "ece": expected_calibration_error(conf, correct) if conf.size else float("nan"), "bins": bins}
+    difficulty = {p.id: p.difficulty for p in problems}
     by_diff: dict[int, list[float]] = {}
     for pid, v in by_pid.items():
-        by_diff.setdefault(votes[pid]["difficulty"], []).append(float(np.mean(v)))
+        by_diff.setdefault(difficulty[pid], []).append(float(np.mean(v)))
     out["avg@n_by_difficulty"] = {str(d): _mean(v) for d, v in sorted(by_diff.items())}
     return out
 
@@ -217,10 +201,10 @@ def evaluate_sampled(model: Any, problems: Sequence[Problem], task: Task, *, sam
               "provenance": provenance(path, tokenizer, params, system_prompt, bootstrap={"n_boot": n_boot, "seed": seed,
                                                                                            "level": 0.95})}
     if out_dir is not None:
-        out = Path(out_dir)
-        write_records(out / "samples.jsonl", rows)
+        out = EvalFiles(out_dir)
+        write_records(out.samples, rows)
         if result["calibration"]["bins"]:
-            plot_reliability(result["calibration"]["bins"], out / "reliability.png", title=f"{name}: vote confidence")
-            result["reliability_png"] = "reliability.png"
-        write_json(out / "sampled.json", result)
+            plot_reliability(result["calibration"]["bins"], out.reliability, title=f"{name}: vote confidence")
+            result["reliability_png"] = out.reliability.name
+        write_json(out.sampled, result)
     return result

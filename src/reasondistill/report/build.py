@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from reasondistill.layout import Layout
 from reasondistill.records import write_json
 
 
@@ -60,23 +61,25 @@ def _fmt(x: Any, spec: str) -> str:
 
 
 def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
-    root = Path(run_dir)
-    skipped = _read_json(root / "skipped.json") or {}  # stage -> why it had nothing to work on (rundir.py)
+    lay = Layout(run_dir)
+    root = lay.root
+    skipped = _read_json(lay.skipped_path) or {}  # stage -> why it had nothing to work on (rundir.py)
     models: dict[str, Any] = {}
-    for m in sorted((root / "evaluate").glob("*/metrics.json")):
-        if f"evaluate:{m.parent.name}" not in skipped and "evaluate" not in skipped:  # not stale results
-            models[m.parent.name] = json.loads(m.read_text())
+    for m in lay.evaluated():
+        if lay.eval(m).metrics.is_file() and f"evaluate:{m}" not in skipped and "evaluate" not in skipped:  # not stale
+            models[m] = json.loads(lay.eval(m).metrics.read_text())
     training: dict[str, Any] = {}
     curves = {}
     for s in cfg.students:
-        summary = _read_json(root / "train" / s.name / "summary.json")
+        t = lay.train(s.name)
+        summary = _read_json(t.summary)
         if summary:
             training[s.name] = {k: summary.get(k) for k in ("final_val_loss", "steps", "epochs", "wall_time_s",
                                                             "params", "train_examples", "processes")}
             training[s.name]["target"] = s.target
-        if (root / "train" / s.name / "metrics.csv").exists():
-            curves[s.name] = read_curves(root / "train" / s.name / "metrics.csv")
-    manifest = _read_json(root / "manifest.json") or {}
+        if t.metrics_csv.exists():
+            curves[s.name] = read_curves(t.metrics_csv)
+    manifest = _read_json(lay.manifest) or {}
     stage_seconds = {k: v["seconds"] for k, v in manifest.get("stages", {}).items()}
     report = {
         "run_dir": str(root),
@@ -87,21 +90,21 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
                    for name, m in models.items()},
         "skipped": skipped,
         "training": training,
-        "curation": _read_json(root / "curate/summary.json"),
+        "curation": _read_json(lay.curate_summary),
         "stage_seconds": stage_seconds,
         "total_stage_seconds": round(sum(stage_seconds.values()), 1),
     }
     if curves:
-        plot_loss_curves(curves, root / "loss_curves.png")
-        report["loss_curves"] = "loss_curves.png"
-    from reasondistill.report import extras, html  # sampled/OOD/budget/compare/router sections; report.html
+        plot_loss_curves(curves, lay.loss_curves)
+        report["loss_curves"] = lay.loss_curves.name
+    from reasondistill.report import evaluation as evaluation_section, html  # sampled/OOD/budget/compare/router; report.html
 
-    evaluation = {name: e for name, e in extras.collect(root).items() if name in models}  # none of skipped ones
+    evaluation = {name: e for name, e in evaluation_section.collect(root).items() if name in models}  # none of skipped ones
     if evaluation:
         report["evaluation"] = evaluation
-        report["plots"] = extras.make_plots(root, evaluation)
-    write_json(root / "report.json", report)
-    (root / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        report["plots"] = evaluation_section.make_plots(root, evaluation)
+    write_json(lay.report_json, report)
+    lay.report_md.write_text(render_markdown(report), encoding="utf-8")
     html.write_html(root, report)
     return report
 
@@ -158,7 +161,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 ", ".join(f"{k} {v:.1f}" for k, v in report["stage_seconds"].items()),
                 f"\nSum of stage times: {report['total_stage_seconds']:.1f} s (students may train in parallel, so wall time is less)", ""]
     if report.get("evaluation"):
-        from reasondistill.report.extras import render_markdown as evaluation_markdown
+        from reasondistill.report.evaluation import render_markdown as evaluation_markdown
 
         out.append(evaluation_markdown(report))
     return "\n".join(out)

@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from reasondistill.layout import Layout
 from reasondistill.records import write_json
-from reasondistill.report.extras import _fig, fmt_ci
+from reasondistill.report.evaluation import agg_figure, fmt_ci
 from reasondistill.report.html import esc, figure, page
 
 
@@ -27,7 +28,7 @@ def load_runs(runs: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     names = [Path(r).name for r in runs]
     for r, name in zip(runs, names):
-        path = Path(r) / "report.json"
+        path = Layout(r).report_json
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: run `reasondistill report {r}` first")
         label = name if names.count(name) == 1 else str(r)
@@ -59,7 +60,7 @@ def table_rows(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> Path:
-    fig = _fig(max(5.0, 0.6 * len(rows) + 2), 3.8)
+    fig = agg_figure(max(5.0, 0.6 * len(rows) + 2), 3.8)
     ax = fig.subplots()
     labels = [f"{r['run']}\n{r['model']}" for r in rows]
     vals = [r["accuracy"]["value"] or 0 for r in rows]
@@ -80,7 +81,7 @@ def plot_by_difficulty(rows: list[dict[str, Any]], path: Path) -> Path | None:
     have = [r for r in rows if r["accuracy_by_difficulty"]]
     if not have:
         return None
-    fig = _fig()
+    fig = agg_figure()
     ax = fig.subplots()
     for r in have:
         acc = r["accuracy_by_difficulty"]

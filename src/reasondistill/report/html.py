@@ -18,7 +18,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from reasondistill.report.extras import fmt_ci, rows
+from reasondistill.layout import Layout
+from reasondistill.report.evaluation import fmt_ci, rows
 from reasondistill.report.html_assets import CSS, JS
 
 PLOT_TITLES = {"loss_curves": "Training and validation loss", "accuracy_by_difficulty": "Accuracy by difficulty",
@@ -131,7 +132,8 @@ def trace_data(root: Path, report: Mapping[str, Any]) -> dict[str, Any]:
     from reasondistill.records import Problem, read_records
     from reasondistill.tasks.base import load_task
 
-    problems_path = root / "problems/test.jsonl"
+    lay = Layout(root)
+    problems_path = lay.test_problems
     problems = {p.id: p for p in read_records(problems_path, Problem)} if problems_path.exists() else {}
     task = None
     try:
@@ -142,10 +144,10 @@ def trace_data(root: Path, report: Mapping[str, Any]) -> dict[str, Any]:
         task = load_task(TypeAdapter(TaskConfig).validate_python(report["task"]).task_spec())  # no file is read
     except (KeyError, ValueError, TypeError):
         pass
-    models = [m for m in report["models"] if (root / "evaluate" / m / "completions.jsonl").exists()]
+    models = [m for m in report["models"] if lay.eval(m).completions.exists()]
     entries: dict[str, dict[str, Any]] = {}
     for m in models:
-        got = rows(root / "evaluate" / m / "completions.jsonl")
+        got = rows(lay.eval(m).completions)
         if task is not None and problems and all(r["problem_id"] in problems for r in got):
             got = annotate(got, problems, task)
         for r in got:
@@ -209,6 +211,6 @@ def render_html(root: Path, report: Mapping[str, Any]) -> str:
 
 def write_html(root: str | Path, report: Mapping[str, Any]) -> Path:
     root = Path(root)
-    out = root / "report.html"
+    out = Layout(root).report_html
     out.write_text(render_html(root, report), encoding="utf-8")
     return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from reasondistill.data.build import render_prompts
+from reasondistill.prompts import render_prompts
 from reasondistill.records import Problem, Trace
 from reasondistill.teachers.sampling import SamplingParams, generate_completions
 from reasondistill.thinking import split_thinking

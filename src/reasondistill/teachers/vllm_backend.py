@@ -44,7 +44,7 @@ def import_vllm():
     return vllm
 
 
-def request_seed(seed: int, problem_id: str) -> int:
+def problem_seed(seed: int, problem_id: str) -> int:
     """The vLLM request seed of a problem's ``n`` samples: stable across runs, machines and shards."""
     return row_key(seed, problem_id, 0) & 0x7FFFFFFF
 
@@ -52,7 +52,7 @@ def request_seed(seed: int, problem_id: str) -> int:
 def sampling_kwargs(params: SamplingParams, problem_id: str) -> dict[str, Any]:
     """``vllm.SamplingParams`` keyword arguments for one problem."""
     return {"n": params.n, "temperature": params.temperature, "top_p": params.top_p,
-            "max_tokens": params.max_new_tokens, "seed": request_seed(params.seed, problem_id)}
+            "max_tokens": params.max_new_tokens, "seed": problem_seed(params.seed, problem_id)}
 
 
 def request_output_to_traces(output: Any, problem_id: str, teacher: str, sampling: dict[str, Any],
@@ -95,7 +95,7 @@ class VLLMTeacher:
                system_prompt: str | None = None) -> Iterator[list[Trace]]:
         """One batch of ``batch_size // n`` problems per call to vLLM (vLLM schedules inside it;
         the batch is how often traces are written and the run can resume)."""
-        from reasondistill.data.build import render_prompts
+        from reasondistill.prompts import render_prompts
 
         prompts = render_prompts(self.tokenizer, [p.prompt for p in problems], system=system_prompt)
         sampling = params.model_dump(exclude={"batch_size"})

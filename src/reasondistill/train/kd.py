@@ -112,7 +112,7 @@ def freeze(model):
     return model
 
 
-def row_key(ids: Tensor, prompt_len: int) -> str:
+def example_key(ids: Tensor, prompt_len: int) -> str:
     """Content key of one example (its int32 tokens and prompt length): the offline teacher is a
     function of the tokens alone, so a batch row finds its captured top-k by this key."""
     arr = np.ascontiguousarray(np.asarray(ids, dtype=np.int32))
@@ -120,14 +120,14 @@ def row_key(ids: Tensor, prompt_len: int) -> str:
 
 
 def batch_keys(batch: dict[str, Tensor]) -> list[str]:
-    """:func:`row_key` of every row of a collated (right-padded) batch."""
+    """:func:`example_key` of every row of a collated (right-padded) batch."""
     keys = []
     lengths = batch["attention_mask"].sum(1).tolist()
     targets = batch["labels"] != IGNORE_INDEX
     for row, n in enumerate(lengths):
         nz = targets[row].nonzero()
         plen = int(nz[0]) if len(nz) else int(n)
-        keys.append(row_key(batch["input_ids"][row, :int(n)].cpu().numpy(), plen))
+        keys.append(example_key(batch["input_ids"][row, :int(n)].cpu().numpy(), plen))
     return keys
 
 

@@ -65,7 +65,7 @@ def _train_children(pipeline, students: list, workers: int, force: bool, token: 
 
     rd = pipeline.rd
     for s in students:  # captures (offline top-k) and input checks happen here, once, before the children
-        pipeline._need(rd / "build" / s.name / "train.safetensors", stage="build")
+        rd.need(rd.build(s.name).train, stage="build")
         pipeline._soft_inputs(s, force)
     totals = {}
     for s in students:

@@ -23,11 +23,13 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return [obj for _, obj in iter_jsonl(path)]
 
 
-def _inputs(pipe, name: str, path: str) -> list[Path]:
-    return pipe._local(path) if name == "teacher" else [Path(path)]
+def _inputs(name: str, path: str) -> list[Path]:
+    from reasondistill.models import local_files
+
+    return local_files(path) if name == "teacher" else [Path(path)]
 
 
-def run_extras(pipe, targets: Sequence[tuple[str, str]], force: bool = False) -> dict[str, Any]:
+def run_beyond_greedy(pipe, targets: Sequence[tuple[str, str]], force: bool = False) -> dict[str, Any]:
     ev = pipe.cfg.evaluate
     out: dict[str, Any] = {}
     for name, path in targets:
@@ -38,7 +40,7 @@ def run_extras(pipe, targets: Sequence[tuple[str, str]], force: bool = False) ->
             out[f"ood:{name}"] = ood_stage(pipe, name, path, force)
         if ev.budgets:
             out[f"budget:{name}"] = budget_stage(pipe, name, path, force)
-    teacher_rows = pipe.rd / "evaluate/teacher/completions.jsonl"
+    teacher_rows = pipe.rd.eval("teacher").completions
     for name, _ in targets:
         if name == "teacher" or not teacher_rows.exists():
             continue
@@ -52,12 +54,12 @@ def greedy_provenance(pipe, name: str, path: str) -> None:
     """``provenance.json`` beside the greedy results: what determines them (template, decoding, model hash)."""
     from reasondistill.models import load_tokenizer, resolve
 
-    d = pipe.rd / "evaluate" / name
-    if not (d / "completions.jsonl").exists():
+    e = pipe.rd.eval(name)
+    if not e.completions.exists():
         return
     ev = pipe.cfg.evaluate
     weights = Path(resolve(path)) / "model.safetensors"
-    write_json(d / "provenance.json", {
+    write_json(e.provenance, {
         "model": path, "model_sha256": pipe.rd.file_hash(weights) if weights.is_file() else None,
         "prompt_template": getattr(load_tokenizer(path), "chat_template", None), "system_prompt": None,
         "decoding": "greedy", "sampling": {"n": 1, "temperature": 0.0}, "max_new_tokens": ev.max_new_tokens,
@@ -65,37 +67,49 @@ def greedy_provenance(pipe, name: str, path: str) -> None:
         "(tests/evaluate/test_sampled.py)"})
 
 
-def sampled_stage(pipe, name: str, path: str, force: bool = False, samples: int | None = None,
-                  ks: Sequence[int] | None = None, file: str = "samples.jsonl") -> Any:
-    from reasondistill.evaluate.sampled import completion_rows, evaluate_sampled
-
+def _sampling_conf(pipe, path: str, n: int, ks: Sequence[int]) -> dict[str, Any]:
     ev = pipe.cfg.evaluate
-    n = samples or ev.samples
-    test_path, d = pipe.rd / "problems/test.jsonl", pipe.rd / "evaluate" / name
-    conf = {"samples": n, "k": list(ks or ev.k), "temperature": ev.temperature, "top_p": ev.top_p, "seed": ev.seed,
+    return {"samples": n, "k": list(ks), "temperature": ev.temperature, "top_p": ev.top_p, "seed": ev.seed,
             "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "model": path}
 
-    def fn(_fp):
-        problems = read_records(test_path, Problem)
-        if file != "samples.jsonl":  # router-only samples: rows, no summary files
-            from reasondistill.evaluate.sampled import load
-            from reasondistill.teachers.sampling import SamplingParams
 
-            model, tok, _ = load(path)
-            params = SamplingParams(n=n, temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed,
-                                    max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
-            write_records(d / file, completion_rows(model, tok, problems, pipe.task, params))
-            return {"samples": n}
-        res = evaluate_sampled(path, problems, pipe.task, samples=n, k=conf["k"], temperature=ev.temperature,
-                               top_p=ev.top_p, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
-                               seed=ev.seed, out_dir=d, name=name)
+def sampled_stage(pipe, name: str, path: str, force: bool = False) -> Any:
+    """``evaluate.samples`` samples per test problem: ``samples.jsonl`` and the metrics in ``sampled.json``."""
+    from reasondistill.evaluate.sampled import evaluate_sampled
+
+    ev = pipe.cfg.evaluate
+    n, test_path, e = ev.samples, pipe.rd.test_problems, pipe.rd.eval(name)
+    conf = _sampling_conf(pipe, path, n, ev.k)
+
+    def fn(_fp):
+        res = evaluate_sampled(path, read_records(test_path, Problem), pipe.task, samples=n, k=conf["k"],
+                               temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens,
+                               batch_size=ev.batch_size, seed=ev.seed, out_dir=e.dir, name=name)
         top = str(max(conf["k"]))
         pipe.log(f"       {name}: pass@{top} {res['pass@k'][top]['value']:.3f}, maj@{top} "
                  f"{res['maj@k'][top]['value']:.3f}, avg@{n} {res['avg@n']['value']:.3f}")
         return {"pass@k": res["pass@k"], "maj@k": res["maj@k"], "avg@n": res["avg@n"]}
-    outputs = [d / file] + ([d / "sampled.json"] if file == "samples.jsonl" else [])
-    stage = "evaluate-sampled" if file == "samples.jsonl" else "evaluate-router-samples"
-    return pipe._stage(f"{stage}:{name}", conf, [test_path, *_inputs(pipe, name, path)], outputs, fn, force)
+    return pipe.run_stage(f"evaluate-sampled:{name}", conf, [test_path, *_inputs(name, path)],
+                          [e.samples, e.sampled], fn, force)
+
+
+def router_samples_stage(pipe, name: str, path: str, k: int, force: bool = False) -> Any:
+    """``k`` samples per test problem for the router alone (when ``evaluate.samples`` < k): rows in
+    ``router_samples.jsonl``, no metrics."""
+    from reasondistill.evaluate.sampled import completion_rows, load
+    from reasondistill.teachers.sampling import SamplingParams
+
+    ev = pipe.cfg.evaluate
+    test_path, e = pipe.rd.test_problems, pipe.rd.eval(name)
+
+    def fn(_fp):
+        model, tok, _ = load(path)
+        params = SamplingParams(n=k, temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed,
+                                max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
+        write_records(e.router_samples, completion_rows(model, tok, read_records(test_path, Problem), pipe.task, params))
+        return {"samples": k}
+    return pipe.run_stage(f"evaluate-router-samples:{name}", _sampling_conf(pipe, path, k, [k]),
+                          [test_path, *_inputs(name, path)], [e.router_samples], fn, force)
 
 
 def ood_problems(pipe) -> list[Problem]:
@@ -115,88 +129,84 @@ def ood_stage(pipe, name: str, path: str, force: bool = False) -> Any:
     from reasondistill.evaluate.metrics import with_ci
 
     ev = pipe.cfg.evaluate
-    d = pipe.rd / "evaluate" / name / "ood"
+    o = pipe.rd.eval(name).ood
     conf = {"ood": ev.ood, "task": pipe.cfg.task, "seed": pipe.cfg.seed, "batch_size": ev.batch_size,
             "max_new_tokens": ev.max_new_tokens, "model": path}
 
     def fn(_fp):
         problems = ood_problems(pipe)
-        write_records(pipe.rd / "problems/ood.jsonl", problems)
+        write_records(pipe.rd.ood_problems, problems)
         m = evaluate_model(path, problems, pipe.task, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
-                           out_dir=d, name=name)
-        rows = _rows(d / "completions.jsonl")
+                           out_dir=o.dir, name=name)
+        rows = _rows(o.completions)
         m.update({"split": "ood", "min_ops": ev.ood.min_ops, "max_ops": ev.ood.max_ops,
                   "note": "harder difficulty levels than training ever saw",
                   "accuracy_ci": with_ci([r["verdict"] == "correct" for r in rows])})
-        write_json(d / "metrics.json", m)
+        write_json(o.metrics, m)
         pipe.log(f"       {name}: OOD accuracy {m['accuracy']:.3f} (ops {ev.ood.min_ops}-{ev.ood.max_ops})")
         return {"accuracy": m["accuracy"], "n": m["n"]}
-    return pipe._stage(f"evaluate-ood:{name}", conf, _inputs(pipe, name, path),
-                       [d / "metrics.json", d / "completions.jsonl"], fn, force)
+    return pipe.run_stage(f"evaluate-ood:{name}", conf, _inputs(name, path), o.greedy_outputs, fn, force)
 
 
 def budget_stage(pipe, name: str, path: str, force: bool = False) -> Any:
     from reasondistill.evaluate.budget import budget_curve
 
     ev = pipe.cfg.evaluate
-    test_path, d = pipe.rd / "problems/test.jsonl", pipe.rd / "evaluate" / name
+    test_path, e = pipe.rd.test_problems, pipe.rd.eval(name)
     answer_tokens = min(32, ev.max_new_tokens)
     conf = {"budgets": ev.budgets, "answer_tokens": answer_tokens, "batch_size": ev.batch_size, "model": path}
 
     def fn(_fp):
         res = budget_curve(path, read_records(test_path, Problem), pipe.task, ev.budgets, answer_tokens=answer_tokens,
-                           batch_size=ev.batch_size, out_dir=d, name=name)
+                           batch_size=ev.batch_size, out_dir=e.dir, name=name)
         pipe.log(f"       {name}: accuracy by thinking budget " +
                  ", ".join(f"{p['budget']}: {p['accuracy']['value']:.3f}" for p in res["points"]))
         return {str(p["budget"]): p["accuracy"]["value"] for p in res["points"]}
-    return pipe._stage(f"evaluate-budget:{name}", conf, [test_path, *_inputs(pipe, name, path)],
-                       [d / "budget.json"], fn, force)
+    return pipe.run_stage(f"evaluate-budget:{name}", conf, [test_path, *_inputs(name, path)], [e.budget], fn, force)
 
 
 def compare_stage(pipe, name: str, force: bool = False) -> Any:
     from reasondistill.evaluate.compare_models import compare_to_teacher
 
-    ev, root = pipe.rd / "evaluate", pipe.rd / "problems/test.jsonl"
-    d, t = ev / name, ev / "teacher"
-    samples = d / "samples.jsonl"
-    inputs = [root, d / "completions.jsonl", t / "completions.jsonl"] + ([samples] if samples.exists() else [])
+    root, e, t = pipe.rd.test_problems, pipe.rd.eval(name), pipe.rd.eval("teacher")
+    samples = e.samples
+    inputs = [root, e.completions, t.completions] + ([samples] if samples.exists() else [])
 
     def fn(_fp):
-        res = compare_to_teacher(_rows(d / "completions.jsonl"), _rows(t / "completions.jsonl"),
+        res = compare_to_teacher(_rows(e.completions), _rows(t.completions),
                                  read_records(root, Problem), pipe.task,
-                                 student_samples=_rows(samples) if samples.exists() else None, out_dir=d, name=name)
+                                 student_samples=_rows(samples) if samples.exists() else None, out_dir=e.dir, name=name)
         pipe.log(f"       {name} vs teacher: answer agreement {res['agreement']['agreement']:.3f}, "
                  f"first fall-off at difficulty {res['falloff']['first_falloff']}")
         return {"agreement": res["agreement"]["agreement"], "first_falloff": res["falloff"]["first_falloff"]}
-    return pipe._stage(f"compare:{name}", {"compare": 1}, inputs, [d / "compare.json"], fn, force)
+    return pipe.run_stage(f"compare:{name}", {"compare": 1}, inputs, [e.compare], fn, force)
 
 
 def route_stage(pipe, name: str, k: int, thresholds: Sequence[float], force: bool = False) -> Any:
     from reasondistill.evaluate.router import route_student
 
     ev = pipe.cfg.evaluate
-    root, d, t = pipe.rd / "problems/test.jsonl", pipe.rd / "evaluate" / name, pipe.rd / "evaluate/teacher"
-    pipe._need(t / "completions.jsonl", stage="evaluate")
+    root, e, t = pipe.rd.test_problems, pipe.rd.eval(name), pipe.rd.eval("teacher")
+    pipe.rd.need(t.completions, stage="evaluate")
+    model = str(pipe.rd.train(name).final)
     if ev.samples >= k:
-        samples = d / "samples.jsonl"
+        samples = e.samples
         if not samples.exists():
-            sampled_stage(pipe, name, str(pipe.rd / "train" / name / "final"), force)
+            sampled_stage(pipe, name, model, force)
     else:
-        samples = d / "router_samples.jsonl"
-        sampled_stage(pipe, name, str(pipe.rd / "train" / name / "final"), force, samples=k, ks=[k],
-                      file="router_samples.jsonl")
+        samples = e.router_samples
+        router_samples_stage(pipe, name, model, k, force)
 
     def fn(_fp):
-        res = route_student(_rows(samples), _rows(t / "completions.jsonl"), read_records(root, Problem), pipe.task,
-                            k, thresholds, out_dir=d, name=name)
+        res = route_student(_rows(samples), _rows(t.completions), read_records(root, Problem), pipe.task,
+                            k, thresholds, out_dir=e.dir, name=name)
         c = res["chosen"]
         pipe.log(f"       {name} → teacher: " + (f"threshold {c['threshold']:.2f} sends {c['teacher_share']:.1%} "
                  f"to the teacher, accuracy {c['accuracy']:.3f} (teacher {res['teacher_accuracy']:.3f})" if c
                  else "no threshold reaches the teacher's accuracy within 1 point"))
         return {"chosen": c, "teacher_accuracy": res["teacher_accuracy"]}
     conf = {"k": k, "thresholds": list(thresholds)}
-    return pipe._stage(f"route:{name}", conf, [root, samples, t / "completions.jsonl"],
-                       [d / "router.json", d / "router.png"], fn, force)
+    return pipe.run_stage(f"route:{name}", conf, [root, samples, t.completions], [e.router, e.router_png], fn, force)
 
 
 def run_router(pipe, student: str | None = None, k: int | None = None, thresholds: Sequence[float] | None = None,
@@ -215,6 +225,6 @@ def run_router(pipe, student: str | None = None, k: int | None = None, threshold
         if reason:
             pipe.log(f"[skip] route:{n}: not trained: {reason}")
             continue
-        pipe._need(pipe.rd / "train" / n / "final", stage="train")
+        pipe.rd.need(pipe.rd.train(n).final, stage="train")
         routed.append(n)
     return {n: route_stage(pipe, n, k, thresholds, force) for n in routed}

@@ -1,6 +1,6 @@
 """The report's evaluation section: greedy CIs, sampled metrics, OOD, budgets, comparison, router.
 
-Why: :mod:`.build` writes the models table; this module gathers what :mod:`reasondistill.evaluate.extras`
+Why: :mod:`.build` writes the models table; this module gathers what :mod:`reasondistill.evaluate.stages`
 left in ``evaluate/<model>/`` into ``report["evaluation"]``, draws the shared plots into
 ``plots/`` (accuracy by difficulty with CIs, length histograms, budget curve, router curve) and
 renders the matching Markdown. Every input is optional; a section without data is left out.
@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from reasondistill.layout import Layout
 from reasondistill.records import iter_jsonl
 
 SAMPLED_KEYS = ("samples", "problems", "pass@k", "maj@k", "avg@n", "lengths", "truncation_rate", "no_answer_rate",
@@ -31,9 +32,10 @@ def collect(root: str | Path) -> dict[str, Any]:
     """``{model: {accuracy_ci, accuracy_by_difficulty_ci, sampled, ood, budget, compare, router}}``."""
     from reasondistill.evaluate.metrics import with_ci
 
-    out: dict[str, Any] = {}
-    for d in sorted(p for p in (Path(root) / "evaluate").iterdir() if p.is_dir()) if (Path(root) / "evaluate").exists() else []:
-        greedy = rows(d / "completions.jsonl")
+    lay, out = Layout(root), {}
+    for name in lay.evaluated():
+        f = lay.eval(name)
+        greedy = rows(f.completions)
         e: dict[str, Any] = {}
         if greedy:
             e["accuracy_ci"] = with_ci([r["verdict"] == "correct" for r in greedy])
@@ -41,26 +43,27 @@ def collect(root: str | Path) -> dict[str, Any]:
             for r in greedy:
                 by.setdefault(r["difficulty"], []).append(r["verdict"] == "correct")
             e["accuracy_by_difficulty_ci"] = {str(k): with_ci(v) for k, v in sorted(by.items())}
-        s = _json(d / "sampled.json")
+        s = _json(f.sampled)
         if s:
             e["sampled"] = {k: s.get(k) for k in SAMPLED_KEYS}
             e["sampled"]["calibration"] = {k: s["calibration"].get(k) for k in ("k", "ece", "bins", "confidence")}
-            if (d / "reliability.png").exists():
-                e["sampled"]["reliability_png"] = f"evaluate/{d.name}/reliability.png"
-        ood = _json(d / "ood/metrics.json")
+            if f.reliability.exists():
+                e["sampled"]["reliability_png"] = str(f.reliability.relative_to(lay.root))
+        ood = _json(f.ood.metrics)
         if ood:
             e["ood"] = {k: ood.get(k) for k in ("accuracy", "accuracy_ci", "n", "min_ops", "max_ops",
                                                  "accuracy_by_difficulty", "truncation_rate", "note")}
         for key in ("budget", "compare", "router", "provenance"):
-            obj = _json(d / f"{key}.json")
+            obj = _json(getattr(f, key))
             if obj:
                 e[key] = obj
         if e:
-            out[d.name] = e
+            out[name] = e
     return out
 
 
-def _fig(w: float = 6, h: float = 3.6):
+def agg_figure(w: float = 6, h: float = 3.6):
+    """A bare Agg figure (no pyplot, no global backend change)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -75,10 +78,11 @@ def make_plots(root: str | Path, evaluation: dict[str, Any]) -> dict[str, str]:
     from reasondistill.evaluate.router import plot_router_curve
 
     root, plots = Path(root), {}
-    (root / "plots").mkdir(exist_ok=True)
+    plots_dir = Layout(root).plots_dir
+    plots_dir.mkdir(exist_ok=True)
     with_diff = {m: e["accuracy_by_difficulty_ci"] for m, e in evaluation.items() if e.get("accuracy_by_difficulty_ci")}
     if with_diff:
-        fig = _fig()
+        fig = agg_figure()
         ax = fig.subplots()
         for m, acc in with_diff.items():
             xs = [int(k) for k in acc]
@@ -97,12 +101,12 @@ def make_plots(root: str | Path, evaluation: dict[str, Any]) -> dict[str, str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(root / "plots/accuracy_by_difficulty.png", dpi=110)
-        plots["accuracy_by_difficulty"] = "plots/accuracy_by_difficulty.png"
-    lengths = {m: [r["completion_tokens"] for r in rows(root / "evaluate" / m / "completions.jsonl")] for m in evaluation}
+        fig.savefig(plots_dir / "accuracy_by_difficulty.png", dpi=110)
+        plots["accuracy_by_difficulty"] = str((plots_dir / "accuracy_by_difficulty.png").relative_to(root))
+    lengths = {m: [r["completion_tokens"] for r in rows(Layout(root).eval(m).completions)] for m in evaluation}
     lengths = {m: v for m, v in lengths.items() if v}
     if lengths:
-        fig = _fig()
+        fig = agg_figure()
         ax = fig.subplots()
         top = max(max(v) for v in lengths.values())
         bins = list(range(0, top + 2, max(1, (top + 1) // 30)))
@@ -111,14 +115,14 @@ def make_plots(root: str | Path, evaluation: dict[str, Any]) -> dict[str, str]:
         ax.set(xlabel="output tokens (greedy)", ylabel="problems", title="Length of completions")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(root / "plots/lengths.png", dpi=110)
-        plots["lengths"] = "plots/lengths.png"
+        fig.savefig(plots_dir / "lengths.png", dpi=110)
+        plots["lengths"] = str((plots_dir / "lengths.png").relative_to(root))
     budgets = {m: e["budget"] for m, e in evaluation.items() if e.get("budget")}
     if budgets:
-        plots["budget"] = str(plot_budget_curve(budgets, root / "plots/budget.png").relative_to(root))
+        plots["budget"] = str(plot_budget_curve(budgets, plots_dir / "budget.png").relative_to(root))
     routers = {m: e["router"] for m, e in evaluation.items() if e.get("router")}
     if routers:
-        plots["router"] = str(plot_router_curve(routers, root / "plots/router.png").relative_to(root))
+        plots["router"] = str(plot_router_curve(routers, plots_dir / "router.png").relative_to(root))
     for m, e in evaluation.items():
         if e.get("sampled", {}).get("reliability_png"):
             plots[f"reliability:{m}"] = e["sampled"]["reliability_png"]
