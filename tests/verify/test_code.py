@@ -132,7 +132,9 @@ def test_namespaces_hold_without_the_audit_hook_or_seccomp(tmp_path):
              f"try: open({str(tmp_path / 'x')!r}, 'w')\nexcept OSError as e: print('write', e.errno)\n"
              f"try: open('/usr/x', 'w')\nexcept OSError as e: print('usr', e.errno)\n"
              f"try: socket.create_connection(('1.1.1.1', 80), 2)\nexcept OSError as e: print('net', e.errno)\n"
-             f"print('visible', [p for p in ({str(tmp_path)!r}, {str(Path.cwd())!r}, '/proc/self', '/etc') "
+             # the project's files (the venv inside it is bound read-only, so its folder path may exist)
+             f"print('visible', [p for p in ({str(tmp_path)!r}, {str(Path.cwd() / 'pyproject.toml')!r}, "
+             f"'/proc/self', '/etc') "
              f"if os.path.exists(p)])\n"
              f"r = subprocess.run(['mount', '-o', 'remount,rw', '/usr'], capture_output=True)\n"
              f"print('remount', r.returncode)\nopen('/sandbox/inside.txt', 'w').write('ok'); print('inside ok')")
