@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     args = ap.parse_args(argv)
 
-    from reasondistill.cli import demo_config_path
+    from reasondistill.config import demo_config_path
     from reasondistill.config import RunConfig, load_config
     from reasondistill.pipeline import Pipeline
 

@@ -39,7 +39,7 @@ def test_parser_lists_all_verbs():
 
 def test_overrides_may_follow_options(tmp_path, capsys):
     """`reasondistill problems CONFIG --quiet key=value` applies the override (argparse alone rejects it)."""
-    from reasondistill.cli import demo_config_path
+    from reasondistill.config import demo_config_path
 
     run = tmp_path / "run"
     assert main(["build", str(demo_config_path()), "--quiet", f"run_dir={run}", "task.n_train=3"]) == 2

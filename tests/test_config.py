@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from reasondistill.cli import demo_config_path
+from reasondistill.config import demo_config_path
 from reasondistill.config import ConfigError, load_config
 
 

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from reasondistill.cli import demo_config_path, main
+from reasondistill.cli import main
+from reasondistill.config import demo_config_path
 from reasondistill.errors import run_verb, user_message
 
 BOMB = "a: &a [1, 2]\n" + "".join(

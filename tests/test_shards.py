@@ -14,7 +14,8 @@ import pytest
 from reasondistill.config import RunConfig
 from reasondistill.pipeline import Pipeline
 from reasondistill.records import Trace, read_records
-from reasondistill.shards import generate_shard, merge, parse_shard, shard_files, shard_of
+from reasondistill.sharding import parse_shard, shard_files, shard_of
+from reasondistill.shards import generate_shard, merge
 
 
 def _pipe(tmp_path, name, teacher, log=None, **generate):

@@ -32,24 +32,6 @@ STAGE_HELP = {
 }
 
 
-def demo_config_path() -> Path:
-    return Path(__file__).parent / "configs" / "demo.yaml"
-
-
-def _load(target: str, overrides: list[str]):
-    from reasondistill.config import load_config
-
-    path = Path(target)
-    if path.is_dir():
-        cfg_file = path / "config.yaml"
-        if not cfg_file.exists():
-            raise FileNotFoundError(f"{path} is a directory without config.yaml: pass a config file or a run directory")
-        return load_config(cfg_file, [f"run_dir={path}", *overrides])
-    if not path.exists():
-        raise FileNotFoundError(f"{target}: no such config file or run directory")
-    return load_config(path, overrides)
-
-
 OVERRIDES_HELP = "config overrides, e.g. evaluate.samples=4 or students.0.train.lr=1e-3"
 
 
@@ -80,7 +62,7 @@ def build_parser() -> HintingParser:
         if verb == "evaluate":
             p.add_argument("--model", help="only this model: 'teacher' or a student name")
         if verb == "generate":
-            from reasondistill.shards import parse_shard
+            from reasondistill.sharding import parse_shard
 
             p.add_argument("--shard", type=parse_shard, metavar="I/N", help="only shard I of N (0 <= I < N) of the "
                            "problems, into generate/shards/; then 'reasondistill merge RUN' (docs/scaling.md)")
@@ -153,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 def _config(args) -> int:
     """``config show [CONFIG] [key=value ...]`` and ``config docs``."""
     from reasondistill import config_fields
-    from reasondistill.config import RunConfig, load_config
+    from reasondistill.config import RunConfig, load_config, load_run_config
 
     if args.action == "docs":
         print(config_fields.reference(RunConfig, CONFIG_DOCS_INTRO), end="")
@@ -161,7 +143,7 @@ def _config(args) -> int:
     target, overrides = args.target, list(args.overrides)
     if target is not None and "=" in target and not Path(target).exists():  # only overrides were given
         target, overrides = None, [target, *overrides]
-    cfg = _load(target, overrides) if target is not None else load_config(None, overrides)
+    cfg = load_run_config(target, overrides) if target is not None else load_config(None, overrides)
     print(config_fields.show(cfg), end="")
     return 0
 
@@ -180,14 +162,15 @@ chosen by its `name`; `students[]` is a list of student sections.
 def _dispatch(args, where: dict[str, Path]) -> int:
     from transformers.utils import logging as hf_logging
 
+    from reasondistill.config import demo_config_path, load_run_config
     from reasondistill.pipeline import Pipeline
 
     hf_logging.disable_progress_bar()  # our own bars report progress; theirs flood the log
 
     if args.verb == "demo":
-        cfg = _load(str(demo_config_path()), [f"run_dir={args.out}", *args.overrides])
+        cfg = load_run_config(demo_config_path(), [f"run_dir={args.out}", *args.overrides])
     else:
-        cfg = _load(args.target, args.overrides)
+        cfg = load_run_config(args.target, args.overrides)
     pipe = Pipeline(cfg, show_progress=not args.quiet)
     where["run_dir"] = pipe.rd.root
     if args.verb in ("run", "demo"):
@@ -197,7 +180,7 @@ def _dispatch(args, where: dict[str, Path]) -> int:
 
             from reasondistill.report.build import models_table
 
-            report = json.loads((pipe.rd / "report.json").read_text())
+            report = json.loads(pipe.rd.report_json.read_text())
             print("\n" + models_table(report))
             print(f"\nreport: {pipe.rd / 'report.md'}")
     elif args.verb in ("build", "capture", "train"):

@@ -472,3 +472,22 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def demo_config_path() -> Path:
+    """The bundled demo config (``reasondistill demo``)."""
+    return Path(__file__).parent / "configs" / "demo.yaml"
+
+
+def load_run_config(target: str | Path, overrides: list[str]) -> RunConfig:
+    """The config of a verb's target: a config YAML, or a run directory (its ``config.yaml``, with
+    ``run_dir`` pointing at the directory wherever it was moved), then ``overrides``."""
+    path = Path(target)
+    if path.is_dir():
+        cfg_file = path / "config.yaml"
+        if not cfg_file.exists():
+            raise FileNotFoundError(f"{path} is a directory without config.yaml: pass a config file or a run directory")
+        return load_config(cfg_file, [f"run_dir={path}", *overrides])
+    if not path.exists():
+        raise FileNotFoundError(f"{target}: no such config file or run directory")
+    return load_config(path, overrides)

@@ -62,6 +62,7 @@ class TrainFiles:
     """``train/<student>/``: checkpoints, the final model and its curves (train/sft.py)."""
 
     final = At("final", base="dir")
+    checkpoints = At("checkpoints", base="dir")
     metrics_csv = At("metrics.csv", base="dir")
     summary = At("summary.json", base="dir")
     progress = At("progress.json", base="dir")

@@ -92,7 +92,7 @@ class Pipeline:
     # -- stages --------------------------------------------------------------------------------
     def problems(self, force: bool = False) -> dict[str, Any]:
         if self.cfg.teacher.kind == "ingested":  # training problems came with the traces (ingest.py)
-            from reasondistill.ingest import ingested_problems
+            from reasondistill.ingested import ingested_problems
 
             return ingested_problems(self, force)
         out_train, out_test = self.rd.train_problems, self.rd.test_problems
@@ -114,7 +114,7 @@ class Pipeline:
     def generate(self, force: bool = False, shard: tuple[int, int] | None = None) -> dict[str, Any]:
         """Sample the teacher; ``shard=(i, N)``: only shard i of N of the problems (see shards.py)."""
         if self.cfg.teacher.kind == "ingested":  # nothing to sample: `reasondistill ingest` wrote the traces
-            from reasondistill.ingest import ingested_generate
+            from reasondistill.ingested import ingested_generate
 
             return ingested_generate(self, force)
         self.problems()
@@ -122,7 +122,7 @@ class Pipeline:
         conf, inputs = self.generate_conf()
         stage, progress_file = "generate", self.rd.generate_progress
         if shard is not None:
-            from reasondistill.shards import in_shard, shard_files
+            from reasondistill.sharding import in_shard, shard_files
 
             out, progress_file = shard_files(self.rd.root, *shard)
             stage = f"generate:shard-{shard[0]}-of-{shard[1]}"
@@ -313,7 +313,7 @@ class Pipeline:
         b, t = self.rd.build(s.name), self.rd.train(s.name)
         self.rd.need(b.train, stage="build")
         conf = {"student": _fingerprinted(s), "seed": self._seed(s)}
-        soft_inputs = self._soft_inputs(s, force)  # soft distillation: teacher files or captured top-k
+        soft_inputs = self.soft_inputs_of(s, force)  # soft distillation: teacher files or captured top-k
 
         def fn(fp):
             # main process only; under torchrun the other ranks wait here (no resuming from a stale run)
@@ -352,7 +352,7 @@ class Pipeline:
                              "use a local teacher (teacher.kind: hf); hard distillation works with any teacher")
         return self.cfg.teacher.model
 
-    def _soft_inputs(self, s: StudentConfig, force: bool) -> list[Path]:
+    def soft_inputs_of(self, s: StudentConfig, force: bool) -> list[Path]:
         if s.distill is None:
             return []
         if s.distill.source == "offline_topk":

@@ -20,45 +20,14 @@ seeded per (problem, sample), so merged shards equal one unsharded run.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Callable
 
 from reasondistill.layout import Layout
+from reasondistill.sharding import SHARD_FILE, shard_of, shard_files
 from reasondistill.records import Problem, Trace, read_records, write_json, write_records
-
-_NAME = re.compile(r"^traces-(\d+)-of-(\d+)\.jsonl$")
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/N"`` → (i, N), with 0 ≤ i < N (shards are numbered from 0)."""
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected I/N, e.g. 0/4 (shards are numbered 0..N-1)")
-    i, n = int(m.group(1)), int(m.group(2))
-    if n < 1 or i >= n:
-        raise argparse.ArgumentTypeError(f"{text!r}: need N >= 1 and 0 <= I < N (shards are numbered 0..N-1)")
-    return i, n
-
-
-def shard_of(problem_id: str, n: int) -> int:
-    """The shard of a problem: a hash of its id, so the same on every machine and in any order."""
-    digest = hashlib.blake2b(problem_id.encode("utf-8"), digest_size=8, person=b"rd-shard").digest()
-    return int.from_bytes(digest, "little") % n
-
-
-def in_shard(problem_id: str, i: int, n: int) -> bool:
-    return shard_of(problem_id, n) == i
-
-
-def shard_files(root: Path, i: int, n: int) -> tuple[Path, Path]:
-    """(traces file, progress file) of shard i of N in a run directory."""
-    d = Layout(root).shards_dir
-    return d / f"traces-{i}-of-{n}.jsonl", d / f"traces-{i}-of-{n}.progress.json"
-
 
 def _meta_path(traces: Path) -> Path:
     return traces.with_name(traces.name[: -len(".jsonl")] + ".meta.json")
@@ -99,7 +68,7 @@ def find_shards(root: Path, sources: list[Path] = ()) -> list[tuple[int, int, Pa
         if not d.is_dir():
             raise FileNotFoundError(f"{src}: no such directory (expected a run directory or a directory of shards)")
         here = [(int(m.group(1)), int(m.group(2)), f) for f in d.glob("traces-*-of-*.jsonl")
-                if (m := _NAME.match(f.name))]
+                if (m := SHARD_FILE.match(f.name))]
         found += sorted(here)
     return found
 
@@ -190,7 +159,7 @@ def merge(pipe, sources: list[Path] = (), log: Callable[[str], None] | None = No
 
 def main(argv: list[str] | None = None) -> int:
     """``reasondistill merge RUN [--from DIR ...]``: exit 0 when complete, 1 when shards are missing."""
-    from reasondistill.cli import _load
+    from reasondistill.config import load_run_config
     from reasondistill.errors import run_verb
     from reasondistill.pipeline import Pipeline
 
@@ -207,6 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="accepted for symmetry with the other verbs")
     args = ap.parse_args(argv)
     def body() -> int:
-        pipe = Pipeline(_load(args.target, args.overrides), show_progress=False)
+        pipe = Pipeline(load_run_config(args.target, args.overrides), show_progress=False)
         return 0 if merge(pipe, args.sources)["complete"] else 1
     return run_verb("merge", body)

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from reasondistill.cli import demo_config_path, main
+from reasondistill.cli import main
+from reasondistill.config import demo_config_path
 from reasondistill.rundir import WRITER_ENV, RunDir, RunDirBusy
 
 HOLD = textwrap.dedent("""

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reasondistill.cli import demo_config_path
+from reasondistill.config import demo_config_path
 from reasondistill.config import ConfigError, RunConfig, dump_config, load_config
 from reasondistill.tasks.base import load_task
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reasondistill.data.dataset import IGNORE_INDEX
-from reasondistill.train.kd import OnlineKD, _forward
+from reasondistill.train.kd import OnlineKD, model_forward
 
 
 def _n_hidden_states(model) -> int:
@@ -72,6 +72,6 @@ class FeatureKD(nn.Module):
         if proj is not None and proj.device != batch["input_ids"].device:
             self.to(batch["input_ids"].device)
         t = self.base.teacher_forward(batch, hidden=True)
-        s = _forward(model, batch, hidden=True)
+        s = model_forward(model, batch, hidden=True)
         return self.base.logit_loss(s.logits, t.logits, batch) + self.feature_loss(s.hidden_states, t.hidden_states,
                                                                                    batch)

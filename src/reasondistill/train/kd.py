@@ -72,7 +72,8 @@ def shared_vocab_size(student_model, teacher_model, tokenizer=None) -> int:
     return v
 
 
-def _forward(model, batch: dict[str, Tensor], hidden: bool = False):
+def model_forward(model, batch: dict[str, Tensor], hidden: bool = False):
+    """A causal LM's forward on a collated batch (no cache; hidden states when asked)."""
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
                  output_hidden_states=hidden)
 
@@ -94,7 +95,7 @@ class OnlineKD:
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
         with torch.no_grad():
-            return _forward(self.teacher, batch, hidden)
+            return model_forward(self.teacher, batch, hidden)
 
     def logit_loss(self, student_logits: Tensor, teacher_logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
         s, t = align_vocab(*[x[:, :-1] for x in (student_logits, teacher_logits)])
@@ -102,7 +103,7 @@ class OnlineKD:
 
     def __call__(self, model, batch: dict[str, Tensor]) -> Tensor:
         t = self.teacher_forward(batch)
-        s = _forward(model, batch)
+        s = model_forward(model, batch)
         return self.logit_loss(s.logits, t.logits, batch)
 
 
@@ -164,7 +165,7 @@ class OfflineTopKKD:
 
     def __call__(self, model, batch: dict[str, Tensor]) -> Tensor:
         teacher = self.teacher_for(batch)
-        s = _forward(model, batch).logits[:, :-1]
+        s = model_forward(model, batch).logits[:, :-1]
         if self.reader is not None and self.reader.vocab_size is not None and s.size(-1) > self.reader.vocab_size:
             s = s[..., :self.reader.vocab_size]  # padding rows the capture sliced away
         return self.loss(s, teacher, batch["labels"][:, 1:])

@@ -66,7 +66,7 @@ def _train_children(pipeline, students: list, workers: int, force: bool, token: 
     rd = pipeline.rd
     for s in students:  # captures (offline top-k) and input checks happen here, once, before the children
         rd.need(rd.build(s.name).train, stage="build")
-        pipeline._soft_inputs(s, force)
+        pipeline.soft_inputs_of(s, force)
     totals = {}
     for s in students:
         try:
@@ -74,7 +74,7 @@ def _train_children(pipeline, students: list, workers: int, force: bool, token: 
         except Exception:  # noqa: BLE001 - the child reports an unreadable dataset with its own error
             n = 0
         totals[s.name] = StepPlan.for_dataset(n, s.train).total_steps
-    (rd / "train").mkdir(parents=True, exist_ok=True)
+    rd.train_root.mkdir(parents=True, exist_ok=True)
     queue, running, failed = list(students), {}, []
     bars = _Bars(pipeline.show_progress)
     with bars:
@@ -82,7 +82,7 @@ def _train_children(pipeline, students: list, workers: int, force: bool, token: 
             while queue or running:
                 while queue and len(running) < workers:
                     s = queue.pop(0)
-                    log_path = rd / "train" / f"{s.name}.log"
+                    log_path = rd.train_log(s.name)
                     cmd = [sys.executable, "-m", "reasondistill.cli", "train", str(rd.root), "--student", s.name,
                            "--quiet", *(["--force"] if force else [])]
                     env = {**os.environ, "OMP_NUM_THREADS": str(s.train.threads or 1), WRITER_ENV: token or ""}
@@ -93,7 +93,7 @@ def _train_children(pipeline, students: list, workers: int, force: bool, token: 
                     pipeline.log(f"       {s.name}: training in its own process (log: {log_path})")
                 time.sleep(0.5)
                 for name, (proc, fh, log_path) in list(running.items()):
-                    bars.update(name, _last_step(rd / "train" / name / "metrics.csv"))
+                    bars.update(name, _last_step(rd.train(name).metrics_csv))
                     if proc.poll() is None:
                         continue
                     fh.close()

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from reasondistill.attention import fast_causal_attention, pays_on_cpu
 from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches
 from reasondistill.data.packing import collate_packed, pack_indices
+from reasondistill.layout import TrainFiles
 from reasondistill.progress import progress_bar
 from reasondistill.distributed import world_size
 from reasondistill.train.checkpoint import check_finite, checkpoints, prune, restore_checkpoint, save_checkpoint
@@ -140,7 +141,7 @@ class _Metrics:
 
     def __init__(self, out_dir: Path, resume_step: int, enabled: bool):
         self.enabled = enabled
-        self.path = out_dir / "metrics.csv"
+        self.path = TrainFiles(out_dir).metrics_csv
         self.tb = None
         if not enabled:
             return
@@ -224,6 +225,7 @@ class Trainer:
                  objective: Objective = cross_entropy_sum, name: str = "student", show_progress: bool = True):
         self.model, self.tokenizer, self.cfg, self.seed, self.objective = model, tokenizer, cfg, seed, objective
         self.name, self.show_progress, self.out_dir = name, show_progress, Path(out_dir)
+        self.files = TrainFiles(self.out_dir)
         self.train_path = Path(train_path)
         self._setup(val_path)
         self._make_optimizer()
@@ -299,7 +301,7 @@ class Trainer:
 
     def _resume(self) -> dict[str, Any]:
         total = self.plan.total_steps
-        self.ckpt_root = self.out_dir / "checkpoints"
+        self.ckpt_root = self.files.checkpoints
         fresh = {"step": 0, "epoch": 0, "batch": 0, "elapsed_s": 0.0, "seed": self.seed, "total_steps": total}
         found = checkpoints(self.ckpt_root) if self.cfg.resume and not self.sharded else []
         if not found:
@@ -442,9 +444,9 @@ class Trainer:
         weights = self.accelerator.get_state_dict(self.model)  # every process: gathers FSDP / ZeRO-3 shards
         if self.main:
             check_finite(weights, f"{self.out_dir}: after step {state['step']}", self.diverged)
-            final = self.out_dir / "final"
+            final = self.files.final
             self.unwrapped.save_pretrained(final, state_dict=weights, safe_serialization=True)
             self.tokenizer.save_pretrained(final)
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            self.files.summary.write_text(json.dumps(summary, indent=2))
         self.accelerator.wait_for_everyone()
         return summary
