@@ -73,7 +73,6 @@ ro() {
 mount -t tmpfs -o mode=755,size=1m rd-root "$root"
 cd "$root"
 mkdir sandbox dev proc .old
-ln -s sandbox tmp
 mount -t tmpfs -o "mode=777,size=${work_kb}k,nr_inodes=4096" rd-work sandbox
 for n in null zero random urandom; do : > "dev/$n"; mount --bind "/dev/$n" "dev/$n"; done
 for d in /bin /sbin /lib /lib32 /lib64 /libx32 /usr "$@"; do
@@ -82,6 +81,9 @@ for d in /bin /sbin /lib /lib32 /lib64 /libx32 /usr "$@"; do
   elif [ -d "$d" ]; then mkdir -p ".$d"; mount --rbind "$d" ".$d"; ro "$root$d"
   fi
 done
+# /tmp is /sandbox, unless a bound path runs through /tmp (a venv in a clone under /tmp): then it is
+# the read-only folder holding that path, and TMPDIR (/sandbox) is where temporary files go
+[ -e tmp ] || ln -s sandbox tmp
 mount -t proc proc proc  # umount needs it; gone again before the child starts
 mount -o remount,bind,ro "$root"
 pivot_root . .old
