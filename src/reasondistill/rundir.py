@@ -277,12 +277,14 @@ class WriterLock:
 
     def __exit__(self, *exc) -> None:
         self.depth -= 1
-        if self.depth == 0 and self._fh is not None:
+        if self.depth > 0:
+            return
+        if self._fh is not None:  # a process the holder started (WRITER_ENV) holds no file of its own
             import fcntl
 
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
-            self._fh = self.token = None
+        self._fh = self.token = None
 
     def _acquire(self) -> None:
         import fcntl
