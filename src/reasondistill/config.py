@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from reasondistill.config_fields import model_at
+from reasondistill.curate.config import NearDedupConfig, PassRateBand
 from reasondistill.hints import did_you_mean
 from reasondistill.tasks.config import TASK_NAMES, ChainedArithConfig, TaskConfig, clean_loc
 from reasondistill.teachers.sampling import SamplingParams
@@ -29,6 +30,16 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _drop_defaults(data: Any, model: BaseModel, later: dict[str, Any]) -> Any:
+    """``data`` (a model's dump) without the ``later`` fields that are at their defaults, so a config
+    that does not use a field added later fingerprints (and skips its stages) exactly as before."""
+    if isinstance(data, dict):
+        for key, default in later.items():
+            if getattr(model, key, None) == default:
+                data.pop(key, None)
+    return data
 
 
 class VLLMOptions(_Strict):
@@ -98,12 +109,30 @@ class GenerateConfig(SamplingParams):
     seed: int = Field(0, description="sampling seed; each (problem, sample) draws its own stream from it")
 
 
+class BenchmarkFile(_Strict):
+    """A benchmark file for ``curate.decontaminate.against``: its problem texts are read from ``field``
+    (default: the first of question, problem, prompt, input, text that a row has)."""
+
+    path: str = Field(description="JSONL, JSON, CSV or Parquet file, or a datasets directory")
+    field: str | None = Field(None, description="the field holding the problem text (null: detected)")
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf"] = Field("auto", description="the file's "
+                                                                             "format (auto: from its name)")
+    split: str = Field("test", description="split of a datasets directory")
+    label: str | None = Field(None, description="name in the report (default: the file name)")
+
+
 class DecontamConfig(_Strict):
     """Drop training problems sharing a word n-gram (or their whole text) with an evaluation
     problem, after lowercasing and collapsing whitespace (curate/decontam.py)."""
 
     ngram: int = Field(8, ge=1, description="words per n-gram (open-r1 uses 8)")
     strip_punctuation: bool = Field(False, description="also treat ASCII punctuation as whitespace")
+    against: list[str | BenchmarkFile] = Field(default_factory=list, description="benchmark files to decontaminate "
+                                               "against besides the run's test split (hits reported per benchmark)")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return _drop_defaults(handler(self), self, {"against": []})
 
 
 class CurateConfig(_Strict):
@@ -115,6 +144,17 @@ class CurateConfig(_Strict):
     max_per_problem: int | None = Field(1, gt=0, description="keep at most K distinct correct traces per problem")
     decontaminate: DecontamConfig | None = Field(default_factory=DecontamConfig,
                                                  description="null: keep training problems that overlap test ones")
+    pass_rate: PassRateBand | None = Field(None, description="keep problems whose teacher pass rate is in "
+                                           "[min, max] (null: all)")
+    select: Literal["first", "diverse", "shortest"] = Field(
+        "first", description="which K (max_per_problem) traces a problem keeps: first in sample order; diverse: "
+        "greedy max-min Jaccard distance of thinking shingles; shortest: fewest tokens (curate/select.py)")
+    near_dedup: NearDedupConfig | None = Field(None, description="drop near-duplicate training problems "
+                                               "(MinHash over their prompts; null: off)")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return _drop_defaults(handler(self), self, {"pass_rate": None, "select": "first", "near_dedup": None})
 
 
 class VerifyConfig(_Strict):
@@ -133,6 +173,15 @@ class BuildConfig(_Strict):
     max_length: int = Field(512, gt=0, description="drop examples longer than this (tokens)")
     val_fraction: float = Field(0.05, ge=0, lt=1, description="share of training problems held out for "
                                 "validation loss (split by problem)")
+    order: Literal["shuffle", "curriculum"] = Field(
+        "shuffle", description="shuffle: batches drawn in a seeded random order each epoch; curriculum: every "
+        "epoch easy to hard (data/curriculum.py)")
+    curriculum_by: Literal["pass_rate", "length"] = Field(
+        "pass_rate", description="curriculum: easy = high teacher pass rate, or = few target tokens")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return _drop_defaults(handler(self), self, {"order": "shuffle", "curriculum_by": "pass_rate"})
 
 
 class ModelInit(_Strict):
@@ -237,12 +286,41 @@ class StudentConfig(_Strict):
 
 
 class OODConfig(_Strict):
-    """An out-of-distribution test split: harder levels of the same task that training never saw
-    (``min_ops`` must exceed ``task.max_ops``); evaluated greedily, reported as ``ood``."""
+    """An out-of-distribution test split, evaluated greedily and reported as ``ood`` beside the
+    in-distribution one: either ``task`` (any task section: a harder file, another benchmark, longer
+    chains; its test split, checked by that task) or, for chained_arith, ``min_ops``/``max_ops``
+    (harder levels of the run's own task; ``min_ops`` must exceed ``task.max_ops``)."""
 
-    min_ops: int = Field(gt=0, description="fewest operations of an OOD problem (above task.max_ops)")
-    max_ops: int = Field(gt=0, description="most operations of an OOD problem")
+    min_ops: int | None = Field(None, gt=0, description="chained_arith: fewest operations of an OOD problem "
+                                "(above task.max_ops)")
+    max_ops: int | None = Field(None, gt=0, description="chained_arith: most operations of an OOD problem")
+    task: TaskConfig | None = Field(None, description="any task section whose test split is the OOD set")
     n: int = Field(100, gt=0, description="OOD problems evaluated")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "OODConfig":
+        levels = self.min_ops is not None or self.max_ops is not None
+        if levels == (self.task is not None):
+            raise ValueError("set either task (any task section) or min_ops and max_ops (harder chained_arith levels)")
+        if levels and (self.min_ops is None or self.max_ops is None):
+            raise ValueError("set both min_ops and max_ops")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return _drop_defaults(handler(self), self, {"task": None})
+
+
+class BudgetConfig(_Strict):
+    """Budget forcing (s1, evaluate/budget.py): greedy decoding with the thinking capped at each budget,
+    then ``</think>`` forced and the answer decoded freely for up to ``answer_tokens`` more tokens."""
+
+    budgets: list[Annotated[int, Field(gt=0)]] = Field(min_length=1, description="thinking budgets (tokens)")
+    answer_tokens: int | None = Field(None, gt=0, description="tokens allowed after </think> (null: "
+                                      "evaluate.max_new_tokens)")
+    min_thinking: int = Field(0, ge=0, description="suppress </think> and EOS until this many thinking tokens "
+                              "(s1's 'Wait' extension)")
+    force_open: bool = Field(False, description="write <think> for a model that does not open it itself")
 
 
 class RouterConfig(_Strict):
@@ -266,7 +344,10 @@ class EvaluateConfig(_Strict):
     seed: int = Field(0, description="seed of the sampled evaluation")
     ood: OODConfig | None = Field(None, description="an out-of-distribution test split (chained_arith only; "
                                   "null: none)")
-    budgets: list[int] = Field(default_factory=list, description="thinking budgets (tokens) for budget forcing")
+    budgets: list[int] = Field(default_factory=list, description="deprecated, same as budget.budgets (the answer "
+                               "allowance is now evaluate.max_new_tokens, no longer 32)")
+    budget: BudgetConfig | None = Field(None, description="budget forcing: budgets, answer_tokens, min_thinking, "
+                                        "force_open (null: none)")
     router: RouterConfig | None = Field(None, description="student-first cascade settings of "
                                         "`reasondistill route` (null: its defaults)")
 
@@ -276,9 +357,19 @@ class EvaluateConfig(_Strict):
             raise ValueError(f"k: every k must be in 1..samples={self.samples}, got {self.k}")
         if any(b <= 0 for b in self.budgets):
             raise ValueError(f"budgets: thinking budgets must be positive, got {self.budgets}")
-        if self.ood is not None and self.ood.min_ops > self.ood.max_ops:
+        if self.ood is not None and self.ood.min_ops is not None and self.ood.min_ops > self.ood.max_ops:
             raise ValueError("ood: need min_ops <= max_ops")
+        if self.budgets and self.budget is not None:
+            raise ValueError("budgets: give the budgets once, as budget.budgets (evaluate.budgets is the old spelling)")
         return self
+
+    def budget_settings(self) -> BudgetConfig | None:
+        """The budget-forcing settings, from ``budget`` or the old ``budgets`` list."""
+        return self.budget or (BudgetConfig(budgets=self.budgets) if self.budgets else None)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return _drop_defaults(handler(self), self, {"budget": None})
 
 
 class RunConfig(_Strict):
@@ -308,9 +399,10 @@ class RunConfig(_Strict):
         if "teacher" in names:
             raise ValueError("students: 'teacher' is reserved for the teacher")
         ood = self.evaluate.ood
+        ood = ood if ood is not None and ood.task is None else None  # the rules below are for harder levels
         if ood is not None and self.task.name != "chained_arith":
-            raise ValueError(f"evaluate.ood: the OOD split (harder min_ops/max_ops levels) exists for task "
-                             f"'chained_arith' only, not {self.task.name!r}: remove evaluate.ood")
+            raise ValueError(f"evaluate.ood: harder min_ops/max_ops levels exist for task 'chained_arith' only, "
+                             f"not {self.task.name!r}: give the OOD problems as evaluate.ood.task (any task section)")
         if ood is not None and ood.min_ops <= self.task.max_ops:
             raise ValueError(f"evaluate.ood.min_ops ({ood.min_ops}) must exceed task.max_ops ({self.task.max_ops}): "
                              "the OOD split holds difficulty levels training never saw")
