@@ -204,10 +204,13 @@ class Pipeline:
                 self.log("       nothing to train on: students are skipped; the teacher is still evaluated")
             return summary
         # lengths the source did not count are counted with the (first) student's tokenizer
-        counter = (self._student_tokenizer_name(self.cfg.students[0]) if self.cfg.students
-                   else self.cfg.teacher.model) if self.cfg.curate.max_completion_tokens else None
+        counter = (self._student_tokenizer_name(self.cfg.students[0]) if self.cfg.students else self.cfg.teacher.model
+                   ) if self.cfg.curate.max_completion_tokens or self.cfg.curate.select == "shortest" else None
         conf = {"curate": self.cfg.curate, "task": self.cfg.task} | ({"count_tokens_with": counter} if counter else {})
-        return self.run_stage("curate", conf, [problems_path, traces_path, test_path], outputs, fn, force)
+        from reasondistill.curate.benchmarks import benchmark_paths
+
+        inputs = [problems_path, traces_path, test_path, *benchmark_paths(self.cfg.curate.decontaminate)]
+        return self.run_stage("curate", conf, inputs, outputs, fn, force)
 
     @staticmethod
     def _token_counter(name: str | None):
@@ -245,15 +248,25 @@ class Pipeline:
             problems = {p.id: p for p in read_records(problems_path, Problem)}
             examples = make_examples(problems, read_records(curated, Trace), s.target, self.cfg.build.think_tags)
             stats = build_dataset(examples, load_tokenizer(tok_name), b.dir, max_length=self.cfg.build.max_length,
-                                  val_fraction=self.cfg.build.val_fraction, seed=self.cfg.seed)
+                                  val_fraction=self.cfg.build.val_fraction, seed=self.cfg.seed,
+                                  order=self.cfg.build.order, curriculum_by=self.cfg.build.curriculum_by,
+                                  pass_rates=self._pass_rates() if by_pass_rate else None)
             if examples:
                 self.log(f"       {s.name}: {stats['train']['examples']} train / {stats['val']['examples']} val "
                          f"examples, {stats['dropped_too_long']} too long")
             stats = self._build_skip(stats, b.stats)
             self.rd.mark_skipped(f"build:{s.name}", stats.get("skipped"), self.log)
             return stats
-        inputs = [problems_path, curated, *local_files(tok_name)]
+        by_pass_rate = self.cfg.build.order == "curriculum" and self.cfg.build.curriculum_by == "pass_rate"
+        inputs = [problems_path, curated, *local_files(tok_name)] + ([self.rd.pass_rates] if by_pass_rate else [])
         return self.run_stage(f"build:{s.name}", conf, inputs, b.outputs, fn, force)
+
+    def _pass_rates(self) -> dict[str, float]:
+        """The teacher's pass rate per training problem (curate/pass_rates.jsonl)."""
+        from reasondistill.records import iter_jsonl
+
+        self.rd.need(self.rd.pass_rates, stage="curate")
+        return {r["problem_id"]: r["pass_rate"] for _, r in iter_jsonl(self.rd.pass_rates)}
 
     def _build_skip(self, stats: dict[str, Any], stats_file: Path) -> dict[str, Any]:
         """``stats`` with ``skipped`` set (and saved) when the build left no training example."""

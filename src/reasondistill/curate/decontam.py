@@ -20,6 +20,8 @@ training problems to look them up; no pairwise comparison.
 Wired into the curate stage (``curate.decontaminate: {ngram: 8}``; ``null`` turns it off): the
 traces of flagged problems are dropped from ``curate/curated.jsonl``, counted under
 ``dropped.contaminated`` in ``curate/summary.json`` and listed in ``curate/decontamination.json``.
+``curate.decontaminate.against: [paths]`` adds benchmark files (any problem format; :mod:`.benchmarks`)
+to compare with, and the record then gives the hits per benchmark.
 Tests: ``pytest tests/curate/test_decontam.py``.
 """
 
@@ -105,15 +107,28 @@ def apply_to_curation(kept: list[Trace], summary: dict[str, Any], train: list[Pr
     """The curate stage's step: drop flagged problems' traces, update ``summary``, save the record.
 
     ``cfg`` is ``curate.decontaminate`` (None: off; the record then says so). Evaluation problems
-    are read from ``eval_path`` (``problems/test.jsonl``); a missing file means none.
+    are read from ``eval_path`` (``problems/test.jsonl``; a missing file means none) and from the
+    benchmark files of ``cfg.against`` (:mod:`.benchmarks`); hits are reported per source under
+    ``benchmarks`` and their union at the top level.
     """
     if cfg is None:
         write_json(out_path, {"enabled": False})
         return kept
+    from reasondistill.curate.benchmarks import read_benchmarks
+
     evaluation = read_records(eval_path, Problem) if eval_path.exists() else []
     hits = find_contaminated(train, evaluation, cfg.ngram, cfg.strip_punctuation)
+    per_source = {TEST_SPLIT: _source_record(hits, len(evaluation))}
+    for label, problems in read_benchmarks(cfg):
+        found = find_contaminated(train, problems, cfg.ngram, cfg.strip_punctuation)
+        per_source[label] = _source_record(found, len(problems))
+        for pid, hit in found.items():
+            hits.setdefault(pid, hit)
+    n_eval = sum(r["problems"] for r in per_source.values())
     kept, n_dropped = drop_contaminated(kept, hits)
-    rec = report(hits, len(train), len(evaluation), cfg.ngram, n_dropped, cfg.strip_punctuation)
+    rec = report(hits, len(train), n_eval, cfg.ngram, n_dropped, cfg.strip_punctuation)
+    if len(per_source) > 1:
+        rec["benchmarks"] = per_source
     write_json(out_path, {"enabled": True, **rec})
     if n_dropped:
         summary["dropped"]["contaminated"] = n_dropped
@@ -121,4 +136,16 @@ def apply_to_curation(kept: list[Trace], summary: dict[str, Any], train: list[Pr
     summary["problems_with_a_kept_trace"] = len({t.problem_id for t in kept})
     summary["decontamination"] = {k: rec[k] for k in ("ngram", "eval_problems", "contaminated_problems",
                                                       "traces_dropped", "ids")}
+    if len(per_source) > 1:
+        summary["decontamination"]["benchmarks"] = {k: {"problems": r["problems"], "hits": r["hits"]}
+                                                    for k, r in per_source.items()}
     return kept
+
+
+TEST_SPLIT = "test split"
+
+
+def _source_record(hits: dict[str, dict[str, str]], n_problems: int) -> dict[str, Any]:
+    """One evaluation source's hits: how many of its problems it has, how many training problems hit it."""
+    return {"problems": n_problems, "hits": len(hits), "ids": sorted(hits),
+            "matches": {k: hits[k] for k in sorted(hits)}}

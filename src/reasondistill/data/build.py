@@ -70,7 +70,8 @@ def split_problems(problem_ids: Iterable[str], val_fraction: float, seed: int) -
     return set(ranked[:n_val])
 
 
-def save_split(path: Path, ids: list[list[int]], prompt_lens: list[int], problem_ids: list[str]) -> None:
+def save_split(path: Path, ids: list[list[int]], prompt_lens: list[int], problem_ids: list[str],
+               order: str = "shuffle") -> None:
     from safetensors.numpy import save_file
 
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
@@ -79,7 +80,7 @@ def save_split(path: Path, ids: list[list[int]], prompt_lens: list[int], problem
     flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"input_ids": flat, "offsets": offsets, "prompt_lens": np.array(prompt_lens, dtype=np.int32)},
-              str(path), metadata={"problem_ids": json.dumps(problem_ids)})
+              str(path), metadata={"problem_ids": json.dumps(problem_ids), "order": order})
 
 
 def empty_build(out_dir: str | Path, max_length: int) -> dict:
@@ -95,22 +96,33 @@ def empty_build(out_dir: str | Path, max_length: int) -> dict:
 
 
 def build_dataset(examples: list[Example], tokenizer, out_dir: str | Path, *, max_length: int,
-                  val_fraction: float, seed: int) -> dict:
-    """Tokenise, length-filter and split ``examples``; write train/val safetensors and stats."""
+                  val_fraction: float, seed: int, order: str = "shuffle", curriculum_by: str = "pass_rate",
+                  pass_rates: dict[str, float] | None = None) -> dict:
+    """Tokenise, length-filter and split ``examples``; write train/val safetensors and stats.
+    ``order="curriculum"`` writes them easy to hard by ``curriculum_by`` (data/curriculum.py)."""
     if not examples:
         return empty_build(out_dir, max_length)
     out = BuildFiles(out_dir)
     ids, prompt_lens = tokenize_examples(tokenizer, examples)
     keep = [i for i, x in enumerate(ids) if len(x) <= max_length]
+    if order == "curriculum":
+        from reasondistill.data.curriculum import curriculum_order
+
+        rank = curriculum_order(examples, [len(x) - p for x, p in zip(ids, prompt_lens)], curriculum_by, seed,
+                                pass_rates)
+        position = {i: r for r, i in enumerate(rank)}
+        keep.sort(key=position.__getitem__)
     too_long = len(ids) - len(keep)
     val_problems = split_problems((examples[i].problem_id for i in keep), val_fraction, seed)
     parts: dict[str, list[int]] = {"train": [], "val": []}
     for i in keep:
         parts["val" if examples[i].problem_id in val_problems else "train"].append(i)
     stats: dict = {"examples_in": len(examples), "dropped_too_long": too_long, "max_length": max_length}
+    if order == "curriculum":
+        stats["order"] = {"order": order, "by": curriculum_by}
     for split, idx in parts.items():
         save_split(out.split(split), [ids[i] for i in idx], [prompt_lens[i] for i in idx],
-                   [examples[i].problem_id for i in idx])
+                   [examples[i].problem_id for i in idx], order)
         n_tok = sum(len(ids[i]) for i in idx)
         n_target = sum(len(ids[i]) - prompt_lens[i] for i in idx)
         stats[split] = {"examples": len(idx), "problems": len({examples[i].problem_id for i in idx}),

@@ -31,7 +31,9 @@ class TokenizedDataset:
             self.offsets = arrays["offsets"]
             self.prompt_lens = arrays["prompt_lens"]
             with safe_open(str(self.path), framework="np") as fh:
-                self.problem_ids: list[str] = json.loads(fh.metadata()["problem_ids"])
+                meta = fh.metadata()
+                self.problem_ids: list[str] = json.loads(meta["problem_ids"])
+                self.order: str = meta.get("order", "shuffle")  # "curriculum": train in file order (data/curriculum.py)
         except FileNotFoundError:
             raise
         except Exception as exc:  # noqa: BLE001 - truncated, corrupt or foreign: name the file

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from reasondistill.attention import fast_causal_attention, pays_on_cpu
-from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate, length_grouped_batches
+from reasondistill.data.curriculum import epoch_batches
+from reasondistill.data.dataset import IGNORE_INDEX, TokenizedDataset, collate
 from reasondistill.data.packing import collate_packed, pack_indices
 from reasondistill.layout import TrainFiles
 from reasondistill.progress import progress_bar
@@ -345,8 +346,7 @@ class Trainer:
         """(epoch, batch-in-epoch, indices) for this process from the saved position on."""
         epoch, b = self.state["epoch"], self.state["batch"]
         while True:
-            order = length_grouped_batches(self.train_ds.lengths, self.plan.global_batch, self.seed, epoch,
-                                           self.cfg.group_by_length)
+            order = epoch_batches(self.train_ds, self.plan.global_batch, self.seed, epoch, self.cfg.group_by_length)
             while b < len(order):
                 mine = order[b][self.rank::self.world]
                 b += 1
