@@ -20,6 +20,7 @@ from typing import Sequence
 from reasondistill.curate.select import shingles
 from reasondistill.records import Problem
 
+LSH_CAP = 0.9  # the LSH index needs >= 2 bands: above this it proposes at 0.9
 SEED = 1  # MinHash permutations: fixed, so a run's result does not change between runs
 
 
@@ -38,7 +39,7 @@ def near_duplicates(problems: Sequence[Problem], threshold: float = 0.85, num_pe
     """Problems whose prompt is a near-duplicate of an earlier kept one: ``{id: {"of", "jaccard"}}``."""
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    lsh = MinHashLSH(threshold=min(threshold, LSH_CAP), num_perm=num_perm)  # proposes; the estimate decides
     sigs: dict[str, object] = {}
     dups: dict[str, dict[str, object]] = {}
     for p in problems:
