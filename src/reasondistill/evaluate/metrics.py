@@ -1,4 +1,4 @@
-"""Metrics beyond greedy accuracy: pass@k, majority vote, bootstrap intervals, calibration,
+"""Metrics beyond greedy accuracy: pass@k, majority vote, intervals (Wilson / bootstrap, :mod:`.intervals`), calibration,
 similarity of reasoning chains, and student/teacher answer agreement (failure modes: :mod:`.failures`).
 
 Why: one accuracy number hides how often sampling finds the answer (pass@k), how much voting
@@ -231,8 +231,20 @@ def bootstrap_ci(values: Sequence[float], stat: Callable[[np.ndarray], float] = 
 def with_ci(values: Sequence[float], stat: Callable[[np.ndarray], float] = np.mean,
             n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, float | int]:
     """``{"value", "ci_low", "ci_high", "n"}`` for any per-problem metric (0/1 correctness,
-    pass@k per problem, avg@n per problem, ...)."""
+    pass@k per problem, avg@n per problem, ...).
+
+    For the mean (the default ``stat``): 0/1 values get the Wilson interval; other values the
+    percentile bootstrap over problems, or, when every value is the same (nothing to resample), the
+    Wilson interval of the mean as a proportion over the problems (:mod:`.intervals`)."""
+    from reasondistill.evaluate.intervals import is_binary, proportion_ci, wilson
+
     x = np.asarray(values, dtype=float)
+    if stat is np.mean and x.ndim == 1 and x.size:
+        if is_binary(x.tolist()):
+            return proportion_ci(x.tolist(), 1 - alpha)
+        if np.all(x == x[0]) and 0 <= x[0] <= 1:
+            low, high = wilson(float(x.sum()), int(x.size), 1 - alpha)
+            return {"value": float(x.mean()), "ci_low": low, "ci_high": high, "n": int(x.size)}
     low, high = bootstrap_ci(x, stat, n_boot, alpha, seed)
     value = float(stat(x)) if x.size else float("nan")
     return {"value": value, "ci_low": low, "ci_high": high, "n": int(x.size)}

@@ -15,6 +15,7 @@ from typing import Any
 
 from reasondistill.layout import Layout
 from reasondistill.records import write_json
+from reasondistill.report.fingerprints import fingerprints
 
 
 def _read_json(path: Path) -> Any:
@@ -93,6 +94,7 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
         "curation": _read_json(lay.curate_summary),
         "stage_seconds": stage_seconds,
         "total_stage_seconds": round(sum(stage_seconds.values()), 1),
+        **fingerprints(lay, cfg),  # test set and verifier hashes: `reasondistill compare` checks them
     }
     if curves:
         plot_loss_curves(curves, lay.loss_curves)

@@ -5,7 +5,9 @@ every run's models side by side on one scale, with their confidence intervals. E
 directory with a ``report.json`` (``reasondistill report RUN`` writes it). Writes to DIR:
 ``compare.json``, ``compare.md``, ``compare.html`` (self-contained) and the PNGs it shows:
 ``accuracy.png`` (greedy accuracy with 95% CI per run and model), ``accuracy_by_difficulty.png``,
-and, when the runs have them, ``budget.png`` and ``router.png``.
+and, when the runs have them, ``budget.png`` and ``router.png``. Runs whose test sets or verifiers
+differ (hashes in report.json, :mod:`.fingerprints`) are refused, or with ``--allow-mismatch``
+compared under a loud warning.
 
     reasondistill compare runs/a runs/b --out runs/compare-ab
 """
@@ -17,8 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from reasondistill.errors import UserError
 from reasondistill.layout import Layout
 from reasondistill.records import write_json
+from reasondistill.report.fingerprints import mismatches
 from reasondistill.report.evaluation import agg_figure, fmt_ci
 from reasondistill.report.html import esc, figure, page
 
@@ -94,13 +98,33 @@ def plot_by_difficulty(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def compare_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+class IncomparableRuns(UserError):
+    """The runs were measured on different test sets or judged by different verifiers."""
+
+
+def check_comparable(reports: dict[str, dict[str, Any]], allow_mismatch: bool = False) -> list[str]:
+    """Warnings to print with the comparison; raises :class:`IncomparableRuns` when test sets or
+    verifiers differ, unless ``allow_mismatch`` (then the differences are the warnings)."""
+    diffs, unknown = mismatches(reports)
+    if diffs and not allow_mismatch:
+        raise IncomparableRuns("compare: the runs are not comparable: " + "; ".join(diffs) +
+                               ". Their numbers were measured on different problems or judged differently; "
+                               "pass --allow-mismatch to put them side by side anyway")
+    warnings = [f"WARNING: NOT COMPARABLE: {d}" for d in diffs]
+    if unknown:
+        warnings.append(f"WARNING: cannot check that the runs share a test set and verifier: {', '.join(unknown)} "
+                        "have no hashes in report.json (re-run `reasondistill report` on them)")
+    return warnings
+
+
+def compare_runs(runs: Sequence[str | Path], out: str | Path, allow_mismatch: bool = False) -> dict[str, Any]:
     from reasondistill.evaluate.budget import plot_budget_curve
     from reasondistill.evaluate.router import plot_router_curve
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     reports = load_runs(runs)
+    warnings = check_comparable(reports, allow_mismatch)
+    out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(reports)
     plots = {"accuracy": plot_accuracy(rows, out / "accuracy.png")}
     if plot_by_difficulty(rows, out / "accuracy_by_difficulty.png"):
@@ -111,7 +135,9 @@ def compare_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
         if curves:
             plots[key] = plot(curves, out / f"{key}.png")
     result = {"runs": {label: rep["run_dir"] for label, rep in reports.items()}, "rows": rows,
-              "plots": {k: p.name for k, p in plots.items()}}
+              "plots": {k: p.name for k, p in plots.items()}, "warnings": warnings,
+              "hashes": {label: {"test_set": (rep.get("test_set") or {}).get("sha256"),
+                                 "verifier": (rep.get("verifier") or {}).get("sha256")} for label, rep in reports.items()}}
     write_json(out / "compare.json", result)
     (out / "compare.md").write_text(markdown(result), encoding="utf-8")
     (out / "compare.html").write_text(render_html(result, out), encoding="utf-8")
@@ -131,7 +157,8 @@ def _cells(r: dict[str, Any]) -> list[str]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["# reasondistill: runs compared", "", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    lines = ["# reasondistill: runs compared", ""] + [f"**{w}**\n" for w in result.get("warnings", [])]
+    lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in result["rows"]]
     lines += ["", *[f"![{k}]({v})" for k, v in result["plots"].items()], ""]
     return "\n".join(lines)
@@ -142,8 +169,9 @@ def render_html(result: dict[str, Any], out: Path) -> str:
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _cells(r)) + "</tr>" for r in result["rows"])
     figs = "".join(figure(out / p, k) for k, p in result["plots"].items())
     runs = "".join(f"<li><b>{esc(k)}</b>: <code>{esc(v)}</code></li>" for k, v in result["runs"].items())
+    warn = "".join(f'<p class="warning" style="color:#b00;font-weight:bold">{esc(w)}</p>' for w in result.get("warnings", []))
     return page("reasondistill: runs compared",
-                f"<h1>Runs compared</h1><ul>{runs}</ul><table id=\"models-table\"><thead><tr>{head}</tr></thead>"
+                f"<h1>Runs compared</h1>{warn}<ul>{runs}</ul><table id=\"models-table\"><thead><tr>{head}</tr></thead>"
                 f"<tbody>{body}</tbody></table><h2>Plots</h2><div class=\"plots\">{figs}</div>")
 
 
@@ -155,11 +183,15 @@ def main(argv: list[str] | None = None) -> int:
                        "Each RUN needs a report.json (reasondistill report RUN writes it).")
     ap.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each with report.json)")
     ap.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    ap.add_argument("--allow-mismatch", action="store_true", help="compare runs whose test sets or verifiers "
+                    "differ (refused otherwise); the output then warns about it")
     args = ap.parse_args(argv)
     from reasondistill.errors import run_verb
 
     def body() -> int:
-        result = compare_runs(args.runs, args.out)
+        result = compare_runs(args.runs, args.out, args.allow_mismatch)
+        for w in result["warnings"]:
+            print(w, file=sys.stderr)
         print(markdown(result))
         print(f"\ncompare: {Path(args.out) / 'compare.html'}")
         return 0

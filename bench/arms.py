@@ -1,0 +1,124 @@
+"""Shared machinery of the curation benches (bench/curriculum.py, bench/diversity.py): one teacher
+generation, several arms that differ only in their curate/build settings, three student seeds each.
+
+Why a module: both benches compare arms the same way and should share one set of teacher traces
+(generated once into ``OUT/generated`` and copied into each arm's run directory with its stage
+records, so the pipeline skips generation there). Not run by itself; see the two benches.
+
+Statistics, per arm: greedy accuracy per seed; the mean over seeds with a 95% interval from
+``with_ci`` over problems of each problem's mean correctness across seeds (bootstrap over problems;
+problems are the sampled unit); and, against the first (baseline) arm, the paired difference of
+those per-problem means with its 95% percentile-bootstrap interval over problems.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+STUDENT = {"init": {"architecture": "llama", "hidden_size": 48, "num_hidden_layers": 4, "num_attention_heads": 4,
+                    "intermediate_size": 144, "max_position_embeddings": 256},
+           "train": {"epochs": 1, "batch_size": 32, "lr": 3.0e-3, "warmup_ratio": 0.05, "eval_every": 100000,
+                     "save_every": 100000, "log_every": 50, "threads": 1, "mixed_precision": "auto"}}
+
+
+def base_config(out: Path, n_train: int, n_test: int, samples: int, temperature: float) -> dict[str, Any]:
+    return {"seed": 0, "run_dir": str(out / "generated"),
+            "task": {"name": "chained_arith", "min_ops": 2, "max_ops": 6, "n_train": n_train, "n_test": n_test},
+            "teacher": {"model": "bundled:tiny-arith-teacher"},
+            "generate": {"n": samples, "temperature": temperature, "max_new_tokens": 96, "batch_size": 256, "seed": 0},
+            "curate": {"max_per_problem": 1},
+            "build": {"max_length": 160, "val_fraction": 0.02},
+            "evaluate": {"batch_size": 250, "max_new_tokens": 96, "teacher": False}}
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def generate(base: dict[str, Any]) -> dict[str, Any]:
+    from reasondistill.config import RunConfig
+    from reasondistill.pipeline import Pipeline
+
+    t0 = time.perf_counter()
+    res = Pipeline(RunConfig.model_validate(base), log=log, show_progress=False).generate()
+    return {"traces": res.get("traces"), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _copy_generation(src: Path, dst: Path) -> None:
+    for d in ("problems", "generate"):
+        if not (dst / d).exists():
+            shutil.copytree(src / d, dst / d)
+    (dst / ".stages").mkdir(parents=True, exist_ok=True)
+    for f in ("problems.json", "generate.json"):
+        if not (dst / ".stages" / f).exists():
+            shutil.copy2(src / ".stages" / f, dst / ".stages" / f)
+
+
+def run_arm(base: dict[str, Any], name: str, settings: dict[str, Any], seeds: list[int], out: Path,
+            epochs: float = 1) -> dict[str, Any]:
+    """Curate, build, train one student per seed, evaluate; the per-problem correctness per seed."""
+    from reasondistill.config import RunConfig
+    from reasondistill.pipeline import Pipeline
+    from reasondistill.records import iter_jsonl
+
+    run_dir = out / name
+    _copy_generation(Path(base["run_dir"]), run_dir)
+    students = [_merge(STUDENT, {"name": f"s{seed}", "seed": seed, "train": {"epochs": epochs}}) for seed in seeds]
+    cfg = RunConfig.model_validate(_merge(base, settings) | {"run_dir": str(run_dir), "students": students})
+    pipe = Pipeline(cfg, log=log, show_progress=False)
+    t0 = time.perf_counter()
+    curate = pipe.curate()
+    pipe.build()
+    training = pipe.train()
+    pipe.evaluate()
+    correct = {}
+    for seed in seeds:
+        rows = [r for _, r in iter_jsonl(pipe.rd.eval(f"s{seed}").completions)]
+        correct[seed] = {r["problem_id"]: r["verdict"] == "correct" for r in rows}
+    build = json.loads(pipe.rd.build(f"s{seeds[0]}").stats.read_text())
+    return {"settings": settings, "curate": {k: curate.get(k) for k in ("kept", "dropped", "select",
+                                                                      "pass_rate_band", "problems_with_a_kept_trace")},
+            "train_examples": build["train"]["examples"], "steps": training[f"s{seeds[0]}"].get("steps"),
+            "final_val_loss": {s: training[f"s{s}"].get("final_val_loss") for s in seeds},
+            "seconds": round(time.perf_counter() - t0, 1), "correct": correct}
+
+
+def summarize(arms: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Per arm: accuracy per seed, mean with its 95% CI, paired difference against the first arm."""
+    import numpy as np
+
+    from reasondistill.evaluate.metrics import bootstrap_ci, with_ci
+
+    names = list(arms)
+    pids = sorted(arms[names[0]]["correct"][seeds[0]])
+    per_problem = {a: np.array([np.mean([arms[a]["correct"][s][p] for s in seeds]) for p in pids]) for a in names}
+    out = {}
+    for a in names:
+        accs = [float(np.mean(list(arms[a]["correct"][s].values()))) for s in seeds]
+        entry = {k: v for k, v in arms[a].items() if k != "correct"}
+        entry.update({"accuracy_per_seed": dict(zip(map(str, seeds), accs)),
+                      "accuracy_seed_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                      "accuracy_mean": with_ci(per_problem[a].tolist(), n_boot=2000, seed=0)})
+        if a != names[0]:
+            diff = per_problem[a] - per_problem[names[0]]
+            low, high = bootstrap_ci(diff.tolist(), n_boot=2000, seed=0)
+            entry[f"minus_{names[0]}"] = {"value": float(diff.mean()), "ci_low": low, "ci_high": high, "n": len(pids)}
+        out[a] = entry
+    return out
