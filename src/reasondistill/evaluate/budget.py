@@ -120,7 +120,7 @@ def forced_model(model, tokenizer, budget: int | None, min_thinking: int = 0, fo
 
 
 def budget_curve(model: Any, problems: Sequence[Problem], task: Task, budgets: Sequence[int], *,
-                 answer_tokens: int = 32, min_thinking: int = 0, force_open: bool = False, batch_size: int = 64,
+                 answer_tokens: int = 256, min_thinking: int = 0, force_open: bool = False, batch_size: int = 64,
                  tokenizer=None, system_prompt: str | None = None, out_dir: str | Path | None = None,
                  name: str = "model", n_boot: int = 1000) -> dict[str, Any]:
     """Greedy accuracy (95% CI), mean thinking tokens and truncation per thinking budget."""
@@ -146,8 +146,10 @@ def budget_curve(model: Any, problems: Sequence[Problem], task: Task, budgets: S
     return result
 
 
-def plot_budget_curve(curves: dict[str, dict[str, Any]], path: str | Path) -> Path:
-    """Accuracy (with its 95% CI band) against the thinking budget, one line per model."""
+def plot_budget_curve(curves: dict[str, dict[str, Any]], path: str | Path, x: str = "budget") -> Path:
+    """Accuracy (with its 95% CI band) against the thinking budget (``x="budget"``) or against the
+    thinking tokens actually spent on average at each budget (``x="thinking_tokens"``), one line per model."""
+    key = {"budget": "budget", "thinking_tokens": "mean_thinking_tokens"}[x]
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -155,16 +157,19 @@ def plot_budget_curve(curves: dict[str, dict[str, Any]], path: str | Path) -> Pa
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     for name, c in curves.items():
-        xs = [p["budget"] for p in c["points"]]
+        xs = [p[key] for p in c["points"]]
         ax.plot(xs, [p["accuracy"]["value"] for p in c["points"]], marker="o", label=name)
         ax.fill_between(xs, [p["accuracy"]["ci_low"] for p in c["points"]],
                         [p["accuracy"]["ci_high"] for p in c["points"]], alpha=0.2)
-    budgets = sorted({p["budget"] for c in curves.values() for p in c["points"]})
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(budgets, [str(b) for b in budgets])
-    ax.minorticks_off()
-    ax.set(xlabel="thinking budget (tokens)", ylabel="accuracy", ylim=(0, 1),
-           title="Accuracy vs thinking budget (budget forcing)")
+    if x == "budget":
+        budgets = sorted({p["budget"] for c in curves.values() for p in c["points"]})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
+        ax.set(xlabel="thinking budget (tokens)", title="Accuracy vs thinking budget (budget forcing)")
+    else:
+        ax.set(xlabel="mean thinking tokens used", title="Accuracy vs thinking tokens (budget forcing)")
+    ax.set(ylabel="accuracy", ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

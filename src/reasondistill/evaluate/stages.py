@@ -7,7 +7,7 @@ greedy evaluation is never touched. Called by :meth:`Pipeline.evaluate` and :met
 
 Files per model directory ``evaluate/<model>/``: ``sampled.json`` + ``samples.jsonl`` +
 ``reliability.png`` (samples > 0); ``ood/metrics.json`` + ``ood/completions.jsonl`` (ood);
-``budget.json`` (budgets); for students ``compare.json`` (teacher evaluated) and ``router.json`` +
+``budget.json`` (``evaluate.budget``); for students ``compare.json`` (teacher evaluated) and ``router.json`` +
 ``router.png`` (router; ``router_samples.jsonl`` when ``samples`` < ``router.k``).
 """
 
@@ -38,7 +38,7 @@ def run_beyond_greedy(pipe, targets: Sequence[tuple[str, str]], force: bool = Fa
             out[f"sampled:{name}"] = sampled_stage(pipe, name, path, force)
         if ev.ood is not None:
             out[f"ood:{name}"] = ood_stage(pipe, name, path, force)
-        if ev.budgets:
+        if ev.budget_settings() is not None:
             out[f"budget:{name}"] = budget_stage(pipe, name, path, force)
     teacher_rows = pipe.rd.eval("teacher").completions
     for name, _ in targets:
@@ -153,12 +153,16 @@ def budget_stage(pipe, name: str, path: str, force: bool = False) -> Any:
 
     ev = pipe.cfg.evaluate
     test_path, e = pipe.rd.test_problems, pipe.rd.eval(name)
-    answer_tokens = min(32, ev.max_new_tokens)
-    conf = {"budgets": ev.budgets, "answer_tokens": answer_tokens, "batch_size": ev.batch_size, "model": path}
+    b = ev.budget_settings()
+    answer_tokens = b.answer_tokens or ev.max_new_tokens  # after </think>: as much as an unforced answer may take
+    conf = {"budgets": b.budgets, "answer_tokens": answer_tokens, "batch_size": ev.batch_size, "model": path}
+    if b.min_thinking or b.force_open:
+        conf |= {"min_thinking": b.min_thinking, "force_open": b.force_open}
 
     def fn(_fp):
-        res = budget_curve(path, read_records(test_path, Problem), pipe.task, ev.budgets, answer_tokens=answer_tokens,
-                           batch_size=ev.batch_size, out_dir=e.dir, name=name)
+        res = budget_curve(path, read_records(test_path, Problem), pipe.task, b.budgets, answer_tokens=answer_tokens,
+                           min_thinking=b.min_thinking, force_open=b.force_open, batch_size=ev.batch_size,
+                           out_dir=e.dir, name=name)
         pipe.log(f"       {name}: accuracy by thinking budget " +
                  ", ".join(f"{p['budget']}: {p['accuracy']['value']:.3f}" for p in res["points"]))
         return {str(p["budget"]): p["accuracy"]["value"] for p in res["points"]}

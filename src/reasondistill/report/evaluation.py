@@ -120,6 +120,8 @@ def make_plots(root: str | Path, evaluation: dict[str, Any]) -> dict[str, str]:
     budgets = {m: e["budget"] for m, e in evaluation.items() if e.get("budget")}
     if budgets:
         plots["budget"] = str(plot_budget_curve(budgets, plots_dir / "budget.png").relative_to(root))
+        plots["budget_tokens"] = str(plot_budget_curve(budgets, plots_dir / "budget_tokens.png",
+                                                       x="thinking_tokens").relative_to(root))
     routers = {m: e["router"] for m, e in evaluation.items() if e.get("router")}
     if routers:
         plots["router"] = str(plot_router_curve(routers, plots_dir / "router.png").relative_to(root))

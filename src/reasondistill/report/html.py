@@ -24,6 +24,7 @@ from reasondistill.report.html_assets import CSS, JS
 
 PLOT_TITLES = {"loss_curves": "Training and validation loss", "accuracy_by_difficulty": "Accuracy by difficulty",
                "lengths": "Length histograms", "budget": "Accuracy vs thinking budget",
+               "budget_tokens": "Accuracy vs thinking tokens used",
                "router": "Student-first cascade: accuracy vs teacher share"}
 
 
