@@ -112,16 +112,36 @@ def router_samples_stage(pipe, name: str, path: str, k: int, force: bool = False
                           [test_path, *_inputs(name, path)], [e.router_samples], fn, force)
 
 
-def ood_problems(pipe) -> list[Problem]:
-    """The OOD split: test-split problems (hash-disjoint from training) at harder difficulty levels."""
+def ood_task(pipe):
+    """The task of the OOD split: ``evaluate.ood.task`` (any task section), or the run's chained_arith
+    task at the harder levels ``min_ops``..``max_ops``."""
     from reasondistill.tasks.base import load_task
 
     ood = pipe.cfg.evaluate.ood
-    task = load_task({**pipe.cfg.task.task_spec(), "min_ops": ood.min_ops, "max_ops": ood.max_ops})
-    problems = task.problems("test", ood.n, pipe.cfg.seed)
+    if ood.task is not None:
+        return load_task(ood.task.task_spec())
+    return load_task({**pipe.cfg.task.task_spec(), "min_ops": ood.min_ops, "max_ops": ood.max_ops})
+
+
+def ood_problems(pipe, task=None) -> list[Problem]:
+    """The OOD split: up to ``evaluate.ood.n`` test-split problems of :func:`ood_task` (for harder
+    chained_arith levels hash-disjoint from training)."""
+    from reasondistill.tasks.mixture import select_problems
+
+    task = task or ood_task(pipe)
+    problems, _ = select_problems(task, "test", pipe.cfg.evaluate.ood.n, pipe.cfg.seed)
     for p in problems:
         p.meta["split"] = "ood"
     return problems
+
+
+def ood_source(ood) -> str:
+    """How the report names the OOD split's source."""
+    if ood.task is None:
+        return f"chained_arith, {ood.min_ops}-{ood.max_ops} operations"
+    t = ood.task
+    where = getattr(t, "test_path", None) or getattr(t, "path", None) or getattr(t, "hf_id", None)
+    return f"{t.name}" + (f" ({where})" if where else "")
 
 
 def ood_stage(pipe, name: str, path: str, force: bool = False) -> Any:
@@ -132,20 +152,27 @@ def ood_stage(pipe, name: str, path: str, force: bool = False) -> Any:
     o = pipe.rd.eval(name).ood
     conf = {"ood": ev.ood, "task": pipe.cfg.task, "seed": pipe.cfg.seed, "batch_size": ev.batch_size,
             "max_new_tokens": ev.max_new_tokens, "model": path}
+    if ev.ood.task is not None:  # its data files: a changed file re-runs the stage
+        inputs_extra = getattr(ood_task(pipe), "input_files", lambda: [])()
+    else:
+        inputs_extra = []
 
     def fn(_fp):
-        problems = ood_problems(pipe)
+        task = ood_task(pipe)
+        problems = ood_problems(pipe, task)
         write_records(pipe.rd.ood_problems, problems)
-        m = evaluate_model(path, problems, pipe.task, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
-                           out_dir=o.dir, name=name)
+        m = evaluate_model(path, problems, task, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
+                           out_dir=o.dir, name=name)  # checked by the OOD task's own verifier
         rows = _rows(o.completions)
-        m.update({"split": "ood", "min_ops": ev.ood.min_ops, "max_ops": ev.ood.max_ops,
-                  "note": "harder difficulty levels than training ever saw",
+        m.update({"split": "ood", "min_ops": ev.ood.min_ops, "max_ops": ev.ood.max_ops, "source": ood_source(ev.ood),
+                  "note": "harder difficulty levels than training ever saw" if ev.ood.task is None else
+                  "problems from another source than training (evaluate.ood.task)",
                   "accuracy_ci": with_ci([r["verdict"] == "correct" for r in rows])})
         write_json(o.metrics, m)
-        pipe.log(f"       {name}: OOD accuracy {m['accuracy']:.3f} (ops {ev.ood.min_ops}-{ev.ood.max_ops})")
+        pipe.log(f"       {name}: OOD accuracy {m['accuracy']:.3f} ({m['source']})")
         return {"accuracy": m["accuracy"], "n": m["n"]}
-    return pipe.run_stage(f"evaluate-ood:{name}", conf, _inputs(name, path), o.greedy_outputs, fn, force)
+    return pipe.run_stage(f"evaluate-ood:{name}", conf, [*_inputs(name, path), *inputs_extra], o.greedy_outputs, fn,
+                          force)
 
 
 def budget_stage(pipe, name: str, path: str, force: bool = False) -> Any:

@@ -51,8 +51,10 @@ def collect(root: str | Path) -> dict[str, Any]:
                 e["sampled"]["reliability_png"] = str(f.reliability.relative_to(lay.root))
         ood = _json(f.ood.metrics)
         if ood:
-            e["ood"] = {k: ood.get(k) for k in ("accuracy", "accuracy_ci", "n", "min_ops", "max_ops",
+            e["ood"] = {k: ood.get(k) for k in ("accuracy", "accuracy_ci", "n", "min_ops", "max_ops", "source",
                                                  "accuracy_by_difficulty", "truncation_rate", "note")}
+        if greedy:
+            e["failure_modes"] = _failure_modes(lay, name, greedy, ood)
         for key in ("budget", "compare", "router", "provenance"):
             obj = _json(getattr(f, key))
             if obj:
@@ -60,6 +62,18 @@ def collect(root: str | Path) -> dict[str, Any]:
         if e:
             out[name] = e
     return out
+
+
+def _failure_modes(lay: Layout, name: str, greedy: list[dict[str, Any]], ood: dict[str, Any] | None) -> dict[str, Any]:
+    """evaluate/failure_modes.py over the saved rows (teacher rows and samples when the teacher was evaluated)."""
+    from reasondistill.evaluate.failure_modes import failure_modes
+
+    t = lay.eval("teacher")
+    limit = (_json(lay.eval(name).metrics) or {}).get("max_new_tokens") or max(r["completion_tokens"] for r in greedy)
+    return failure_modes(greedy, int(limit), teacher_rows=rows(t.completions) or None,
+                         ood_rows=rows(lay.eval(name).ood.completions) if ood else None,
+                         teacher_ood_rows=rows(t.ood.completions) or None, teacher_samples=rows(t.samples) or None,
+                         classify=name != "teacher")
 
 
 def agg_figure(w: float = 6, h: float = 3.6):
@@ -137,6 +151,10 @@ def fmt_ci(m: dict[str, Any] | None, spec: str = ".1%") -> str:
     return f"{format(m['value'], spec)} [{format(m['ci_low'], spec)}, {format(m['ci_high'], spec)}]"
 
 
+def _ood_source(o: dict[str, Any]) -> str:
+    return o.get("source") or f"chained_arith, {o.get('min_ops')}-{o.get('max_ops')} operations"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     ev = report.get("evaluation") or {}
     out: list[str] = []
@@ -158,9 +176,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append("")
     ood = {m: e["ood"] for m, e in ev.items() if e.get("ood")}
     if ood:
-        out += ["## Out-of-distribution split (harder levels training never saw)", "", "| model | ops | accuracy [95% CI] |",
-                "|---|---|---:|"] + [f"| {m} | {o['min_ops']}–{o['max_ops']} | {fmt_ci(o['accuracy_ci'])} |" for m, o in ood.items()]
+        out += ["## Out-of-distribution split, beside in-distribution", "",
+                "| model | OOD source | in-distribution accuracy [95% CI] | OOD accuracy [95% CI] |", "|---|---|---:|---:|"]
+        out += [f"| {m} | {_ood_source(o)} | {fmt_ci(ev[m].get('accuracy_ci'))} | {fmt_ci(o['accuracy_ci'])} |"
+                for m, o in ood.items()]
         out.append("")
+    from reasondistill.evaluate.failure_modes import render_markdown as failure_markdown
+
+    out += failure_markdown({m: e["failure_modes"] for m, e in ev.items() if e.get("failure_modes")})
     cmp = {m: e["compare"] for m, e in ev.items() if e.get("compare")}
     if cmp:
         out += ["## Students vs teacher", "", "| student | answer agreement | same wrong answer | ROUGE-L of thinking "
