@@ -31,9 +31,11 @@ STUDENT = {"init": {"architecture": "llama", "hidden_size": 48, "num_hidden_laye
                      "save_every": 100000, "log_every": 50, "threads": 1, "mixed_precision": "auto"}}
 
 
-def base_config(out: Path, n_train: int, n_test: int, samples: int, temperature: float) -> dict[str, Any]:
+def base_config(out: Path, n_train: int, n_test: int, samples: int, temperature: float, min_ops: int = 1,
+                max_ops: int = 4) -> dict[str, Any]:
     return {"seed": 0, "run_dir": str(out / "generated"),
-            "task": {"name": "chained_arith", "min_ops": 2, "max_ops": 6, "n_train": n_train, "n_test": n_test},
+            "task": {"name": "chained_arith", "min_ops": min_ops, "max_ops": max_ops, "n_train": n_train,
+                     "n_test": n_test},
             "teacher": {"model": "bundled:tiny-arith-teacher"},
             "generate": {"n": samples, "temperature": temperature, "max_new_tokens": 96, "batch_size": 256, "seed": 0},
             "curate": {"max_per_problem": 1},

@@ -154,6 +154,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             out.insert(-1, f"- decontamination ({dec['ngram']}-gram overlap with {dec['eval_problems']} test "
                            f"problems): {dec['contaminated_problems']} training problems dropped"
                            + (f": {ids}" if ids else ""))
+        from reasondistill.report.curation import curation_lines  # pass-rate band, selection, near-dups, benchmarks
+
+        out[-1:-1] = curation_lines(cur)
     if report.get("skipped"):
         out += ["## Skipped", "", *skipped_lines(report["skipped"]), ""]
     if report.get("loss_curves"):
