@@ -8,7 +8,11 @@ records, so the pipeline skips generation there). Not run by itself; see the two
 Statistics, per arm: greedy accuracy per seed; the mean over seeds with a 95% interval from
 ``with_ci`` over problems of each problem's mean correctness across seeds (bootstrap over problems;
 problems are the sampled unit); and, against the first (baseline) arm, the paired difference of
-those per-problem means with its 95% percentile-bootstrap interval over problems.
+those per-problem means with its 95% percentile-bootstrap interval over problems. Because a few
+hundred steps leave greedy accuracy near its floor, each student is also scored by its
+cross-entropy per target token on one fixed set of teacher traces (the baseline arm's validation
+split, problems no arm trained on): mean over seeds and, against the baseline, the mean paired
+(same seed) difference, each with a 95% Student-t interval over the seeds.
 """
 
 from __future__ import annotations
@@ -73,8 +77,31 @@ def _copy_generation(src: Path, dst: Path) -> None:
             shutil.copy2(src / ".stages" / f, dst / ".stages" / f)
 
 
+def held_out_ce(model_dir: Path, val: Path, batch_size: int = 64) -> float:
+    """Mean cross-entropy per target token of a trained student on a fixed built split (the baseline
+    arm's validation traces), so every arm is scored on the same examples."""
+    import torch
+
+    from reasondistill.data.dataset import TokenizedDataset, collate
+    from reasondistill.models import load_model, load_tokenizer
+
+    model, tok = load_model(str(model_dir)), load_tokenizer(str(model_dir))
+    ds = TokenizedDataset(val)
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(ds), batch_size):
+            b = collate(ds, list(range(i, min(i + batch_size, len(ds)))), tok.pad_token_id)
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+            labels = b["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                                     labels.reshape(-1), ignore_index=-100, reduction="sum")
+            total, count = total + float(loss), count + int((labels != -100).sum())
+    return total / count
+
+
 def run_arm(base: dict[str, Any], name: str, settings: dict[str, Any], seeds: list[int], out: Path,
-            epochs: float = 1) -> dict[str, Any]:
+            epochs: float = 1, common_val: Path | None = None) -> dict[str, Any]:
     """Curate, build, train one student per seed, evaluate; the per-problem correctness per seed."""
     from reasondistill.config import RunConfig
     from reasondistill.pipeline import Pipeline
@@ -95,11 +122,26 @@ def run_arm(base: dict[str, Any], name: str, settings: dict[str, Any], seeds: li
         rows = [r for _, r in iter_jsonl(pipe.rd.eval(f"s{seed}").completions)]
         correct[seed] = {r["problem_id"]: r["verdict"] == "correct" for r in rows}
     build = json.loads(pipe.rd.build(f"s{seeds[0]}").stats.read_text())
+    val = common_val or pipe.rd.build(f"s{seeds[0]}").val
+    ce = {s: held_out_ce(pipe.rd.train(f"s{s}").final, val) for s in seeds}
     return {"settings": settings, "curate": {k: curate.get(k) for k in ("kept", "dropped", "select",
                                                                       "pass_rate_band", "problems_with_a_kept_trace")},
             "train_examples": build["train"]["examples"], "steps": training[f"s{seeds[0]}"].get("steps"),
-            "final_val_loss": {s: training[f"s{s}"].get("final_val_loss") for s in seeds},
+            "final_val_loss": {s: training[f"s{s}"].get("final_val_loss") for s in seeds}, "held_out_ce": ce,
+            "held_out_set": str(val),
             "seconds": round(time.perf_counter() - t0, 1), "correct": correct}
+
+
+def _t_interval(xs: list[float]) -> dict[str, Any]:
+    """Mean over seeds with its 95% Student-t interval (paired by seed when ``xs`` are differences)."""
+    from statistics import mean, stdev
+
+    t975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+    m = mean(xs)
+    if len(xs) < 2:
+        return {"value": m, "ci_low": None, "ci_high": None, "n": len(xs)}
+    half = t975.get(len(xs) - 1, 1.96) * stdev(xs) / len(xs) ** 0.5
+    return {"value": m, "ci_low": m - half, "ci_high": m + half, "n": len(xs)}
 
 
 def summarize(arms: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
@@ -118,9 +160,14 @@ def summarize(arms: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, An
         entry.update({"accuracy_per_seed": dict(zip(map(str, seeds), accs)),
                       "accuracy_seed_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                       "accuracy_mean": with_ci(per_problem[a].tolist(), n_boot=2000, seed=0)})
+        ce = [arms[a]["held_out_ce"][s] for s in seeds]
+        entry["held_out_ce_mean"] = _t_interval(ce)
         if a != names[0]:
             diff = per_problem[a] - per_problem[names[0]]
             low, high = bootstrap_ci(diff.tolist(), n_boot=2000, seed=0)
-            entry[f"minus_{names[0]}"] = {"value": float(diff.mean()), "ci_low": low, "ci_high": high, "n": len(pids)}
+            entry[f"accuracy_minus_{names[0]}"] = {"value": float(diff.mean()), "ci_low": low, "ci_high": high,
+                                                  "n": len(pids)}
+            entry[f"held_out_ce_minus_{names[0]}"] = _t_interval(
+                [arms[a]["held_out_ce"][s] - arms[names[0]]["held_out_ce"][s] for s in seeds])
         out[a] = entry
     return out

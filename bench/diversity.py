@@ -29,11 +29,11 @@ ARMS = {mode: {"curate": {"max_per_problem": 2, "select": mode}} for mode in ("f
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--n-train", type=int, default=3000)
-    ap.add_argument("--n-test", type=int, default=300)
+    ap.add_argument("--n-train", type=int, default=2000)
+    ap.add_argument("--n-test", type=int, default=200)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--temperature", type=float, default=2.0)
-    ap.add_argument("--epochs", type=float, default=6, help="student epochs")
+    ap.add_argument("--epochs", type=float, default=4, help="student epochs")
     ap.add_argument("--out", default="runs/bench_curation")
     args = ap.parse_args(argv)
     import torch
@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     base = base_config(out, args.n_train, args.n_test, args.samples, args.temperature)
     gen = generate(base)
-    arms = {}
+    arms, common_val = {}, None
     for name, settings in ARMS.items():
         log(f"arm {name}")
-        arms[name] = run_arm(base, f"select_{name}", settings, args.seeds, out, args.epochs)
+        arms[name] = run_arm(base, f"select_{name}", settings, args.seeds, out, args.epochs, common_val)
+        common_val = common_val or Path(arms[name]["held_out_set"])
     result = {"bench": "diversity", "task": base["task"], "generate": base["generate"] | gen, "seeds": args.seeds,
               "epochs": args.epochs,
               "arms": summarize(arms, args.seeds), "wall_seconds": round(time.perf_counter() - t0, 1)}
