@@ -127,6 +127,34 @@ def compare_table(report: Mapping[str, Any]) -> str:
             f"<tbody>{''.join(rows_)}</tbody></table>")
 
 
+def failure_table(report: Mapping[str, Any]) -> str:
+    """Failure modes for any task (evaluate/failure_modes.py): verdicts per split and the students'
+    failure classes with examples ('' when none)."""
+    from reasondistill.evaluate.failure_modes import CLASSES, VERDICTS
+
+    ev = {m: e["failure_modes"] for m, e in (report.get("evaluation") or {}).items() if e.get("failure_modes")}
+    if not ev:
+        return ""
+    rows_ = "".join(f"<tr><td>{esc(m)}</td><td>{esc(split)}</td><td>{sp['n']}</td>"
+                    + "".join(f"<td>{sp['by_verdict'].get(v, 0)}</td>" for v in VERDICTS) + "</tr>"
+                    for m, fm in ev.items() for split, sp in fm["splits"].items())
+    head = "".join(f"<th>{esc(h)}</th>" for h in ("model", "split", "n", *VERDICTS))
+    out = f'<h2>Failure modes</h2><table id="failure-table"><thead><tr>{head}</tr></thead><tbody>{rows_}</tbody></table>'
+    students = {m: fm for m, fm in ev.items() if fm.get("classes")}
+    if students:
+        rule = next(iter(students.values()))["classes_rule"]
+        cls = "".join(f"<tr><td>{esc(m)}</td>" + "".join(f"<td>{fm['classes'][c]['count']}</td>" for c in CLASSES)
+                      + "</tr>" for m, fm in students.items())
+        examples = "".join(f"<li>{esc(m)}, {esc(c)}: <code>{esc(e['problem_id'])}</code> answered "
+                           f"<code>{esc(e['answer'].strip()[:60])}</code> ({esc(e['verdict'])}, reference "
+                           f"<code>{esc(e['reference'])}</code>)</li>"
+                           for m, fm in students.items() for c in CLASSES for e in fm["classes"][c]["examples"])
+        out += (f'<p class="muted">{esc(rule)}</p><table id="failure-classes"><thead><tr><th>student</th>'
+                + "".join(f"<th>{esc(c)}</th>" for c in CLASSES) + f"</tr></thead><tbody>{cls}</tbody></table>"
+                + f"<ul>{examples}</ul>")
+    return out
+
+
 def trace_data(root: Path, report: Mapping[str, Any]) -> dict[str, Any]:
     """Problems with every model's greedy output, verdict and failure mode, for the viewer."""
     from reasondistill.evaluate.failures import FAILURE_MODES, annotate
@@ -203,9 +231,10 @@ def render_html(root: Path, report: Mapping[str, Any]) -> str:
                    for k, p in plots.items())
     body = (f"<h1>reasondistill report: <code>{esc(report['run_dir'])}</code></h1>"
             f"<p>Task <code>{esc(report['task'])}</code>; teacher <code>{esc(report['teacher'])}</code>. "
-            "All models on the same held-out problems; CIs are 95% percentile bootstraps over problems.</p>"
+            "All models on the same held-out problems; 95% CIs: Wilson for proportions (accuracy, maj@k), bootstrap "
+            "over problems for pass@k and avg@n.</p>"
             f'<div id="status" data-status="loading">loading…</div><pre id="selftest"></pre>'
-            f"{skipped_list(report)}<h2>Models</h2>{models_table(report)}{compare_table(report)}"
+            f"{skipped_list(report)}<h2>Models</h2>{models_table(report)}{compare_table(report)}{failure_table(report)}"
             f'<h2>Plots</h2><div class="plots">{figs}</div>{viewer(trace_data(root, report))}{provenance(report)}')
     return page(f"reasondistill report: {report['run_dir']}", body, f"<script>{JS}</script>")
 
