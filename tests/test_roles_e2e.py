@@ -1,0 +1,115 @@
+"""End to end with the roles a real set-up has: an API teacher writes the traces, a local logit
+teacher gives the soft targets, the trained student is evaluated through a server.
+
+- teacher: `reasondistill serve bundled:tiny-arith-teacher` (the CLI, a separate process on
+  127.0.0.1) behind `teacher.kind: openai`: generate samples it, evaluate scores it through the API;
+- logit_teacher: the same bundled model loaded locally: online soft distillation of the student;
+- the student: a tiny fresh Llama; after training its `final/` is served by `reasondistill serve`
+  and evaluated with `evaluate.backend: openai`;
+- report.json shows the teacher and the student, each with a 95% CI.
+
+Sizes are tiny (24 training problems, 12 test problems, one epoch): ~20 s of CPU here.
+Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_roles_e2e.py -q
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("httpx2")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def teacher_server():
+    """`reasondistill serve bundled:tiny-arith-teacher --port 0` as a user runs it; yields its URL."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "reasondistill.cli", "serve", "bundled:tiny-arith-teacher",
+                             "--port", "0", "--threads", "1", "--served-model-name", "tiny-teacher"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        line = proc.stdout.readline()  # "serving tiny-teacher at http://127.0.0.1:PORT/v1"
+        assert line.startswith("serving tiny-teacher at http://127.0.0.1:"), line
+        yield line.split(" at ")[1].strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def config(tmp_path: Path, teacher_url: str) -> Path:
+    cfg = {
+        "run_dir": str(tmp_path / "run"),
+        "seed": 0,
+        "task": {"name": "chained_arith", "min_ops": 2, "max_ops": 3, "n_train": 24, "n_test": 12},
+        "teacher": {"kind": "openai", "base_url": teacher_url, "model": "tiny-teacher", "concurrency": 4,
+                    "timeout_s": 120, "name": "served-teacher"},
+        "logit_teacher": {"model": "bundled:tiny-arith-teacher"},
+        "generate": {"n": 1, "temperature": 0.7, "max_new_tokens": 96},
+        "curate": {"decontaminate": None},
+        "build": {"max_length": 160, "val_fraction": 0.1},
+        "students": [{"name": "kd", "init": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                             "intermediate_size": 64, "max_position_embeddings": 256},
+                      "train": {"epochs": 1, "batch_size": 8, "lr": 3e-3, "threads": 1, "log_every": 1,
+                                "eval_every": 2, "save_every": 100},
+                      "distill": {"source": "online", "alpha": 0.5, "chunk_size": None}}],
+        "evaluate": {"backend": "openai", "openai": {"base_url": "http://127.0.0.1:9/v1", "concurrency": 4},
+                     "batch_size": 16, "max_new_tokens": 48},
+        "verify": {"workers": 1},
+    }
+    path = tmp_path / "roles.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_api_teacher_logit_teacher_served_student(tmp_path, teacher_server):
+    from reasondistill.config import load_config
+    from reasondistill.pipeline import Pipeline
+    from reasondistill.records import Trace, read_records
+    from reasondistill.serve import make_server
+
+    path = config(tmp_path, teacher_server)
+    logs: list[str] = []
+    pipe = Pipeline(load_config(path), log=logs.append, show_progress=False)
+    pipe.generate()
+    traces = read_records(pipe.rd.traces, Trace)
+    assert len(traces) == 24 and {t.teacher for t in traces} == {"served-teacher"}  # written through the API
+    assert all(t.usage.get("completion_tokens") for t in traces)
+    pipe.curate()
+    pipe.build()
+    pipe.train()
+    trained = pipe.rd.stage_state("train:kd")
+    assert trained["config"]["logit_teacher"]["model"] == "bundled:tiny-arith-teacher"  # in its fingerprint
+    summary = json.loads(pipe.rd.train("kd").summary.read_text())
+    assert summary["steps"] >= 2
+    final = pipe.rd.train("kd").final
+    assert (final / "model.safetensors").exists()
+
+    student = make_server(str(final), model_name="kd")  # what `reasondistill serve FINAL --served-model-name kd` runs
+    threading.Thread(target=student.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        pipe = Pipeline(load_config(path, [f"evaluate.openai.base_url={student.url}"]), log=logs.append,
+                        show_progress=False)
+        pipe.evaluate()
+        report = pipe.report()
+    finally:
+        student.shutdown()
+        student.server_close()
+    assert student.stats["chat_requests"] == 12  # every test problem went to the served student
+
+    report = json.loads(pipe.rd.report_json.read_text())
+    assert set(report["models"]) == {"teacher", "kd"}
+    for name in ("teacher", "kd"):
+        ci = report["evaluation"][name]["accuracy_ci"]
+        assert ci["n"] == 12 and ci["ci_low"] <= ci["value"] <= ci["ci_high"]
+        metrics = json.loads(pipe.rd.eval(name).metrics.read_text())
+        assert metrics["backend"]["backend"] == "openai" and metrics["api_usage"]["requests"] == 12
+    assert report["models"]["teacher"]["accuracy"] >= 0.5  # the bundled teacher, scored through its API
+    assert "teacher" in pipe.rd.report_md.read_text() and "kd" in pipe.rd.report_md.read_text()
+    assert pipe.rd.stage_state("evaluate:kd")["config"]["url"] == student.url
