@@ -60,7 +60,7 @@ def config(tmp_path: Path, teacher_url: str) -> Path:
                                 "eval_every": 2, "save_every": 100},
                       "distill": {"source": "online", "alpha": 0.5, "chunk_size": None}}],
         "evaluate": {"backend": "openai", "openai": {"base_url": "http://127.0.0.1:9/v1", "concurrency": 4},
-                     "batch_size": 16, "max_new_tokens": 48},
+                     "batch_size": 16, "max_new_tokens": 48, "router": {"k": 2, "thresholds": [0.0, 1.0]}},
         "verify": {"workers": 1},
     }
     path = tmp_path / "roles.yaml"
@@ -101,7 +101,8 @@ def test_api_teacher_logit_teacher_served_student(tmp_path, teacher_server):
     finally:
         student.shutdown()
         student.server_close()
-    assert student.stats["chat_requests"] == 12  # every test problem went to the served student
+    # every test problem went to the served student: greedy, then k=2 samples each for the router
+    assert student.stats["chat_requests"] == 12 + 2 * 12
 
     report = json.loads(pipe.rd.report_json.read_text())
     assert set(report["models"]) == {"teacher", "kd"}
@@ -113,3 +114,20 @@ def test_api_teacher_logit_teacher_served_student(tmp_path, teacher_server):
     assert report["models"]["teacher"]["accuracy"] >= 0.5  # the bundled teacher, scored through its API
     assert "teacher" in pipe.rd.report_md.read_text() and "kd" in pipe.rd.report_md.read_text()
     assert pipe.rd.stage_state("evaluate:kd")["config"]["url"] == student.url
+    # the router works with the API teacher and counts what routing to it costs
+    from reasondistill.evaluate.sampled import vote_table
+    from reasondistill.records import Problem
+
+    router = json.loads(pipe.rd.eval("kd").router.read_text())
+    samples = [json.loads(x) for x in pipe.rd.eval("kd").router_samples.open()]
+    problems = read_records(pipe.rd.test_problems, Problem)
+    with pipe._verifying():
+        routed = {pid for pid, v in vote_table(samples, problems, pipe.task, 2).items() if v["share"] < 1.0}
+    teacher_rows = [json.loads(x) for x in pipe.rd.eval("teacher").completions.open()]
+    point = next(p for p in router["points"] if p["threshold"] == 1.0)  # non-unanimous votes go to the teacher
+    assert point["teacher_calls"] == len(routed)
+    assert point["teacher_prompt_tokens"] == sum(r["prompt_tokens"] for r in teacher_rows if r["problem_id"] in routed)
+    assert point["teacher_completion_tokens"] == sum(r["completion_tokens"] for r in teacher_rows
+                                                     if r["problem_id"] in routed)
+    assert all(r["prompt_tokens"] > 0 for r in teacher_rows)  # the API's usage, recorded per row
+    assert next(p for p in router["points"] if p["threshold"] == 0.0)["teacher_prompt_tokens"] == 0
