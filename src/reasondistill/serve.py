@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                        "evaluation backend run offline; requests in flight together are decoded as one batch; "
                        "--inject-failures makes it misbehave on purpose. This is a development and test server "
                        "(one process, batches decoded to the end before the next starts, no paged KV cache): "
-                       "to serve a large model for throughput use `vllm serve` or SGLang (docs/teachers.md).")
+                       "to serve a large model for throughput use vllm serve or SGLang (docs/teachers.md).")
     ap.add_argument("model", help="local path, hub name or bundled:NAME")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     ap.add_argument("--port", type=int, default=8000, help="0 picks a free port")
