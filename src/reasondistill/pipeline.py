@@ -469,6 +469,8 @@ class Pipeline:
         targets += [(s.name, str(self.rd.train(s.name).final)) for s in self.cfg.students]
         if model is not None:
             targets = [t for t in targets if t[0] == model]
+            if not targets and model == "teacher" and ingested:
+                return []  # skipped above, with the reason
             if not targets:
                 raise KeyError(f"no model named {model!r}; known: teacher, {[s.name for s in self.cfg.students]}")
         out = []

@@ -106,7 +106,7 @@ def local_tokenizer(name: str):
 
     try:
         return load_tokenizer(name)
-    except (OSError, ValueError):
+    except Exception:  # not a local model, not on the hub, offline, ...: token splits are estimated instead
         return None
 
 
