@@ -131,3 +131,4 @@ def test_api_teacher_logit_teacher_served_student(tmp_path, teacher_server):
                                                      if r["problem_id"] in routed)
     assert all(r["prompt_tokens"] > 0 for r in teacher_rows)  # the API's usage, recorded per row
     assert next(p for p in router["points"] if p["threshold"] == 0.0)["teacher_prompt_tokens"] == 0
+    assert set(pipe.route()) == {"kd"}  # `reasondistill route` works with the API teacher (up to date here)

@@ -100,7 +100,13 @@ class TeacherConfig(_Strict):
         data = handler(self)
         if self.vllm is None:  # so a config without it fingerprints (and generates) exactly as before
             data.pop("vllm", None)
-        for key in _LATER_TEACHER_KEYS:  # keys added later: left out while at their defaults (same reason)
+        return data
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """The section as the generate stage fingerprints it: keys added later are left out while at
+        their defaults, so that upgrading does not regenerate the traces of existing runs."""
+        data = self.model_dump(mode="json")
+        for key in _LATER_TEACHER_KEYS:
             if key in data and data[key] == TeacherConfig.model_fields[key].get_default(call_default_factory=True):
                 data.pop(key)
         return data
@@ -340,14 +346,6 @@ class EvaluateConfig(_Strict):
         if self.openai is not None and self.backend != "openai":
             raise ValueError(f"the openai section applies to backend 'openai' only (backend is {self.backend!r})")
         return self
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler):
-        data = handler(self)
-        if self.backend == "hf":  # a config without them fingerprints (and evaluates) exactly as before
-            data.pop("backend", None)
-            data.pop("openai", None)
-        return data
 
 
 class RunConfig(_Strict):

@@ -168,7 +168,7 @@ class Pipeline:
 
     def generate_conf(self) -> tuple[dict[str, Any], list[Path]]:
         """The generate stage's config section and input files (also what shards.py checks shards by)."""
-        conf = {"teacher": self.cfg.teacher, "sampling": self.cfg.generate}
+        conf = {"teacher": self.cfg.teacher.fingerprinted(), "sampling": self.cfg.generate}
         local = local_files(self.cfg.teacher.model) if self.cfg.teacher.kind in ("hf", "vllm") else []
         return conf, [self.rd.train_problems, *local]
 
