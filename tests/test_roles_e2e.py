@@ -1,14 +1,16 @@
 """End to end with the roles a real set-up has: an API teacher writes the traces, a local logit
-teacher gives the soft targets, the trained student is evaluated through a server.
+teacher gives the soft targets, the trained students are evaluated through servers.
 
 - teacher: `reasondistill serve bundled:tiny-arith-teacher` (the CLI, a separate process on
   127.0.0.1) behind `teacher.kind: openai`: generate samples it, evaluate scores it through the API;
-- logit_teacher: the same bundled model loaded locally: online soft distillation of the student;
-- the student: a tiny fresh Llama; after training its `final/` is served by `reasondistill serve`
-  and evaluated with `evaluate.backend: openai`;
-- report.json shows the teacher and the student, each with a 95% CI.
+- logit_teacher: the same bundled model loaded locally: online soft distillation of student `kd`,
+  and top-8 log-probs captured for student `topk` (offline_topk);
+- the students: tiny fresh Llamas; after training each `final/` is served by `reasondistill serve`
+  (one server each: `evaluate.openai.urls`) and evaluated with `evaluate.backend: openai`, the
+  router included (it counts the API teacher's calls and tokens);
+- report.json shows the teacher and the students, each with a 95% CI.
 
-Sizes are tiny (24 training problems, 12 test problems, one epoch): ~20 s of CPU here.
+Sizes are tiny (24 training problems, 12 test problems, one epoch): ~25 s of CPU here.
 Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/test_roles_e2e.py -q
 """
 
@@ -43,6 +45,11 @@ def teacher_server():
         proc.wait(timeout=30)
 
 
+TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+        "max_position_embeddings": 256}
+TRAIN = {"epochs": 1, "batch_size": 8, "lr": 3e-3, "threads": 1, "log_every": 1, "eval_every": 2, "save_every": 100}
+
+
 def config(tmp_path: Path, teacher_url: str) -> Path:
     cfg = {
         "run_dir": str(tmp_path / "run"),
@@ -54,11 +61,10 @@ def config(tmp_path: Path, teacher_url: str) -> Path:
         "generate": {"n": 1, "temperature": 0.7, "max_new_tokens": 96},
         "curate": {"decontaminate": None},
         "build": {"max_length": 160, "val_fraction": 0.1},
-        "students": [{"name": "kd", "init": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                             "intermediate_size": 64, "max_position_embeddings": 256},
-                      "train": {"epochs": 1, "batch_size": 8, "lr": 3e-3, "threads": 1, "log_every": 1,
-                                "eval_every": 2, "save_every": 100},
-                      "distill": {"source": "online", "alpha": 0.5, "chunk_size": None}}],
+        "students": [{"name": "kd", "init": TINY, "train": TRAIN,
+                      "distill": {"source": "online", "alpha": 0.5, "chunk_size": None}},
+                     {"name": "topk", "init": TINY, "train": TRAIN,  # top-8 captured from the logit teacher
+                      "distill": {"source": "offline_topk", "top_k": 8, "alpha": 0.5, "chunk_size": None}}],
         "evaluate": {"backend": "openai", "openai": {"base_url": "http://127.0.0.1:9/v1", "concurrency": 4},
                      "batch_size": 16, "max_new_tokens": 48, "router": {"k": 2, "thresholds": [0.0, 1.0]}},
         "verify": {"workers": 1},
@@ -84,29 +90,34 @@ def test_api_teacher_logit_teacher_served_student(tmp_path, teacher_server):
     pipe.curate()
     pipe.build()
     pipe.train()
-    trained = pipe.rd.stage_state("train:kd")
-    assert trained["config"]["logit_teacher"]["model"] == "bundled:tiny-arith-teacher"  # in its fingerprint
-    summary = json.loads(pipe.rd.train("kd").summary.read_text())
-    assert summary["steps"] >= 2
-    final = pipe.rd.train("kd").final
-    assert (final / "model.safetensors").exists()
+    for name in ("kd", "topk"):
+        trained = pipe.rd.stage_state(f"train:{name}")
+        assert trained["config"]["logit_teacher"]["model"] == "bundled:tiny-arith-teacher"  # in its fingerprint
+        assert json.loads(pipe.rd.train(name).summary.read_text())["steps"] >= 2
+        assert (pipe.rd.train(name).final / "model.safetensors").exists()
+    assert pipe.rd.stage_state("capture:topk")["config"]["teacher"] == "bundled:tiny-arith-teacher"
 
-    student = make_server(str(final), model_name="kd")  # what `reasondistill serve FINAL --served-model-name kd` runs
-    threading.Thread(target=student.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    servers = {}  # what `reasondistill serve train/NAME/final --served-model-name NAME` runs, one per student
+    for name in ("kd", "topk"):
+        servers[name] = make_server(str(pipe.rd.train(name).final), model_name=name)
+        threading.Thread(target=servers[name].serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
-        pipe = Pipeline(load_config(path, [f"evaluate.openai.base_url={student.url}"]), log=logs.append,
-                        show_progress=False)
+        pipe = Pipeline(load_config(path, [f"evaluate.openai.base_url={servers['kd'].url}",
+                                           f"evaluate.openai.urls={{topk: '{servers['topk'].url}'}}"]),
+                        log=logs.append, show_progress=False)
         pipe.evaluate()
-        report = pipe.report()
+        pipe.report()
     finally:
-        student.shutdown()
-        student.server_close()
-    # every test problem went to the served student: greedy, then k=2 samples each for the router
-    assert student.stats["chat_requests"] == 12 + 2 * 12
+        for srv in servers.values():
+            srv.shutdown()
+            srv.server_close()
+    # every test problem went to each served student: greedy, then k=2 samples each for the router
+    assert servers["kd"].stats["chat_requests"] == servers["topk"].stats["chat_requests"] == 12 + 2 * 12
+    student = servers["kd"]
 
     report = json.loads(pipe.rd.report_json.read_text())
-    assert set(report["models"]) == {"teacher", "kd"}
-    for name in ("teacher", "kd"):
+    assert set(report["models"]) == {"teacher", "kd", "topk"}
+    for name in ("teacher", "kd", "topk"):
         ci = report["evaluation"][name]["accuracy_ci"]
         assert ci["n"] == 12 and ci["ci_low"] <= ci["value"] <= ci["ci_high"]
         metrics = json.loads(pipe.rd.eval(name).metrics.read_text())
@@ -131,4 +142,4 @@ def test_api_teacher_logit_teacher_served_student(tmp_path, teacher_server):
                                                      if r["problem_id"] in routed)
     assert all(r["prompt_tokens"] > 0 for r in teacher_rows)  # the API's usage, recorded per row
     assert next(p for p in router["points"] if p["threshold"] == 0.0)["teacher_prompt_tokens"] == 0
-    assert set(pipe.route()) == {"kd"}  # `reasondistill route` works with the API teacher (up to date here)
+    assert set(pipe.route()) == {"kd", "topk"}  # `reasondistill route` works with the API teacher (up to date here)
