@@ -318,6 +318,8 @@ class EvaluateConfig(_Strict):
         "engine; GPUs) or openai (a served student: see `openai`); the teacher is always evaluated through its "
         "own kind")
     openai: EvalServerConfig | None = Field(None, description="backend openai: the students' servers")
+    vllm: VLLMOptions | None = Field(None, description="backend vllm: engine options for the students "
+                                     "(tensor_parallel_size, ...; dtype auto)")
     batch_size: int = Field(200, gt=0, description="sequences decoded together")
     max_new_tokens: int = Field(256, gt=0, description="most tokens per answer (thinking included)")
     teacher: bool = Field(True, description="evaluate the teacher beside the students")
@@ -345,6 +347,8 @@ class EvaluateConfig(_Strict):
                              "students are served")
         if self.openai is not None and self.backend != "openai":
             raise ValueError(f"the openai section applies to backend 'openai' only (backend is {self.backend!r})")
+        if self.vllm is not None and self.backend != "vllm":
+            raise ValueError(f"the vllm section applies to backend 'vllm' only (backend is {self.backend!r})")
         return self
 
 

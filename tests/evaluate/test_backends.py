@@ -97,3 +97,29 @@ def test_a_server_that_keeps_failing_is_an_error_not_wrong_answers(teacher, arit
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_run_config_picks_each_models_backend():
+    import importlib.util
+
+    from reasondistill.config import RunConfig
+    from reasondistill.evaluate.backends import backend_conf, evaluation_backend
+    from reasondistill.teachers.vllm_backend import VLLMUnavailable
+
+    cfg = RunConfig.model_validate({
+        "teacher": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "big"},
+        "students": [{"name": "a", "init": {}}, {"name": "b", "init": {}}],
+        "evaluate": {"backend": "openai", "openai": {"base_url": "http://127.0.0.1:8001/v1",
+                                                     "urls": {"b": "http://127.0.0.1:8002/v1"}}}})
+    assert evaluation_backend(cfg, "a", "/nonexistent/a").label == "http://127.0.0.1:8001/v1 (a)"
+    assert evaluation_backend(cfg, "b", "/nonexistent/b").label == "http://127.0.0.1:8002/v1 (b)"
+    teacher = evaluation_backend(cfg, "teacher", "big")
+    assert (teacher.kind, teacher.label, teacher.tokenizer) == ("openai", "http://127.0.0.1:9/v1 (big)", None)
+    assert backend_conf(cfg, "b") == {"backend": "openai", "url": "http://127.0.0.1:8002/v1", "served_model": "b"}
+    assert backend_conf(RunConfig(), "a") == {} and backend_conf(RunConfig(), "teacher") == {}  # hf: as before
+    if importlib.util.find_spec("vllm") is None:
+        vcfg = RunConfig.model_validate({"evaluate": {"backend": "vllm", "vllm": {"tensor_parallel_size": 2}}})
+        with pytest.raises(VLLMUnavailable, match="pip install vllm"):
+            evaluation_backend(vcfg, "a", "/nonexistent/a")
+        with pytest.raises(VLLMUnavailable, match="pip install vllm"):
+            evaluation_backend(RunConfig.model_validate({"teacher": {"kind": "vllm", "model": "m"}}), "teacher", "m")

@@ -131,7 +131,9 @@ def evaluation_backend(cfg, name: str, path: str) -> Backend:
     if ev.backend == "vllm":
         from reasondistill.teachers.vllm_backend import VLLMTeacher
 
-        sampler = VLLMTeacher(path, "auto", name=name)
+        from reasondistill.config import VLLMOptions
+
+        sampler = VLLMTeacher(path, "auto", name=name, **(ev.vllm or VLLMOptions()).engine_args())
         return sampler_backend(sampler, sampler.tokenizer, kind="vllm", label=path)
     from reasondistill.teachers.openai_api import OpenAITeacher
 
@@ -152,6 +154,6 @@ def backend_conf(cfg, name: str) -> dict[str, Any]:
     if ev.backend == "hf":
         return {}
     if ev.backend == "vllm":
-        return {"backend": "vllm"}
+        return {"backend": "vllm", **({"vllm": ev.vllm.engine_args()} if ev.vllm else {})}
     o = ev.openai
     return {"backend": "openai", "url": o.urls.get(name, o.base_url), "served_model": o.model or name}
