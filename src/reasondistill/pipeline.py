@@ -349,11 +349,15 @@ class Pipeline:
     def _topk_dir(self, s: StudentConfig) -> Path:
         return self.rd.build(s.name).topk(s.distill.top_k)
 
-    def _logit_teacher(self, s: StudentConfig):
-        """The logit teacher of soft student ``s`` (``logit_teacher``, else an hf teacher; teachers/logits.py)."""
+    def _local_teacher(self) -> str:
+        """The model soft students learn the logits of: ``logit_teacher``, else an hf teacher."""
+        return self._logit_teacher().model
+
+    def _logit_teacher(self):
+        """The logit teacher's section (teachers/logits.py): model, dtype, attn_implementation."""
         from reasondistill.teachers.logits import require_logit_teacher
 
-        return require_logit_teacher(self.cfg, s.name)
+        return require_logit_teacher(self.cfg)
 
     def soft_inputs_of(self, s: StudentConfig, force: bool) -> list[Path]:
         if s.distill is None:
@@ -363,7 +367,7 @@ class Pipeline:
 
             self._capture_one(s, force)
             return [self._topk_dir(s) / INDEX]
-        return local_files(self._logit_teacher(s).model)
+        return local_files(self._local_teacher())
 
     def _capture_one(self, s: StudentConfig, force: bool) -> dict[str, Any]:
         from reasondistill.data.dataset import TokenizedDataset
@@ -374,8 +378,7 @@ class Pipeline:
 
         b = self.rd.build(s.name)
         self.rd.need(b.train, stage="build")
-        spec = self._logit_teacher(s)
-        teacher_name = spec.model
+        teacher_name, spec = self._local_teacher(), self._logit_teacher()
         d = self._topk_dir(s)
         splits = {x: b.split(x) for x in ("train", "val") if b.split(x).exists()}
         dtype = resolve_dtype(spec.dtype)  # "auto" fingerprints as what it resolved to here
@@ -426,7 +429,7 @@ class Pipeline:
             return OfflineTopKKD(loss, TopKReader(self._topk_dir(s)))
         from reasondistill.teachers.logits import load_logit_teacher
 
-        teacher, teacher_tokenizer = load_logit_teacher(self._logit_teacher(s))
+        teacher, teacher_tokenizer = load_logit_teacher(self._logit_teacher())
         objective = OnlineKD(teacher, loss, student_tokenizer=tokenizer, teacher_tokenizer=teacher_tokenizer)
         shared_vocab_size(model, teacher, tokenizer)
         if dc.features is not None:
@@ -500,7 +503,7 @@ class Pipeline:
             self.log(f"       {name}: accuracy {m['accuracy']:.3f} on {m['n']} problems"
                      + (f" ({m['timeouts']} answers past the verify time limit: unparseable)" if m.get("timeouts") else ""))
             return m
-        from reasondistill.evaluate.stages import model_inputs
+        from reasondistill.evaluate.backends import model_inputs
 
         inputs = [test_path, *model_inputs(name, path)]
         conf = {"evaluate": self._greedy_conf(), "model": path} | backend_conf(self.cfg, name)

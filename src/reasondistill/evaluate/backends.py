@@ -19,6 +19,7 @@ kind (hf, openai, vllm), a student through ``evaluate.backend``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from reasondistill.errors import UserError
@@ -142,6 +143,19 @@ def evaluation_backend(cfg, name: str, path: str) -> Backend:
     sampler = OpenAITeacher(url, model, api_key_env=o.api_key_env, concurrency=o.concurrency, timeout_s=o.timeout_s,
                             max_retries=o.max_retries, reasoning="auto", name=f"openai:{model}")
     return sampler_backend(sampler, local_tokenizer(path), kind="openai", label=f"{url} ({model})")
+
+
+def model_inputs(name: str, path: str) -> list[Path]:
+    """The files a model's evaluation stages hash: a student's ``final/`` directory; a local
+    teacher's config, weights and tokenizer (none for a model only a server knows)."""
+    from reasondistill.models import local_files
+
+    if name != "teacher":
+        return [Path(path)]
+    try:
+        return local_files(path)
+    except FileNotFoundError:  # an API model name that happens to look like a path
+        return []
 
 
 def backend_conf(cfg, name: str) -> dict[str, Any]:

@@ -23,15 +23,10 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return [obj for _, obj in iter_jsonl(path)]
 
 
-def model_inputs(name: str, path: str) -> list[Path]:
-    from reasondistill.models import local_files
+def _inputs(name: str, path: str) -> list[Path]:
+    from reasondistill.evaluate.backends import model_inputs
 
-    if name != "teacher":
-        return [Path(path)]
-    try:
-        return local_files(path)
-    except FileNotFoundError:  # an API model name that happens to look like a path
-        return []
+    return model_inputs(name, path)
 
 
 def _backend(pipe, name: str, path: str):
@@ -120,7 +115,7 @@ def sampled_stage(pipe, name: str, path: str, force: bool = False) -> Any:
         pipe.log(f"       {name}: pass@{top} {res['pass@k'][top]['value']:.3f}, maj@{top} "
                  f"{res['maj@k'][top]['value']:.3f}, avg@{n} {res['avg@n']['value']:.3f}")
         return {"pass@k": res["pass@k"], "maj@k": res["maj@k"], "avg@n": res["avg@n"]}
-    return pipe.run_stage(f"evaluate-sampled:{name}", conf, [test_path, *model_inputs(name, path)],
+    return pipe.run_stage(f"evaluate-sampled:{name}", conf, [test_path, *_inputs(name, path)],
                           [e.samples, e.sampled], fn, force)
 
 
@@ -141,7 +136,7 @@ def router_samples_stage(pipe, name: str, path: str, k: int, force: bool = False
                                                         pipe.task, params))
         return {"samples": k}
     return pipe.run_stage(f"evaluate-router-samples:{name}", _sampling_conf(pipe, path, k, [k]) | _backend_conf(pipe, name),
-                          [test_path, *model_inputs(name, path)], [e.router_samples], fn, force)
+                          [test_path, *_inputs(name, path)], [e.router_samples], fn, force)
 
 
 def ood_problems(pipe) -> list[Problem]:
@@ -177,7 +172,7 @@ def ood_stage(pipe, name: str, path: str, force: bool = False) -> Any:
         write_json(o.metrics, m)
         pipe.log(f"       {name}: OOD accuracy {m['accuracy']:.3f} (ops {ev.ood.min_ops}-{ev.ood.max_ops})")
         return {"accuracy": m["accuracy"], "n": m["n"]}
-    return pipe.run_stage(f"evaluate-ood:{name}", conf, model_inputs(name, path), o.greedy_outputs, fn, force)
+    return pipe.run_stage(f"evaluate-ood:{name}", conf, _inputs(name, path), o.greedy_outputs, fn, force)
 
 
 def budget_stage(pipe, name: str, path: str, force: bool = False) -> Any:
@@ -194,7 +189,7 @@ def budget_stage(pipe, name: str, path: str, force: bool = False) -> Any:
         pipe.log(f"       {name}: accuracy by thinking budget " +
                  ", ".join(f"{p['budget']}: {p['accuracy']['value']:.3f}" for p in res["points"]))
         return {str(p["budget"]): p["accuracy"]["value"] for p in res["points"]}
-    return pipe.run_stage(f"evaluate-budget:{name}", conf, [test_path, *model_inputs(name, path)], [e.budget], fn, force)
+    return pipe.run_stage(f"evaluate-budget:{name}", conf, [test_path, *_inputs(name, path)], [e.budget], fn, force)
 
 
 def compare_stage(pipe, name: str, force: bool = False) -> Any:

@@ -24,10 +24,13 @@ def logit_teacher_config(cfg: RunConfig) -> LogitTeacherConfig | None:
     return None
 
 
-def require_logit_teacher(cfg: RunConfig, student: str) -> LogitTeacherConfig:
+def require_logit_teacher(cfg: RunConfig) -> LogitTeacherConfig:
+    """The run's logit teacher; a clear error when there is none (configs built in code: loading a
+    config file refuses a soft student without one earlier, naming it)."""
     spec = logit_teacher_config(cfg)
-    if spec is None:  # the config validator refuses this earlier; kept for configs built in code
-        raise ValueError(f"{student}: soft distillation needs the teacher's logits: add `logit_teacher: "
+    if spec is None:
+        soft = [s.name for s in cfg.students if s.distill is not None]
+        raise ValueError(f"{soft}: soft distillation needs the teacher's logits: add `logit_teacher: "
                          "{model: PATH_OR_HUB_ID}` (a local model with the student's tokenizer), or use an hf teacher")
     return spec
 
