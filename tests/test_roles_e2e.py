@@ -66,7 +66,8 @@ def config(tmp_path: Path, teacher_url: str) -> Path:
                      {"name": "topk", "init": TINY, "train": TRAIN,  # top-8 captured from the logit teacher
                       "distill": {"source": "offline_topk", "top_k": 8, "alpha": 0.5, "chunk_size": None}}],
         "evaluate": {"backend": "openai", "openai": {"base_url": "http://127.0.0.1:9/v1", "concurrency": 4},
-                     "batch_size": 16, "max_new_tokens": 48, "router": {"k": 2, "thresholds": [0.0, 1.0]}},
+                     "batch_size": 16, "max_new_tokens": 48, "router": {"k": 2, "thresholds": [0.0, 1.0]},
+                     "budgets": [8]},  # budget forcing needs the logits: skipped for served models, with a line
         "verify": {"workers": 1},
     }
     path = tmp_path / "roles.yaml"
@@ -142,4 +143,8 @@ def test_api_teacher_logit_teacher_served_student(tmp_path, teacher_server):
                                                      if r["problem_id"] in routed)
     assert all(r["prompt_tokens"] > 0 for r in teacher_rows)  # the API's usage, recorded per row
     assert next(p for p in router["points"] if p["threshold"] == 0.0)["teacher_prompt_tokens"] == 0
-    assert set(pipe.route()) == {"kd", "topk"}  # `reasondistill route` works with the API teacher (up to date here)
+    assert set(pipe.route()) == {"kd", "topk"}
+    for name in ("teacher", "kd", "topk"):
+        assert any(line.startswith(f"[skip] budget:{name}: thinking budgets force </think> through the logits")
+                   for line in logs)
+        assert not pipe.rd.eval(name).budget.exists()  # `reasondistill route` works with the API teacher (up to date here)
