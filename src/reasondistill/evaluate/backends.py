@@ -43,8 +43,7 @@ class Backend:
     kind: str
     label: str
     tokenizer: Any
-    generate: Callable[[Sequence[Problem], SamplingParams], Iterator[list[Completion]]]
-    model: Any = None  # hf: the loaded model (budget forcing needs its logits)
+    generate: Callable[..., Iterator[list[Completion]]]  # (problems, params, system_prompt=None)
     usage: Callable[[], dict[str, Any] | None] = field(default=lambda: None)
 
     def describe(self) -> dict[str, Any]:
@@ -67,7 +66,7 @@ def hf_backend(model: Any, tokenizer=None, dtype: str = "float32") -> Backend:
     def generate(problems: Sequence[Problem], params: SamplingParams, system_prompt: str | None = None):
         prompts = render_prompts(tokenizer, [p.prompt for p in problems], system=system_prompt)
         yield from generate_completions(model, tokenizer, prompts, [p.id for p in problems], params)
-    return Backend("hf", label, tokenizer, generate, model=model)
+    return Backend("hf", label, tokenizer, generate)
 
 
 def sampler_backend(sampler: Any, tokenizer: Any, *, kind: str, label: str) -> Backend:
@@ -130,9 +129,8 @@ def evaluation_backend(cfg, name: str, path: str) -> Backend:
     if ev.backend == "hf":
         return hf_backend(path)
     if ev.backend == "vllm":
-        from reasondistill.teachers.vllm_backend import VLLMTeacher
-
         from reasondistill.config import VLLMOptions
+        from reasondistill.teachers.vllm_backend import VLLMTeacher
 
         sampler = VLLMTeacher(path, "auto", name=name, **(ev.vllm or VLLMOptions()).engine_args())
         return sampler_backend(sampler, sampler.tokenizer, kind="vllm", label=path)
@@ -161,9 +159,13 @@ def model_inputs(name: str, path: str) -> list[Path]:
 def backend_conf(cfg, name: str) -> dict[str, Any]:
     """What a model's evaluation stages add to their fingerprint for the backend ({} for hf, so a
     config without a backend fingerprints as before)."""
-    if name == "teacher":
+    if name == "teacher":  # what decides the teacher's answers (not concurrency, time-outs, retries)
         t = cfg.teacher
-        return {} if t.kind == "hf" else {"backend": t.kind, "teacher": t.model_dump(mode="json")}
+        if t.kind == "hf":
+            return {}
+        keys = ("model", "dtype", "vllm") if t.kind == "vllm" else ("base_url", "model", "reasoning", "extra_body",
+                                                                     "max_tokens_field")
+        return {"backend": t.kind, "teacher": t.model_dump(mode="json", include=set(keys))}
     ev = cfg.evaluate
     if ev.backend == "hf":
         return {}

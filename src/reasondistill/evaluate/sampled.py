@@ -204,13 +204,13 @@ def evaluate_sampled(model: Any, problems: Sequence[Problem], task: Task, *, sam
                      seed: int = 0, system_prompt: str | None = None, tokenizer=None,
                      out_dir: str | Path | None = None, name: str = "model", n_boot: int = 1000) -> dict[str, Any]:
     """Sample every problem ``samples`` times, judge, summarise; optionally save ``samples.jsonl``,
-    ``sampled.json`` and ``reliability.png`` in ``out_dir``."""
+    ``sampled.json`` and ``reliability.png`` in ``out_dir``. ``model``: as :func:`load` takes it."""
+    from reasondistill.evaluate.backends import Backend
+
     model, tokenizer, path = load(model, tokenizer)
     params = SamplingParams(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
     rows = completion_rows(model, tokenizer, problems, task, params, system_prompt)
-    from reasondistill.evaluate.backends import Backend
-
     extra = {}
     if isinstance(model, Backend) and model.kind != "hf":  # vLLM or a server
         extra = {"backend": model.describe(), **({"api_usage": model.usage()} if model.usage() is not None else {})}
