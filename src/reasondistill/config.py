@@ -88,6 +88,8 @@ class TeacherConfig(_Strict):
             self.dtype = "auto"  # vLLM: bfloat16 where the GPU has it (float32 only when asked for)
         if self.kind == "openai" and not self.base_url:
             raise ValueError("kind 'openai' needs base_url")
+        if self.kind == "openai" and not re.match(r"^https?://[^/\s]+", self.base_url):
+            raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {self.base_url!r}")
         if self.kind == "vllm" and self.base_url:
             raise ValueError("kind 'vllm' runs the model in this process: base_url is for kind 'openai' "
                              "(a `vllm serve` server)")
