@@ -128,6 +128,14 @@ def test_the_pipeline_runs_on_ingested_traces_without_a_teacher(tmp_path, tiny_m
         assert f"[skip] {stage}: inputs and config unchanged" in logs
     assert "- decontamination (8-gram overlap with 6 test problems): 0 training problems dropped" in \
         (run / "report.md").read_text()
+    # the teacher is listed as not evaluated, never silently dropped (issue 15)
+    assert "[skip] evaluate:teacher: not evaluated (ingested traces)" in logs
+    report = json.loads((run / "report.json").read_text())
+    assert report["models"]["teacher"]["status"] == "not evaluated (ingested traces)" and "s1" in report["models"]
+    assert "| teacher | – | not evaluated (ingested traces) |" in (run / "report.md").read_text()
+    assert "not evaluated (ingested traces)" in (run / "report.html").read_text()
+    with pytest.raises(ValueError, match="not evaluated \\(ingested traces\\): there is no teacher"):
+        pipe.route()
 
 
 def test_reingesting_another_file_keeps_the_old_traces_aside(tmp_path, tiny_model_dir):

@@ -157,7 +157,7 @@ def test_request_errors(server, side_server):
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     assert chat(url, n=0).status_code == 400
     assert chat(url, max_tokens=0).status_code == 400
-    assert chat(url, stream=True).status_code == 400
+    assert chat(url, stop=[""]).status_code == 400
     r = httpx.post(f"{url}/chat/completions", json={"model": "gpt-9", "messages": [{"role": "user", "content": "1"}]})
     assert r.status_code == 404 and r.json()["error"]["type"] == "model_not_found"
     assert httpx.get(f"{url}/nowhere").status_code == 404
@@ -168,6 +168,77 @@ def test_request_errors(server, side_server):
     assert httpx.get(f"{locked.url}/models").status_code == 401
     ok = httpx.get(f"{locked.url}/models", headers={"Authorization": "Bearer sk-test-0123"})
     assert ok.status_code == 200
+
+
+def sse(url, path, body):
+    """The data of each server-sent event of a streamed request."""
+    events = []
+    with httpx.stream("POST", f"{url}/{path}", json={"model": "tiny", "stream": True, **body}, timeout=30) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream"
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[len("data: "):])
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+def test_stream_chat(server):
+    body = {"messages": [{"role": "user", "content": "47+5*3"}], "temperature": 0, "n": 2,
+            "stream_options": {"include_usage": True}}
+    chunks = sse(server.url, "chat/completions", body)
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    for i in range(2):
+        mine = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == i]
+        assert mine[0]["delta"] == {"role": "assistant", "content": ""}
+        pieces = [ch["delta"].get("content", "") for ch in mine]
+        assert "".join(pieces) == TARGET and sum(bool(p) for p in pieces) >= 3  # token by token, not one piece
+        assert [ch["finish_reason"] for ch in mine] == [None] * (len(mine) - 1) + ["stop"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 12  # 2 x (5 + EOS)
+    full = chat(server.url, temperature=0, n=2).json()
+    assert chunks[-1]["usage"] == full["usage"]
+
+
+def test_stream_reasoning_field_and_stop(side_server):
+    srv = side_server(reasoning_field="reasoning_content")
+    chunks = sse(srv.url, "chat/completions", {"messages": [{"role": "user", "content": "47+5*3"}], "temperature": 0})
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "ab"
+    assert "".join(d.get("content", "") for d in deltas) == "7"
+    chunks = sse(srv.url, "completions", {"prompt": render_prompts(srv.tokenizer, ["47+5*3"])[0], "temperature": 0,
+                                           "max_tokens": 32, "stop": ["</think>"]})
+    assert "".join(c["choices"][0]["text"] for c in chunks) == "<think>ab"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_completions_endpoint(server):
+    prompt = render_prompts(server.tokenizer, ["47+5*3"])[0]  # the chat template, applied by the client
+    r = httpx.post(f"{server.url}/completions", json={"model": "tiny", "prompt": prompt, "temperature": 0,
+                                                       "max_tokens": 32}, timeout=30).json()
+    assert r["object"] == "text_completion"
+    assert r["choices"][0]["text"] == TARGET and r["choices"][0]["finish_reason"] == "stop"
+    assert r["usage"]["completion_tokens"] == 6
+    short = httpx.post(f"{server.url}/completions", json={"prompt": prompt, "temperature": 0}, timeout=30).json()
+    assert short["choices"][0]["text"] == TARGET  # default max_tokens 16 is enough here
+    assert httpx.post(f"{server.url}/completions", json={"prompt": ""}).status_code == 400
+
+
+def test_concurrent_requests_are_batched_and_answer_as_alone(side_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    srv = side_server(batch_window_s=0.5)  # a wide window: all six requests join one batch
+    bodies = [dict(content=f"{i}+{i}*3", n=2, temperature=5.0, max_tokens=4 + i, seed=i) for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda b: chat(srv.url, **b).json(), bodies))
+    assert srv.engine.stats["max_batch_requests"] >= 2
+    assert srv.engine.stats["batches"] < 6
+    alone = side_server(max_batch_rows=1)  # one request per batch
+    for b, got in zip(bodies, together):
+        ref = chat(alone.url, **b).json()
+        assert [c["message"]["content"] for c in got["choices"]] == [c["message"]["content"] for c in ref["choices"]]
+        assert got["usage"] == ref["usage"]
+        assert all(c["finish_reason"] in ("stop", "length") for c in got["choices"])
+        assert all(len(srv.tokenizer(c["message"]["content"], add_special_tokens=False)["input_ids"]) <= b["max_tokens"]
+                   for c in got["choices"])
 
 
 def test_failure_injection_schedule(side_server):

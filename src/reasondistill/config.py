@@ -66,8 +66,9 @@ class TeacherConfig(_Strict):
         "process; ingested: traces come from `reasondistill ingest`")
     model: str = Field("bundled:tiny-arith-teacher", description="local path, hub id, bundled:NAME, or API model name")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        "float32", description="hf: the weights' dtype; auto = bfloat16 where the GPU or CPU computes it natively "
-        "(AVX512-BF16/AMX), else float32. On such a CPU bfloat16 generates 1.65x faster (bench/generate_throughput.py)")
+        "float32", description="hf and vllm: the weights' dtype; auto = bfloat16 where the GPU or CPU computes it "
+        "natively (AVX512-BF16/AMX), else float32 (vllm: else vLLM's own choice, float16). Default float32 for hf; "
+        "auto for vllm. On such a CPU bfloat16 generates 1.65x faster (bench/generate_throughput.py)")
     system_prompt: str | None = Field(None, description="system prompt sent to the teacher with every problem")
     base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(None, description="openai: name of the environment variable holding the key")
@@ -78,12 +79,28 @@ class TeacherConfig(_Strict):
         "auto", description="openai: where the thinking is: field (reasoning_content), tags (<think> in the "
         "content) or auto (the field when the server fills it, else tags)")
     use_n: bool = Field(False, description="openai: ask for n choices in one request")
+    backoff_base_s: float = Field(0.5, ge=0, description="openai: retry k waits uniform(0, min(backoff_max_s, "
+                                  "backoff_base_s * 2^(k-1))) seconds (or the server's Retry-After)")
+    backoff_max_s: float = Field(30.0, ge=0, description="openai: the longest backoff between retries")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="openai: extra request fields, e.g. "
+                                       "{reasoning_effort: high} or {chat_template_kwargs: {enable_thinking: "
+                                       "false}}; a null value removes a field (e.g. {seed: null})")
+    max_tokens_field: str = Field("max_tokens", min_length=1, description="openai: the name of the length limit "
+                                  "field (OpenAI's newer models need max_completion_tokens)")
+    max_consecutive_failures: int | None = Field(32, gt=0, description="openai: stop with an error after this "
+                                                 "many problems in a row fail (null: never stop)")
+    name: str | None = Field(None, description="recorded as `teacher` in every trace (default: openai:MODEL, "
+                             "vllm:MODEL, or MODEL)")
     vllm: VLLMOptions | None = Field(None, description="vllm: engine options (tensor_parallel_size, ...)")
 
     @model_validator(mode="after")
     def _api(self) -> "TeacherConfig":
+        if self.kind == "vllm" and "dtype" not in self.model_fields_set:
+            self.dtype = "auto"  # vLLM: bfloat16 where the GPU has it (float32 only when asked for)
         if self.kind == "openai" and not self.base_url:
             raise ValueError("kind 'openai' needs base_url")
+        if self.kind == "openai" and not re.match(r"^https?://[^/\s]+", self.base_url):
+            raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {self.base_url!r}")
         if self.kind == "vllm" and self.base_url:
             raise ValueError("kind 'vllm' runs the model in this process: base_url is for kind 'openai' "
                              "(a `vllm serve` server)")
@@ -97,6 +114,32 @@ class TeacherConfig(_Strict):
         if self.vllm is None:  # so a config without it fingerprints (and generates) exactly as before
             data.pop("vllm", None)
         return data
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """The section as the generate stage fingerprints it: keys added later are left out while at
+        their defaults, so that upgrading does not regenerate the traces of existing runs."""
+        data = self.model_dump(mode="json")
+        for key in _LATER_TEACHER_KEYS:
+            if key in data and data[key] == TeacherConfig.model_fields[key].get_default(call_default_factory=True):
+                data.pop(key)
+        return data
+
+
+_LATER_TEACHER_KEYS = ("backoff_base_s", "backoff_max_s", "extra_body", "max_tokens_field",
+                       "max_consecutive_failures", "name")
+
+
+class LogitTeacherConfig(_Strict):
+    """``logit_teacher``: a local Hugging Face model that gives the token distributions of soft
+    (``online``), ``offline_topk`` and ``on_policy`` distillation, whoever writes the traces
+    (``teacher``: an API, vLLM or ingested traces). Without it an ``hf`` teacher serves both roles.
+    Its tokenizer must be the soft students' (docs/teachers.md#teacher-roles)."""
+
+    model: str = Field(description="local path, hub id or bundled:NAME")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="the weights' dtype; auto = bfloat16 where the GPU or CPU computes it natively")
+    attn_implementation: str | None = Field(None, description="transformers' attn_implementation (None: its "
+                                            "default, sdpa)")
 
 
 class GenerateConfig(SamplingParams):
@@ -333,7 +376,30 @@ class RouterConfig(_Strict):
         "which the problem goes to the teacher (one point of the curve each)")
 
 
+class EvalServerConfig(_Strict):
+    """``evaluate.openai``: where ``evaluate.backend: openai`` finds each student, served by
+    ``reasondistill serve`` or ``vllm serve`` (``--served-model-name STUDENT``). Same prompts
+    (the server applies the student's chat template), same verifier, same metrics."""
+
+    base_url: str = Field(description="the server of every student not in urls, e.g. http://127.0.0.1:8001/v1")
+    urls: dict[str, str] = Field(default_factory=dict, description="per student: its own server's base_url "
+                                 "(one model per server)")
+    model: str | None = Field(None, description="the model id sent (null: the student's name, as given to "
+                              "--served-model-name)")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the key")
+    concurrency: int = Field(8, gt=0, description="requests in flight at once")
+    timeout_s: float = Field(600.0, gt=0, description="seconds per request before it is retried")
+    max_retries: int = Field(6, ge=0, description="retries of a failed request (with backoff)")
+
+
 class EvaluateConfig(_Strict):
+    backend: Literal["hf", "vllm", "openai"] = Field(
+        "hf", description="how the students are decoded: hf (transformers, this process), vllm (vLLM's offline "
+        "engine; GPUs) or openai (a served student: see `openai`); the teacher is always evaluated through its "
+        "own kind")
+    openai: EvalServerConfig | None = Field(None, description="backend openai: the students' servers")
+    vllm: VLLMOptions | None = Field(None, description="backend vllm: engine options for the students "
+                                     "(tensor_parallel_size, ...; dtype auto)")
     batch_size: int = Field(200, gt=0, description="sequences decoded together")
     max_new_tokens: int = Field(256, gt=0, description="most tokens per answer (thinking included)")
     teacher: bool = Field(True, description="evaluate the teacher beside the students")
@@ -361,6 +427,13 @@ class EvaluateConfig(_Strict):
             raise ValueError("ood: need min_ops <= max_ops")
         if self.budgets and self.budget is not None:
             raise ValueError("budgets: give the budgets once, as budget.budgets (evaluate.budgets is the old spelling)")
+        if self.backend == "openai" and self.openai is None:
+            raise ValueError("backend 'openai' needs an openai section: {base_url: http://HOST:PORT/v1} where the "
+                             "students are served")
+        if self.openai is not None and self.backend != "openai":
+            raise ValueError(f"the openai section applies to backend 'openai' only (backend is {self.backend!r})")
+        if self.vllm is not None and self.backend != "vllm":
+            raise ValueError(f"the vllm section applies to backend 'vllm' only (backend is {self.backend!r})")
         return self
 
     def budget_settings(self) -> BudgetConfig | None:
@@ -377,8 +450,11 @@ class RunConfig(_Strict):
     seed: int = Field(0, description="seed of problem selection, splits and (unless a student sets its own) "
                       "training")
     task: TaskConfig = Field(ChainedArithConfig(), description="which problems, from where (docs/tasks.md)")
-    teacher: TeacherConfig = Field(TeacherConfig(), description="the model whose reasoning is distilled "
-                                   "(docs/teachers.md)")
+    teacher: TeacherConfig = Field(TeacherConfig(), description="the model whose reasoning is distilled: it "
+                                   "writes the traces (docs/teachers.md)")
+    logit_teacher: LogitTeacherConfig | None = Field(
+        None, description="a local model that gives the token distributions of soft, offline_topk and on_policy "
+        "distillation (null: the teacher, when it is kind hf)")
     generate: GenerateConfig = Field(GenerateConfig(), description="sampling of the teacher's traces")
     curate: CurateConfig = Field(CurateConfig(), description="which traces are kept for training")
     build: BuildConfig = Field(BuildConfig(), description="turning traces into tokenised training examples")
@@ -398,6 +474,12 @@ class RunConfig(_Strict):
             raise ValueError(f"students: names must be unique, repeated: {sorted(dupes)}")
         if "teacher" in names:
             raise ValueError("students: 'teacher' is reserved for the teacher")
+        soft = [s.name for s in self.students if s.distill is not None]
+        if soft and self.logit_teacher is None and self.teacher.kind != "hf":
+            raise ValueError(f"students {soft}: a distill section needs the teacher's token distributions, and "
+                             f"teacher.kind {self.teacher.kind!r} gives none; add a local logit teacher, e.g. "
+                             "`logit_teacher: {model: PATH_OR_HUB_ID}` with the students' tokenizer "
+                             "(docs/teachers.md#teacher-roles), or remove the distill sections")
         ood = self.evaluate.ood
         ood = ood if ood is not None and ood.task is None else None  # the rules below are for harder levels
         if ood is not None and self.task.name != "chained_arith":

@@ -73,7 +73,8 @@ class Pipeline:
         return self.rd.run_stage(name, config, inputs, outputs, fn, force=force, log=self.log, every_rank=every_rank)
 
     def _student_tokenizer_name(self, s: StudentConfig) -> str:
-        return s.model or s.tokenizer or self.cfg.teacher.model
+        lt = self.cfg.logit_teacher  # a fresh student shares the logit teacher's tokenizer, else the teacher's
+        return s.model or s.tokenizer or (lt.model if lt is not None else self.cfg.teacher.model)
 
     def _verifying(self):
         """One verifier pool for the stage, with the run's limits (verify/checker.py)."""
@@ -167,7 +168,7 @@ class Pipeline:
 
     def generate_conf(self) -> tuple[dict[str, Any], list[Path]]:
         """The generate stage's config section and input files (also what shards.py checks shards by)."""
-        conf = {"teacher": self.cfg.teacher, "sampling": self.cfg.generate}
+        conf = {"teacher": self.cfg.teacher.fingerprinted(), "sampling": self.cfg.generate}
         local = local_files(self.cfg.teacher.model) if self.cfg.teacher.kind in ("hf", "vllm") else []
         return conf, [self.rd.train_problems, *local]
 
@@ -326,6 +327,8 @@ class Pipeline:
         b, t = self.rd.build(s.name), self.rd.train(s.name)
         self.rd.need(b.train, stage="build")
         conf = {"student": _fingerprinted(s), "seed": self._seed(s)}
+        if s.distill is not None and self.cfg.logit_teacher is not None:  # (absent: fingerprints as before)
+            conf["logit_teacher"] = self.cfg.logit_teacher.model_dump(mode="json")
         soft_inputs = self.soft_inputs_of(s, force)  # soft distillation: teacher files or captured top-k
 
         def fn(fp):
@@ -360,10 +363,14 @@ class Pipeline:
         return self.rd.build(s.name).topk(s.distill.top_k)
 
     def _local_teacher(self) -> str:
-        if self.cfg.teacher.kind != "hf":
-            raise ValueError("soft distillation (a student's `distill` section) needs the teacher's logits: "
-                             "use a local teacher (teacher.kind: hf); hard distillation works with any teacher")
-        return self.cfg.teacher.model
+        """The model soft students learn the logits of: ``logit_teacher``, else an hf teacher."""
+        return self._logit_teacher().model
+
+    def _logit_teacher(self):
+        """The logit teacher's section (teachers/logits.py): model, dtype, attn_implementation."""
+        from reasondistill.teachers.logits import require_logit_teacher
+
+        return require_logit_teacher(self.cfg)
 
     def soft_inputs_of(self, s: StudentConfig, force: bool) -> list[Path]:
         if s.distill is None:
@@ -384,10 +391,10 @@ class Pipeline:
 
         b = self.rd.build(s.name)
         self.rd.need(b.train, stage="build")
-        teacher_name = self._local_teacher()
+        teacher_name, spec = self._local_teacher(), self._logit_teacher()
         d = self._topk_dir(s)
         splits = {x: b.split(x) for x in ("train", "val") if b.split(x).exists()}
-        dtype = resolve_dtype(self.cfg.teacher.dtype)  # "auto" fingerprints as what it resolved to here
+        dtype = resolve_dtype(spec.dtype)  # "auto" fingerprints as what it resolved to here
         conf = {"teacher": teacher_name, "dtype": dtype, "top_k": s.distill.top_k,
                 "temperature": s.distill.temperature, "student": s.model, "tokenizer": self._student_tokenizer_name(s)}
         inputs = [*splits.values(), *local_files(teacher_name)]
@@ -398,7 +405,7 @@ class Pipeline:
 
             tokenizer = load_tokenizer(self._student_tokenizer_name(s))
             check_same_tokenizer(tokenizer, load_tokenizer(teacher_name))
-            teacher = load_model(teacher_name, dtype)
+            teacher = load_model(teacher_name, dtype, attn_implementation=spec.attn_implementation)
             vocab = min(self._student_vocab(s, tokenizer), teacher.get_output_embeddings().weight.shape[0])
             if vocab < len(tokenizer):
                 raise ValueError(f"{s.name}: {vocab} output rows for a tokenizer of {len(tokenizer)} tokens")
@@ -425,7 +432,6 @@ class Pipeline:
 
     def _objective(self, s: StudentConfig, tokenizer, model):
         """The training objective a student's ``distill`` section describes (train/kd.py)."""
-        from reasondistill.models import load_model, load_tokenizer
         from reasondistill.train.kd import OfflineTopKKD, OnlineKD, make_loss, shared_vocab_size
 
         dc = s.distill
@@ -434,9 +440,10 @@ class Pipeline:
             from reasondistill.data.topk import TopKReader
 
             return OfflineTopKKD(loss, TopKReader(self._topk_dir(s)))
-        name = self._local_teacher()
-        teacher = load_model(name, self.cfg.teacher.dtype)
-        objective = OnlineKD(teacher, loss, student_tokenizer=tokenizer, teacher_tokenizer=load_tokenizer(name))
+        from reasondistill.teachers.logits import load_logit_teacher
+
+        teacher, teacher_tokenizer = load_logit_teacher(self._logit_teacher())
+        objective = OnlineKD(teacher, loss, student_tokenizer=tokenizer, teacher_tokenizer=teacher_tokenizer)
         shared_vocab_size(model, teacher, tokenizer)
         if dc.features is not None:
             from reasondistill.train.features import FeatureKD
@@ -465,19 +472,29 @@ class Pipeline:
         return results
 
     def _eval_targets(self, model: str | None) -> list[tuple[str, str]]:
-        """(name, model path) to evaluate: the teacher (a local one) and every student with training
-        data; a student with none is skipped with one line."""
+        """(name, model path) to evaluate: the teacher (through its own kind: hf, openai, vllm) and every
+        student with training data; a student with none, or ingested traces' teacher, is skipped with one line."""
+        from reasondistill.evaluate.backends import INGESTED
+
         targets: list[tuple[str, str]] = []
-        if self.cfg.evaluate.teacher and self.cfg.teacher.kind == "hf":
+        ingested = self.cfg.teacher.kind == "ingested"
+        if self.cfg.evaluate.teacher and model in (None, "teacher"):
+            self.rd.mark_skipped("evaluate:teacher", INGESTED if ingested else None, self.log)
+        if self.cfg.evaluate.teacher and not ingested:
             targets.append(("teacher", self.cfg.teacher.model))
         targets += [(s.name, str(self.rd.train(s.name).final)) for s in self.cfg.students]
         if model is not None:
             targets = [t for t in targets if t[0] == model]
+            if not targets and model == "teacher" and ingested:
+                return []  # skipped above, with the reason
             if not targets:
                 raise KeyError(f"no model named {model!r}; known: teacher, {[s.name for s in self.cfg.students]}")
         out = []
         for name, path in targets:
-            reason = None if name == "teacher" else self.no_data(name)
+            if name == "teacher":
+                out.append((name, path))
+                continue
+            reason = self.no_data(name)
             self.rd.mark_skipped(f"evaluate:{name}", reason and f"not trained: {reason}", self.log)
             if reason is None:
                 out.append((name, path))
@@ -485,6 +502,7 @@ class Pipeline:
 
     def _evaluate_one(self, name: str, path: str, test_path: Path, force: bool) -> dict[str, Any]:
         from reasondistill.evaluate.accuracy import evaluate_model
+        from reasondistill.evaluate.backends import backend_conf, evaluation_backend
 
         if name != "teacher":
             self.rd.need(Path(path), stage="train")
@@ -492,13 +510,17 @@ class Pipeline:
 
         def fn(_fp):
             problems = read_records(test_path, Problem)
-            m = evaluate_model(path, problems, self.task, batch_size=self.cfg.evaluate.batch_size,
+            m = evaluate_model(evaluation_backend(self.cfg, name, path), problems, self.task,
+                               batch_size=self.cfg.evaluate.batch_size,
                                max_new_tokens=self.cfg.evaluate.max_new_tokens, out_dir=d, name=name)
             self.log(f"       {name}: accuracy {m['accuracy']:.3f} on {m['n']} problems"
                      + (f" ({m['timeouts']} answers past the verify time limit: unparseable)" if m.get("timeouts") else ""))
             return m
-        inputs = [test_path, *(local_files(path) if name == "teacher" else [Path(path)])]
-        return self.run_stage(f"evaluate:{name}", {"evaluate": self._greedy_conf(), "model": path},
+        from reasondistill.evaluate.backends import model_inputs
+
+        inputs = [test_path, *model_inputs(name, path)]
+        conf = {"evaluate": self._greedy_conf(), "model": path} | backend_conf(self.cfg, name)
+        return self.run_stage(f"evaluate:{name}", conf,
                               inputs, self.rd.eval(name).greedy_outputs, fn, force)
 
     # -- evaluation beyond greedy: sampled, OOD, budgets, vs teacher, router (evaluate/stages.py) ----

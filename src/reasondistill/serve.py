@@ -8,10 +8,11 @@ API path can be run and tested offline, and ``--inject-failures`` makes it misbe
     reasondistill serve bundled:tiny-arith-teacher --port 8000 --reasoning-field
     curl -s localhost:8000/v1/chat/completions -d '{"messages":[{"role":"user","content":"47+5*3"}]}'
 
-Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (``n``, ``temperature``, ``top_p``,
-``max_tokens``/``max_completion_tokens``, ``seed``, ``stop``; no streaming), ``GET /health``.
-Requests are decoded one at a time (one lock around the model) with
-:func:`~reasondistill.teachers.sampling.generate_completions`, so a given ``seed`` reproduces.
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/completions`` (``n``,
+``temperature``, ``top_p``, ``max_tokens``/``max_completion_tokens``, ``seed``, ``stop``, ``stream``
+with server-sent events and ``stream_options.include_usage``), ``GET /health``. Requests in flight
+together are decoded in one batch by :mod:`reasondistill.serve_engine`; a given ``seed`` gives the
+same text alone or batched. A development and test server: for throughput serve with vLLM or SGLang.
 
 Failure injection, ``--inject-failures SPEC``: comma-separated ``KIND[SELECTOR]``; the first
 item that matches a chat-completion request decides its fate.
@@ -47,6 +48,9 @@ import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from reasondistill.serve_engine import ApiError, Engine, Job, partial_split, usage
+from reasondistill.thinking import split_thinking
 
 log = logging.getLogger("reasondistill.serve")
 
@@ -98,12 +102,6 @@ def parse_failures(spec: str | None) -> list[Failure]:
     return out
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
-
-
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -121,18 +119,19 @@ def _haystack(raw: bytes) -> str:
 
 
 class ModelServer(ThreadingHTTPServer):
-    """The HTTP server; holds the model, its lock, the failure schedule and request counters."""
+    """The HTTP server; holds the decoding engine (serve_engine.py), the failure schedule and request counters."""
 
     daemon_threads = True
     block_on_close = False
 
     def __init__(self, address, model, tokenizer, model_name: str, reasoning_field: str | None,
-                 failures: list[Failure], api_key: str | None):
+                 failures: list[Failure], api_key: str | None, max_batch_rows: int = 64, batch_window_s: float = 0.01):
         super().__init__(address, Handler)
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
         self.reasoning_field, self.failures, self._api_key = reasoning_field, failures, api_key
-        self.model_lock, self.count_lock, self.closing = threading.Lock(), threading.Lock(), threading.Event()
-        self.stats: dict[str, int] = {"chat_requests": 0, "completions": 0}
+        self.count_lock, self.closing = threading.Lock(), threading.Event()
+        self.engine = Engine(model, tokenizer, max_rows=max_batch_rows, window_s=batch_window_s).start()
+        self.stats: dict[str, int] = {"chat_requests": 0, "completion_requests": 0, "completions": 0}
         self.created = int(time.time())
 
     @property
@@ -156,21 +155,25 @@ class ModelServer(ThreadingHTTPServer):
     def server_close(self) -> None:
         self.closing.set()
         super().server_close()
+        self.engine.close()
 
-    def complete(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Answer one chat-completion request body (already parsed) with a response body."""
-        from reasondistill.teachers.sampling import SamplingParams, generate_completions
-        from reasondistill.thinking import split_thinking
-
-        if req.get("stream"):
-            raise ApiError(400, "stream=true is not supported by this server")
+    def job(self, req: dict[str, Any], chat: bool) -> Job:
+        """The engine job of a chat-completion (``chat``) or completion request body (already parsed)."""
         if req.get("model") not in (None, self.model_name):
             raise ApiError(404, f"The model `{req.get('model')}` does not exist; this server has "
                                 f"`{self.model_name}`", "model_not_found")
-        msgs = req.get("messages")
-        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and "role" in m for m in msgs):
-            raise ApiError(400, "messages must be a non-empty list of {role, content} objects")
-        messages = [{"role": m["role"], "content": _text(m.get("content", ""))} for m in msgs]
+        messages, prompt = None, None
+        if chat:
+            msgs = req.get("messages")
+            if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and "role" in m for m in msgs):
+                raise ApiError(400, "messages must be a non-empty list of {role, content} objects")
+            messages = [{"role": m["role"], "content": _text(m.get("content", ""))} for m in msgs]
+        else:
+            prompt = req.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+                prompt = prompt[0]
+            if not isinstance(prompt, str) or not prompt:
+                raise ApiError(400, "prompt must be a non-empty string (one prompt per request here)")
         stop = req.get("stop") or []
         stop = [stop] if isinstance(stop, str) else stop
         try:
@@ -178,50 +181,49 @@ class ModelServer(ThreadingHTTPServer):
                 return default if req.get(key) is None else req[key]
 
             n, temperature, top_p = int(get("n", 1)), float(get("temperature", 1.0)), float(get("top_p", 1.0))
-            max_tokens = int(get("max_completion_tokens", get("max_tokens", 256)))
+            max_tokens = int(get("max_completion_tokens", get("max_tokens", 256 if chat else 16)))
             seed = int(get("seed", secrets.randbits(62)))
             if not (1 <= n <= 128 and max_tokens >= 1 and 0 < top_p <= 1 and temperature >= 0):
                 raise ValueError
-            if not all(isinstance(s, str) and s for s in stop):
+            if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
                 raise ValueError
         except (TypeError, ValueError):
             raise ApiError(400, "bad sampling parameters: need 1<=n<=128, max_tokens>=1, 0<top_p<=1, "
                                 "temperature>=0, integer seed, stop a string or list of strings") from None
-        tok = self.tokenizer
-        with self.model_lock:  # the model and its (Rust) tokenizer are used by one thread at a time
-            try:
-                prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            except Exception as exc:  # no template, bad roles, ...
-                raise ApiError(400, f"cannot apply the chat template: {exc}") from None
-            prompt_len = len(tok(prompt, add_special_tokens=False)["input_ids"])
-            limit = getattr(self.model.config, "max_position_embeddings", None)
-            if limit:
-                if prompt_len >= limit:
-                    raise ApiError(400, f"prompt is {prompt_len} tokens; the model's context is {limit}")
-                max_tokens = min(max_tokens, limit - prompt_len)
-            params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_tokens,
-                                    batch_size=n, seed=seed)
-            outs = [c for batch in generate_completions(self.model, tok, [prompt], [prompt], params) for c in batch]
-            cuts = []
-            for c in sorted(outs, key=lambda c: c.sample):
-                at = min((i for i in (c.text.find(s) for s in stop) if i >= 0), default=-1)
-                text = c.text if at < 0 else c.text[:at]
-                used = c.completion_tokens if at < 0 else len(tok(text, add_special_tokens=False)["input_ids"])
-                cuts.append((c.sample, text, c.finish_reason if at < 0 else "stop", used))
-        choices, completion_tokens = [], 0
-        for sample, text, finish, used in cuts:
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            if self.reasoning_field:
-                thinking, answer, _ = split_thinking(text)
-                message = {"role": "assistant", "content": answer if (answer or not thinking) else None,
-                           self.reasoning_field: thinking or None}
-            choices.append({"index": sample, "message": message, "finish_reason": finish, "logprobs": None})
-            completion_tokens += used
-        self.count("completions", len(choices))
+        return Job(messages=messages, prompt=prompt, n=n, temperature=temperature, top_p=top_p,
+                   max_tokens=max_tokens, seed=seed, stop=stop, stream=bool(req.get("stream")))
+
+    def run(self, job: Job) -> Job:
+        self.engine.submit(job)
+        if not job.stream:
+            job.wait()
+            if job.error is not None:
+                raise job.error
+            self.count("completions", len(job.choices))
+        return job
+
+    def message(self, text: str) -> dict[str, Any]:
+        if not self.reasoning_field:
+            return {"role": "assistant", "content": text}
+        thinking, answer, _ = split_thinking(text)
+        return {"role": "assistant", "content": answer if (answer or not thinking) else None,
+                self.reasoning_field: thinking or None}
+
+    def chat_response(self, job: Job) -> dict[str, Any]:
+        choices = [{"index": c.sample, "message": self.message(c.text), "finish_reason": c.finish_reason,
+                    "logprobs": None} for c in job.choices]
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.model_name, "choices": choices,
-                "usage": {"prompt_tokens": prompt_len, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_len + completion_tokens}}
+                "model": self.model_name, "choices": choices, "usage": usage(job.prompt_tokens, job.choices)}
+
+    def completion_response(self, job: Job) -> dict[str, Any]:
+        choices = [{"index": c.sample, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+                   for c in job.choices]
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": self.model_name, "choices": choices, "usage": usage(job.prompt_tokens, job.choices)}
+
+    def complete(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Answer one chat-completion request body (already parsed, not streamed) with a response body."""
+        return self.chat_response(self.run(self.job({**req, "stream": False}, chat=True)))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -272,13 +274,17 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return self._error(413, "request body too large")
         raw = self.rfile.read(length)
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        route = self.path.rstrip("/")
+        if route not in ("/v1/chat/completions", "/v1/completions"):
             return self._error(404, f"no route POST {self.path}", "not_found")
+        chat = route == "/v1/chat/completions"
         if not self._authorized():
             return None
-        number = self.server.count("chat_requests")
-        failure = next((f for i, f in enumerate(self.server.failures)
-                        if f.matches(number, i, _haystack(raw))), None)
+        number = self.server.count("chat_requests" if chat else "completion_requests")
+        failure = None
+        if chat:  # injected failures apply to chat completions (what the API teacher sends)
+            failure = next((f for i, f in enumerate(self.server.failures)
+                            if f.matches(number, i, _haystack(raw))), None)
         if failure is not None:
             self.server.count(f"injected_{failure.kind}{failure.status or ''}")
             if failure.kind == "status":
@@ -296,7 +302,10 @@ class Handler(BaseHTTPRequestHandler):
             req = json.loads(raw or b"null")
             if not isinstance(req, dict):
                 raise ApiError(400, "the body must be a JSON object")
-            resp = self.server.complete(req)
+            job = self.server.run(self.server.job(req, chat))
+            if job.stream:
+                return self._stream(job, chat, req)
+            resp = self.server.chat_response(job) if chat else self.server.completion_response(job)
         except json.JSONDecodeError as exc:
             return self._error(400, f"body is not valid JSON: {exc.msg}")
         except ApiError as exc:
@@ -315,11 +324,75 @@ class Handler(BaseHTTPRequestHandler):
             body = body[: len(body) // 2]
         self._send(200, body)
 
+    # -- server-sent events (stream: true) ------------------------------------------------------------
+    def _event(self, obj: Any) -> None:
+        data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+        self.wfile.write(f"data: {data}\n\n".encode())
+        self.wfile.flush()
+
+    def _stream(self, job: Job, chat: bool, req: dict[str, Any]) -> None:
+        """Answer ``stream: true`` as OpenAI does: one ``data: {chunk}`` event per piece of text as it is
+        decoded, a chunk with the finish_reason per choice, usage last when ``stream_options.include_usage``,
+        then ``data: [DONE]``. An error before the first token is an ordinary JSON error response."""
+        first = job.events.get()
+        if first[0] == "done" and job.error is not None:
+            err = job.error if isinstance(job.error, ApiError) else ApiError(500, str(job.error), "server_error")
+            return self._error(err.status, err.message, err.kind)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        base = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": int(time.time()), "model": self.server.model_name}
+        texts: dict[int, str] = {}
+        sent: dict[int, tuple[str, str]] = {}  # per choice: (reasoning, content) sent so far
+
+        def chunk(sample: int, delta: dict[str, Any] | None = None, text: str | None = None,
+                  finish: str | None = None) -> dict[str, Any]:
+            choice = {"index": sample, "finish_reason": finish, "logprobs": None}
+            choice.update({"delta": delta or {}} if chat else {"text": text or ""})
+            return {**base, "choices": [choice]}
+
+        if chat:
+            for s in range(job.n):
+                self._event(chunk(s, {"role": "assistant", "content": ""}))
+        event = first
+        while event[0] != "done":
+            kind, sample = event[0], event[1]
+            if kind == "delta":
+                texts[sample] = texts.get(sample, "") + event[2]
+                if not chat:
+                    self._event(chunk(sample, text=event[2]))
+                elif not self.server.reasoning_field:
+                    self._event(chunk(sample, {"content": event[2]}))
+                else:
+                    reasoning, content = partial_split(texts[sample])
+                    r0, c0 = sent.get(sample, ("", ""))
+                    delta = {}
+                    if len(reasoning) > len(r0):
+                        delta[self.server.reasoning_field] = reasoning[len(r0):]
+                    if len(content) > len(c0):
+                        delta["content"] = content[len(c0):]
+                    if delta:
+                        sent[sample] = (reasoning, content)
+                        self._event(chunk(sample, delta))
+            elif kind == "finish":
+                self._event(chunk(sample, finish=event[2]))
+            event = job.events.get()
+        if job.error is None:
+            self.server.count("completions", len(job.choices))
+            if (req.get("stream_options") or {}).get("include_usage"):
+                self._event({**base, "choices": [], "usage": usage(job.prompt_tokens, job.choices)})
+        self._event("[DONE]")
+
 
 def make_server(model: str | Any, tokenizer: Any = None, *, host: str = "127.0.0.1", port: int = 0,
                 model_name: str | None = None, reasoning_field: str | None = None,
                 inject_failures: str | None = None, api_key: str | None = None,
-                dtype: str = "float32") -> ModelServer:
+                dtype: str = "float32", max_batch_rows: int = 64, batch_window_s: float = 0.01) -> ModelServer:
     """Build (not start) a server. ``model`` is a path, hub name or ``bundled:NAME`` (loaded with
     :func:`reasondistill.models.load_model`), or an already loaded model given with its ``tokenizer``.
     Start it with ``threading.Thread(target=srv.serve_forever, daemon=True).start()``; stop it with
@@ -338,7 +411,8 @@ def make_server(model: str | Any, tokenizer: Any = None, *, host: str = "127.0.0
             raise ValueError("make_server: pass the tokenizer with an already loaded model")
         name = model_name or getattr(model.config, "_name_or_path", None) or "model"
     model.eval()
-    return ModelServer((host, port), model, tokenizer, name, reasoning_field, failures, api_key)
+    return ModelServer((host, port), model, tokenizer, name, reasoning_field, failures, api_key,
+                       max_batch_rows=max_batch_rows, batch_window_s=batch_window_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,8 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     from reasondistill.hints import HintingParser
 
     ap = HintingParser(prog="reasondistill serve", description="Serve a local Hugging Face model over an "
-                       "OpenAI-compatible HTTP API (GET /v1/models, POST /v1/chat/completions, GET /health), "
-                       "so the API teacher path runs offline; --inject-failures makes it misbehave on purpose.")
+                       "OpenAI-compatible HTTP API (GET /v1/models, POST /v1/chat/completions, POST /v1/completions, "
+                       "stream: true as server-sent events, GET /health), so the API teacher and the openai "
+                       "evaluation backend run offline; requests in flight together are decoded as one batch; "
+                       "--inject-failures makes it misbehave on purpose. This is a development and test server "
+                       "(one process, batches decoded to the end before the next starts, no paged KV cache): "
+                       "to serve a large model for throughput use vllm serve or SGLang (docs/teachers.md).")
     ap.add_argument("model", help="local path, hub name or bundled:NAME")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     ap.add_argument("--port", type=int, default=8000, help="0 picks a free port")
@@ -366,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
                     help="auto: bfloat16 where the CPU or GPU computes it natively, else float32")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--max-batch-rows", type=int, default=64, help="most sequences decoded in one batch "
+                    "(a request with n samples is n rows; default: 64)")
+    ap.add_argument("--batch-window-ms", type=float, default=10.0, help="how long the first waiting request waits "
+                    "for others to join its batch (default: 10)")
     args = ap.parse_args(argv)
     if args.threads:
         import torch
@@ -381,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         srv = make_server(args.model, host=args.host, port=args.port, model_name=args.served_model_name,
                           reasoning_field=args.reasoning_field_name if args.reasoning_field else None,
                           inject_failures=args.inject_failures,
-                          api_key=api_key, dtype=args.dtype)
+                          api_key=api_key, dtype=args.dtype, max_batch_rows=args.max_batch_rows,
+                          batch_window_s=args.batch_window_ms / 1000)
     except ValueError as exc:
         ap.error(str(exc))
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:

@@ -38,7 +38,10 @@ def test_route_student_from_rows(arith, tmp_path):
             samples.append({"problem_id": p.id, "sample": s, "verdict": "correct" if ok else "wrong", "predicted": ans})
     res = route_student(samples, teacher, problems, arith, k=4, thresholds=[0, 0.5, 0.8, 1.0], out_dir=tmp_path)
     assert res["student_accuracy"] == 0.5 and res["teacher_accuracy"] == 1.0
-    assert res["chosen"] == {"threshold": 0.8, "accuracy": 1.0, "teacher_share": 0.75, "teacher_calls": 3}
+    routed_tokens = sum(r["completion_tokens"] for r in teacher[1:])  # problems 1-3 are routed at 0.8
+    assert res["chosen"] == {"threshold": 0.8, "accuracy": 1.0, "teacher_share": 0.75, "teacher_calls": 3,
+                             "teacher_prompt_tokens": 0, "teacher_completion_tokens": routed_tokens}
+    assert routed_tokens > 0
     assert json.loads((tmp_path / "router.json").read_text())["k"] == 4
     assert (tmp_path / "router.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="fewer than k=8"):

@@ -121,8 +121,10 @@ EDITS: dict[str, tuple[Callable[[dict], None], str]] = {
     "temperature-negative": (lambda c: c["generate"].update(temperature=-1), "generate.temperature"),
     "max-length-zero": (lambda c: c["build"].update(max_length=0), "build.max_length"),
     "api-bad-url": (lambda c: c.update(teacher={"kind": "openai", "base_url": "ftp://x", "model": "m"}), "base_url"),
+    # the base config's soft student needs a logit teacher beside an API teacher (else that is the error)
     "api-key-unset": (lambda c: c.update(teacher={"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m",
-                                                  "api_key_env": "RD_NO_SUCH_KEY_SET"}), "RD_NO_SUCH_KEY_SET"),
+                                                  "api_key_env": "RD_NO_SUCH_KEY_SET"},
+                                         logit_teacher={"model": c["teacher"]["model"]}), "RD_NO_SUCH_KEY_SET"),
     "ood-on-a-file-task": (lambda c: c.update(task={"name": "file", "train_path": "x.jsonl", "test_path": "x.jsonl"},
                                               evaluate={"ood": {"min_ops": 9, "max_ops": 10}}), "evaluate.ood"),
     "teacher-path-missing": (lambda c: c["teacher"].update(model="/nonexistent/model"), "/nonexistent/model"),

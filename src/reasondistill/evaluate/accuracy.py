@@ -16,10 +16,9 @@ from typing import Any
 
 from reasondistill.curate.verdicts import judge_many, verdict_counts
 from reasondistill.layout import EvalFiles
-from reasondistill.prompts import render_prompts
 from reasondistill.records import Problem, write_json, write_records
 from reasondistill.checks import Task
-from reasondistill.teachers.sampling import SamplingParams, generate_completions
+from reasondistill.teachers.sampling import SamplingParams
 from reasondistill.thinking import split_thinking
 
 
@@ -28,20 +27,14 @@ def evaluate_model(model: Any, problems: list[Problem], task: Task, *, batch_siz
                    name: str = "model") -> dict[str, Any]:
     """Greedy-decode every problem, judge it, and return (and optionally save) the metrics.
 
-    ``model`` is a path/hub id (loaded with its tokenizer) or a loaded model plus ``tokenizer``.
+    ``model`` is a path/hub id (loaded with its tokenizer), a loaded model plus ``tokenizer``, or
+    an evaluation :class:`~reasondistill.evaluate.backends.Backend` (vLLM, an OpenAI-compatible server).
     """
-    from reasondistill.models import load_model, load_tokenizer
+    from reasondistill.evaluate.backends import Backend, collect, hf_backend
 
-    if isinstance(model, str):
-        tokenizer = tokenizer or load_tokenizer(model)
-        model = load_model(model)
+    backend = model if isinstance(model, Backend) else hf_backend(model, tokenizer)
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    prompts = render_prompts(tokenizer, [p.prompt for p in problems])
-    outputs: list[Any] = [None] * len(problems)
-    for batch in generate_completions(model, tokenizer, prompts, [p.id for p in problems], params):
-        for c in batch:
-            outputs[c.index] = c
-    outputs = [c for c in outputs if c is not None]
+    outputs = collect(backend, problems, params)
     verdicts = judge_many(task, [(problems[c.index], c.text, c.finish_reason, 0) for c in outputs])
     done = []
     for c, v in zip(outputs, verdicts, strict=True):
@@ -49,11 +42,16 @@ def evaluate_model(model: Any, problems: list[Problem], task: Task, *, batch_siz
         thinking, answer, _ = split_thinking(c.text)
         done.append({"problem_id": p.id, "difficulty": p.difficulty, "prompt": p.prompt,
                      "reference": p.answer, "text": c.text, "answer": answer,
-                     "thinking_chars": len(thinking), "completion_tokens": c.completion_tokens,
+                     "thinking_chars": len(thinking), "prompt_tokens": c.prompt_tokens,
+                     "completion_tokens": c.completion_tokens,
                      "finish_reason": c.finish_reason, "verdict": v.verdict, "reason": v.reason,
                      "predicted": v.predicted})
     metrics = summarize(done)
     metrics.update({"name": name, "decoding": "greedy", "max_new_tokens": max_new_tokens})
+    if backend.kind != "hf":
+        metrics["backend"] = backend.describe()
+        if backend.usage() is not None:
+            metrics["api_usage"] = backend.usage()  # requests, retries and tokens this evaluation cost
     if out_dir is not None:
         out = EvalFiles(out_dir)
         write_records(out.completions, done)

@@ -29,11 +29,13 @@ DEFAULT_THRESHOLDS = tuple(i / 10 for i in range(11))
 
 def cascade_curve(votes: Mapping[str, Mapping[str, Any]], teacher_correct: Mapping[str, bool],
                   thresholds: Sequence[float] = DEFAULT_THRESHOLDS, tolerance: float = 0.01,
-                  n_boot: int = 1000) -> dict[str, Any]:
+                  n_boot: int = 1000, teacher_tokens: Mapping[str, tuple[int, int]] | None = None) -> dict[str, Any]:
     """Accuracy and teacher share per threshold over the problems both sides answered.
 
     ``votes``: per problem ``{"correct": bool, "share": float}`` (the student's k-sample vote);
-    ``teacher_correct``: per problem, whether the teacher (greedy) is right.
+    ``teacher_correct``: per problem, whether the teacher (greedy) is right; ``teacher_tokens``:
+    per problem, the (prompt, completion) tokens the teacher's answer cost (an API teacher's bill),
+    summed over the routed problems as ``teacher_prompt_tokens`` / ``teacher_completion_tokens``.
     """
     shared = sorted(set(votes) & set(teacher_correct))
     if not shared:
@@ -41,12 +43,18 @@ def cascade_curve(votes: Mapping[str, Mapping[str, Any]], teacher_correct: Mappi
     s_ok = np.array([bool(votes[p]["correct"]) for p in shared])
     conf = np.array([float(votes[p]["share"]) for p in shared])
     t_ok = np.array([bool(teacher_correct[p]) for p in shared])
+    tokens = np.array([teacher_tokens.get(p, (0, 0)) if teacher_tokens else (0, 0) for p in shared],
+                      dtype=np.int64).reshape(len(shared), 2)
     points = []
     for t in sorted(set(float(x) for x in thresholds)):
         routed = conf < t
         final = np.where(routed, t_ok, s_ok)
-        points.append({"threshold": t, "accuracy": with_ci(final.astype(float), n_boot=n_boot),
-                       "teacher_share": float(routed.mean()), "teacher_calls": int(routed.sum())})
+        point = {"threshold": t, "accuracy": with_ci(final.astype(float), n_boot=n_boot),
+                 "teacher_share": float(routed.mean()), "teacher_calls": int(routed.sum())}
+        if teacher_tokens is not None:
+            point["teacher_prompt_tokens"] = int(tokens[routed, 0].sum())
+            point["teacher_completion_tokens"] = int(tokens[routed, 1].sum())
+        points.append(point)
     teacher_acc, student_acc = float(t_ok.mean()), float(s_ok.mean())
     result = {"n": len(shared), "teacher_accuracy": teacher_acc, "student_accuracy": student_acc,
               "tolerance": tolerance, "points": points}
@@ -63,7 +71,8 @@ def choose_threshold(points: Sequence[Mapping[str, Any]], teacher_accuracy: floa
         return None
     best = min(ok, key=lambda p: (p["teacher_share"], -p["accuracy"]["value"], p["threshold"]))
     return {"threshold": best["threshold"], "accuracy": best["accuracy"]["value"],
-            "teacher_share": best["teacher_share"], "teacher_calls": best["teacher_calls"]}
+            "teacher_share": best["teacher_share"], "teacher_calls": best["teacher_calls"],
+            **{k: best[k] for k in ("teacher_prompt_tokens", "teacher_completion_tokens") if k in best}}
 
 
 def plot_router_curve(curves: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
@@ -106,7 +115,10 @@ def route_student(student_sample_rows: Sequence[Mapping[str, Any]], teacher_rows
     short = [p for p, v in votes.items() if v["n"] < k]
     if short:
         raise ValueError(f"router: {len(short)} problems have fewer than k={k} student samples, e.g. {short[0]!r}")
-    curve = cascade_curve(votes, {r["problem_id"]: r["verdict"] == "correct" for r in teacher_rows}, thresholds)
+    tokens = {r["problem_id"]: (int(r.get("prompt_tokens") or 0), int(r.get("completion_tokens") or 0))
+              for r in teacher_rows}
+    curve = cascade_curve(votes, {r["problem_id"]: r["verdict"] == "correct" for r in teacher_rows}, thresholds,
+                          teacher_tokens=tokens)
     curve.update({"name": name, "k": k})
     if out_dir is not None:
         out = EvalFiles(out_dir)

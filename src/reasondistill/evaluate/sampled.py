@@ -61,11 +61,13 @@ def provenance(model_path: str | Path | None, tokenizer, params: SamplingParams,
 
 
 def split_tokens(tokenizer, text: str, completion_tokens: int) -> tuple[int, int]:
-    """(thinking tokens, answer tokens) of one completion; see the module docstring."""
+    """(thinking tokens, answer tokens) of one completion; see the module docstring. Without a
+    tokenizer (a served model whose tokenizer is not local) the split is in proportion to characters."""
     stripped = text.lstrip()
     if CLOSE in stripped:
         head = stripped[: stripped.index(CLOSE) + len(CLOSE)]
-        thinking = len(tokenizer(head, add_special_tokens=False)["input_ids"])
+        thinking = (len(tokenizer(head, add_special_tokens=False)["input_ids"]) if tokenizer is not None
+                    else round(completion_tokens * len(head) / max(1, len(stripped))))
     elif OPEN in stripped:
         thinking = completion_tokens
     else:
@@ -75,9 +77,13 @@ def split_tokens(tokenizer, text: str, completion_tokens: int) -> tuple[int, int
 
 
 def load(model: Any, tokenizer=None):
-    """(model, tokenizer, path or None) from a path / hub id, or a loaded model plus its tokenizer."""
+    """(model, tokenizer, path or None) from a path / hub id, or a loaded model plus its tokenizer
+    (an evaluation Backend is passed through with its tokenizer)."""
+    from reasondistill.evaluate.backends import Backend
     from reasondistill.models import load_model, load_tokenizer
 
+    if isinstance(model, Backend):
+        return model, model.tokenizer, (model.label if model.kind == "hf" else None)
     if isinstance(model, (str, Path)):
         return load_model(str(model)), tokenizer or load_tokenizer(str(model)), str(model)
     if tokenizer is None:
@@ -87,10 +93,16 @@ def load(model: Any, tokenizer=None):
 
 def completion_rows(model, tokenizer, problems: Sequence[Problem], task: Task, params: SamplingParams,
                     system_prompt: str | None = None, generate: Callable | None = None) -> list[dict[str, Any]]:
-    """Decode ``params.n`` completions per problem and judge each: one row per (problem, sample)."""
-    prompts = render_prompts(tokenizer, [p.prompt for p in problems], system=system_prompt)
-    outputs = [c for batch in (generate or generate_completions)(model, tokenizer, prompts,
-                                                                 [p.id for p in problems], params) for c in batch]
+    """Decode ``params.n`` completions per problem and judge each: one row per (problem, sample).
+    ``model`` may be an evaluation Backend (evaluate/backends.py; then ``generate`` is not used)."""
+    from reasondistill.evaluate.backends import Backend, collect
+
+    if isinstance(model, Backend):
+        outputs = collect(model, problems, params, system_prompt)
+    else:
+        prompts = render_prompts(tokenizer, [p.prompt for p in problems], system=system_prompt)
+        outputs = [c for batch in (generate or generate_completions)(model, tokenizer, prompts,
+                                                                     [p.id for p in problems], params) for c in batch]
     verdicts = judge_many(task, [(problems[c.index], c.text, c.finish_reason, c.sample) for c in outputs])
     rows: list[dict[str, Any]] = []
     for c, v in zip(outputs, verdicts, strict=True):
@@ -192,14 +204,19 @@ def evaluate_sampled(model: Any, problems: Sequence[Problem], task: Task, *, sam
                      seed: int = 0, system_prompt: str | None = None, tokenizer=None,
                      out_dir: str | Path | None = None, name: str = "model", n_boot: int = 1000) -> dict[str, Any]:
     """Sample every problem ``samples`` times, judge, summarise; optionally save ``samples.jsonl``,
-    ``sampled.json`` and ``reliability.png`` in ``out_dir``."""
+    ``sampled.json`` and ``reliability.png`` in ``out_dir``. ``model``: as :func:`load` takes it."""
+    from reasondistill.evaluate.backends import Backend
+
     model, tokenizer, path = load(model, tokenizer)
     params = SamplingParams(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, seed=seed)
     rows = completion_rows(model, tokenizer, problems, task, params, system_prompt)
+    extra = {}
+    if isinstance(model, Backend) and model.kind != "hf":  # vLLM or a server
+        extra = {"backend": model.describe(), **({"api_usage": model.usage()} if model.usage() is not None else {})}
     result = {"name": name, "decoding": "sampled", **summarize_sampled(rows, problems, task, k, n_boot=n_boot, seed=seed),
               "provenance": provenance(path, tokenizer, params, system_prompt, bootstrap={"n_boot": n_boot, "seed": seed,
-                                                                                           "level": 0.95})}
+                                                                                           "level": 0.95}, **extra)}
     if out_dir is not None:
         out = EvalFiles(out_dir)
         write_records(out.samples, rows)

@@ -24,9 +24,27 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _inputs(name: str, path: str) -> list[Path]:
-    from reasondistill.models import local_files
+    from reasondistill.evaluate.backends import model_inputs
 
-    return local_files(path) if name == "teacher" else [Path(path)]
+    return model_inputs(name, path)
+
+
+def _backend(pipe, name: str, path: str):
+    """The evaluation backend of ``name`` (evaluate/backends.py), built when a stage runs."""
+    from reasondistill.evaluate.backends import evaluation_backend
+
+    return evaluation_backend(pipe.cfg, name, path)
+
+
+def _backend_conf(pipe, name: str) -> dict[str, Any]:
+    from reasondistill.evaluate.backends import backend_conf
+
+    return backend_conf(pipe.cfg, name)
+
+
+def hf_only(pipe, name: str) -> bool:
+    """Whether ``name`` is decoded by transformers here (budget forcing needs the logits)."""
+    return pipe.cfg.teacher.kind == "hf" if name == "teacher" else pipe.cfg.evaluate.backend == "hf"
 
 
 def run_beyond_greedy(pipe, targets: Sequence[tuple[str, str]], force: bool = False) -> dict[str, Any]:
@@ -38,8 +56,11 @@ def run_beyond_greedy(pipe, targets: Sequence[tuple[str, str]], force: bool = Fa
             out[f"sampled:{name}"] = sampled_stage(pipe, name, path, force)
         if ev.ood is not None:
             out[f"ood:{name}"] = ood_stage(pipe, name, path, force)
-        if ev.budget_settings() is not None:
+        if ev.budget_settings() is not None and hf_only(pipe, name):
             out[f"budget:{name}"] = budget_stage(pipe, name, path, force)
+        elif ev.budget_settings() is not None:
+            pipe.log(f"[skip] budget:{name}: thinking budgets force </think> through the logits, so they need the "
+                     "hf backend")
     teacher_rows = pipe.rd.eval("teacher").completions
     for name, _ in targets:
         if name == "teacher" or not teacher_rows.exists():
@@ -52,16 +73,21 @@ def run_beyond_greedy(pipe, targets: Sequence[tuple[str, str]], force: bool = Fa
 
 def greedy_provenance(pipe, name: str, path: str) -> None:
     """``provenance.json`` beside the greedy results: what determines them (template, decoding, model hash)."""
-    from reasondistill.models import load_tokenizer, resolve
+    from reasondistill.evaluate.backends import local_tokenizer
+    from reasondistill.models import resolve
 
     e = pipe.rd.eval(name)
     if not e.completions.exists():
         return
     ev = pipe.cfg.evaluate
-    weights = Path(resolve(path)) / "model.safetensors"
+    try:
+        weights = Path(resolve(path)) / "model.safetensors"
+    except FileNotFoundError:  # an API model name
+        weights = Path("/nonexistent")
     write_json(e.provenance, {
         "model": path, "model_sha256": pipe.rd.file_hash(weights) if weights.is_file() else None,
-        "prompt_template": getattr(load_tokenizer(path), "chat_template", None), "system_prompt": None,
+        **_backend_conf(pipe, name),
+        "prompt_template": getattr(local_tokenizer(path), "chat_template", None), "system_prompt": None,
         "decoding": "greedy", "sampling": {"n": 1, "temperature": 0.0}, "max_new_tokens": ev.max_new_tokens,
         "batch_size": ev.batch_size, "seed": None, "note": "greedy results do not depend on the batch size "
         "(tests/evaluate/test_sampled.py)"})
@@ -79,10 +105,10 @@ def sampled_stage(pipe, name: str, path: str, force: bool = False) -> Any:
 
     ev = pipe.cfg.evaluate
     n, test_path, e = ev.samples, pipe.rd.test_problems, pipe.rd.eval(name)
-    conf = _sampling_conf(pipe, path, n, ev.k)
+    conf = _sampling_conf(pipe, path, n, ev.k) | _backend_conf(pipe, name)
 
     def fn(_fp):
-        res = evaluate_sampled(path, read_records(test_path, Problem), pipe.task, samples=n, k=conf["k"],
+        res = evaluate_sampled(_backend(pipe, name, path), read_records(test_path, Problem), pipe.task, samples=n, k=conf["k"],
                                temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens,
                                batch_size=ev.batch_size, seed=ev.seed, out_dir=e.dir, name=name)
         top = str(max(conf["k"]))
@@ -96,19 +122,20 @@ def sampled_stage(pipe, name: str, path: str, force: bool = False) -> Any:
 def router_samples_stage(pipe, name: str, path: str, k: int, force: bool = False) -> Any:
     """``k`` samples per test problem for the router alone (when ``evaluate.samples`` < k): rows in
     ``router_samples.jsonl``, no metrics."""
-    from reasondistill.evaluate.sampled import completion_rows, load
+    from reasondistill.evaluate.sampled import completion_rows
     from reasondistill.teachers.sampling import SamplingParams
 
     ev = pipe.cfg.evaluate
     test_path, e = pipe.rd.test_problems, pipe.rd.eval(name)
 
     def fn(_fp):
-        model, tok, _ = load(path)
+        backend = _backend(pipe, name, path)
         params = SamplingParams(n=k, temperature=ev.temperature, top_p=ev.top_p, seed=ev.seed,
                                 max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size)
-        write_records(e.router_samples, completion_rows(model, tok, read_records(test_path, Problem), pipe.task, params))
+        write_records(e.router_samples, completion_rows(backend, backend.tokenizer, read_records(test_path, Problem),
+                                                        pipe.task, params))
         return {"samples": k}
-    return pipe.run_stage(f"evaluate-router-samples:{name}", _sampling_conf(pipe, path, k, [k]),
+    return pipe.run_stage(f"evaluate-router-samples:{name}", _sampling_conf(pipe, path, k, [k]) | _backend_conf(pipe, name),
                           [test_path, *_inputs(name, path)], [e.router_samples], fn, force)
 
 
@@ -151,7 +178,7 @@ def ood_stage(pipe, name: str, path: str, force: bool = False) -> Any:
     ev = pipe.cfg.evaluate
     o = pipe.rd.eval(name).ood
     conf = {"ood": ev.ood, "task": pipe.cfg.task, "seed": pipe.cfg.seed, "batch_size": ev.batch_size,
-            "max_new_tokens": ev.max_new_tokens, "model": path}
+            "max_new_tokens": ev.max_new_tokens, "model": path} | _backend_conf(pipe, name)
     if ev.ood.task is not None:  # its data files: a changed file re-runs the stage
         inputs_extra = getattr(ood_task(pipe), "input_files", lambda: [])()
     else:
@@ -161,8 +188,8 @@ def ood_stage(pipe, name: str, path: str, force: bool = False) -> Any:
         task = ood_task(pipe)
         problems = ood_problems(pipe, task)
         write_records(pipe.rd.ood_problems, problems)
-        m = evaluate_model(path, problems, task, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
-                           out_dir=o.dir, name=name)  # checked by the OOD task's own verifier
+        m = evaluate_model(_backend(pipe, name, path), problems, task, batch_size=ev.batch_size,
+                           max_new_tokens=ev.max_new_tokens, out_dir=o.dir, name=name)  # the OOD task's own verifier
         rows = _rows(o.completions)
         m.update({"split": "ood", "min_ops": ev.ood.min_ops, "max_ops": ev.ood.max_ops, "source": ood_source(ev.ood),
                   "note": "harder difficulty levels than training ever saw" if ev.ood.task is None else
@@ -233,7 +260,9 @@ def route_stage(pipe, name: str, k: int, thresholds: Sequence[float], force: boo
                             k, thresholds, out_dir=e.dir, name=name)
         c = res["chosen"]
         pipe.log(f"       {name} → teacher: " + (f"threshold {c['threshold']:.2f} sends {c['teacher_share']:.1%} "
-                 f"to the teacher, accuracy {c['accuracy']:.3f} (teacher {res['teacher_accuracy']:.3f})" if c
+                 f"to the teacher ({c['teacher_calls']} calls, {c.get('teacher_prompt_tokens', 0)}+"
+                 f"{c.get('teacher_completion_tokens', 0)} tokens), accuracy {c['accuracy']:.3f} "
+                 f"(teacher {res['teacher_accuracy']:.3f})" if c
                  else "no threshold reaches the teacher's accuracy within 1 point"))
         return {"chosen": c, "teacher_accuracy": res["teacher_accuracy"]}
     conf = {"k": k, "thresholds": list(thresholds)}
@@ -245,6 +274,10 @@ def run_router(pipe, student: str | None = None, k: int | None = None, threshold
     """``reasondistill route``: the cascade for one or all students (teacher greedy rows must exist)."""
     from reasondistill.evaluate.router import DEFAULT_THRESHOLDS
 
+    from reasondistill.evaluate.backends import INGESTED
+
+    if pipe.cfg.teacher.kind == "ingested":
+        raise ValueError(f"route: the teacher is {INGESTED}: there is no teacher to send problems to")
     r = pipe.cfg.evaluate.router
     k = k or (r.k if r else 4)
     thresholds = list(thresholds or (r.thresholds if r else DEFAULT_THRESHOLDS))

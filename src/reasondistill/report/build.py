@@ -69,6 +69,10 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
     for m in lay.evaluated():
         if lay.eval(m).metrics.is_file() and f"evaluate:{m}" not in skipped and "evaluate" not in skipped:  # not stale
             models[m] = json.loads(lay.eval(m).metrics.read_text())
+    if cfg.teacher.kind == "ingested" and cfg.evaluate.teacher:  # listed, never silently dropped
+        from reasondistill.evaluate.backends import INGESTED
+
+        models = {"teacher": {"accuracy": None, "n": None, "status": INGESTED}, **models}
     training: dict[str, Any] = {}
     curves = {}
     for s in cfg.students:
@@ -87,7 +91,8 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
         "task": cfg.task.model_dump(),
         "teacher": cfg.teacher.model + (" (traces ingested, not sampled)" if cfg.teacher.kind == "ingested" else ""),
         "models": {name: {k: m.get(k) for k in ("accuracy", "n", "correct", "mean_output_tokens", "truncation_rate",
-                                               "accuracy_by_difficulty", "verdicts", "timeouts")}
+                                               "accuracy_by_difficulty", "verdicts", "timeouts", "status", "backend",
+                                               "api_usage") if k in m or k not in ("status", "backend", "api_usage")}
                    for name, m in models.items()},
         "skipped": skipped,
         "training": training,
@@ -116,6 +121,9 @@ def models_table(report: dict[str, Any]) -> str:
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in report["models"].items():
         t = report["training"].get(name, {})
+        if m.get("status"):  # e.g. an ingested run's teacher: "not evaluated (ingested traces)"
+            rows.append(f"| {name} | – | {m['status']} | – | – | – | – | – | – | – |")
+            continue
         rows.append(f"| {name} | {_fmt(t.get('params'), ',')} | {t.get('target', 'teacher' if name == 'teacher' else '')} "
                     f"| {_fmt(m['accuracy'], '.1%')} | {m['n']} | {_fmt(m['mean_output_tokens'], '.1f')} "
                     f"| {_fmt(m['truncation_rate'], '.1%')} | {_fmt(t.get('final_val_loss'), '.4f')} "

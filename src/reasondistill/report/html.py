@@ -81,7 +81,7 @@ def models_table(report: Mapping[str, Any]) -> str:
         t, e = report.get("training", {}).get(name, {}), ev.get(name, {})
         acc = e.get("accuracy_ci") or {"value": m.get("accuracy"), "ci_low": None, "ci_high": None}
         cells = [f"<td>{esc(name)}</td>", f"<td>{_num(t.get('params'), ',')}</td>",
-                 f"<td>{esc(t.get('target', 'teacher' if name == 'teacher' else ''))}</td>",
+                 f"<td>{esc(m.get('status') or t.get('target', 'teacher' if name == 'teacher' else ''))}</td>",
                  _ci_cell(acc) if acc.get("ci_low") is not None else f"<td>{_num(acc['value'], '.1%')}</td>",
                  f"<td>{m.get('n')}</td>", f"<td>{_num(m.get('mean_output_tokens'), '.1f')}</td>",
                  f"<td>{_num(m.get('truncation_rate'), '.1%')}</td>"]

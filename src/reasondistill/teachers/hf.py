@@ -20,10 +20,10 @@ from reasondistill.thinking import split_thinking
 
 
 class HFTeacher:
-    def __init__(self, model: str, dtype: str = "float32", model_obj=None, tokenizer=None):
+    def __init__(self, model: str, dtype: str = "float32", model_obj=None, tokenizer=None, name: str | None = None):
         from reasondistill.models import load_model, load_tokenizer
 
-        self.name = model
+        self.name = name or model
         self.tokenizer = tokenizer or load_tokenizer(model)
         self.model = model_obj if model_obj is not None else load_model(model, dtype)
 

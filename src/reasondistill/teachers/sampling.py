@@ -91,16 +91,33 @@ class Completion:
     completion_tokens: int
     finish_reason: str  # "stop" | "length"
     error: str | None = None  # why nothing was decoded (a prompt longer than the model's context)
+    tokens: list[int] | None = None  # the decoded token ids (without the end-of-sequence token)
+
+
+class StepTap:
+    """A logits processor that changes nothing: at each decoding step it hands the token each row
+    generated at the previous step to ``on_step(rows, tokens)`` (``rows``: (prompt index, sample)
+    per batch row). Lets a server stream tokens while a whole batch decodes; the last token of a
+    row arrives with the finished Completion, not here."""
+
+    def __init__(self, rows: list[tuple[int, int]], prompt_width: int, on_step):
+        self.rows, self.width, self.on_step = rows, prompt_width, on_step
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] > self.width:
+            self.on_step(self.rows, input_ids[:, -1].tolist())
+        return scores
 
 
 def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequence[str],
                          params: SamplingParams, eos_ids: Sequence[int] | None = None,
-                         ) -> Iterator[list[Completion]]:
+                         on_step=None) -> Iterator[list[Completion]]:
     """Decode ``params.n`` completions for every rendered prompt, one batch at a time.
 
     ``prompts`` are already rendered with the chat template; ``keys`` (e.g. problem ids) seed the
     sampling. Prompts are sorted by length so each batch pads little. Yields the completions of
     one batch, all samples of a prompt together, so a caller can write and checkpoint per batch.
+    ``on_step``: see :class:`StepTap` (streaming).
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -135,6 +152,8 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequenc
         if params.temperature > 0:
             kt = torch.tensor([row_key(params.seed, keys[i], s) for i, s in rows], dtype=torch.int64)
             processors.append(CounterSampler(kt, width, params.temperature, params.top_p))
+        if on_step is not None:
+            processors.append(StepTap(rows, width, on_step))
         with torch.inference_mode(), fast_causal_attention(model, enabled=fast):
             out = model.generate(input_ids=batch["input_ids"].to(device),
                                  attention_mask=batch["attention_mask"].to(device),
@@ -148,5 +167,5 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequenc
                                       text=tokenizer.decode(kept, skip_special_tokens=True),
                                       prompt_tokens=len(encoded[i]),
                                       completion_tokens=len(kept) + (stop is not None),
-                                      finish_reason="length" if stop is None else "stop"))
+                                      finish_reason="length" if stop is None else "stop", tokens=kept))
         yield results

@@ -15,7 +15,7 @@ from vLLM's ``RequestOutput`` to traces (:func:`request_output_to_traces`) is pl
     teacher:
       kind: vllm
       model: deepseek-ai/DeepSeek-R1-Distill-Qwen-7B
-      dtype: bfloat16
+      dtype: auto                # bfloat16 where the GPU has it (the default)
       vllm: {tensor_parallel_size: 2, max_model_len: 8192}
 """
 
@@ -42,6 +42,16 @@ def import_vllm():
     except ImportError as exc:
         raise VLLMUnavailable(f"{INSTALL_HINT} ({type(exc).__name__}: {exc})") from None
     return vllm
+
+
+def engine_dtype(dtype: str) -> str:
+    """The ``dtype`` given to ``vllm.LLM``: ``auto`` is bfloat16 where the GPU computes it, else vLLM's
+    own ``auto`` (the checkpoint's dtype, float16 for float32 checkpoints); other names unchanged."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "auto"
 
 
 def problem_seed(seed: int, problem_id: str) -> int:
@@ -81,14 +91,20 @@ def request_output_to_traces(output: Any, problem_id: str, teacher: str, samplin
 
 
 class VLLMTeacher:
-    def __init__(self, model: str, dtype: str = "bfloat16", llm=None, **engine_args: Any):
+    def __init__(self, model: str, dtype: str = "auto", llm=None, name: str | None = None,
+                 sampling_params_cls=None, **engine_args: Any):
         """``engine_args`` go to ``vllm.LLM`` (tensor_parallel_size, gpu_memory_utilization, ...);
-        ``llm`` is an already built engine (then vllm is imported only for its SamplingParams)."""
+        ``llm`` is an already built engine, ``sampling_params_cls`` its ``SamplingParams`` class
+        (with both given vllm is not imported: how the tests drive this code with a stand-in engine)."""
         from reasondistill.models import resolve
 
-        self._vllm = import_vllm()
-        self.name = f"vllm:{model}"
-        self.llm = llm if llm is not None else self._vllm.LLM(model=resolve(model), dtype=dtype, **engine_args)
+        if llm is None or sampling_params_cls is None:
+            self._sampling_params = import_vllm().SamplingParams
+        else:
+            self._sampling_params = sampling_params_cls
+        self.name = name or f"vllm:{model}"
+        self.llm = llm if llm is not None else import_vllm().LLM(model=resolve(model), dtype=engine_dtype(dtype),
+                                                                 **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
 
     def sample(self, problems: list[Problem], params: SamplingParams,
@@ -104,7 +120,7 @@ class VLLMTeacher:
             chunk, texts = problems[start:start + per_batch], prompts[start:start + per_batch]
             ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]  # the template has its own BOS
             outputs = self.llm.generate([{"prompt_token_ids": x} for x in ids],
-                                        [self._vllm.SamplingParams(**sampling_kwargs(params, p.id)) for p in chunk],
+                                        [self._sampling_params(**sampling_kwargs(params, p.id)) for p in chunk],
                                         use_tqdm=False)
             batch = []
             for p, text, out in zip(chunk, texts, outputs):
