@@ -36,7 +36,7 @@ def load_traces(path: Path) -> dict[tuple[str, int], Trace]:
 # fields added after runs existed, left out of a student's fingerprint while at their defaults, so
 # that upgrading does not retrain old runs: (path in StudentConfig.model_dump, default)
 _LATER_FIELDS = ((("distill",), None), (("attn_implementation",), None), (("train", "packing"), False),
-                 (("train", "pack_tokens"), None))
+                 (("train", "pack_tokens"), None), (("lora",), None), (("train", "sharding"), "none"))
 
 
 def _fingerprinted(s: StudentConfig) -> dict[str, Any]:
@@ -319,7 +319,12 @@ class Pipeline:
             # main process only; under torchrun the other ranks wait here (no resuming from a stale run)
             self.rd.restart_if_stale(t.dir, t.progress, fp, self.log)
             tokenizer = load_tokenizer(self._student_tokenizer_name(s))
-            if s.model:
+            if s.lora:  # adapters on the pretrained model (train/lora.py)
+                from reasondistill.train.lora import apply_lora, load_base, trainable_line
+
+                model = apply_lora(load_base(s.model, s.lora, s.attn_implementation), s.lora, self._seed(s))
+                self.log(f"       {s.name}: LoRA r={s.lora.r}: {trainable_line(model)}")
+            elif s.model:
                 model = load_model(s.model, attn_implementation=s.attn_implementation)
             else:
                 attn = {"attn_implementation": s.attn_implementation} if s.attn_implementation else {}

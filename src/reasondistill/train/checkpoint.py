@@ -115,15 +115,13 @@ def restore_checkpoint(path: Path, model, optimizer, scheduler, objective: torch
     that does not match its checksums, or holds NaN weights, is refused with what to do."""
     from safetensors.torch import load_file
 
+    from reasondistill.train.lora import ADAPTER_FILE, load_adapter
+
     verify_checkpoint(path)
-    weights = load_file(str(path / "model.safetensors"))
-    check_finite(weights, f"{path}/model.safetensors", "delete this checkpoint to resume from the one before")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = {k for k in missing if "lm_head" in k}
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"{path}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
-    if tied:
-        model.tie_weights()
+    if (path / ADAPTER_FILE).exists():  # a LoRA student: the checkpoint holds its adapters only
+        load_adapter(model, path / ADAPTER_FILE)
+    else:
+        load_weights(model, load_file(str(path / "model.safetensors")), f"{path}/model.safetensors")
     if objective is not None and objective.state_dict():
         objective.load_state_dict(load_file(str(path / OBJECTIVE_FILE)))
     meta = json.loads((path / "optimizer.json").read_text())
@@ -131,6 +129,17 @@ def restore_checkpoint(path: Path, model, optimizer, scheduler, objective: torch
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
     torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
     return json.loads((path / STATE_FILE).read_text())
+
+
+def load_weights(model, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Load a full state dict into ``model`` (tied heads re-tied); NaN weights or a mismatch refused."""
+    check_finite(weights, where, "delete this checkpoint to resume from the one before")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {k for k in missing if "lm_head" in k}
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"{where}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
+    if tied:
+        model.tie_weights()
 
 
 def checkpoints(root: Path) -> list[Path]:

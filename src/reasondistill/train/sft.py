@@ -432,11 +432,14 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _finish(self, fast_on: bool) -> dict[str, Any]:
+        from reasondistill.train.lora import merged_for_export, param_counts
+
         state = self.state
+        params, trainable = param_counts(self.unwrapped)
         summary = {"name": self.name, "steps": state["step"],
                    "epochs": round(state["step"] / self.plan.steps_per_epoch, 3),
                    "final_val_loss": self.val_loss, "wall_time_s": round(time.perf_counter() - self.t0, 2),
-                   "train_examples": len(self.train_ds), "params": sum(p.numel() for p in self.model.parameters()),
+                   "train_examples": len(self.train_ds), "params": params, "trainable_params": trainable,
                    "processes": self.world,
                    "attention": "reasondistill/attention.py" if fast_on else self.unwrapped.config._attn_implementation,
                    "pad_to_multiple_of": self.multiple, "pack_tokens": self.pack_tokens,
@@ -445,7 +448,8 @@ class Trainer:
         if self.main:
             check_finite(weights, f"{self.out_dir}: after step {state['step']}", self.diverged)
             final = self.files.final
-            self.unwrapped.save_pretrained(final, state_dict=weights, safe_serialization=True)
+            exported, weights = merged_for_export(self.unwrapped, weights)  # LoRA: adapters merged into the base
+            exported.save_pretrained(final, state_dict=weights, safe_serialization=True)
             self.tokenizer.save_pretrained(final)
             self.files.summary.write_text(json.dumps(summary, indent=2))
         self.accelerator.wait_for_everyone()
