@@ -73,7 +73,9 @@ class Pipeline:
         return self.rd.run_stage(name, config, inputs, outputs, fn, force=force, log=self.log, every_rank=every_rank)
 
     def _student_tokenizer_name(self, s: StudentConfig) -> str:
-        return s.model or s.tokenizer or self.cfg.teacher.model
+        from reasondistill.preflight import student_tokenizer
+
+        return student_tokenizer(self.cfg, s)
 
     def _verifying(self):
         """One verifier pool for the stage, with the run's limits (verify/checker.py)."""
@@ -526,6 +528,9 @@ class Pipeline:
         return [self.cfg.student(name)] if name else list(self.cfg.students)
 
     def run(self, force: bool = False) -> dict[str, Any]:
+        from reasondistill.preflight import require_ok
+
+        require_ok(self.cfg)  # every problem `reasondistill check` finds stops the run before its first stage
         with self.rd.writer():  # one writer for the whole run, not only stage by stage
             return self._run_all(force)
 
