@@ -36,12 +36,13 @@ def load_traces(path: Path) -> dict[tuple[str, int], Trace]:
 # fields added after runs existed, left out of a student's fingerprint while at their defaults, so
 # that upgrading does not retrain old runs: (path in StudentConfig.model_dump, default)
 _LATER_FIELDS = ((("distill",), None), (("attn_implementation",), None), (("train", "packing"), False),
-                 (("train", "pack_tokens"), None), (("lora",), None), (("train", "sharding"), "none"))
+                 (("train", "pack_tokens"), None), (("lora",), None))
 
 
 def _fingerprinted(s: StudentConfig) -> dict[str, Any]:
     """The student's config as its train stage fingerprints it (see ``_LATER_FIELDS``)."""
     conf = s.model_dump(mode="json")
+    conf["train"].pop("sharding", None)  # DDP or FSDP train the same model: a run resumes under either
     for path, default in _LATER_FIELDS:
         *parents, key = path
         d = conf
