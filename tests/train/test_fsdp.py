@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
     TORCHRUN is None or not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
     reason="needs torchrun and torch.distributed with the gloo backend")
 
-STEPS = "7"  # 6 batches of 8 per epoch: the run crosses into the second epoch
+STEPS = "7"  # 6 batches of 8 per epoch, 3 steps of 2: the run crosses into the third epoch
 
 
 def _same_curve(a, b):
@@ -51,7 +51,9 @@ def test_fsdp_two_processes_checkpoint_and_resume_like_one_process(data, tmp_pat
     import json
 
     one, fsdp = tmp_path / "one", tmp_path / "fsdp"
-    common = ["--steps", STEPS, "--save-every", "3"]
+    # grad_accum 2: at each epoch's end one process has one micro-batch and the other two, and the
+    # sharded forwards (collectives) must still pair up
+    common = ["--steps", STEPS, "--save-every", "3", "--grad-accum", "2"]
     _run([sys.executable, str(WORKER), str(data), str(one), "--batch-size", "8", *common], tmp_path)
     _run([TORCHRUN, "--standalone", "--nproc_per_node", "2", str(WORKER), str(data), str(fsdp), "--batch-size", "4",
           "--sharding", "fsdp", *common], tmp_path)

@@ -134,12 +134,9 @@ def merged_for_export(model, weights: dict[str, Any] | None):
     peft left); any other model comes back unchanged with ``weights``."""
     if not is_lora(model):
         return model, weights
-    base = getattr(model, "module", model)
-    if getattr(base.base_model, "quantization_method", None) or getattr(base, "is_loaded_in_4bit", False):
-        merged = base.merge_and_unload()
-        merged = merged.dequantize() if hasattr(merged, "dequantize") else merged
-    else:
-        merged = base.merge_and_unload()
+    merged = getattr(model, "module", model).merge_and_unload()
+    if getattr(merged, "is_loaded_in_4bit", False):  # QLoRA: final/ in the compute dtype, not 4-bit (untested here)
+        merged = merged.dequantize()
     return merged, merged.state_dict()
 
 
