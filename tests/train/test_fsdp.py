@@ -88,3 +88,23 @@ def test_fsdp_two_processes_checkpoint_and_resume_like_one_process(data, tmp_pat
     _run([sys.executable, str(WORKER), str(data), str(single), "--batch-size", "8", "--resume", "--init-seed", "99",
           *common], tmp_path)
     _same_curve(reference, _rows(single / "metrics.csv"))
+
+
+def test_fsdp_refuses_what_it_cannot_shard(tiny_model_dir, char_tokenizer):
+    pytest.importorskip("peft")
+    from reasondistill.models import load_model
+    from reasondistill.train.fsdp import refuse
+    from reasondistill.train.kd import OnlineKD, make_loss
+    from reasondistill.train.lora import LoraConfig, apply_lora
+    from reasondistill.train.onpolicy import OnPolicyKD
+    from reasondistill.train.sft import cross_entropy_sum
+    from reasondistill.config import DistillConfig
+
+    model = load_model(str(tiny_model_dir))
+    refuse(model, cross_entropy_sum)  # plain students are fine
+    with pytest.raises(ValueError, match="fsdp with lora"):
+        refuse(apply_lora(load_model(str(tiny_model_dir)), LoraConfig(r=2), seed=0), cross_entropy_sum)
+    on_policy = OnPolicyKD(OnlineKD(load_model(str(tiny_model_dir)), make_loss(DistillConfig())), char_tokenizer,
+                           lambda_on_policy=0.5, seed=0)
+    with pytest.raises(ValueError, match="on_policy"):
+        refuse(model, on_policy)

@@ -214,4 +214,5 @@ def test_lora_student_with_soft_distillation_through_the_cli(tmp_path, tiny_mode
     assert 0 < summary["trainable_params"] < summary["params"]
     report = json.loads((tmp_path / "run/report.json").read_text())
     assert report["training"]["lora"]["trainable_params"] == summary["trainable_params"]
-    assert "trainable" in (tmp_path / "run/report.md").read_text()
+    shown = f"{summary['params']:,} ({summary['trainable_params']:,} trainable)"
+    assert shown in (tmp_path / "run/report.md").read_text() and shown in (tmp_path / "run/report.html").read_text()
