@@ -108,3 +108,39 @@ def test_fsdp_refuses_what_it_cannot_shard(tiny_model_dir, char_tokenizer):
                            lambda_on_policy=0.5, seed=0)
     with pytest.raises(ValueError, match="on_policy"):
         refuse(model, on_policy)
+
+
+def test_documented_fsdp_command_trains_a_run_directory(tmp_path, tiny_model_dir):
+    """docs/scaling.md: `torchrun --nproc_per_node N -m reasondistill train RUN students.0.train.sharding=fsdp`;
+    the student's fingerprint leaves sharding out, so a later one-process `train` finds it current."""
+    import json
+
+    from reasondistill.config import RunConfig
+    from reasondistill.pipeline import Pipeline
+
+    cfg = {"run_dir": str(tmp_path / "run"), "seed": 0,
+           "task": {"name": "chained_arith", "min_ops": 3, "max_ops": 4, "n_train": 40, "n_test": 10},
+           "teacher": {"model": str(tiny_model_dir)},
+           "generate": {"n": 1, "temperature": 1.0, "max_new_tokens": 8, "batch_size": 40},
+           "curate": {"require_correct": False, "require_think": False},
+           "build": {"max_length": 128, "val_fraction": 0.1},
+           "students": [{"name": "s", "init": {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                               "intermediate_size": 32},
+                         "train": {"max_steps": 4, "epochs": None, "batch_size": 4, "log_every": 1, "eval_every": 2,
+                                   "save_every": 2, "threads": 1, "lr": 3e-3}}]}
+    pipe = Pipeline(RunConfig.model_validate(cfg), log=lambda _m: None, show_progress=False)
+    pipe.generate(), pipe.curate(), pipe.build()
+    run, one = tmp_path / "run", tmp_path / "one"
+    shutil.copytree(run, one)
+    out = _run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "reasondistill", "train", str(run),
+                "students.0.train.sharding=fsdp", "--quiet"], tmp_path)
+    assert out.count("[run ] train:s") == 1
+    _run([sys.executable, "-m", "reasondistill", "train", str(one), "students.0.train.batch_size=8", "--quiet"],
+         tmp_path)
+    assert json.loads((run / "train/s/summary.json").read_text())["processes"] == 2
+    _same_curve(_rows(one / "train/s/metrics.csv"), _rows(run / "train/s/metrics.csv"))
+    _same_weights(one / "train/s/final/model.safetensors", run / "train/s/final/model.safetensors")
+    assert sorted(p.name for p in (run / "train/s/checkpoints").iterdir()) == ["step-2", "step-4"]
+    again = _run([sys.executable, "-m", "reasondistill", "train", str(run), "students.0.train.sharding=none",
+                  "--quiet"], tmp_path)
+    assert "[skip] train:s" in again
