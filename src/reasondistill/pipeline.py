@@ -326,7 +326,8 @@ class Pipeline:
                 from reasondistill.train.lora import apply_lora, load_base, trainable_line
 
                 model = apply_lora(load_base(s.model, s.lora, s.attn_implementation), s.lora, self._seed(s))
-                self.log(f"       {s.name}: LoRA r={s.lora.r}: {trainable_line(model)}")
+                if self.rd.main:
+                    self.log(f"       {s.name}: LoRA r={s.lora.r}: {trainable_line(model)}")
             elif s.model:
                 model = load_model(s.model, attn_implementation=s.attn_implementation)
             else:
