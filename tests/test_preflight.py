@@ -157,3 +157,13 @@ def test_qlora_on_a_machine_without_gpu_is_a_problem(tmp_path, tiny_model_dir):
                                                        "lora": {"quantize": "nf4"}}])
     problems = preflight(cfg)
     assert len(problems) == 1 and problems[0].startswith("students.0 (q): lora.quantize: nf4 (QLoRA)")
+
+
+def test_lora_target_modules_that_match_nothing_are_a_problem(tmp_path, tiny_model_dir):
+    pytest.importorskip("peft")
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=[
+        {"name": "ok", "model": str(tiny_model_dir), "lora": {"target_modules": ["q_proj", "v_proj"]}},
+        {"name": "typo", "model": str(tiny_model_dir), "lora": {"target_modules": ["qproj"]}}])
+    problems = preflight(cfg)
+    assert len(problems) == 1 and problems[0].startswith("students.1 (typo): lora.target_modules ['qproj'] match no")
+    assert "q_proj" in problems[0] and "down_proj" in problems[0]

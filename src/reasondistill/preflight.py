@@ -158,7 +158,7 @@ class _Checker:
 
     # -- one student ----------------------------------------------------------------------------------
     def student(self, where: str, s, teacher: dict[str, Any] | None) -> None:
-        from reasondistill.train.lora import quantize_problem
+        from reasondistill.train.lora import quantize_problem, target_problem
 
         problem = quantize_problem(s.lora)
         if problem:
@@ -166,6 +166,9 @@ class _Checker:
         conf = self.config(f"{where}.model", s.model) if s.model else None
         if s.model and conf is None:
             return
+        problem = target_problem(conf, s.lora) if s.lora is not None else None
+        if problem:
+            self.add(f"{where}: {problem}")
         key = "model" if s.model else "tokenizer" if s.tokenizer else "tokenizer (the teacher's, by default)"
         tok = self.tokenizer(f"{where}.{key}", student_tokenizer(self.cfg, s))
         if tok is None:

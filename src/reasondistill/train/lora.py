@@ -70,6 +70,26 @@ def quantize_problem(cfg: LoraConfig | None, cuda: bool | None = None) -> str | 
     return None
 
 
+def target_problem(model_config, cfg: LoraConfig) -> str | None:
+    """Why ``cfg.target_modules`` matches no layer of a model with ``model_config`` (a transformers
+    config), or None. The model is built on the meta device: no weights, no memory."""
+    if cfg.target_modules == "all-linear":
+        return None
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    try:
+        peft.get_peft_model(model, cfg.peft_config())
+    except ValueError:  # peft's NoMatchingPeftModuleError
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        return (f"lora.target_modules {cfg.target_modules} match no layer of the model; its linear layers are "
+                f"named {', '.join(linear)} (or use all-linear)")
+    return None
+
+
 def load_base(path: str, cfg: LoraConfig, attn_implementation: str | None = None):
     """The pretrained base model for ``cfg``: full precision, or 4-bit NF4 for QLoRA (CUDA only)."""
     from reasondistill.models import load_model, resolve
