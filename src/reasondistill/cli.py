@@ -109,6 +109,7 @@ DELEGATED = {
     "compare": ("reasondistill.report.compare", "several runs in one table and one set of plots (compare RUN... --out DIR)"),
     "ingest": ("reasondistill.ingest", "existing traces (r1 or OpenAI messages JSON/JSONL) into a run, no teacher"),
     "export": ("reasondistill.export", "the curated traces as a TRL dataset (messages or prompt/completion JSONL)"),
+    "check": ("reasondistill.preflight", "check a config before running it: files, models, tokenizers, EOS, lengths"),
     "merge": ("reasondistill.shards", "merge 'generate --shard I/N' outputs (from any machines) into generate/traces.jsonl"),
 }
 

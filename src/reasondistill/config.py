@@ -22,6 +22,7 @@ from reasondistill.hints import did_you_mean
 from reasondistill.tasks.config import TASK_NAMES, ChainedArithConfig, TaskConfig, clean_loc
 from reasondistill.teachers.sampling import SamplingParams
 from reasondistill.train.config import TrainConfig
+from reasondistill.train.lora import LoraConfig
 
 
 class ConfigError(ValueError):
@@ -317,11 +318,15 @@ class StudentConfig(_Strict):
     train: TrainConfig = Field(TrainConfig(), description="optimisation: epochs, batch size, learning rate, "
                                "checkpoints")
     distill: DistillConfig | None = Field(None, description="soft distillation (None: hard, traces only)")
+    lora: LoraConfig | None = Field(None, description="train low-rank adapters (peft) on the pretrained `model` "
+                                    "instead of every weight; final/ holds the merged model (null: full fine-tuning)")
 
     @model_validator(mode="after")
     def _one_model(self) -> "StudentConfig":
         if (self.model is None) == (self.init is None):
             raise ValueError("set exactly one of 'model' (pretrained) or 'init' (fresh config)")
+        if self.lora is not None and self.model is None:
+            raise ValueError("lora adapts a pretrained model: set 'model' (a path or hub id), not 'init'")
         if self.distill is not None and self.train.packing:
             raise ValueError("train.packing works for hard distillation only: the soft-distillation (distill) "
                              "objectives read per-row teacher outputs")

@@ -36,12 +36,13 @@ def load_traces(path: Path) -> dict[tuple[str, int], Trace]:
 # fields added after runs existed, left out of a student's fingerprint while at their defaults, so
 # that upgrading does not retrain old runs: (path in StudentConfig.model_dump, default)
 _LATER_FIELDS = ((("distill",), None), (("attn_implementation",), None), (("train", "packing"), False),
-                 (("train", "pack_tokens"), None))
+                 (("train", "pack_tokens"), None), (("lora",), None))
 
 
 def _fingerprinted(s: StudentConfig) -> dict[str, Any]:
     """The student's config as its train stage fingerprints it (see ``_LATER_FIELDS``)."""
     conf = s.model_dump(mode="json")
+    conf["train"].pop("sharding", None)  # DDP or FSDP train the same model: a run resumes under either
     for path, default in _LATER_FIELDS:
         *parents, key = path
         d = conf
@@ -73,8 +74,9 @@ class Pipeline:
         return self.rd.run_stage(name, config, inputs, outputs, fn, force=force, log=self.log, every_rank=every_rank)
 
     def _student_tokenizer_name(self, s: StudentConfig) -> str:
-        lt = self.cfg.logit_teacher  # a fresh student shares the logit teacher's tokenizer, else the teacher's
-        return s.model or s.tokenizer or (lt.model if lt is not None else self.cfg.teacher.model)
+        from reasondistill.preflight import student_tokenizer
+
+        return student_tokenizer(self.cfg, s)
 
     def _verifying(self):
         """One verifier pool for the stage, with the run's limits (verify/checker.py)."""
@@ -335,7 +337,13 @@ class Pipeline:
             # main process only; under torchrun the other ranks wait here (no resuming from a stale run)
             self.rd.restart_if_stale(t.dir, t.progress, fp, self.log)
             tokenizer = load_tokenizer(self._student_tokenizer_name(s))
-            if s.model:
+            if s.lora:  # adapters on the pretrained model (train/lora.py)
+                from reasondistill.train.lora import apply_lora, load_base, trainable_line
+
+                model = apply_lora(load_base(s.model, s.lora, s.attn_implementation), s.lora, self._seed(s))
+                if self.rd.main:
+                    self.log(f"       {s.name}: LoRA r={s.lora.r}: {trainable_line(model)}")
+            elif s.model:
                 model = load_model(s.model, attn_implementation=s.attn_implementation)
             else:
                 attn = {"attn_implementation": s.attn_implementation} if s.attn_implementation else {}
@@ -556,6 +564,9 @@ class Pipeline:
         return [self.cfg.student(name)] if name else list(self.cfg.students)
 
     def run(self, force: bool = False) -> dict[str, Any]:
+        from reasondistill.preflight import require_ok
+
+        require_ok(self.cfg)  # every problem `reasondistill check` finds stops the run before its first stage
         with self.rd.writer():  # one writer for the whole run, not only stage by stage
             return self._run_all(force)
 

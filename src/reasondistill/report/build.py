@@ -80,7 +80,8 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
         summary = _read_json(t.summary)
         if summary:
             training[s.name] = {k: summary.get(k) for k in ("final_val_loss", "steps", "epochs", "wall_time_s",
-                                                            "params", "train_examples", "processes")}
+                                                            "params", "train_examples", "processes",
+                                                            "trainable_params")}
             training[s.name]["target"] = s.target
         if t.metrics_csv.exists():
             curves[s.name] = read_curves(t.metrics_csv)
@@ -124,7 +125,9 @@ def models_table(report: dict[str, Any]) -> str:
         if m.get("status"):  # e.g. an ingested run's teacher: "not evaluated (ingested traces)"
             rows.append(f"| {name} | – | {m['status']} | – | – | – | – | – | – | – |")
             continue
-        rows.append(f"| {name} | {_fmt(t.get('params'), ',')} | {t.get('target', 'teacher' if name == 'teacher' else '')} "
+        lora = t.get("trainable_params") not in (None, t.get("params"))  # adapters (LoRA) trained, not every weight
+        params = _fmt(t.get('params'), ',') + (f" ({t['trainable_params']:,} trainable)" if lora else "")
+        rows.append(f"| {name} | {params} | {t.get('target', 'teacher' if name == 'teacher' else '')} "
                     f"| {_fmt(m['accuracy'], '.1%')} | {m['n']} | {_fmt(m['mean_output_tokens'], '.1f')} "
                     f"| {_fmt(m['truncation_rate'], '.1%')} | {_fmt(t.get('final_val_loss'), '.4f')} "
                     f"| {_fmt(t.get('steps'), 'd')} | {_fmt(t.get('wall_time_s'), '.0f')}{'s' if t else ''} |")

@@ -80,7 +80,9 @@ def models_table(report: Mapping[str, Any]) -> str:
     for name, m in report["models"].items():
         t, e = report.get("training", {}).get(name, {}), ev.get(name, {})
         acc = e.get("accuracy_ci") or {"value": m.get("accuracy"), "ci_low": None, "ci_high": None}
-        cells = [f"<td>{esc(name)}</td>", f"<td>{_num(t.get('params'), ',')}</td>",
+        lora = t.get("trainable_params") not in (None, t.get("params"))  # adapters trained (LoRA)
+        params = _num(t.get('params'), ',') + (f" ({_num(t['trainable_params'], ',')} trainable)" if lora else "")
+        cells = [f"<td>{esc(name)}</td>", f"<td>{params}</td>",
                  f"<td>{esc(m.get('status') or t.get('target', 'teacher' if name == 'teacher' else ''))}</td>",
                  _ci_cell(acc) if acc.get("ci_low") is not None else f"<td>{_num(acc['value'], '.1%')}</td>",
                  f"<td>{m.get('n')}</td>", f"<td>{_num(m.get('mean_output_tokens'), '.1f')}</td>",

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -65,22 +65,25 @@ def check_finite(named: Any, where: str, hint: str) -> None:
 
 
 def save_checkpoint(path: Path, model, tokenizer, optimizer, scheduler, trainer_state: dict[str, Any],
-                    objective: torch.nn.Module | None = None) -> None:
+                    objective: torch.nn.Module | None = None, weights: dict[str, torch.Tensor] | None = None,
+                    optimizer_state: dict[str, Any] | None = None) -> None:
     """Write everything :func:`restore_checkpoint` reads back: the model (HF format), the tokenizer,
     the optimizer, the scheduler, the RNG, the trainer's state and, when the objective has
     parameters of its own (feature projections), ``objective.safetensors``; then ``checksums.json``
-    over all of it. Built in ``path.tmp`` and renamed: a crash never leaves half a checkpoint."""
+    over all of it. Built in ``path.tmp`` and renamed: a crash never leaves half a checkpoint.
+    ``weights`` / ``optimizer_state``: full states gathered from shards (train/fsdp.py) instead of
+    the model's and optimizer's own."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if objective is not None and objective.state_dict():
         save_file({k: v.detach().cpu().contiguous() for k, v in objective.state_dict().items()},
                   str(tmp / OBJECTIVE_FILE))
-    tensors, meta = _flatten_optimizer(optimizer.state_dict())
+    tensors, meta = _flatten_optimizer(optimizer.state_dict() if optimizer_state is None else optimizer_state)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta))
@@ -109,28 +112,44 @@ def verify_checkpoint(path: Path) -> None:
 
 
 def restore_checkpoint(path: Path, model, optimizer, scheduler, objective: torch.nn.Module | None = None,
-                       ) -> dict[str, Any]:
+                       load: Callable[[dict, dict], None] | None = None) -> dict[str, Any]:
     """Load what :func:`save_checkpoint` wrote into ``model`` (weights; tied heads re-tied), the
     objective, the optimizer, the scheduler and the RNG; return the trainer's state. A checkpoint
-    that does not match its checksums, or holds NaN weights, is refused with what to do."""
+    that does not match its checksums, or holds NaN weights, is refused with what to do.
+    ``load(weights, optimizer_state)``: loads both into a sharded model instead (train/fsdp.py)."""
     from safetensors.torch import load_file
 
+    from reasondistill.train.lora import ADAPTER_FILE, load_adapter
+
     verify_checkpoint(path)
-    weights = load_file(str(path / "model.safetensors"))
-    check_finite(weights, f"{path}/model.safetensors", "delete this checkpoint to resume from the one before")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = {k for k in missing if "lm_head" in k}
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"{path}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
-    if tied:
-        model.tie_weights()
+    meta = json.loads((path / "optimizer.json").read_text())
+    optimizer_state = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta)
+    if load is not None:
+        weights = load_file(str(path / "model.safetensors"))
+        check_finite(weights, f"{path}/model.safetensors", "delete this checkpoint to resume from the one before")
+        load(weights, optimizer_state)
+    elif (path / ADAPTER_FILE).exists():  # a LoRA student: the checkpoint holds its adapters only
+        load_adapter(model, path / ADAPTER_FILE)
+    else:
+        load_weights(model, load_file(str(path / "model.safetensors")), f"{path}/model.safetensors")
     if objective is not None and objective.state_dict():
         objective.load_state_dict(load_file(str(path / OBJECTIVE_FILE)))
-    meta = json.loads((path / "optimizer.json").read_text())
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta))
+    if load is None:
+        optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
     torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
     return json.loads((path / STATE_FILE).read_text())
+
+
+def load_weights(model, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Load a full state dict into ``model`` (tied heads re-tied); NaN weights or a mismatch refused."""
+    check_finite(weights, where, "delete this checkpoint to resume from the one before")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {k for k in missing if "lm_head" in k}
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"{where}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
+    if tied:
+        model.tie_weights()
 
 
 def checkpoints(root: Path) -> list[Path]:

@@ -42,6 +42,10 @@ class TrainConfig(BaseModel):
     pack_tokens: int | None = Field(
         None, gt=0, description="packing: tokens per row (one row per micro-batch); None: batch_size x the longest "
                                 "example, the most a padded micro-batch could hold (so no more memory)")
+    sharding: Literal["none", "fsdp"] = Field(
+        "none", description="fsdp: under torchrun, shard weights, gradients and AdamW state over the processes "
+                            "(FSDP2 fully_shard, one unit per decoder layer; gloo on CPU, NCCL on GPUs; train/fsdp.py); "
+                            "checkpoints are gathered and resume on any process count. none: DDP (one process: ignored)")
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None keeps torch's default")
     log_every: int = Field(10, gt=0, description="steps between log lines (metrics.csv)")
     eval_every: int = Field(200, gt=0, description="steps between validation losses")

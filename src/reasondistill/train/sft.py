@@ -179,7 +179,7 @@ class _Metrics:
 
 @torch.no_grad()
 def evaluate_loss(model, dataset: TokenizedDataset, pad_id: int, batch_size: int, accelerator,
-                  objective: Objective = cross_entropy_sum, precision: str = "no") -> float:
+                  objective: Objective = cross_entropy_sum, precision: str = "no", lockstep: bool = False) -> float:
     """Mean per-target-token loss over the whole dataset, across all processes."""
     if len(dataset) == 0:
         return float("nan")
@@ -188,12 +188,20 @@ def evaluate_loss(model, dataset: TokenizedDataset, pad_id: int, batch_size: int
     order = sorted(range(len(dataset)), key=lambda i: -dataset.lengths[i])
     mine = order[accelerator.process_index::accelerator.num_processes]
     total = torch.zeros(2, dtype=loss_sum_dtype(accelerator.device), device=accelerator.device)
-    for i in range(0, len(mine), batch_size):
+    n_batches = math.ceil(len(mine) / batch_size)
+    if lockstep:  # sharded (FSDP) forwards are collectives: every process runs as many
+        from reasondistill.train.fsdp import common_count
+
+        n_batches = common_count(n_batches, accelerator.device)
+    for i in range(0, n_batches * batch_size, batch_size):
         idx = mine[i:i + batch_size]
-        batch = to_device(collate(dataset, idx, pad_id), objective, accelerator.device)
+        batch = collate(dataset, idx or [0], pad_id)
+        if not idx:  # this process's share ran out: a batch without target tokens
+            batch["labels"].fill_(IGNORE_INDEX)
+        batch = to_device(batch, objective, accelerator.device)
         with autocast(accelerator.device, precision):
             total[0] += objective(model, batch).to(total.dtype)
-        total[1] += dataset.target_tokens(idx)
+        total[1] += dataset.target_tokens(idx) if idx else 0
     total = accelerator.reduce(total, reduction="sum")
     model.train(was_training)
     return (total[0] / total[1].clamp(min=1)).item()
@@ -229,9 +237,17 @@ class Trainer:
         self.files = TrainFiles(self.out_dir)
         self.train_path = Path(train_path)
         self._setup(val_path)
+        # train.sharding fsdp under torchrun: FSDP2 shards the model before the optimizer sees it (train/fsdp.py)
+        self.fsdp = cfg.sharding == "fsdp" and self.world > 1 and not self.sharded
+        if self.fsdp:
+            from reasondistill.train import fsdp
+
+            fsdp.refuse(model, objective)
+            fsdp.shard(self.model, self.device)
         self._make_optimizer()
         self.state = self._resume()
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if not self.fsdp:
+            self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         self.metrics = _Metrics(self.out_dir, self.state["step"], self.main)
         self.window = _Window(torch.zeros((), dtype=loss_sum_dtype(self.device), device=self.device))
@@ -308,7 +324,14 @@ class Trainer:
         if not found:
             return fresh
         last = found[-1]
-        state = restore_checkpoint(last, self.model, self.optimizer, self.scheduler, self.obj_module)
+        load = None
+        if self.fsdp:
+            from functools import partial
+
+            from reasondistill.train.fsdp import load_state
+
+            load = partial(load_state, self.model, self.optimizer)
+        state = restore_checkpoint(last, self.model, self.optimizer, self.scheduler, self.obj_module, load)
         if state.get("total_steps") != total:
             raise ValueError(f"{last}: checkpoint was for {state.get('total_steps')} steps, config gives "
                              f"{total}; use a fresh output directory or the same schedule")
@@ -338,7 +361,7 @@ class Trainer:
                 advance(1)
             if self.val_ds is not None and math.isnan(self.val_loss):  # resumed after the last step
                 self.val_loss = evaluate_loss(self.model, self.val_ds, self.pad_id, cfg.batch_size, self.accelerator,
-                                              precision=self.precision)
+                                              precision=self.precision, lockstep=self.fsdp)
         self.metrics.close()
         return self._finish(fast_on)
 
@@ -368,6 +391,12 @@ class Trainer:
             # join DDP's gradient all-reduce, with a batch that has no target token (loss sum 0)
             batches = [collate(ds, [0], self.pad_id)]
             batches[0]["labels"].fill_(IGNORE_INDEX)
+        if self.fsdp:  # sharded forwards are collectives: as many micro-batches on every process
+            from reasondistill.train.fsdp import common_count
+
+            for _ in range(common_count(len(batches), self.device) - len(batches)):
+                batches.append(collate(ds, [0], self.pad_id))
+                batches[-1]["labels"].fill_(IGNORE_INDEX)
         return batches
 
     def _step(self, stream) -> None:
@@ -389,6 +418,10 @@ class Trainer:
         if self.cfg.max_grad_norm:
             norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
             self.last_grad_norm = float("nan") if norm is None else norm  # DeepSpeed clips inside, returns None
+            if self.fsdp:
+                from reasondistill.train.fsdp import grad_norm
+
+                self.last_grad_norm = grad_norm(norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -413,39 +446,61 @@ class Trainer:
         student's own objective is logged beside it as val_objective."""
         step, cfg = self.state["step"], self.cfg
         self.val_loss = evaluate_loss(self.model, self.val_ds, self.pad_id, cfg.batch_size, self.accelerator,
-                                      precision=self.precision)
+                                      precision=self.precision, lockstep=self.fsdp)
         row = {"step": step, "epoch": round(step / self.plan.steps_per_epoch, 4), "val_loss": round(self.val_loss, 6),
                "elapsed_s": round(time.perf_counter() - self.t0, 2)}
         if self.objective is not cross_entropy_sum:
             row["val_objective"] = round(evaluate_loss(self.model, self.val_ds, self.pad_id, cfg.batch_size,
-                                                       self.accelerator, self.objective, self.precision), 6)
+                                                       self.accelerator, self.objective, self.precision,
+                                                       lockstep=self.fsdp), 6)
         self.metrics.log(row)
 
     def _save(self) -> None:
         step = self.state["step"]
         self.state["elapsed_s"] = time.perf_counter() - self.t0
+        weights, optimizer_state = None, None
+        if self.fsdp:  # every process: the shards are gathered to full tensors on the main one
+            from reasondistill.train.fsdp import gather_state
+
+            weights, optimizer_state = gather_state(self.model, self.optimizer)
         if self.main:
-            check_finite(self.unwrapped.named_parameters(), f"{self.out_dir}: step {step}", self.diverged)
-            save_checkpoint(self.ckpt_root / f"step-{step}", self.unwrapped, self.tokenizer, self.optimizer,
-                            self.scheduler, self.state, self.obj_module)
+            check_finite(weights if self.fsdp else self.unwrapped.named_parameters(), f"{self.out_dir}: step {step}",
+                         self.diverged)
+            from reasondistill.train.fsdp import plain_class
+
+            with plain_class(self.unwrapped) as plain:
+                save_checkpoint(self.ckpt_root / f"step-{step}", plain, self.tokenizer, self.optimizer,
+                                self.scheduler, self.state, self.obj_module, weights, optimizer_state)
             prune(self.ckpt_root, self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
     def _finish(self, fast_on: bool) -> dict[str, Any]:
+        from reasondistill.train.lora import merged_for_export, param_counts
+
         state = self.state
+        params, trainable = param_counts(self.unwrapped)
         summary = {"name": self.name, "steps": state["step"],
                    "epochs": round(state["step"] / self.plan.steps_per_epoch, 3),
                    "final_val_loss": self.val_loss, "wall_time_s": round(time.perf_counter() - self.t0, 2),
-                   "train_examples": len(self.train_ds), "params": sum(p.numel() for p in self.model.parameters()),
+                   "train_examples": len(self.train_ds), "params": params, "trainable_params": trainable,
                    "processes": self.world,
                    "attention": "reasondistill/attention.py" if fast_on else self.unwrapped.config._attn_implementation,
                    "pad_to_multiple_of": self.multiple, "pack_tokens": self.pack_tokens,
                    "micro_batches": self.micro_batches_run, "mixed_precision": self.precision}
-        weights = self.accelerator.get_state_dict(self.model)  # every process: gathers FSDP / ZeRO-3 shards
+        if self.fsdp:
+            from reasondistill.train.fsdp import gather_state
+
+            weights = gather_state(self.model)[0]
+        else:
+            weights = self.accelerator.get_state_dict(self.model)  # every process: gathers FSDP / ZeRO-3 shards
         if self.main:
             check_finite(weights, f"{self.out_dir}: after step {state['step']}", self.diverged)
             final = self.files.final
-            self.unwrapped.save_pretrained(final, state_dict=weights, safe_serialization=True)
+            from reasondistill.train.fsdp import plain_class
+
+            exported, weights = merged_for_export(self.unwrapped, weights)  # LoRA: adapters merged into the base
+            with plain_class(exported) as plain:
+                plain.save_pretrained(final, state_dict=weights, safe_serialization=True)
             self.tokenizer.save_pretrained(final)
             self.files.summary.write_text(json.dumps(summary, indent=2))
         self.accelerator.wait_for_everyone()

@@ -1,0 +1,367 @@
+"""Checks before the first stage: ``reasondistill check CONFIG [key=value ...]`` (also run by ``run``).
+
+Why: a config can be valid field by field and still fail hours in: a soft-distillation student
+whose tokenizer is not the teacher's is refused at its train stage, after generation, curation and
+the other students; a student that is taught one end-of-sequence token and stopped on another
+rambles to the length limit; a prompt that leaves no room in the model's context is cut off. Each
+check here reads only configs and tokenizers (no weights), and each problem is one line naming the
+config key, so all of them can be fixed at once. Exit code 2 when there is a problem.
+
+    reasondistill check configs/demo.yaml
+    problems = preflight(load_config("configs/demo.yaml"))   # [] when the run can start
+
+Tests: tests/test_preflight.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+FILE_KEYS = ("path", "train_path", "test_path")  # task fields naming a local file or directory
+
+
+def logit_teacher(cfg) -> tuple[str, str] | None:
+    """(config key, model) of the teacher whose logits soft students learn from: ``logit_teacher``
+    when the config has one, else a local (``kind: hf``) ``teacher``; None when there is none."""
+    lt = getattr(cfg, "logit_teacher", None)
+    if lt is not None:
+        return "logit_teacher", lt.model
+    if cfg.teacher.kind == "hf":
+        return "teacher", cfg.teacher.model
+    return None
+
+
+def student_tokenizer(cfg, s) -> str:
+    """The tokenizer a student is built and trained with: its model's, its ``tokenizer``, else the logit
+    teacher's (``logit_teacher``) when the config has one, else the teacher's."""
+    lt = getattr(cfg, "logit_teacher", None)
+    return s.model or s.tokenizer or (lt.model if lt is not None else cfg.teacher.model)
+
+
+class _Models:
+    """Tokenizers, configs and generation configs by name, each loaded once (no weights)."""
+
+    def __init__(self):
+        self.cache: dict[tuple[str, str], Any] = {}
+
+    def _get(self, kind: str, name: str, load: Callable[[str], Any]):
+        key = (kind, name)
+        if key not in self.cache:
+            try:
+                self.cache[key] = load(name)
+            except Exception as exc:  # noqa: BLE001 - reported as a problem line, never a crash
+                self.cache[key] = exc
+        return self.cache[key]
+
+    def tokenizer(self, name: str):
+        from reasondistill.models import load_tokenizer
+
+        return self._get("tokenizer", name, load_tokenizer)
+
+    def config(self, name: str):
+        from transformers import AutoConfig
+
+        from reasondistill.models import resolve
+
+        return self._get("config", name, lambda n: AutoConfig.from_pretrained(resolve(n)))
+
+    def generation_config(self, name: str):
+        from transformers import GenerationConfig
+
+        from reasondistill.models import resolve
+
+        def load(n):
+            path = Path(resolve(n))
+            if path.is_dir() and not (path / "generation_config.json").exists():
+                return None
+            return GenerationConfig.from_pretrained(str(path))
+        got = self._get("generation", name, load)
+        return None if isinstance(got, Exception) else got
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _context(config) -> int | None:
+    text = getattr(config, "get_text_config", lambda: config)()
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def preflight(cfg) -> list[str]:
+    """Every problem found in ``cfg`` (a RunConfig), one line each; [] when the run can start."""
+    return _Checker(cfg).run()
+
+
+class _Checker:
+    def __init__(self, cfg):
+        self.cfg, self.models, self.problems, self.reported = cfg, _Models(), [], set()
+        self._prompts: dict[str, list[str]] | None = None
+
+    def add(self, line: str) -> None:
+        self.problems.append(line)
+
+    def run(self) -> list[str]:
+        self.paths()
+        teacher = self.teacher()
+        for i, s in enumerate(self.cfg.students):
+            self.student(f"students.{i} ({s.name})", s, teacher)
+        self.generation_lengths()
+        return self.problems
+
+    # -- files and models --------------------------------------------------------------------------
+    def paths(self) -> None:
+        for where, value in _task_files(self.cfg.task.model_dump(), "task"):
+            if not Path(value).expanduser().exists():
+                self.add(f"{where}: {value}: no such file or directory")
+
+    def tokenizer(self, where: str, name: str):
+        tok = self.models.tokenizer(name)
+        if isinstance(tok, Exception):
+            self.missing(where, name, f"cannot load the tokenizer of {name!r}: {_first_line(tok)}")
+            return None
+        return tok
+
+    def config(self, where: str, name: str):
+        conf = self.models.config(name)
+        if isinstance(conf, Exception):
+            self.missing(where, name, f"cannot load the model config of {name!r}: {_first_line(conf)}")
+            return None
+        return conf
+
+    def missing(self, where: str, name: str, why: str) -> None:
+        """One line per model that cannot be loaded, however many keys name it."""
+        if name not in self.reported:
+            self.reported.add(name)
+            self.add(f"{where}: {why}")
+
+    def teacher(self) -> dict[str, Any] | None:
+        """Load what the checks need of the generating teacher and of the logit teacher."""
+        t = self.cfg.teacher
+        if t.kind in ("hf", "vllm") and self.config("teacher.model", t.model) is not None:
+            self.tokenizer("teacher.model", t.model)
+        found = logit_teacher(self.cfg)
+        if found is None:
+            return None
+        key, name = found
+        if key != "teacher" and self.config(f"{key}.model", name) is not None:
+            self.tokenizer(f"{key}.model", name)
+        conf, tok = self.models.config(name), self.models.tokenizer(name)
+        if isinstance(conf, Exception) or isinstance(tok, Exception):
+            return None  # already reported
+        return {"key": key, "name": name, "config": conf, "tokenizer": tok}
+
+    # -- one student ----------------------------------------------------------------------------------
+    def student(self, where: str, s, teacher: dict[str, Any] | None) -> None:
+        from reasondistill.train.lora import quantize_problem, target_problem
+
+        problem = quantize_problem(s.lora)
+        if problem:
+            self.add(f"{where}: {problem}")
+        conf = self.config(f"{where}.model", s.model) if s.model else None
+        if s.model and conf is None:
+            return
+        problem = target_problem(conf, s.lora) if s.lora is not None else None
+        if problem:
+            self.add(f"{where}: {problem}")
+        key = "model" if s.model else "tokenizer" if s.tokenizer else "tokenizer (the teacher's, by default)"
+        tok = self.tokenizer(f"{where}.{key}", student_tokenizer(self.cfg, s))
+        if tok is None:
+            return
+        context = _context(conf) if conf is not None else s.init.max_position_embeddings
+        self.stopping(where, s, tok)
+        self.lengths(where, tok, context)
+        if s.distill is not None:
+            self.soft(where, s, tok, conf, teacher)
+
+    def stopping(self, where: str, s, tok) -> None:
+        """The chat template renders, and the token every answer is trained to end with is one the
+        student stops on (its tokenizer's EOS; a pretrained model's generation_config.json too)."""
+        try:
+            tok.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+                                    tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # noqa: BLE001
+            self.add(f"{where}: the tokenizer cannot render a prompt with its chat template ({_first_line(exc)}); "
+                     "use a tokenizer with a chat_template (every prompt is rendered with it)")
+        eos = tok.eos_token_id
+        if eos is None:
+            self.add(f"{where}: the tokenizer has no eos_token: training ends every answer with it and generation "
+                     "stops on it; set eos_token in tokenizer_config.json")
+            return
+        gen = self.models.generation_config(s.model) if s.model else None
+        stops = getattr(gen, "eos_token_id", None) if gen is not None else None
+        stops = [stops] if isinstance(stops, int) else list(stops or [])
+        if stops and eos not in stops:
+            names = ", ".join(f"{tok.convert_ids_to_tokens(i)!r} ({i})" for i in stops)
+            self.add(f"{where}: training ends every answer with the tokenizer's eos_token "
+                     f"{tok.eos_token!r} ({eos}), but the model's generation_config.json stops on {names}: served "
+                     f"as saved (vLLM, transformers) it never stops and writes to the length limit; make eos_token "
+                     f"one of those tokens, or add {eos} to generation_config.json's eos_token_id")
+
+    def lengths(self, where: str, tok, context: int | None) -> None:
+        cfg = self.cfg
+        if context is not None and cfg.build.max_length > context:
+            self.add(f"{where}: build.max_length={cfg.build.max_length} exceeds the student's context "
+                     f"({context} tokens, max_position_embeddings); lower build.max_length")
+        prompts = self.prompts()
+        if not prompts:
+            return
+        lengths = _prompt_lengths(tok, prompts["train"])
+        if lengths and min(lengths) >= cfg.build.max_length:
+            self.add(f"{where}: every training prompt is at least {min(lengths)} tokens, which leaves no room for "
+                     f"an answer within build.max_length={cfg.build.max_length}; raise build.max_length")
+        test = _prompt_lengths(tok, prompts["test"])
+        if context is not None and test and max(test) + cfg.evaluate.max_new_tokens > context:
+            self.add(f"{where}: the longest test prompt ({max(test)} tokens) + evaluate.max_new_tokens="
+                     f"{cfg.evaluate.max_new_tokens} exceeds the student's context ({context} tokens); lower "
+                     "evaluate.max_new_tokens")
+
+    def soft(self, where: str, s, tok, conf, teacher: dict[str, Any] | None) -> None:
+        """A soft student needs a logit teacher with the same tokenizer (up to padding rows)."""
+        if teacher is None:
+            if logit_teacher(self.cfg) is None:
+                self.add(f"{where}: distill needs a local teacher's logits, but teacher.kind is "
+                         f"{self.cfg.teacher.kind!r}: set a logit_teacher (a local model) or teacher.kind: hf; "
+                         "hard distillation (no distill section) works with any teacher")
+            return
+        label = f"{teacher['key']} {teacher['name']!r}"
+        ttok, tconf = teacher["tokenizer"], teacher["config"]
+        if getattr(s.distill, "cross_tokenizer", None):
+            return  # cross-tokenizer distillation aligns the two vocabularies itself
+        sv, tv = tok.get_vocab(), ttok.get_vocab()
+        if sv != tv:
+            only_s, only_t = len(sv.keys() - tv.keys()), len(tv.keys() - sv.keys())
+            moved = sum(1 for k in sv.keys() & tv.keys() if sv[k] != tv[k])
+            self.add(f"{where}: its tokenizer ({len(sv)} tokens) differs from the tokenizer of {label} ({len(tv)} tokens): "
+                     f"{only_s} tokens only in the student, {only_t} only in the teacher, {moved} with other ids; "
+                     "soft distillation compares the two distributions token by token: give the student the "
+                     "teacher's tokenizer, use cross-tokenizer distillation (distill.cross_tokenizer), or remove "
+                     "distill (hard distillation works with any tokenizer)")
+            return
+        rows_s = int(conf.vocab_size) if conf is not None else len(tok)
+        rows_t = int(getattr(tconf.get_text_config(), "vocab_size", 0) or 0)
+        for who, rows in (("student", rows_s), (label, rows_t)):
+            if rows and rows < len(tok):
+                self.add(f"{where}: the {who} has {rows} output rows for a tokenizer of {len(tok)} tokens")
+        # rows beyond the tokenizer on either side are padding (Qwen: 151,936 vs 152,064): sliced in training
+        tcontext = _context(tconf)
+        if tcontext is not None and self.cfg.build.max_length > tcontext:
+            self.add(f"{where}: build.max_length={self.cfg.build.max_length} exceeds the context of {label} "
+                     f"({tcontext} tokens), which scores every training sequence; lower build.max_length")
+
+    # -- the generating teacher ---------------------------------------------------------------------------
+    def generation_lengths(self) -> None:
+        t = self.cfg.teacher
+        if t.kind not in ("hf", "vllm"):
+            return
+        conf, tok = self.models.config(t.model), self.models.tokenizer(t.model)
+        prompts = self.prompts()
+        if isinstance(conf, Exception) or isinstance(tok, Exception) or not prompts:
+            return
+        context = _context(conf)
+        if context is None:
+            return
+        train = _prompt_lengths(tok, prompts["train"], t.system_prompt)
+        if train and max(train) + self.cfg.generate.max_new_tokens > context:
+            self.add(f"teacher.model: the longest training prompt ({max(train)} tokens) + generate.max_new_tokens="
+                     f"{self.cfg.generate.max_new_tokens} exceeds the teacher's context ({context} tokens); "
+                     "lower generate.max_new_tokens")
+        test = _prompt_lengths(tok, prompts["test"], t.system_prompt)
+        if self.cfg.evaluate.teacher and test and max(test) + self.cfg.evaluate.max_new_tokens > context:
+            self.add(f"teacher.model: the longest test prompt ({max(test)} tokens) + evaluate.max_new_tokens="
+                     f"{self.cfg.evaluate.max_new_tokens} exceeds the teacher's context ({context} tokens); "
+                     "lower evaluate.max_new_tokens")
+
+    def prompts(self) -> dict[str, list[str]]:
+        """The run's training and test prompts ({} when the task cannot give them: reported once)."""
+        if self._prompts is None:
+            self._prompts = {}
+            if self.cfg.teacher.kind == "ingested":
+                return self._prompts  # the problems arrive with `reasondistill ingest`
+            try:
+                from reasondistill.tasks.base import load_task
+                from reasondistill.tasks.mixture import select_problems
+
+                task = load_task(self.cfg.task.task_spec())
+                n = {"train": self.cfg.task.n_train, "test": self.cfg.task.n_test}
+                self._prompts = {split: [p.prompt for p in select_problems(task, split, n[split], self.cfg.seed)[0]]
+                                 for split in ("train", "test")}
+            except Exception as exc:  # noqa: BLE001
+                if not self.problems:  # a missing file is already reported by paths()
+                    self.add(f"task: cannot read the problems: {_first_line(exc)}")
+        return self._prompts
+
+
+def _prompt_lengths(tok, prompts: list[str], system: str | None = None) -> list[int]:
+    from reasondistill.prompts import render_prompts
+
+    try:
+        texts = render_prompts(tok, prompts, system)
+    except Exception:  # noqa: BLE001 - reported by the chat-template check
+        return []
+    return [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def _task_files(node: Any, where: str):
+    """(config key, value) of every local file a task section names (mixtures included)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in FILE_KEYS and isinstance(v, str) and v:
+                yield f"{where}.{k}", v
+            else:
+                yield from _task_files(v, f"{where}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _task_files(v, f"{where}.{i}")
+
+
+def require_ok(cfg) -> None:
+    """Raise a user error listing every problem :func:`preflight` finds (``run`` calls this first)."""
+    from reasondistill.errors import UserError
+
+    problems = preflight(cfg)
+    if problems:
+        raise UserError(f"the config has {len(problems)} problem(s); nothing was run "
+                        "(`reasondistill check CONFIG` lists them again):\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from reasondistill.hints import HintingParser
+
+    ap = HintingParser(prog="reasondistill check", description="Check a config before running it: files and "
+                       "models exist, soft students share the logit teacher's tokenizer, the end-of-sequence token "
+                       "training teaches is the one the student stops on, prompts fit the models' context. One "
+                       "line per problem; exit code 2 when there is one.")
+    ap.add_argument("target", help="a config YAML or a run directory (uses its config.yaml)")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. build.max_length=1024")
+    ap.add_argument("--quiet", action="store_true", help="accepted like the stage verbs (check draws no progress bars)")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    from reasondistill.errors import run_verb
+
+    def body() -> int:
+        from transformers.utils import logging as hf_logging
+
+        from reasondistill.config import load_run_config
+
+        hf_logging.disable_progress_bar()
+        cfg = load_run_config(args.target, args.overrides)
+        problems = preflight(cfg)
+        for line in problems:
+            print(line)
+        if problems:
+            print(f"{len(problems)} problem(s) in {args.target}", file=sys.stderr)
+            return 2
+        print(f"ok: {args.target} ({len(cfg.students)} students) passed every check")
+        return 0
+    return run_verb("check", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

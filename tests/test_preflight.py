@@ -1,0 +1,169 @@
+"""`reasondistill check` (preflight.py): every problem one line naming its key, exit 2, and `run`
+refuses before its first stage. Models are the tests' tiny Llama saved locally, with variations."""
+
+import json
+
+import pytest
+import yaml
+
+from reasondistill.config import RunConfig
+from reasondistill.preflight import preflight
+
+from conftest import TINY
+from tests.test_pipeline import cli, write_config
+
+
+def _save(d, tokenizer, spec=TINY, **config):
+    from reasondistill.models import init_model
+
+    model = init_model(spec, tokenizer, seed=0)
+    for k, v in config.items():
+        setattr(model.config, k, v)
+    model.save_pretrained(d, safe_serialization=True)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_dir(tmp_path_factory):
+    from reasondistill.models import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    tok.add_tokens(["<extra>"])  # one real token more: not padding
+    return _save(tmp_path_factory.mktemp("other-tok"), tok)
+
+
+def _cfg(tmp_path, teacher, students=None, replace=None, **sections):
+    path = write_config(tmp_path / "c.yaml", teacher, **({"students": students} if students else {}), **sections)
+    raw = yaml.safe_load(path.read_text()) | (replace or {})  # whole sections, not merged
+    path.write_text(yaml.safe_dump(raw))
+    return RunConfig.model_validate(raw), path
+
+
+def _soft(name="kd", **kw):
+    return {"name": name, "init": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                   "intermediate_size": 32},
+            "distill": {"source": "online"}, "train": {"max_steps": 2, "epochs": None, "batch_size": 8}} | kw
+
+
+def test_the_demo_and_a_plain_config_pass(tmp_path, tiny_model_dir):
+    from reasondistill.config import demo_config_path, load_config
+
+    assert preflight(load_config(demo_config_path())) == []
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=[_soft()])
+    assert preflight(cfg) == []
+
+
+def test_a_soft_student_with_another_tokenizer_is_refused_before_the_first_stage(tmp_path, tiny_model_dir,
+                                                                                  other_tokenizer_dir):
+    cfg, path = _cfg(tmp_path, tiny_model_dir, students=[_soft("hard", distill=None),
+                                                         _soft("kd", tokenizer=str(other_tokenizer_dir))])
+    problems = preflight(cfg)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("students.1 (kd): its tokenizer (106 tokens) differs from the tokenizer of teacher ")
+    assert "1 tokens only in the student" in problems[0] and "distill.cross_tokenizer" in problems[0]
+    out = cli("check", path, check=False)
+    assert out.returncode == 2 and out.stdout.strip() == problems[0]
+    out = cli("run", path, check=False)
+    assert out.returncode == 2 and "students.1 (kd): its tokenizer" in out.stderr
+    assert not (tmp_path / "run/generate").exists() and not (tmp_path / "run/problems").exists()
+    # cross-tokenizer distillation (distill.cross_tokenizer, another module) may use another tokenizer
+    object.__setattr__(cfg.students[1].distill, "cross_tokenizer", {"method": "uld"})
+    assert preflight(cfg) == []
+
+
+def test_vocabularies_that_differ_only_by_padding_rows_pass(tmp_path, tiny_model_dir, char_tokenizer):
+    from reasondistill.models import build_char_tokenizer
+
+    padded = _save(tmp_path / "padded", build_char_tokenizer(), TINY | {"tie_word_embeddings": True})
+    conf = json.loads((padded / "config.json").read_text())
+    from reasondistill.models import init_model
+
+    model = init_model(TINY, char_tokenizer, seed=0)
+    model.resize_token_embeddings(len(char_tokenizer) + 17)  # like Qwen's 152,064 rows for 151,665 tokens
+    model.save_pretrained(padded, safe_serialization=True)
+    assert json.loads((padded / "config.json").read_text())["vocab_size"] == conf["vocab_size"] + 17
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=[_soft(init=None, model=str(padded))])
+    assert preflight(cfg) == []
+
+
+def test_a_logit_teacher_is_needed_for_soft_students_of_an_api_teacher(tmp_path, tiny_model_dir):
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=[_soft(tokenizer=str(tiny_model_dir))],
+                  replace={"teacher": {"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"}})
+    problems = preflight(cfg)
+    assert len(problems) == 1 and problems[0].startswith("students.0 (kd): distill needs a local teacher's logits")
+    assert "logit_teacher" in problems[0]
+
+
+def test_an_eos_the_model_does_not_stop_on_is_a_problem(tmp_path, tiny_model_dir, char_tokenizer):
+    from transformers import GenerationConfig
+
+    d = _save(tmp_path / "student", char_tokenizer)
+    other = char_tokenizer.convert_tokens_to_ids("<|user|>")
+    GenerationConfig(eos_token_id=[other]).save_pretrained(d)
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=[{"name": "s", "model": str(d)}])
+    problems = preflight(cfg)
+    assert len(problems) == 1 and problems[0].startswith("students.0 (s): training ends every answer with")
+    assert "'<|end|>' (2)" in problems[0] and f"'<|user|>' ({other})" in problems[0]
+    GenerationConfig(eos_token_id=[other, char_tokenizer.eos_token_id]).save_pretrained(d)
+    assert preflight(cfg) == []
+
+
+def test_a_tokenizer_without_chat_template_is_a_problem(tmp_path, tiny_model_dir):
+    from reasondistill.models import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    tok.chat_template = None
+    d = _save(tmp_path / "plain", tok)
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=[{"name": "s", "model": str(d)}])
+    problems = preflight(cfg)
+    assert len(problems) == 1 and "cannot render a prompt with its chat template" in problems[0]
+
+
+def test_lengths_against_the_context(tmp_path, tiny_model_dir):
+    ctx = TINY["max_position_embeddings"]
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=[{"name": "s", "model": str(tiny_model_dir)}],
+                  build={"max_length": ctx + 1}, generate={"max_new_tokens": ctx},
+                  evaluate={"max_new_tokens": ctx - 5})
+    problems = preflight(cfg)
+    assert problems[0] == (f"students.0 (s): build.max_length={ctx + 1} exceeds the student's context ({ctx} "
+                           "tokens, max_position_embeddings); lower build.max_length")
+    assert problems[1].startswith("students.0 (s): the longest test prompt (")
+    assert problems[2].startswith("teacher.model: the longest training prompt (")
+    assert problems[3].startswith("teacher.model: the longest test prompt (") and len(problems) == 4
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, build={"max_length": 5})
+    assert preflight(cfg)[0].startswith("students.0 (s1): every training prompt is at least ")
+
+
+def test_missing_files_and_models_are_one_line_each(tmp_path, tiny_model_dir):
+    cfg, path = _cfg(tmp_path, tmp_path / "no-teacher", students=[{"name": "s", "model": str(tmp_path / "nope")},
+                                                                  _soft("kd")],
+                     replace={"task": {"name": "file", "path": str(tmp_path / "nothing.jsonl")}})
+    problems = preflight(cfg)
+    assert problems[0] == f"task.path: {tmp_path / 'nothing.jsonl'}: no such file or directory"
+    assert problems[1].startswith(f"teacher.model: cannot load the model config of '{tmp_path / 'no-teacher'}'")
+    assert problems[2].startswith(f"students.0 (s).model: cannot load the model config of '{tmp_path / 'nope'}'")
+    assert len(problems) == 3  # the soft student's (the teacher's) tokenizer is the same missing model
+    out = cli("check", path, check=False)
+    assert out.returncode == 2 and len(out.stdout.strip().splitlines()) == 3
+
+
+def test_qlora_on_a_machine_without_gpu_is_a_problem(tmp_path, tiny_model_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=[{"name": "q", "model": str(tiny_model_dir),
+                                                       "lora": {"quantize": "nf4"}}])
+    problems = preflight(cfg)
+    assert len(problems) == 1 and problems[0].startswith("students.0 (q): lora.quantize: nf4 (QLoRA)")
+
+
+def test_lora_target_modules_that_match_nothing_are_a_problem(tmp_path, tiny_model_dir):
+    pytest.importorskip("peft")
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=[
+        {"name": "ok", "model": str(tiny_model_dir), "lora": {"target_modules": ["q_proj", "v_proj"]}},
+        {"name": "typo", "model": str(tiny_model_dir), "lora": {"target_modules": ["qproj"]}}])
+    problems = preflight(cfg)
+    assert len(problems) == 1 and problems[0].startswith("students.1 (typo): lora.target_modules ['qproj'] match no")
+    assert "q_proj" in problems[0] and "down_proj" in problems[0]
