@@ -3,9 +3,10 @@ teacher gives the soft targets, the trained students are evaluated through serve
 
 - teacher: `reasondistill serve bundled:tiny-arith-teacher` (the CLI, a separate process on
   127.0.0.1) behind `teacher.kind: openai`: generate samples it, evaluate scores it through the API;
-- logit_teacher: the same bundled model loaded locally: online soft distillation of student `kd`,
-  and top-8 log-probs captured for student `topk` (offline_topk);
-- the students: tiny fresh Llamas; after training each `final/` is served by `reasondistill serve`
+- logit_teacher: the same bundled model loaded locally: online soft distillation of student `kd`
+  (a LoRA student: adapters on a small pretrained model, merged into `final/`), and top-8 log-probs
+  captured for student `topk` (offline_topk, a tiny fresh Llama);
+- the students: after training each `final/` is served by `reasondistill serve`
   (one server each: `evaluate.openai.urls`) and evaluated with `evaluate.backend: openai`, the
   router included (it counts the API teacher's calls and tokens);
 - report.json shows the teacher and the students, each with a 95% CI.
@@ -50,7 +51,7 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "in
 TRAIN = {"epochs": 1, "batch_size": 8, "lr": 3e-3, "threads": 1, "log_every": 1, "eval_every": 2, "save_every": 100}
 
 
-def config(tmp_path: Path, teacher_url: str) -> Path:
+def config(tmp_path: Path, teacher_url: str, base_model: Path) -> Path:
     cfg = {
         "run_dir": str(tmp_path / "run"),
         "seed": 0,
@@ -61,7 +62,7 @@ def config(tmp_path: Path, teacher_url: str) -> Path:
         "generate": {"n": 1, "temperature": 0.7, "max_new_tokens": 96},
         "curate": {"decontaminate": None},
         "build": {"max_length": 160, "val_fraction": 0.1},
-        "students": [{"name": "kd", "init": TINY, "train": TRAIN,
+        "students": [{"name": "kd", "model": str(base_model), "lora": {"r": 4, "alpha": 8}, "train": TRAIN,
                       "distill": {"source": "online", "alpha": 0.5, "chunk_size": None}},
                      {"name": "topk", "init": TINY, "train": TRAIN,  # top-8 captured from the logit teacher
                       "distill": {"source": "offline_topk", "top_k": 8, "alpha": 0.5, "chunk_size": None}}],
@@ -75,13 +76,13 @@ def config(tmp_path: Path, teacher_url: str) -> Path:
     return path
 
 
-def test_api_teacher_logit_teacher_served_student(tmp_path, teacher_server):
+def test_api_teacher_logit_teacher_served_student(tmp_path, teacher_server, tiny_model_dir):
     from reasondistill.config import load_config
     from reasondistill.pipeline import Pipeline
     from reasondistill.records import Trace, read_records
     from reasondistill.serve import make_server
 
-    path = config(tmp_path, teacher_server)
+    path = config(tmp_path, teacher_server, tiny_model_dir)
     logs: list[str] = []
     pipe = Pipeline(load_config(path), log=logs.append, show_progress=False)
     pipe.generate()
@@ -96,6 +97,12 @@ def test_api_teacher_logit_teacher_served_student(tmp_path, teacher_server):
         assert trained["config"]["logit_teacher"]["model"] == "bundled:tiny-arith-teacher"  # in its fingerprint
         assert json.loads(pipe.rd.train(name).summary.read_text())["steps"] >= 2
         assert (pipe.rd.train(name).final / "model.safetensors").exists()
+    lora = json.loads(pipe.rd.train("kd").summary.read_text())  # adapters trained, merged on export
+    assert 0 < lora["trainable_params"] < lora["params"]
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(pipe.rd.train("kd").final)  # plain transformers, no peft
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
     assert pipe.rd.stage_state("capture:topk")["config"]["teacher"] == "bundled:tiny-arith-teacher"
 
     servers = {}  # what `reasondistill serve train/NAME/final --served-model-name NAME` runs, one per student
@@ -125,6 +132,7 @@ def test_api_teacher_logit_teacher_served_student(tmp_path, teacher_server):
         assert metrics["backend"]["backend"] == "openai" and metrics["api_usage"]["requests"] == 12
     assert report["models"]["teacher"]["accuracy"] >= 0.5  # the bundled teacher, scored through its API
     assert "teacher" in pipe.rd.report_md.read_text() and "kd" in pipe.rd.report_md.read_text()
+    assert f"({lora['trainable_params']:,} trainable)" in pipe.rd.report_md.read_text()
     assert pipe.rd.stage_state("evaluate:kd")["config"]["url"] == student.url
     # the router works with the API teacher and counts what routing to it costs
     from reasondistill.evaluate.sampled import vote_table
