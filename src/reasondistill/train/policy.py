@@ -337,7 +337,7 @@ class PolicyTrainer:
         loss.backward()
         grad_norm = self._optimizer_step()
         margins = self.dpo.margins(pol[:n], pol[n:], ref[:n], ref[n:]).detach()
-        return {"loss": float(loss), "dpo_margin": float(margins.mean()),
+        return {"loss": float(loss.detach()), "dpo_margin": float(margins.mean()),
                 "dpo_accuracy": float((margins > 0).float().mean()), "grad_norm": round(grad_norm, 5),
                 "tokens_trained": int(batch["attention_mask"].sum()), "length": float(np.mean([len(c) for c in comps]))}
 
