@@ -55,7 +55,8 @@ def teacher_data(args, tok, task):
     by_id = {p.id: p for p in problems}
     verdicts = judge_many(task, [(by_id[t.problem_id], t.text, t.finish_reason, 0) for t in traces])
     kept = [t for t, v in zip(traces, verdicts) if v.verdict == "correct" and t.thinking]
-    prompts = tok(render_prompts(tok, [by_id[t.problem_id].prompt for t in kept]), add_special_tokens=False)["input_ids"]
+    prompts = tok(render_prompts(tok, [by_id[t.problem_id].prompt for t in kept]),
+                  add_special_tokens=False)["input_ids"]
     comps = tok([format_target(t.thinking, t.answer) for t in kept], add_special_tokens=False)["input_ids"]
     examples = [(by_id[t.problem_id], p, c + [tok.eos_token_id]) for t, p, c in zip(kept, prompts, comps)]
     return problems, examples, teacher.model, {"traces": len(traces), "verified": len(kept)}

@@ -61,8 +61,8 @@ def test_grpo_trains_logs_and_resumes_exactly(problems, arith, char_tokenizer, t
     assert moved < 3 and float(rows[moved + 1]["kl_ref"]) > 0
     # interrupted after step 3 (step 4's checkpoint and final/ gone): resuming gives the same weights
     cut = tmp_path / "b"
-    train_policy(_student(char_tokenizer), char_tokenizer, problems, arith, cfg.model_copy(update={"keep_checkpoints": 5}),
-                 cut, seed=0, show_progress=False)
+    train_policy(_student(char_tokenizer), char_tokenizer, problems, arith,
+                 cfg.model_copy(update={"keep_checkpoints": 5}), cut, seed=0, show_progress=False)
     import shutil
 
     shutil.rmtree(cut / "checkpoints/step-4")

@@ -72,8 +72,9 @@ class HFRollout:
         processors = LogitsProcessorList()
         if temperature > 0:
             processors.append(CounterSampler(torch.tensor(list(keys), dtype=torch.int64), width, temperature, 1.0))
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=sorted(self.eos),
-                               pad_token_id=pad, use_cache=True, temperature=None, top_p=None, top_k=None)
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                               eos_token_id=sorted(self.eos), pad_token_id=pad, use_cache=True, temperature=None,
+                               top_p=None, top_k=None)
         was_training = model.training
         model.eval()
         fast = device.type == "cpu" and next(model.parameters()).dtype == torch.bfloat16
