@@ -213,3 +213,20 @@ def test_vllm_backends_generate_and_sync_the_trained_weights(problems, arith, ch
     assert client.resets == 1 and all(torch.equal(client.updated[k], v) for k, v in student.state_dict().items())
     rolls = server.generate([[3, 4, 5]], [0], 1.0, 5)
     assert len(rolls) == 1 and 1 <= len(rolls[0].completion) <= 5
+
+
+def test_grpo_plus_kl_to_the_teacher_adds_the_per_token_reverse_kl_advantage(problems, arith, char_tokenizer):
+    """Combined objective: with kl_teacher the advantage gains kl_teacher · (log p_teacher − log p_student);
+    a teacher equal to the student adds nothing, another teacher changes the loss."""
+    student = _student(char_tokenizer)
+    losses = {}
+    for name, teacher in (("plain", None), ("same", copy.deepcopy(student)), ("other", _student(char_tokenizer, 5))):
+        cfg = PolicyConfig(objective="grpo", kl_teacher=0.5 if teacher is not None else 0.0,
+                           rewards=RewardValues(truncated=-1.0, unparseable=0.5, wrong=0.5), **SMALL)
+        t = PolicyTrainer(copy.deepcopy(student), char_tokenizer, problems, arith, cfg, "/unused", seed=0,
+                          teacher=teacher, show_progress=False)
+        losses[name] = t.rollout_step(0)
+    assert losses["same"]["loss"] == pytest.approx(losses["plain"]["loss"], abs=1e-6)
+    assert losses["same"]["kl_teacher"] == pytest.approx(0.0, abs=1e-6)
+    assert losses["other"]["loss"] != pytest.approx(losses["plain"]["loss"], abs=1e-4)
+    assert losses["other"]["kl_teacher"] > 0
