@@ -249,7 +249,7 @@ def main() -> None:
     ap.add_argument("--long-max-new", type=int, default=140, help="length limit on the longer chains")
     ap.add_argument("--sft-batch", type=int, default=32, help="SFT batch")
     ap.add_argument("--sft-lr", type=float, default=3e-3, help="SFT learning rate")
-    ap.add_argument("--rl-lr", type=float, default=1e-3, help="policy-training learning rate")
+    ap.add_argument("--rl-lr", type=float, default=1e-4, help="policy-training learning rate")
     ap.add_argument("--dpo-problems", type=int, default=64, help="problems searched for DPO pairs")
     ap.add_argument("--out", default="bench/results/distill_vs_rl", help="directory for result.json and the plot")
     args = ap.parse_args()
