@@ -14,7 +14,11 @@ tokens the teacher scored; wall time is reported beside it. The teacher's traces
 T = 0.7, verified correct) are made once and shared by all arms and seeds; a seed changes the student's
 initialisation, data order and rollouts. 95% CIs are t-intervals over seeds.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/distill_vs_rl.py --out bench/results/distill_vs_rl
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/distill_vs_rl.py --out runs/distill_vs_rl
+
+The weak student is saved to ``OUT/weak/`` and reused by a rerun with the same ``--out`` (it is the
+slow part: ~3.6M tokens of SFT); delete that directory after changing --n-train, --weak-* or --sft-*.
+``OUT/result.json`` is rewritten after every seed, so a run cut short leaves its finished seeds.
 """
 
 from __future__ import annotations
@@ -251,7 +255,7 @@ def main() -> None:
     ap.add_argument("--sft-lr", type=float, default=3e-3, help="SFT learning rate")
     ap.add_argument("--rl-lr", type=float, default=1e-4, help="policy-training learning rate")
     ap.add_argument("--dpo-problems", type=int, default=64, help="problems searched for DPO pairs")
-    ap.add_argument("--out", default="bench/results/distill_vs_rl", help="directory for result.json and the plot")
+    ap.add_argument("--out", default="runs/distill_vs_rl", help="directory for result.json and the plot")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from reasondistill.models import load_tokenizer
