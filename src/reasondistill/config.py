@@ -23,6 +23,7 @@ from reasondistill.tasks.config import TASK_NAMES, ChainedArithConfig, TaskConfi
 from reasondistill.teachers.sampling import SamplingParams
 from reasondistill.train.config import TrainConfig
 from reasondistill.train.lora import LoraConfig
+from reasondistill.train.policy_config import PolicyConfig
 
 
 class ConfigError(ValueError):
@@ -272,7 +273,8 @@ class DistillConfig(_Strict):
     skew_alpha: float | None = Field(None, ge=0, le=1, description="skew_*_kl only: weight of the skewed-in "
                                      "distribution (default 0.1)")
     temperature: float = Field(1.0, gt=0, description="softmax temperature T of both distributions")
-    alpha: float = Field(0.5, ge=0, le=1, description="weight of the divergence; 1 − alpha weighs CE on the labels")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the divergence; 1 − alpha weighs CE on the labels "
+                         "(teacher-written traces only: on_policy's student samples get the divergence alone)")
     top_k: int | None = Field(None, gt=0, description="offline_topk: log-probs kept per answer token")
     chunk_size: int | None = Field(16, gt=0, description="token rows per loss chunk (bounded memory); None = all")
     lambda_on_policy: float | None = Field(None, ge=0, le=1, description="on_policy only: share of batches "
@@ -320,6 +322,8 @@ class StudentConfig(_Strict):
     distill: DistillConfig | None = Field(None, description="soft distillation (None: hard, traces only)")
     lora: LoraConfig | None = Field(None, description="train low-rank adapters (peft) on the pretrained `model` "
                                     "instead of every weight; final/ holds the merged model (null: full fine-tuning)")
+    policy: PolicyConfig | None = Field(None, description="train on the student's own rollouts instead: grpo, "
+                                        "on_policy (prompt-only distillation) or dpo (train/policy_config.py)")
 
     @model_validator(mode="after")
     def _one_model(self) -> "StudentConfig":
@@ -327,6 +331,8 @@ class StudentConfig(_Strict):
             raise ValueError("set exactly one of 'model' (pretrained) or 'init' (fresh config)")
         if self.lora is not None and self.model is None:
             raise ValueError("lora adapts a pretrained model: set 'model' (a path or hub id), not 'init'")
+        if self.policy is not None and self.distill is not None:
+            raise ValueError("set at most one of 'distill' (trained on traces) and 'policy' (on its own rollouts)")
         if self.distill is not None and self.train.packing:
             raise ValueError("train.packing works for hard distillation only: the soft-distillation (distill) "
                              "objectives read per-row teacher outputs")

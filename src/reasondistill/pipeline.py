@@ -36,7 +36,7 @@ def load_traces(path: Path) -> dict[tuple[str, int], Trace]:
 # fields added after runs existed, left out of a student's fingerprint while at their defaults, so
 # that upgrading does not retrain old runs: (path in StudentConfig.model_dump, default)
 _LATER_FIELDS = ((("distill",), None), (("attn_implementation",), None), (("train", "packing"), False),
-                 (("train", "pack_tokens"), None), (("lora",), None))
+                 (("train", "pack_tokens"), None), (("lora",), None), (("policy",), None))
 
 
 def _fingerprinted(s: StudentConfig) -> dict[str, Any]:
@@ -326,6 +326,10 @@ class Pipeline:
         from reasondistill.models import init_model, load_model, load_tokenizer
         from reasondistill.train.sft import cross_entropy_sum, train_model
 
+        if s.policy is not None:  # trained on its own rollouts (train/policy.py)
+            from reasondistill.train.policy_stage import train_policy_student
+
+            return train_policy_student(self, s, force)
         b, t = self.rd.build(s.name), self.rd.train(s.name)
         self.rd.need(b.train, stage="build")
         conf = {"student": _fingerprinted(s), "seed": self._seed(s)}

@@ -108,3 +108,39 @@ def test_on_policy_through_the_loop_saves_its_counter(models, dataset, char_toke
                           dataset / "val.safetensors", tmp_path, cfg, seed=0, objective=obj, show_progress=False)
     assert summary["steps"] == 3 and np.isfinite(summary["final_val_loss"])
     assert int(load_file(tmp_path / "checkpoints/step-3/objective.safetensors")["calls"]) == 6
+
+
+def test_loss_composition_divergence_alone_on_own_samples_ce_only_on_teacher_traces(models, batch, char_tokenizer):
+    """The pin of the composition: α·T²·div + (1−α)·CE on teacher-written traces, T²·div alone on
+    the student's own samples (CE there would be self-imitation). Computed by hand from logits."""
+    import torch.nn.functional as F
+
+    student, teacher = models
+    student = copy.deepcopy(student).train()
+    t, alpha = 2.0, 0.3
+    kd = _kd(teacher, divergence="reverse_kl", alpha=alpha, temperature=t)
+
+    def by_hand(b, with_ce):
+        with torch.no_grad():
+            s = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+            tl = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+        y = b["labels"][:, 1:]
+        keep = y != IGNORE_INDEX
+        logq, logp = F.log_softmax(s[keep] / t, -1), F.log_softmax(tl[keep] / t, -1)
+        rkl = (logq.exp() * (logq - logp)).sum(-1).sum()
+        ce = F.cross_entropy(s[keep], y[keep], reduction="sum")
+        return (alpha * t * t * rkl + (1 - alpha) * ce) if with_ce else t * t * rkl
+
+    off = OnPolicyKD(kd, char_tokenizer, lambda_on_policy=0.0, seed=0)
+    with torch.no_grad():
+        assert off(student, batch).item() == pytest.approx(by_hand(batch, True).item(), rel=1e-4)
+    on = OnPolicyKD(kd, char_tokenizer, lambda_on_policy=1.0, seed=0)
+    sampled = on.student_batch(student, batch, step=0)
+    n_orig = int((batch["labels"] != IGNORE_INDEX).sum())
+    n_new = int((sampled["labels"] != IGNORE_INDEX).sum())
+    with torch.no_grad():
+        got = on(student, batch).item()
+    assert on.last_on_policy
+    want = by_hand(sampled, False).item() * n_orig / n_new
+    assert got == pytest.approx(want, rel=1e-4)
+    assert got != pytest.approx(by_hand(sampled, True).item() * n_orig / n_new, rel=1e-3)  # no CE mixed in

@@ -33,6 +33,9 @@ from reasondistill.train.losses import (DivergencePlusCrossEntropy, ForwardKL, G
 DIVERGENCES = {"forward_kl": ForwardKL, "reverse_kl": ReverseKL, "jsd": GeneralizedJSD,
                "skew_forward_kl": SkewForwardKL, "skew_reverse_kl": SkewReverseKL, "tvd": TotalVariationDistance}
 
+# a batch key marking completions the student sampled itself (train/onpolicy.py): no CE on them
+STUDENT_WRITTEN = "student_written"
+
 HARD_STILL_WORKS = ("hard distillation (train on the teacher's traces: remove the student's `distill` "
                     "section) still works with any tokenizer")
 
@@ -98,8 +101,13 @@ class OnlineKD:
             return model_forward(self.teacher, batch, hidden)
 
     def logit_loss(self, student_logits: Tensor, teacher_logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """The loss summed over answer tokens; on a batch the student wrote itself (``STUDENT_WRITTEN`` in
+        it, set by train/onpolicy.py) the divergence alone: CE on its own samples would be self-imitation."""
         s, t = align_vocab(*[x[:, :-1] for x in (student_logits, teacher_logits)])
-        return self.loss(s, t.detach(), batch["labels"][:, 1:])
+        loss = self.loss
+        if STUDENT_WRITTEN in batch and hasattr(loss, "divergence_only"):
+            loss = loss.divergence_only()
+        return loss(s, t.detach(), batch["labels"][:, 1:])
 
     def __call__(self, model, batch: dict[str, Tensor]) -> Tensor:
         t = self.teacher_forward(batch)

@@ -360,6 +360,11 @@ class DivergencePlusCrossEntropy(_TokenLoss):
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.divergence, self.alpha = divergence, float(alpha)
 
+    def divergence_only(self) -> "DivergencePlusCrossEntropy":
+        """The same loss with α = 1 (``T² · divergence``, no CE): what tokens the student wrote itself
+        are trained on (on-policy distillation), where CE would be self-imitation."""
+        return DivergencePlusCrossEntropy(self.divergence, alpha=1.0, chunk_size=self.chunk_size)
+
     def row_losses(self, s: Tensor, teacher_rows: tuple[Tensor, ...], labels: Tensor) -> Tensor:
         kd = self.divergence.row_losses(s, teacher_rows, labels)
         ce = torch.logsumexp(s, -1) - s.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)

@@ -8,6 +8,10 @@ function of (seed, s) (a numpy Generator keyed by both, never the global RNG), t
 noise is counter-based (teachers/sampling.py), and the call counter is saved with checkpoints,
 so a resumed run makes the same choices and samples.
 
+Loss composition (pinned by tests/train/test_onpolicy.py): on a batch of teacher-written traces the
+configured ``α · T² · divergence + (1 − α) · CE``; on the student's own samples the divergence
+alone (``T² · divergence``): cross-entropy on its own samples would be self-imitation, not GKD.
+
     kd = OnlineKD(teacher, make_loss(cfg))
     objective = OnPolicyKD(kd, tokenizer, lambda_on_policy=0.5, seed=0)
     train_model(student, tokenizer, train, val, out, train_cfg, seed=0, objective=objective)
@@ -20,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from reasondistill.data.dataset import IGNORE_INDEX
+from reasondistill.train.kd import STUDENT_WRITTEN
 
 
 class OnPolicyKD(nn.Module):
@@ -113,4 +118,5 @@ class OnPolicyKD(nn.Module):
             input_ids[r, :len(ids)] = ids
             labels[r, len(a):len(ids)] = ids[len(a):]
             attention[r, :len(ids)] = 1
-        return {"input_ids": input_ids.to(device), "attention_mask": attention.to(device), "labels": labels.to(device)}
+        return {"input_ids": input_ids.to(device), "attention_mask": attention.to(device), "labels": labels.to(device),
+                STUDENT_WRITTEN: torch.ones(len(rows), dtype=torch.bool, device=device)}
