@@ -88,11 +88,12 @@ def test_vocabularies_that_differ_only_by_padding_rows_pass(tmp_path, tiny_model
 
 
 def test_a_logit_teacher_is_needed_for_soft_students_of_an_api_teacher(tmp_path, tiny_model_dir):
-    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=[_soft(tokenizer=str(tiny_model_dir))],
-                  replace={"teacher": {"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"}})
-    problems = preflight(cfg)
-    assert len(problems) == 1 and problems[0].startswith("students.0 (kd): distill needs a local teacher's logits")
-    assert "logit_teacher" in problems[0]
+    """Refused when the config loads (config.py), before any check or stage runs."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"students \['kd'\]: a distill section needs .*logit_teacher"):
+        _cfg(tmp_path, tiny_model_dir, students=[_soft(tokenizer=str(tiny_model_dir))],
+             replace={"teacher": {"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"}})
 
 
 def test_an_eos_the_model_does_not_stop_on_is_a_problem(tmp_path, tiny_model_dir, char_tokenizer):
