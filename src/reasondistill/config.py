@@ -181,6 +181,10 @@ class DistillConfig(_Strict):
     temperature: float = Field(1.0, gt=0, description="softmax temperature T of both distributions")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the divergence; 1 − alpha weighs CE on the labels")
     top_k: int | None = Field(None, gt=0, description="offline_topk: log-probs kept per answer token")
+    cache: Literal["fp16", "compact"] = Field(
+        "fp16", description="offline_topk: how the top-k is stored: fp16 (k·6+2 bytes/token) or compact (ids "
+        "Elias-Fano coded, log-probs in 0.25-nat steps, entries > 7.5 nats below the top folded into the tail; "
+        "~140 bytes/token at k=128, data/compact_topk.py)")
     chunk_size: int | None = Field(16, gt=0, description="token rows per loss chunk (bounded memory); None = all")
     lambda_on_policy: float | None = Field(None, ge=0, le=1, description="on_policy only: share of batches "
                                            "replaced by the student's own samples (GKD lambda, default 0.5)")
@@ -190,6 +194,8 @@ class DistillConfig(_Strict):
     def _consistent(self) -> "DistillConfig":
         if self.source == "offline_topk" and self.top_k is None:
             raise ValueError("source 'offline_topk' needs top_k (log-probs stored per answer token)")
+        if self.source != "offline_topk" and self.cache != "fp16":
+            raise ValueError(f"cache applies to source 'offline_topk' only (source is {self.source!r})")
         if self.source != "offline_topk" and self.top_k is not None:
             raise ValueError(f"top_k applies to source 'offline_topk' only (source is {self.source!r})")
         if self.source == "offline_topk" and self.features is not None:

@@ -376,7 +376,8 @@ class Pipeline:
         splits = {x: b.split(x) for x in ("train", "val") if b.split(x).exists()}
         dtype = resolve_dtype(self.cfg.teacher.dtype)  # "auto" fingerprints as what it resolved to here
         conf = {"teacher": teacher_name, "dtype": dtype, "top_k": s.distill.top_k,
-                "temperature": s.distill.temperature, "student": s.model, "tokenizer": self._student_tokenizer_name(s)}
+                "temperature": s.distill.temperature, "student": s.model, "tokenizer": self._student_tokenizer_name(s),
+                **({"cache": s.distill.cache} if s.distill.cache != "fp16" else {})}
         inputs = [*splits.values(), *local_files(teacher_name)]
 
         def fn(_fp):
@@ -394,7 +395,8 @@ class Pipeline:
             n = sum(len(TokenizedDataset(p)) for p in splits.values())
             with progress_bar(f"capture {s.name}", n, self.show_progress) as bar:
                 stats = capture_topk(teacher, splits, d, s.distill.top_k, s.distill.temperature, vocab_size=vocab,
-                                     pad_id=tokenizer.pad_token_id, teacher_id=teacher_id, log=self.log, progress=bar)
+                                     pad_id=tokenizer.pad_token_id, teacher_id=teacher_id, log=self.log, progress=bar,
+                                     cache=s.distill.cache)
             self.log(f"       {s.name}: teacher top-{s.distill.top_k} of {stats['tokens']} answer tokens, "
                      f"{stats['bytes_per_token']} bytes/token on disk")
             return stats

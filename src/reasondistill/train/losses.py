@@ -255,7 +255,9 @@ class _Divergence(_TokenLoss):
         # renormalise the k + 1 teacher buckets (fp16 storage does not sum to exactly 1)
         logp = F.log_softmax(torch.cat([top.float(), tail.float().unsqueeze(-1)], -1), -1)
         q_tail = torch.logsumexp(logq.scatter(-1, ids, _FLOOR), -1, keepdim=True)
-        return logp, torch.cat([logq.gather(-1, ids), q_tail], -1)
+        # a -inf teacher entry is an empty (masked) bucket, e.g. the compact cache's padding: zero on both sides
+        q_top = torch.where(torch.isneginf(top), float("-inf"), logq.gather(-1, ids))
+        return logp, torch.cat([q_top, q_tail], -1)
 
     def row_losses(self, s: Tensor, teacher_rows: tuple[Tensor, ...], labels: Tensor) -> Tensor:
         return self.divergence(*self.log_probs(s, teacher_rows))
