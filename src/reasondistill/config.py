@@ -189,6 +189,13 @@ class DistillConfig(_Strict):
     lambda_on_policy: float | None = Field(None, ge=0, le=1, description="on_policy only: share of batches "
                                            "replaced by the student's own samples (GKD lambda, default 0.5)")
     features: FeatureDistillConfig | None = Field(None, description="hidden-state matching (null: none)")
+    cross_tokenizer: Literal["uld", "aligned", "projection"] | None = Field(
+        None, description="a student whose tokenizer differs from the teacher's: texts re-tokenised and aligned by "
+        "bytes, distributions compared at each aligned span's first token. uld: sorted-probability L1 (token "
+        "identity ignored); aligned: exact KL on the tokens both vocabularies share (+ L1 on the rest, GOLD-like); "
+        "projection: the teacher's vocabulary mapped onto the student's by token strings, then forward KL "
+        "(train/cross_tokenizer.py). With offline_topk the capture stores the teacher's tokens and strings. "
+        "null: the tokenizers must match")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DistillConfig":
@@ -200,6 +207,11 @@ class DistillConfig(_Strict):
             raise ValueError(f"top_k applies to source 'offline_topk' only (source is {self.source!r})")
         if self.source == "offline_topk" and self.features is not None:
             raise ValueError("features need the teacher's hidden states: use source 'online' or 'on_policy'")
+        if self.cross_tokenizer is not None and self.features is not None:
+            raise ValueError("features (hidden-state matching) need the teacher's tokenizer; drop cross_tokenizer")
+        if self.cross_tokenizer is not None and self.divergence != "forward_kl":
+            raise ValueError(f"divergence does not apply with cross_tokenizer {self.cross_tokenizer!r} (the "
+                             "method defines the comparison): remove it")
         if self.source != "on_policy" and self.lambda_on_policy is not None:
             raise ValueError("lambda_on_policy applies to source 'on_policy' only")
         if self.beta is not None and self.divergence != "jsd":

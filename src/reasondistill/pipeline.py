@@ -360,7 +360,7 @@ class Pipeline:
 
             self._capture_one(s, force)
             return [self._topk_dir(s) / INDEX]
-        return local_files(self._local_teacher())
+        return local_files(self._local_teacher()) + ([self.rd.train_problems] if s.distill.cross_tokenizer else [])
 
     def _capture_one(self, s: StudentConfig, force: bool) -> dict[str, Any]:
         from reasondistill.data.dataset import TokenizedDataset
@@ -377,14 +377,18 @@ class Pipeline:
         dtype = resolve_dtype(self.cfg.teacher.dtype)  # "auto" fingerprints as what it resolved to here
         conf = {"teacher": teacher_name, "dtype": dtype, "top_k": s.distill.top_k,
                 "temperature": s.distill.temperature, "student": s.model, "tokenizer": self._student_tokenizer_name(s),
-                **({"cache": s.distill.cache} if s.distill.cache != "fp16" else {})}
-        inputs = [*splits.values(), *local_files(teacher_name)]
+                **({"cache": s.distill.cache} if s.distill.cache != "fp16" else {}),
+                **({"cross_tokenizer": True} if s.distill.cross_tokenizer else {})}
+        inputs = [*splits.values(), *local_files(teacher_name)] + ([self.rd.train_problems] if s.distill.cross_tokenizer
+                                                                    else [])
 
         def fn(_fp):
             import hashlib
             import json
 
             tokenizer = load_tokenizer(self._student_tokenizer_name(s))
+            if s.distill.cross_tokenizer:
+                return self._capture_cross(s, tokenizer, teacher_name, dtype, splits, d)
             check_same_tokenizer(tokenizer, load_tokenizer(teacher_name))
             teacher = load_model(teacher_name, dtype)
             vocab = min(self._student_vocab(s, tokenizer), teacher.get_output_embeddings().weight.shape[0])
@@ -402,6 +406,21 @@ class Pipeline:
             return stats
         return self.run_stage(f"capture:{s.name}", conf, inputs, [d], fn, force)
 
+    def _problem_prompts(self) -> dict[str, str]:
+        return {p.id: p.prompt for p in read_records(self.rd.train_problems, Problem)}
+
+    def _capture_cross(self, s: StudentConfig, tokenizer, teacher_name: str, dtype, splits, d) -> dict[str, Any]:
+        """The cross-tokenizer cache: the teacher's tokens, strings and top-k (train/cross_kd.py)."""
+        from reasondistill.models import load_model, load_tokenizer
+        from reasondistill.train.cross_kd import capture_cross_tokenizer
+
+        stats = capture_cross_tokenizer(load_model(teacher_name, dtype), load_tokenizer(teacher_name), tokenizer,
+                                        splits, self._problem_prompts(), d, s.distill.top_k, s.distill.temperature,
+                                        cache=s.distill.cache, log=self.log)
+        self.log(f"       {s.name}: teacher top-{s.distill.top_k} of {stats['tokens']} teacher answer tokens "
+                 f"(cross-tokenizer), {stats['bytes_per_token']} bytes/token on disk")
+        return stats
+
     def _student_vocab(self, s: StudentConfig, tokenizer) -> int:
         """Output rows of the student: the tokenizer's size for a fresh student (see init_model)."""
         if s.model is None:
@@ -418,6 +437,8 @@ class Pipeline:
         from reasondistill.train.kd import OfflineTopKKD, OnlineKD, make_loss, shared_vocab_size
 
         dc = s.distill
+        if dc.cross_tokenizer:
+            return self._cross_objective(s, tokenizer)
         loss = make_loss(dc)
         if dc.source == "offline_topk":
             from reasondistill.data.topk import TopKReader
@@ -432,6 +453,31 @@ class Pipeline:
 
             objective = FeatureKD(objective, model, dc.features.layers, dc.features.loss, dc.features.weight,
                                   seed=self._seed(s))
+        if dc.source == "on_policy":
+            from reasondistill.train.onpolicy import OnPolicyKD
+
+            objective = OnPolicyKD(objective, tokenizer, dc.defaulted("lambda_on_policy"), seed=self._seed(s))
+        return objective
+
+    def _cross_objective(self, s: StudentConfig, tokenizer):
+        """A student of another tokenizer (distill.cross_tokenizer): train/cross_kd.py."""
+        from reasondistill.train import cross_kd
+
+        dc = s.distill
+        if dc.source == "offline_topk":  # no teacher model or tokenizer: the capture holds its tokens and strings
+            maps, size = cross_kd.vocab_maps_for_cache(self._topk_dir(s), tokenizer)
+            loss = cross_kd.make_cross_loss(dc.cross_tokenizer, maps, len(tokenizer), size, dc)
+            return cross_kd.CachedCrossTokenizerKD(loss, self._topk_dir(s), tokenizer)
+        from reasondistill.data.token_alignment import VocabMaps, token_bytes
+        from reasondistill.models import load_model, load_tokenizer
+
+        name = self._local_teacher()  # the one place the logit teacher is chosen
+        teacher, teacher_tok = load_model(name, self.cfg.teacher.dtype), load_tokenizer(name)
+        size = cross_kd.teacher_vocab_size(teacher, teacher_tok)
+        maps = VocabMaps.build(tokenizer, teacher_tok, token_bytes(tokenizer), token_bytes(teacher_tok), size)
+        loss = cross_kd.make_cross_loss(dc.cross_tokenizer, maps, len(tokenizer), size, dc)
+        prompts = cross_kd.PromptMap.build(list(self._problem_prompts().values()), tokenizer, teacher_tok)
+        objective = cross_kd.CrossTokenizerKD(teacher, loss, tokenizer, teacher_tok, prompts)
         if dc.source == "on_policy":
             from reasondistill.train.onpolicy import OnPolicyKD
 
