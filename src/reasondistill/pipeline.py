@@ -343,6 +343,35 @@ class Pipeline:
             self.log("[skip] capture: no student uses distill.source 'offline_topk'")
         return {s.name: self._capture_one(s, force) for s in capturable}
 
+    def capture_estimate(self, student: str | None = None) -> dict[str, Any]:
+        """The disk each offline_topk student's capture will need (data/capture_estimate.py); needs the
+        build or at least the curated traces, never the teacher model."""
+        from reasondistill.data import capture_estimate as ce
+        from reasondistill.models import load_tokenizer
+
+        out = {}
+        for s in (x for x in self._students(student) if x.distill and x.distill.source == "offline_topk"):
+            b, dc = self.rd.build(s.name), s.distill
+            tok = load_tokenizer(self._student_tokenizer_name(s))
+            teacher_tok = load_tokenizer(self._local_teacher()) if dc.cross_tokenizer else None
+            built = [b.split(x) for x in ("train", "val") if b.split(x).exists()]
+            completions = None
+            if not built:
+                from reasondistill.data.build import make_examples
+
+                self.rd.need(self.rd.curated, stage="curate")
+                problems = {p.id: p for p in read_records(self.rd.train_problems, Problem)}
+                completions = [e.completion for e in make_examples(problems, read_records(self.rd.curated, Trace),
+                                                                   s.target, self.cfg.build.think_tags)]
+            m = ce.measure(tok, built, completions, teacher_tok)
+            vocab = len(teacher_tok) if teacher_tok is not None else self._student_vocab(s, tok)
+            out[s.name] = ce.estimate_capture(m["examples"], m["answer_tokens"], dc.top_k, dc.cache, vocab,
+                                              m.get("ratio"), m["prompt_tokens"], 4 * vocab * 8)
+            self.log(ce.format_estimate(out[s.name], s.name))
+        if not out:
+            self.log("capture: no student uses distill.source 'offline_topk'")
+        return out
+
     def _topk_dir(self, s: StudentConfig) -> Path:
         return self.rd.build(s.name).topk(s.distill.top_k)
 
