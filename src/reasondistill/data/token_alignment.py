@@ -181,7 +181,8 @@ class VocabMaps:
             head.append(first[0] if first else s_eos)
         size = teacher_size or len(t_bytes)
         head = head[:size] + [s_eos] * (size - len(head))
-        pairs = [(t, s) for t, s in pairs if t < size]
+        used: set[int] = set()  # one teacher id per student id, or the shared buckets would count a student twice
+        pairs = [(t, s) for t, s in pairs if t < size and not (s in used or used.add(s))]
         t_ids = torch.tensor([t for t, _ in pairs], dtype=torch.long)
         s_ids = torch.tensor([s for _, s in pairs], dtype=torch.long)
         return cls(t_ids, s_ids, torch.tensor(head, dtype=torch.long))
