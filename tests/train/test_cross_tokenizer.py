@@ -293,3 +293,18 @@ def test_sorted_l1_ignores_token_identity():
     assert isinstance(make_cross_loss("projection", VocabMaps(torch.tensor([0]), torch.tensor([0]),
                                                                torch.zeros(3).long()), 4, 3, DistillConfig()),
                       ProjectedKL)
+
+
+def test_dense_teacher_from_top_k_spreads_the_tail_and_ignores_padding():
+    from reasondistill.train.cross_tokenizer import dense_teacher_logprobs
+
+    inf = float("-inf")
+    lp = torch.tensor([[math.log(0.5), math.log(0.2), inf, inf]])  # two listed, then padding (repeats of id 3)
+    ids = torch.tensor([[3, 1, 3, 3]])
+    tail = torch.tensor([math.log(0.3)])
+    got = dense_teacher_logprobs((lp, ids, tail), 5, 1.0).exp()[0]
+    assert torch.allclose(got, torch.tensor([0.1, 0.2, 0.1, 0.5, 0.1]), atol=1e-6)
+    # a real zero-probability entry (a distinct id) stays zero and is not given tail mass
+    lp2 = torch.tensor([[math.log(0.7), inf]])
+    got2 = dense_teacher_logprobs((lp2, torch.tensor([[0, 2]]), torch.tensor([math.log(0.3)])), 4, 1.0).exp()[0]
+    assert torch.allclose(got2, torch.tensor([0.7, 0.15, 0.0, 0.15]), atol=1e-6)

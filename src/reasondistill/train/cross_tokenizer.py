@@ -54,18 +54,19 @@ from reasondistill.train.losses import IGNORE_INDEX, TopKTeacher, _ChunkedSum, _
 
 def dense_teacher_logprobs(rows: tuple[Tensor, ...], vocab: int, temperature: float) -> Tensor:
     """(n, V_t) teacher log-probs at T from dense logits ``(logits,)`` or a top-k row
-    ``(logprobs, ids, tail)`` (captured at T; the tail spread evenly over the other ids; -inf
-    entries are empty)."""
+    ``(logprobs, ids, tail)`` (captured at T; the tail spread evenly over the ids not listed;
+    padding entries, -inf at a repeat of the row's first id, list nothing)."""
     if len(rows) == 1:
         return F.log_softmax(rows[0].float() / temperature, -1)
     lp, ids, tail = rows
     lp, ids = lp.float(), ids.long()
-    valid = ~torch.isneginf(lp)
-    n_valid = valid.sum(-1, keepdim=True)
-    rest = tail.float().unsqueeze(-1) - torch.log((vocab - n_valid).clamp(min=1).float())
+    pad = torch.isneginf(lp) & (ids == ids[:, :1])  # the compact cache's padding: -inf at a repeat of the first id
+    pad[:, 0] = False
+    n_listed = (~pad).sum(-1, keepdim=True)
+    rest = tail.float().unsqueeze(-1) - torch.log((vocab - n_listed).clamp(min=1).float())
     out = rest.expand(-1, vocab).clone()
-    # a masked entry points at the row's first (kept) id: write that id's own value there too
-    out.scatter_(-1, ids, torch.where(valid, lp, lp[:, :1].expand_as(lp)))
+    # a padding entry points at the row's first id: write that id's own value there too
+    out.scatter_(-1, ids, torch.where(pad, lp[:, :1].expand_as(lp), lp))
     return torch.log_softmax(out, -1)  # renormalise (fp16 storage does not sum to exactly 1)
 
 

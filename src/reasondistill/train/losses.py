@@ -255,8 +255,11 @@ class _Divergence(_TokenLoss):
         # renormalise the k + 1 teacher buckets (fp16 storage does not sum to exactly 1)
         logp = F.log_softmax(torch.cat([top.float(), tail.float().unsqueeze(-1)], -1), -1)
         q_tail = torch.logsumexp(logq.scatter(-1, ids, _FLOOR), -1, keepdim=True)
-        # a -inf teacher entry is an empty (masked) bucket, e.g. the compact cache's padding: zero on both sides
-        q_top = torch.where(torch.isneginf(top), float("-inf"), logq.gather(-1, ids))
+        # padding (the compact cache's: log-prob -inf AND a repeat of the row's first id) is an empty bucket on
+        # both sides; a real zero-probability teacher entry (a distinct id) keeps the student's mass
+        pad = torch.isneginf(top) & (ids == ids[..., :1])
+        pad[..., 0] = False
+        q_top = torch.where(pad, float("-inf"), logq.gather(-1, ids))
         return logp, torch.cat([q_top, q_tail], -1)
 
     def row_losses(self, s: Tensor, teacher_rows: tuple[Tensor, ...], labels: Tensor) -> Tensor:
