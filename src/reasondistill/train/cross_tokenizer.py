@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reasondistill.train.losses import IGNORE_INDEX, TopKTeacher, _ChunkedSum, _kl, _TokenLoss
+from reasondistill.train.losses import IGNORE_INDEX, ChunkedSum, TokenLoss, TopKTeacher, kl_per_row
 
 
 def dense_teacher_logprobs(rows: tuple[Tensor, ...], vocab: int, temperature: float) -> Tensor:
@@ -78,7 +78,7 @@ def sorted_l1(p: Tensor, q: Tensor) -> Tensor:
     return (ps - qs).abs().sum(-1)
 
 
-class _CrossTokenizerLoss(_TokenLoss):
+class _CrossTokenizerLoss(TokenLoss):
     """Shared call: masks, T² · alpha, CE, chunking; subclasses define ``divergence``."""
 
     def __init__(self, teacher_vocab: int, temperature: float = 1.0, alpha: float = 0.5,
@@ -124,7 +124,7 @@ class _CrossTokenizerLoss(_TokenLoss):
                 keep = labels != self.ignore_index
                 return self.row_losses(student_logits[keep].float(), tuple(x[keep] for x in parts), labels[keep]).sum()
             need_grad = torch.is_grad_enabled() and student_logits.requires_grad
-            return _ChunkedSum.apply(self, need_grad, student_logits, labels, *parts)
+            return ChunkedSum.apply(self, need_grad, student_logits, labels, *parts)
 
 
 class SortedL1(_CrossTokenizerLoss):
@@ -159,7 +159,7 @@ class SharedVocabKL(_CrossTokenizerLoss):
             torch.full_like(lp[:, :1], float("-inf"))
         rest_q = torch.logsumexp(logq[:, self.rest_s], -1, keepdim=True) if len(self.rest_s) else \
             torch.full_like(lq[:, :1], float("-inf"))
-        d = _kl(torch.cat([lp, rest_p], -1), torch.cat([lq, rest_q], -1))
+        d = kl_per_row(torch.cat([lp, rest_p], -1), torch.cat([lq, rest_q], -1))
         if self.unmatched_weight and len(self.rest_t) and len(self.rest_s):
             d = d + self.unmatched_weight * sorted_l1(logp[:, self.rest_t].exp(), logq[:, self.rest_s].exp())
         return d
@@ -192,4 +192,4 @@ class ProjectedKL(_CrossTokenizerLoss):
     def divergence(self, logp, logq, head, chain, labels):
         r = self.target(logp, head, chain, labels)
         logr = torch.where(r > 0, r.clamp(min=1e-30).log(), torch.full_like(r, float("-inf")))
-        return _kl(logr, logq)
+        return kl_per_row(logr, logq)

@@ -394,3 +394,7 @@ def kept_kl_share(student_logits: Tensor, teacher_logits: Tensor, k: int, temper
     dense = fkl(student_logits, teacher_logits, labels)
     sparse = fkl(student_logits, topk_from_logits(teacher_logits, k, temperature), labels)
     return (sparse / dense).item() if dense > 0 else 1.0
+
+
+# the machinery above, public for token losses defined elsewhere (train/cross_tokenizer.py)
+TokenLoss, ChunkedSum, kl_per_row = _TokenLoss, _ChunkedSum, _kl
