@@ -34,7 +34,11 @@ chunk of 16 rows is the fastest on this CPU (fp32 temporaries of 2 MB stay in ca
 chunks were about 2x slower); on a GPU, use hundreds of rows.
 
 Top-k storage per answer token at k = 128: fp16 log-probs (128 · 2 B) + int32 ids (128 · 4 B)
-+ fp16 tail log-mass (2 B) = 770 B, versus 64,000 B for dense fp16 logits over 32,000.
++ fp16 tail log-mass (2 B) = 770 B, versus 64,000 B for dense fp16 logits over 32,000. The compact
+cache (data/compact_topk.py) encodes the same top-128 rows; reported: its bytes per token (every
+tensor of a real encoded shard), its kept KL share beside the fp32 and fp16 top-128 shares, the
+ratio to fp32 (goal >= 0.99 at <= 150 B/token) and what zlib would save on top of it.
+``--topk-only`` prints just these storage figures (no training-step subprocesses).
 Kept KL share: synthetic but LM-like peaked teacher logits (Zipf-shaped: −e · log(rank) with
 e ~ U(1, 3) per token, random token order, N(0, 0.5²) noise) and a student = teacher logits
 + N(0, 1) noise; reported per k with the teacher mass the top k holds.
@@ -154,6 +158,7 @@ def topk_report(ks=(8, 32, 128, 512), tokens=256) -> dict:
     per_token = sum(x[0, 0].numel() * x.element_size() for x in (st.logprobs, st.ids, st.tail_logmass))
     assert isinstance(st, TopKTeacher) and per_token == k * 2 + k * 4 + 2
     return {
+        **compact_report(student, teacher, st),
         "topk_bytes_per_token_k128": per_token,
         "topk_bytes_arithmetic": "128*2 (fp16 logprobs) + 128*4 (int32 ids) + 2 (fp16 tail) = 770",
         "dense_fp16_bytes_per_token": VOCAB * 2,
@@ -164,12 +169,51 @@ def topk_report(ks=(8, 32, 128, 512), tokens=256) -> dict:
     }
 
 
+def compact_report(student, teacher, st) -> dict:
+    """The compact cache (data/compact_topk.py) at k = 128 on the same synthetic logits: bytes per
+    token of a real encoded shard (every tensor counted), its kept KL share next to the fp32
+    top-128's, and what zlib would save on top."""
+    import zlib
+
+    import torch
+
+    from reasondistill.data.compact_topk import CompactCodec
+    from reasondistill.train.losses import ForwardKL, TopKTeacher, topk_from_logits
+
+    k, tokens = st.ids.shape[-1], st.ids.shape[1]
+    codec = CompactCodec(k=k, vocab_size=VOCAB)
+    packed = codec.encode(st.logprobs[0], st.ids[0], st.tail_logmass[0], torch.tensor([0, tokens]))
+    lp, ids, tail = codec.decode_rows(lambda n, a, b: packed[n][a:b], 0, tokens, 0)
+    labels = torch.zeros(1, tokens, dtype=torch.long)
+    fkl = ForwardKL(chunk_size=64)
+    dense = fkl(student, teacher, labels)
+    share_fp32 = float(fkl(student, topk_from_logits(teacher, k), labels) / dense)
+    share_fp16 = float(fkl(student, st, labels) / dense)
+    share_compact = float(fkl(student, TopKTeacher(lp.unsqueeze(0), ids.unsqueeze(0), tail.unsqueeze(0)), labels) / dense)
+    raw = b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in packed.values())
+    return {"compact_bytes_per_token_k128": round(codec.bytes_per_token(packed), 1),
+            "compact_codec": codec.to_json() | {"low_bits": codec.low_bits},
+            "compact_mean_kept_entries": round(float(packed["count"].float().mean()), 1),
+            "compact_max_logprob_error_nats": codec.max_logprob_error(),
+            "kept_kl_share_k128": {"fp32": round(share_fp32, 4), "fp16_cache": round(share_fp16, 4),
+                                   "compact_cache": round(share_compact, 4)},
+            "compact_share_over_fp32_share": round(share_compact / share_fp32, 4),
+            "compact_zlib_ratio": round(len(zlib.compress(raw, 9)) / len(raw), 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chunk", type=int, default=16, help="rows per chunk for kd_chunked")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child mode
+    ap.add_argument("--topk-only", action="store_true", help="only the top-k storage figures")
     args = ap.parse_args()
+    if args.topk_only:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(topk_report(), indent=1))
+        return
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.chunk, args.threads)))
         return

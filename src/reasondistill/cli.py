@@ -59,6 +59,9 @@ def build_parser() -> HintingParser:
         _add_target(p)
         if verb in ("build", "capture", "train"):
             p.add_argument("--student", help="only this student (default: all)")
+        if verb == "capture":
+            p.add_argument("--estimate", action="store_true", help="only print the disk the capture will need "
+                           "(examples x mean answer tokens x bytes/token); captures nothing")
         if verb == "evaluate":
             p.add_argument("--model", help="only this model: 'teacher' or a student name")
         if verb == "generate":
@@ -184,6 +187,8 @@ def _dispatch(args, where: dict[str, Path]) -> int:
             report = json.loads(pipe.rd.report_json.read_text())
             print("\n" + models_table(report))
             print(f"\nreport: {pipe.rd / 'report.md'}")
+    elif args.verb == "capture" and args.estimate:
+        pipe.capture_estimate(args.student)
     elif args.verb in ("build", "capture", "train"):
         getattr(pipe, args.verb)(args.student, force=args.force)
     elif args.verb == "evaluate":

@@ -276,19 +276,37 @@ class DistillConfig(_Strict):
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the divergence; 1 − alpha weighs CE on the labels "
                          "(teacher-written traces only: on_policy's student samples get the divergence alone)")
     top_k: int | None = Field(None, gt=0, description="offline_topk: log-probs kept per answer token")
+    cache: Literal["fp16", "compact"] = Field(
+        "fp16", description="offline_topk: how the top-k is stored: fp16 (k·6+2 bytes/token) or compact (ids "
+        "Elias-Fano coded, log-probs in 0.25-nat steps, entries > 7.5 nats below the top folded into the tail; "
+        "~140 bytes/token at k=128, data/compact_topk.py)")
     chunk_size: int | None = Field(16, gt=0, description="token rows per loss chunk (bounded memory); None = all")
     lambda_on_policy: float | None = Field(None, ge=0, le=1, description="on_policy only: share of batches "
                                            "replaced by the student's own samples (GKD lambda, default 0.5)")
     features: FeatureDistillConfig | None = Field(None, description="hidden-state matching (null: none)")
+    cross_tokenizer: Literal["uld", "aligned", "projection"] | None = Field(
+        None, description="a student whose tokenizer differs from the teacher's: texts re-tokenised and aligned by "
+        "bytes, distributions compared at each aligned span's first token. uld: sorted-probability L1 (token "
+        "identity ignored); aligned: exact KL on the tokens both vocabularies share (+ L1 on the rest, GOLD-like); "
+        "projection: the teacher's vocabulary mapped onto the student's by token strings, then forward KL "
+        "(train/cross_tokenizer.py). With offline_topk the capture stores the teacher's tokens and strings. "
+        "null: the tokenizers must match")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DistillConfig":
         if self.source == "offline_topk" and self.top_k is None:
             raise ValueError("source 'offline_topk' needs top_k (log-probs stored per answer token)")
+        if self.source != "offline_topk" and self.cache != "fp16":
+            raise ValueError(f"cache applies to source 'offline_topk' only (source is {self.source!r})")
         if self.source != "offline_topk" and self.top_k is not None:
             raise ValueError(f"top_k applies to source 'offline_topk' only (source is {self.source!r})")
         if self.source == "offline_topk" and self.features is not None:
             raise ValueError("features need the teacher's hidden states: use source 'online' or 'on_policy'")
+        if self.cross_tokenizer is not None and self.features is not None:
+            raise ValueError("features (hidden-state matching) need the teacher's tokenizer; drop cross_tokenizer")
+        if self.cross_tokenizer is not None and self.divergence != "forward_kl":
+            raise ValueError(f"divergence does not apply with cross_tokenizer {self.cross_tokenizer!r} (the "
+                             "method defines the comparison): remove it")
         if self.source != "on_policy" and self.lambda_on_policy is not None:
             raise ValueError("lambda_on_policy applies to source 'on_policy' only")
         if self.beta is not None and self.divergence != "jsd":

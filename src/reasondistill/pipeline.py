@@ -371,6 +371,35 @@ class Pipeline:
             self.log("[skip] capture: no student uses distill.source 'offline_topk'")
         return {s.name: self._capture_one(s, force) for s in capturable}
 
+    def capture_estimate(self, student: str | None = None) -> dict[str, Any]:
+        """The disk each offline_topk student's capture will need (data/capture_estimate.py); needs the
+        build or at least the curated traces, never the teacher model."""
+        from reasondistill.data import capture_estimate as ce
+        from reasondistill.models import load_tokenizer
+
+        out = {}
+        for s in (x for x in self._students(student) if x.distill and x.distill.source == "offline_topk"):
+            b, dc = self.rd.build(s.name), s.distill
+            tok = load_tokenizer(self._student_tokenizer_name(s))
+            teacher_tok = load_tokenizer(self._local_teacher()) if dc.cross_tokenizer else None
+            built = [b.split(x) for x in ("train", "val") if b.split(x).exists()]
+            completions = None
+            if not built:
+                from reasondistill.data.build import make_examples
+
+                self.rd.need(self.rd.curated, stage="curate")
+                problems = {p.id: p for p in read_records(self.rd.train_problems, Problem)}
+                completions = [e.completion for e in make_examples(problems, read_records(self.rd.curated, Trace),
+                                                                   s.target, self.cfg.build.think_tags)]
+            m = ce.measure(tok, built, completions, teacher_tok)
+            vocab = len(teacher_tok) if teacher_tok is not None else self._student_vocab(s, tok)
+            out[s.name] = ce.estimate_capture(m["examples"], m["answer_tokens"], dc.top_k, dc.cache, vocab,
+                                              m.get("ratio"), m["prompt_tokens"], 4 * vocab * 8)
+            self.log(ce.format_estimate(out[s.name], s.name))
+        if not out:
+            self.log("capture: no student uses distill.source 'offline_topk'")
+        return out
+
     def _topk_dir(self, s: StudentConfig) -> Path:
         return self.rd.build(s.name).topk(s.distill.top_k)
 
@@ -392,7 +421,7 @@ class Pipeline:
 
             self._capture_one(s, force)
             return [self._topk_dir(s) / INDEX]
-        return local_files(self._local_teacher())
+        return local_files(self._local_teacher()) + ([self.rd.train_problems] if s.distill.cross_tokenizer else [])
 
     def _capture_one(self, s: StudentConfig, force: bool) -> dict[str, Any]:
         from reasondistill.data.dataset import TokenizedDataset
@@ -408,14 +437,19 @@ class Pipeline:
         splits = {x: b.split(x) for x in ("train", "val") if b.split(x).exists()}
         dtype = resolve_dtype(spec.dtype)  # "auto" fingerprints as what it resolved to here
         conf = {"teacher": teacher_name, "dtype": dtype, "top_k": s.distill.top_k,
-                "temperature": s.distill.temperature, "student": s.model, "tokenizer": self._student_tokenizer_name(s)}
-        inputs = [*splits.values(), *local_files(teacher_name)]
+                "temperature": s.distill.temperature, "student": s.model, "tokenizer": self._student_tokenizer_name(s),
+                **({"cache": s.distill.cache} if s.distill.cache != "fp16" else {}),
+                **({"cross_tokenizer": True} if s.distill.cross_tokenizer else {})}
+        inputs = [*splits.values(), *local_files(teacher_name)] + ([self.rd.train_problems] if s.distill.cross_tokenizer
+                                                                    else [])
 
         def fn(_fp):
             import hashlib
             import json
 
             tokenizer = load_tokenizer(self._student_tokenizer_name(s))
+            if s.distill.cross_tokenizer:
+                return self._capture_cross(s, tokenizer, teacher_name, dtype, splits, d)
             check_same_tokenizer(tokenizer, load_tokenizer(teacher_name))
             teacher = load_model(teacher_name, dtype, attn_implementation=spec.attn_implementation)
             vocab = min(self._student_vocab(s, tokenizer), teacher.get_output_embeddings().weight.shape[0])
@@ -426,11 +460,27 @@ class Pipeline:
             n = sum(len(TokenizedDataset(p)) for p in splits.values())
             with progress_bar(f"capture {s.name}", n, self.show_progress) as bar:
                 stats = capture_topk(teacher, splits, d, s.distill.top_k, s.distill.temperature, vocab_size=vocab,
-                                     pad_id=tokenizer.pad_token_id, teacher_id=teacher_id, log=self.log, progress=bar)
+                                     pad_id=tokenizer.pad_token_id, teacher_id=teacher_id, log=self.log, progress=bar,
+                                     cache=s.distill.cache)
             self.log(f"       {s.name}: teacher top-{s.distill.top_k} of {stats['tokens']} answer tokens, "
                      f"{stats['bytes_per_token']} bytes/token on disk")
             return stats
         return self.run_stage(f"capture:{s.name}", conf, inputs, [d], fn, force)
+
+    def _problem_prompts(self) -> dict[str, str]:
+        return {p.id: p.prompt for p in read_records(self.rd.train_problems, Problem)}
+
+    def _capture_cross(self, s: StudentConfig, tokenizer, teacher_name: str, dtype, splits, d) -> dict[str, Any]:
+        """The cross-tokenizer cache: the teacher's tokens, strings and top-k (train/cross_kd.py)."""
+        from reasondistill.models import load_model, load_tokenizer
+        from reasondistill.train.cross_kd import capture_cross_tokenizer
+
+        stats = capture_cross_tokenizer(load_model(teacher_name, dtype), load_tokenizer(teacher_name), tokenizer,
+                                        splits, self._problem_prompts(), d, s.distill.top_k, s.distill.temperature,
+                                        cache=s.distill.cache, log=self.log)
+        self.log(f"       {s.name}: teacher top-{s.distill.top_k} of {stats['tokens']} teacher answer tokens "
+                 f"(cross-tokenizer), {stats['bytes_per_token']} bytes/token on disk")
+        return stats
 
     def _student_vocab(self, s: StudentConfig, tokenizer) -> int:
         """Output rows of the student: the tokenizer's size for a fresh student (see init_model)."""
@@ -447,6 +497,8 @@ class Pipeline:
         from reasondistill.train.kd import OfflineTopKKD, OnlineKD, make_loss, shared_vocab_size
 
         dc = s.distill
+        if dc.cross_tokenizer:
+            return self._cross_objective(s, tokenizer)
         loss = make_loss(dc)
         if dc.source == "offline_topk":
             from reasondistill.data.topk import TopKReader
@@ -462,6 +514,30 @@ class Pipeline:
 
             objective = FeatureKD(objective, model, dc.features.layers, dc.features.loss, dc.features.weight,
                                   seed=self._seed(s))
+        if dc.source == "on_policy":
+            from reasondistill.train.onpolicy import OnPolicyKD
+
+            objective = OnPolicyKD(objective, tokenizer, dc.defaulted("lambda_on_policy"), seed=self._seed(s))
+        return objective
+
+    def _cross_objective(self, s: StudentConfig, tokenizer):
+        """A student of another tokenizer (distill.cross_tokenizer): train/cross_kd.py."""
+        from reasondistill.train import cross_kd
+
+        dc = s.distill
+        if dc.source == "offline_topk":  # no teacher model or tokenizer: the capture holds its tokens and strings
+            maps, size = cross_kd.vocab_maps_for_cache(self._topk_dir(s), tokenizer)
+            loss = cross_kd.make_cross_loss(dc.cross_tokenizer, maps, len(tokenizer), size, dc)
+            return cross_kd.CachedCrossTokenizerKD(loss, self._topk_dir(s), tokenizer)
+        from reasondistill.data.token_alignment import VocabMaps, token_bytes
+        from reasondistill.teachers.logits import load_logit_teacher
+
+        teacher, teacher_tok = load_logit_teacher(self._logit_teacher())  # logit_teacher, else an hf teacher
+        size = cross_kd.teacher_vocab_size(teacher, teacher_tok)
+        maps = VocabMaps.build(tokenizer, teacher_tok, token_bytes(tokenizer), token_bytes(teacher_tok), size)
+        loss = cross_kd.make_cross_loss(dc.cross_tokenizer, maps, len(tokenizer), size, dc)
+        prompts = cross_kd.PromptMap.build(list(self._problem_prompts().values()), tokenizer, teacher_tok)
+        objective = cross_kd.CrossTokenizerKD(teacher, loss, tokenizer, teacher_tok, prompts)
         if dc.source == "on_policy":
             from reasondistill.train.onpolicy import OnPolicyKD
 

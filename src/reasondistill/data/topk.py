@@ -12,6 +12,9 @@ Layout, per split (``train``, ``val``) of a built dataset::
     OUT/train/shard-00000.safetensors     logprobs (T, k) f16, ids (T, k) i32, tail (T,) f16,
                                           offsets (n + 1,) i64: example i's rows in the shard
 
+With ``cache="compact"`` the shards hold the encoding of :mod:`reasondistill.data.compact_topk`
+instead (about 140 bytes per token at k = 128); the reader decodes it to the same layout.
+
 Row ``offsets[i] + j`` is the teacher's distribution over the j-th answer token of example i
 (computed from the logits one position earlier). Each shard is written to a temporary file and
 renamed, and carries a fingerprint of (teacher, k, temperature, vocabulary, dataset): a killed
@@ -150,32 +153,39 @@ def capture_shard(teacher, ds: TokenizedDataset, start: int, end: int, k: int, t
 def capture_topk(teacher, datasets: dict[str, str | Path], out_dir: str | Path, k: int, temperature: float = 1.0,
                  vocab_size: int | None = None, pad_id: int = 0, shard_size: int = 256, max_tokens: int = 4096,
                  teacher_id: str | None = None, log: Callable[[str], None] | None = None,
-                 progress: Callable[[int], None] | None = None) -> dict:
+                 progress: Callable[[int], None] | None = None, cache: str = "fp16") -> dict:
     """Capture the teacher's top-k for every answer token of each split; resumable.
 
     ``vocab_size`` slices the teacher's logits (to the student's vocabulary when the teacher has
     extra padding rows). ``teacher_id`` names the teacher in the fingerprint (e.g. a hash of its
     files; default: :func:`model_fingerprint`): shards made by another teacher, k, temperature or
     dataset are recomputed.
-    ``progress(n)`` is called after each shard with its number of examples.
+    ``progress(n)`` is called after each shard with its number of examples. ``cache``: "fp16"
+    (``k · 6 + 2`` bytes per token) or "compact" (:mod:`reasondistill.data.compact_topk`; needs
+    ``vocab_size``).
     Returns stats: examples, answer tokens, bytes on disk, bytes per token, shards reused.
     """
     from safetensors.torch import save_file
 
     if k < 1:
         raise ValueError(f"top_k must be >= 1, got {k}")
+    if cache not in ("fp16", "compact"):
+        raise ValueError(f"cache must be 'fp16' or 'compact', got {cache!r}")
+    codec = _codec(k, vocab_size) if cache == "compact" else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     teacher.eval()
     teacher_id = teacher_id or model_fingerprint(teacher)
     index = {"version": FORMAT_VERSION, "k": k, "temperature": float(temperature), "vocab_size": vocab_size,
              "shard_size": shard_size, "splits": {}}
+    if codec is not None:
+        index["codec"] = codec.to_json()
     stats = {"examples": 0, "tokens": 0, "bytes": 0, "shards": 0, "shards_reused": 0}
     for split, path in datasets.items():
         path = Path(path)
         ds = TokenizedDataset(path)
         fp = hashlib.sha256(json.dumps([FORMAT_VERSION, teacher_id, k, float(temperature), vocab_size, shard_size,
-                                        file_sha256(path)]).encode()).hexdigest()[:24]
+                                        file_sha256(path)] + ([codec.to_json()] if codec else [])).encode()).hexdigest()[:24]
         (out_dir / split).mkdir(exist_ok=True)
         shards = []
         for s, start in enumerate(range(0, len(ds), shard_size)):
@@ -188,6 +198,8 @@ def capture_topk(teacher, datasets: dict[str, str | Path], out_dir: str | Path, 
                 stats["shards_reused"] += 1
             else:  # missing, made for other inputs, torn, or corrupt behind its header: captured again
                 tensors = capture_shard(teacher, ds, start, end, k, temperature, vocab_size, pad_id, max_tokens)
+                if codec is not None:
+                    tensors = codec.encode(tensors["logprobs"], tensors["ids"], tensors["tail"], tensors["offsets"])
                 tmp = tmp_path(file)
                 save_file(tensors, str(tmp), metadata=meta | {"payload_sha256": payload_sha(tensors)})
                 os.replace(tmp, file)
@@ -208,10 +220,20 @@ def capture_topk(teacher, datasets: dict[str, str | Path], out_dir: str | Path, 
     tmp.write_text(json.dumps(index))
     os.replace(tmp, out_dir / INDEX)
     stats["bytes_per_token"] = round(stats["bytes"] / max(1, stats["tokens"]), 2)
-    stats["payload_bytes_per_token"] = bytes_per_token(k)
+    stats["payload_bytes_per_token"] = bytes_per_token(k) if codec is None else stats["bytes_per_token"]
     if log is not None and stats["shards_reused"]:
         log(f"       resumed: {stats['shards_reused']} of {stats['shards']} shards were already captured")
     return stats
+
+
+def _codec(k: int, vocab_size: int | None, params: dict | None = None):
+    from reasondistill.data.compact_topk import CompactCodec
+
+    if params is not None:
+        return CompactCodec(**params)
+    if vocab_size is None:
+        raise ValueError("the compact top-k cache needs the vocabulary size")
+    return CompactCodec(k=k, vocab_size=int(vocab_size))
 
 
 class TopKReader:
@@ -229,6 +251,7 @@ class TopKReader:
             raise ValueError(f"{path}: format version {self.index.get('version')}, expected {FORMAT_VERSION}")
         self.k, self.temperature = int(self.index["k"]), float(self.index["temperature"])
         self.vocab_size = self.index.get("vocab_size")
+        self.codec = _codec(self.k, self.vocab_size, self.index["codec"]) if "codec" in self.index else None
         self._handles: dict[str, object] = {}
         self._by_key = {key: (split, i) for split, info in self.index["splits"].items()
                         for i, key in enumerate(info["keys"])}
@@ -255,6 +278,9 @@ class TopKReader:
         j = i - shard["start"]
         off = fh.get_slice("offsets")[j:j + 2].tolist()
         a, b = int(off[0]), int(off[1])
+        if self.codec is not None:
+            entry_a = int(fh.get_slice("entry_offsets")[j:j + 1].tolist()[0])
+            return self.codec.decode_rows(lambda name, x, y: fh.get_slice(name)[x:y], a, b, entry_a)
         return fh.get_slice("logprobs")[a:b], fh.get_slice("ids")[a:b], fh.get_slice("tail")[a:b]
 
     def get(self, split: str, indices: Sequence[int], dataset: TokenizedDataset | None = None,

@@ -60,7 +60,8 @@ def check_same_tokenizer(student_tokenizer, teacher_tokenizer) -> None:
     moved = sum(1 for k in s.keys() & t.keys() if s[k] != t[k])
     raise ValueError(f"soft distillation needs the teacher's tokenizer: the student's vocabulary ({len(s)} tokens) "
                      f"differs from the teacher's ({len(t)}): {only_s} tokens only in the student, {only_t} only "
-                     f"in the teacher, {moved} with different ids. Use the teacher's tokenizer for the student; "
+                     f"in the teacher, {moved} with different ids. Use the teacher's tokenizer for the student, or set "
+                     f"`distill.cross_tokenizer` (uld | aligned | projection) to distil across tokenizers; "
                      f"{HARD_STILL_WORKS}")
 
 

@@ -255,7 +255,12 @@ class _Divergence(_TokenLoss):
         # renormalise the k + 1 teacher buckets (fp16 storage does not sum to exactly 1)
         logp = F.log_softmax(torch.cat([top.float(), tail.float().unsqueeze(-1)], -1), -1)
         q_tail = torch.logsumexp(logq.scatter(-1, ids, _FLOOR), -1, keepdim=True)
-        return logp, torch.cat([logq.gather(-1, ids), q_tail], -1)
+        # padding (the compact cache's: log-prob -inf AND a repeat of the row's first id) is an empty bucket on
+        # both sides; a real zero-probability teacher entry (a distinct id) keeps the student's mass
+        pad = torch.isneginf(top) & (ids == ids[..., :1])
+        pad[..., 0] = False
+        q_top = torch.where(pad, float("-inf"), logq.gather(-1, ids))
+        return logp, torch.cat([q_top, q_tail], -1)
 
     def row_losses(self, s: Tensor, teacher_rows: tuple[Tensor, ...], labels: Tensor) -> Tensor:
         return self.divergence(*self.log_probs(s, teacher_rows))
@@ -394,3 +399,7 @@ def kept_kl_share(student_logits: Tensor, teacher_logits: Tensor, k: int, temper
     dense = fkl(student_logits, teacher_logits, labels)
     sparse = fkl(student_logits, topk_from_logits(teacher_logits, k, temperature), labels)
     return (sparse / dense).item() if dense > 0 else 1.0
+
+
+# the machinery above, public for token losses defined elsewhere (train/cross_tokenizer.py)
+TokenLoss, ChunkedSum, kl_per_row = _TokenLoss, _ChunkedSum, _kl
