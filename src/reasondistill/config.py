@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 
 from reasondistill.config_fields import model_at
 from reasondistill.hints import did_you_mean
+from reasondistill.quantize.config import QuantizeSections
 from reasondistill.tasks.config import TASK_NAMES, ChainedArithConfig, TaskConfig, clean_loc
 from reasondistill.teachers.sampling import SamplingParams
 from reasondistill.train.config import TrainConfig
@@ -225,6 +226,8 @@ class StudentConfig(_Strict):
     train: TrainConfig = Field(TrainConfig(), description="optimisation: epochs, batch size, learning rate, "
                                "checkpoints")
     distill: DistillConfig | None = Field(None, description="soft distillation (None: hard, traces only)")
+    quantize: QuantizeSections = Field(default_factory=list, description="quantized variants made after "
+                                       "training (`reasondistill quantize`; a list, or one section; docs/quantize.md)")
 
     @model_validator(mode="after")
     def _one_model(self) -> "StudentConfig":
