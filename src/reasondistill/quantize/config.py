@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_serializer,
+                      model_validator)
 
 from reasondistill.train.config import TrainConfig
 
@@ -67,6 +68,18 @@ class QuantizeConfig(BaseModel):
         if self.method == "ptq" and "train" in self.model_fields_set:
             raise ValueError("train applies to methods 'qat' and 'qad' (ptq does not train)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Without the keys the method does not use, so a dumped config (config.yaml) loads back and a
+        ptq variant's fingerprint does not depend on training settings it never reads."""
+        data = handler(self)
+        if self.method == "ptq":
+            data.pop("train", None)
+        if self.method != "qad":
+            for key in ("teacher", "temperature", "alpha"):
+                data.pop(key, None)
+        return data
 
     @property
     def label(self) -> str:
