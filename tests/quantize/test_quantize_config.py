@@ -68,3 +68,9 @@ def test_a_dumped_config_loads_back(tmp_path):
     assert load_config(path) == cfg
     dumped = cfg.model_dump(mode="json")["students"][0]["quantize"]
     assert "train" not in dumped[0] and "teacher" not in dumped[1] and dumped[2]["alpha"] == 0.5
+
+
+def test_a_partial_train_section_keeps_the_finetune_defaults():
+    q = QuantizeConfig(method="qat", train={"max_steps": 5, "batch_size": 8})
+    assert q.train.max_steps == 5 and q.train.lr == 1e-4 and q.train.warmup_ratio == 0.0
+    assert QuantizeConfig(method="qat", train={"lr": 3e-4}).train.lr == 3e-4

@@ -19,10 +19,18 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from reasondistill.train.config import TrainConfig
 
 
+# a short, low-learning-rate fine-tune (QAT/QAD start from a trained student); keys a section's
+# ``train`` leaves out come from here, not from TrainConfig's defaults for training from scratch
+FINETUNE_DEFAULTS = {"epochs": 1.0, "lr": 1e-4, "warmup_ratio": 0.0, "min_lr_ratio": 0.1, "eval_every": 100,
+                     "save_every": 100, "log_every": 10}
+
+
 def _finetune_defaults() -> TrainConfig:
-    """A short, low-learning-rate fine-tune (QAT/QAD start from a trained student)."""
-    return TrainConfig(epochs=1.0, lr=1e-4, warmup_ratio=0.0, min_lr_ratio=0.1, eval_every=100, save_every=100,
-                       log_every=10)
+    return TrainConfig(**FINETUNE_DEFAULTS)
+
+
+def _over_finetune_defaults(value: Any) -> Any:
+    return {**FINETUNE_DEFAULTS, **value} if isinstance(value, dict) else value
 
 
 class QuantizeConfig(BaseModel):
@@ -54,8 +62,9 @@ class QuantizeConfig(BaseModel):
                                       "distributions (default 1)")
     alpha: float | None = Field(None, ge=0, le=1, description="qad only: weight of the KL; 1 − alpha weighs "
                                 "cross-entropy on the traces (default 1: KL alone)")
-    train: TrainConfig = Field(default_factory=_finetune_defaults, description="qat/qad: the fine-tune (default: "
-                               "1 epoch at lr 1e-4); ptq: unused")
+    train: Annotated[TrainConfig, BeforeValidator(_over_finetune_defaults)] = Field(
+        default_factory=_finetune_defaults, description="qat/qad: the fine-tune; keys left out default to 1 epoch "
+        "at lr 1e-4, no warm-up (not to a student's train defaults); ptq: unused")
     speed_prompts: int = Field(16, ge=0, description="test problems decoded one at a time to measure decode "
                                "tokens/s of the full-precision and the quantized model (0: not measured)")
 
