@@ -516,6 +516,7 @@ class Pipeline:
             raise ValueError(f"student {student!r} has no `quantize` section: nothing to quantize")
         if not asked:
             self.log("[skip] quantize: no student has a quantize section")
+            return {}
         self.problems()
         with self._verifying():
             return {f"{s.name}/{q.label}": quantize_variant(self, s, q, self._seed(s), force)
