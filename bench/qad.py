@@ -1,6 +1,6 @@
 """Quantization-aware distillation on the demo task: full precision vs PTQ vs QAT vs QAD, int4 and int8.
 
-    python bench/qad.py                                  # 3 seeds, one JSON object on stdout (~25 min, 1 thread)
+    python bench/qad.py                                  # 3 seeds, one JSON object on stdout (44 min, 1 thread, busy 2-core machine)
     python bench/qad.py --seeds 0 --out runs/qad_try key=value ...   # overrides of the run config below
 
 One run directory (``--out``): the bundled teacher's verified traces for chained arithmetic
