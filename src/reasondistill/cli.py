@@ -28,6 +28,8 @@ STAGE_HELP = {
     "train": "train the students (hard or soft distillation); resumes from the last checkpoint",
     "evaluate": "greedy-decode held-out problems with the teacher and students; verify (plus, as configured in "
                 "evaluate: samples for pass@k/maj@k, an OOD split, thinking budgets, student vs teacher, router)",
+    "quantize": "PTQ/QAT/QAD variants of the trained students (their quantize sections): real quantized weights, "
+                "evaluated like the students, with size and decode speed",
     "report": "write report.json, report.md, report.html (self-contained, with a trace viewer) and plots",
 }
 
@@ -57,7 +59,7 @@ def build_parser() -> HintingParser:
     for verb, text in STAGE_HELP.items():
         p = _verb(sub, verb, text)
         _add_target(p)
-        if verb in ("build", "capture", "train"):
+        if verb in ("build", "capture", "train", "quantize"):
             p.add_argument("--student", help="only this student (default: all)")
         if verb == "capture":
             p.add_argument("--estimate", action="store_true", help="only print the disk the capture will need "
@@ -170,6 +172,9 @@ def _dispatch(args, where: dict[str, Path]) -> int:
     from reasondistill.pipeline import Pipeline
 
     hf_logging.disable_progress_bar()  # our own bars report progress; theirs flood the log
+    from reasondistill.quantize.scheme import silence_torchao_import
+
+    silence_torchao_import()  # transformers imports torchao (when installed) for every model it loads
 
     if args.verb == "demo":
         cfg = load_run_config(demo_config_path(), [f"run_dir={args.out}", *args.overrides])
@@ -189,7 +194,7 @@ def _dispatch(args, where: dict[str, Path]) -> int:
             print(f"\nreport: {pipe.rd / 'report.md'}")
     elif args.verb == "capture" and args.estimate:
         pipe.capture_estimate(args.student)
-    elif args.verb in ("build", "capture", "train"):
+    elif args.verb in ("build", "capture", "train", "quantize"):
         getattr(pipe, args.verb)(args.student, force=args.force)
     elif args.verb == "evaluate":
         pipe.evaluate(args.model, force=args.force)

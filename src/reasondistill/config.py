@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 from reasondistill.config_fields import model_at
 from reasondistill.curate.config import NearDedupConfig, PassRateBand
 from reasondistill.hints import did_you_mean
+from reasondistill.quantize.config import QuantizeSections
 from reasondistill.tasks.config import TASK_NAMES, ChainedArithConfig, TaskConfig, clean_loc
 from reasondistill.teachers.sampling import SamplingParams
 from reasondistill.train.config import TrainConfig
@@ -342,6 +343,8 @@ class StudentConfig(_Strict):
                                     "instead of every weight; final/ holds the merged model (null: full fine-tuning)")
     policy: PolicyConfig | None = Field(None, description="train on the student's own rollouts instead: grpo, "
                                         "on_policy (prompt-only distillation) or dpo (train/policy_config.py)")
+    quantize: QuantizeSections = Field(default_factory=list, description="quantized variants made after "
+                                       "training (`reasondistill quantize`; a list, or one section; docs/quantize.md)")
 
     @model_validator(mode="after")
     def _one_model(self) -> "StudentConfig":

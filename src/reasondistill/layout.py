@@ -110,6 +110,31 @@ class EvalFiles:
                 self.ood.metrics]
 
 
+class QuantizeFiles:
+    """``quantize/<student>/<variant>/`` (quantize/stage.py): the fine-tune of qat/qad in ``train/``,
+    the converted model in ``model/``, its greedy evaluation in ``eval/``, sizes and speeds in
+    ``summary.json``."""
+
+    model = At("model", base="dir")
+    summary = At("summary.json", base="dir")
+    progress = At("progress.json", base="dir")
+
+    def __init__(self, d: str | Path):
+        self.dir = Path(d)
+
+    @property
+    def train(self) -> TrainFiles:
+        return TrainFiles(self.dir / "train")
+
+    @property
+    def eval(self) -> EvalFiles:
+        return EvalFiles(self.dir / "eval")
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [self.model, *self.eval.greedy_outputs, self.summary]
+
+
 class Layout:
     """Paths under a run directory's ``root``, by stage."""
 
@@ -136,6 +161,7 @@ class Layout:
     # train and evaluate: one directory per student or model below these
     train_root = At("train")
     eval_root = At("evaluate")
+    quantize_root = At("quantize")  # quantize/<student>/<variant>/
     # report
     report_json = At("report.json")
     report_md = At("report.md")
@@ -176,6 +202,9 @@ class Layout:
     def eval(self, model: str) -> EvalFiles:
         return EvalFiles(self.eval_root / model)
 
+    def quantize(self, student: str, variant: str) -> QuantizeFiles:
+        return QuantizeFiles(self.quantize_root / student / variant)
+
     def evaluated(self) -> list[str]:
         """Models with a directory under ``evaluate/`` (sorted); :meth:`trained`: students under ``train/``."""
         return _subdirs(self.eval_root)
@@ -191,6 +220,8 @@ class Layout:
             files += [self.train(s).summary, self.train(s).metrics_csv]
         for m in self.evaluated():
             files += self.eval(m).reported
+        for s in _subdirs(self.quantize_root):
+            files += [self.quantize(s, v).summary for v in _subdirs(self.quantize_root / s)]
         return [f for f in files if f.is_file()]
 
 

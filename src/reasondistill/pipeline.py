@@ -43,6 +43,7 @@ def _fingerprinted(s: StudentConfig) -> dict[str, Any]:
     """The student's config as its train stage fingerprints it (see ``_LATER_FIELDS``)."""
     conf = s.model_dump(mode="json")
     conf["train"].pop("sharding", None)  # DDP or FSDP train the same model: a run resumes under either
+    conf.pop("quantize", None)  # the quantize stage's own section: changing it never retrains the student
     for path, default in _LATER_FIELDS:
         *parents, key = path
         d = conf
@@ -629,6 +630,21 @@ class Pipeline:
         with self._verifying():
             return run_router(self, student, k, thresholds, force)
 
+    def quantize(self, student: str | None = None, force: bool = False) -> dict[str, Any]:
+        """PTQ / QAT / QAD variants of the trained students with a ``quantize`` section (quantize/stage.py)."""
+        from reasondistill.quantize.stage import quantize_variant
+
+        asked = [s for s in self._students(student) if s.quantize]
+        if student is not None and not asked:
+            raise ValueError(f"student {student!r} has no `quantize` section: nothing to quantize")
+        if not asked:
+            self.log("[skip] quantize: no student has a quantize section")
+            return {}
+        self.problems()
+        with self._verifying():
+            return {f"{s.name}/{q.label}": quantize_variant(self, s, q, self._seed(s), force)
+                    for s in self._trainable(asked, "quantize") for q in s.quantize}
+
     def report(self, force: bool = False) -> dict[str, Any]:
         from reasondistill.report.build import write_report
 
@@ -657,6 +673,7 @@ class Pipeline:
         self.build(force=force)
         self.train(force=force)
         self.evaluate(force=force)
+        self.quantize(force=force)
         report = self.report(force=True)
         self.log(f"done in {time.perf_counter() - t0:.1f}s: {self.rd.report_md}")
         return report

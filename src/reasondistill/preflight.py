@@ -25,18 +25,18 @@ FILE_KEYS = ("path", "train_path", "test_path")  # task fields naming a local fi
 def logit_teacher(cfg) -> tuple[str, str] | None:
     """(config key, model) of the teacher whose logits soft students learn from: ``logit_teacher``
     when the config has one, else a local (``kind: hf``) ``teacher``; None when there is none."""
-    lt = getattr(cfg, "logit_teacher", None)
-    if lt is not None:
-        return "logit_teacher", lt.model
-    if cfg.teacher.kind == "hf":
-        return "teacher", cfg.teacher.model
-    return None
+    from reasondistill.teachers.logits import logit_teacher_config
+
+    spec = logit_teacher_config(cfg)
+    if spec is None:
+        return None
+    return ("logit_teacher" if cfg.logit_teacher is not None else "teacher"), spec.model
 
 
 def student_tokenizer(cfg, s) -> str:
     """The tokenizer a student is built and trained with: its model's, its ``tokenizer``, else the logit
     teacher's (``logit_teacher``) when the config has one, else the teacher's."""
-    lt = getattr(cfg, "logit_teacher", None)
+    lt = cfg.logit_teacher
     return s.model or s.tokenizer or (lt.model if lt is not None else cfg.teacher.model)
 
 

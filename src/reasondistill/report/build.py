@@ -111,6 +111,10 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
     if evaluation:
         report["evaluation"] = evaluation
         report["plots"] = evaluation_section.make_plots(root, evaluation)
+    from reasondistill.quantize.report import collect as quantized  # the quantize stage's variants
+
+    if (quantization := quantized(root, cfg)) is not None:
+        report["quantization"] = quantization
     write_json(lay.report_json, report)
     lay.report_md.write_text(render_markdown(report), encoding="utf-8")
     html.write_html(root, report)
@@ -151,6 +155,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             acc = m.get("accuracy_by_difficulty") or {}
             out.append(f"| {name} | " + " | ".join(_fmt(acc.get(d), ".1%") for d in diffs) + " |")
         out.append("")
+    if report.get("quantization"):
+        from reasondistill.quantize.report import markdown as quantization_markdown
+
+        out.append(quantization_markdown(report["quantization"]))
     cur = report.get("curation")
     if cur:
         out += ["## Curation", "", f"- teacher traces: {cur['traces']}, verdicts: {cur['verdicts']}",

@@ -216,6 +216,13 @@ def provenance(report: Mapping[str, Any]) -> str:
     return "<h2>Provenance</h2>" + "".join(parts) if parts else ""
 
 
+def quantization(report: Mapping[str, Any]) -> str:
+    """The quantized students' table ('' when there are none; quantize/report.py)."""
+    from reasondistill.quantize.report import html as quantization_html
+
+    return quantization_html(report.get("quantization"))
+
+
 def skipped_list(report: Mapping[str, Any]) -> str:
     """The stages that had nothing to work on and why ('' when none)."""
     skipped = report.get("skipped") or {}
@@ -236,7 +243,8 @@ def render_html(root: Path, report: Mapping[str, Any]) -> str:
             "All models on the same held-out problems; 95% CIs: Wilson for proportions (accuracy, maj@k), bootstrap "
             "over problems for pass@k and avg@n.</p>"
             f'<div id="status" data-status="loading">loading…</div><pre id="selftest"></pre>'
-            f"{skipped_list(report)}<h2>Models</h2>{models_table(report)}{compare_table(report)}{failure_table(report)}"
+            f"{skipped_list(report)}<h2>Models</h2>{models_table(report)}{quantization(report)}{compare_table(report)}"
+            f"{failure_table(report)}"
             f'<h2>Plots</h2><div class="plots">{figs}</div>{viewer(trace_data(root, report))}{provenance(report)}')
     return page(f"reasondistill report: {report['run_dir']}", body, f"<script>{JS}</script>")
 
