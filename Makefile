@@ -12,7 +12,7 @@ LOCK := requirements.lock
 STAMP := $(VENV)/.installed
 # The packages the lock is made from, beside pyproject.toml's dependencies and extras.
 LOCK_INPUTS := 'torch==2.13.0+cpu' 'setuptools>=68' 'pip'
-LOCK_EXTRAS := --extra test --extra data --extra bench
+LOCK_EXTRAS := --extra test --extra data --extra bench --extra quantize
 # Where `make lock` finds the CPU build of torch: a folder of wheels or a find-links page
 # (off this machine: TORCH_WHEELS=https://download.pytorch.org/whl/cpu/torch/).
 TORCH_WHEELS ?= /opt/wheels
