@@ -58,14 +58,23 @@ def build_char_tokenizer():
     it encodes identically (tests check the round trip).
     """
     import tokenizers
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     chars = [c for c in string.printable if c not in "\x0b\x0c\r"]
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + THINK_TOKENS + chars)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
     tok.pre_tokenizer = pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
+    return with_chat_tokens(tok)
+
+
+def with_chat_tokens(tok):
+    """A ``tokenizers.Tokenizer`` as a PreTrainedTokenizerFast with this project's special and
+    think tokens, pad ``<|pad|>``, EOS ``<|end|>`` and chat template (the character tokenizer's and
+    the locally trained BPE's, data/bpe.py)."""
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIAL_TOKENS])
     tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in THINK_TOKENS])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>",

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from reasondistill.models import CHAT_TEMPLATE, SPECIAL_TOKENS, THINK_TOKENS
+from reasondistill.models import SPECIAL_TOKENS, with_chat_tokens
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 400, min_frequency: int = 2):
     """A PreTrainedTokenizerFast: byte-level BPE of ``vocab_size`` (special tokens included)
     trained on ``texts``; pad ``<|pad|>``, EOS ``<|end|>``, the character tokenizer's chat template."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -30,9 +29,4 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 400, min_frequen
                                   special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(list(texts), trainer=trainer)
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIAL_TOKENS])
-    tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in THINK_TOKENS])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>",
-                                   unk_token="<|unk|>")
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return with_chat_tokens(tok)
