@@ -2,7 +2,7 @@
 
 Why: the question a user asks of quantization is "what did it cost and what did it buy?", so each
 variant is shown beside its full-precision student on the same held-out problems: greedy accuracy
-with a 95% bootstrap CI over problems, the paired difference to full precision (same problems, CI
+with a 95% Wilson interval, the paired difference to full precision (same problems, CI
 from resampling problems), weight bytes on disk and decode tokens/s. Everything is read from files
 the evaluate and quantize stages wrote (``evaluate/<student>/completions.jsonl``,
 ``quantize/<student>/<variant>/{summary.json,eval/completions.jsonl}``).
@@ -97,7 +97,7 @@ def table_rows(section: Mapping[str, Any]) -> list[list[str]]:
     return out
 
 
-FOOT = ("CIs: 95% percentile bootstrap over the held-out problems; Δ is paired (same problems). "
+FOOT = ("CIs: 95% Wilson intervals for accuracy, percentile bootstrap over the held-out problems for Δ; Δ is paired (same problems). "
         "Weights: bytes of the safetensors files. Decode: greedy, batch size 1, best of 2 passes, measured in "
         "turns in one process. ")
 

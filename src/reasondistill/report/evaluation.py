@@ -159,13 +159,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     ev = report.get("evaluation") or {}
     out: list[str] = []
     if any(e.get("accuracy_ci") for e in ev.values()):
-        out += ["## Greedy accuracy with 95% bootstrap CI", "", "| model | accuracy [95% CI] | n |", "|---|---:|---:|"]
+        out += ["## Greedy accuracy with 95% Wilson interval", "", "| model | accuracy [95% CI] | n |", "|---|---:|---:|"]
         out += [f"| {m} | {fmt_ci(e['accuracy_ci'])} | {e['accuracy_ci']['n']} |" for m, e in ev.items() if e.get("accuracy_ci")]
         out.append("")
     sampled = {m: e["sampled"] for m, e in ev.items() if e.get("sampled")}
     if sampled:
         ks = sorted({k for s in sampled.values() for k in s["pass@k"]}, key=int)
-        out += ["## Sampled evaluation (95% bootstrap CI over problems)", "",
+        out += ["## Sampled evaluation (95% CIs: Wilson for maj@k, bootstrap over problems for pass@k and avg@n)", "",
                 "| model | n | " + " | ".join(f"pass@{k} | maj@{k}" for k in ks) + " | avg@n | thinking tok | answer tok "
                 "| truncated | no answer | ECE |", "|---|---:|" + "---:|" * (2 * len(ks) + 6)]
         for m, s in sampled.items():
