@@ -2,6 +2,7 @@
 refuses before its first stage. Models are the tests' tiny Llama saved locally, with variations."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -168,3 +169,12 @@ def test_lora_target_modules_that_match_nothing_are_a_problem(tmp_path, tiny_mod
     problems = preflight(cfg)
     assert len(problems) == 1 and problems[0].startswith("students.1 (typo): lora.target_modules ['qproj'] match no")
     assert "q_proj" in problems[0] and "down_proj" in problems[0]
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "rl.yaml", "quantize.yaml"])
+def test_the_offline_example_configs_load_and_pass_every_check(name):
+    """configs/ holds one YAML per example run; the offline ones must load and pass `check` as shipped."""
+    from reasondistill.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    assert preflight(load_config(path)) == []

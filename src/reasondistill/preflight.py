@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             print(f"{len(problems)} problem(s) in {args.target}", file=sys.stderr)
             return 2
-        print(f"ok: {args.target} ({len(cfg.students)} students) passed every check")
+        n = len(cfg.students)
+        print(f"ok: {args.target} ({n} student{'' if n == 1 else 's'}) passed every check")
         return 0
     return run_verb("check", body)
 
