@@ -82,7 +82,9 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
             training[s.name] = {k: summary.get(k) for k in ("final_val_loss", "steps", "epochs", "wall_time_s",
                                                             "params", "train_examples", "processes",
                                                             "trainable_params")}
-            training[s.name]["target"] = s.target
+            training[s.name]["target"] = (s.target if s.policy is None else  # e.g. "grpo from student_traces"
+                                          f"{s.policy.objective}" + (f" from {s.policy.start_from}"
+                                                                     if s.policy.start_from else ""))
         if t.metrics_csv.exists():
             curves[s.name] = read_curves(t.metrics_csv)
     manifest = _read_json(lay.manifest) or {}
