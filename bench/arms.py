@@ -171,3 +171,40 @@ def summarize(arms: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, An
                 [arms[a]["held_out_ce"][s] - arms[names[0]]["held_out_ce"][s] for s in seeds])
         out[a] = entry
     return out
+
+
+def study(bench: str, doc: str, arms: dict[str, dict[str, Any]], argv: list[str] | None = None,
+          prefix: str = "", epochs_help: str = "student epochs") -> dict[str, Any]:
+    """One curation study from the command line: the shared teacher traces, then each arm (run dir
+    ``<out>/<prefix><arm>``) over the seeds, all scored on the first arm's held-out set; prints and
+    returns the JSON result."""
+    import argparse
+    import json
+    import time
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--n-train", type=int, default=2000)
+    ap.add_argument("--n-test", type=int, default=200)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--temperature", type=float, default=2.0)
+    ap.add_argument("--epochs", type=float, default=4, help=epochs_help)
+    ap.add_argument("--out", default="runs/bench_curation")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    base = base_config(out, args.n_train, args.n_test, args.samples, args.temperature)
+    gen = generate(base)
+    results, common_val = {}, None
+    for name, settings in arms.items():
+        log(f"arm {name}")
+        results[name] = run_arm(base, f"{prefix}{name}", settings, args.seeds, out, args.epochs, common_val)
+        common_val = common_val or Path(results[name]["held_out_set"])
+    result = {"bench": bench, "task": base["task"], "generate": base["generate"] | gen, "seeds": args.seeds,
+              "epochs": args.epochs,
+              "arms": summarize(results, args.seeds), "wall_seconds": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(result, indent=2))
+    return result
