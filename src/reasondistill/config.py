@@ -354,6 +354,12 @@ class StudentConfig(_Strict):
             raise ValueError("lora adapts a pretrained model: set 'model' (a path or hub id), not 'init'")
         if self.policy is not None and self.distill is not None:
             raise ValueError("set at most one of 'distill' (trained on traces) and 'policy' (on its own rollouts)")
+        if self.policy is not None and self.lora is not None:  # train/policy.py updates every weight
+            raise ValueError("lora is not supported with policy (grpo / on_policy / dpo) yet: the policy trainer "
+                             "updates every weight; remove lora")
+        if self.policy is not None and self.train != TrainConfig():
+            raise ValueError("a policy student is optimised by its policy section (steps, lr, prompts_per_step, "
+                             "threads, save_every, ...); its train section is not used: remove train")
         if self.distill is not None and self.train.packing:
             raise ValueError("train.packing works for hard distillation only: the soft-distillation (distill) "
                              "objectives read per-row teacher outputs")

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from pydantic import ValidationError
+
 from reasondistill.config import StudentConfig
 
 from test_pipeline import cli, write_config
@@ -44,3 +46,12 @@ def test_policy_and_distill_are_exclusive_and_start_from_is_checked():
         StudentConfig(name="x", init=INIT, policy={"objective": "grpo"}, distill={"source": "online"})
     with pytest.raises(ValueError, match="group_size"):
         StudentConfig(name="x", init=INIT, policy={"objective": "grpo", "group_size": 1})
+
+
+def test_keys_a_policy_student_would_ignore_are_refused():
+    """lora and train do not apply to the policy trainer: refused when the config loads, not ignored."""
+    with pytest.raises(ValidationError, match="lora is not supported with policy"):
+        StudentConfig(name="x", model="m", lora={"r": 4}, policy={"objective": "grpo", "start_from": "s1"})
+    with pytest.raises(ValidationError, match="its train section is not used"):
+        StudentConfig(name="x", init=INIT, train={"lr": 5e-2}, policy={"objective": "grpo", "start_from": "s1"})
+    StudentConfig(name="x", init=INIT, train={}, policy={"objective": "grpo", "start_from": "s1"})  # defaults: fine
