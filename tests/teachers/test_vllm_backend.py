@@ -1,14 +1,13 @@
 """teacher.kind: vllm — config, the error without vllm, and vLLM outputs → traces.
 
 vLLM needs a GPU and cannot be installed on the test machine, so the engine itself is not run
-here. ``RequestOutput``/``CompletionOutput`` below are plain dataclasses with the fields of
+here. ``RequestOutput``/``CompletionOutput`` (tests/fake_vllm.py) are plain dataclasses with the fields of
 vLLM's own classes (vllm/outputs.py), the only stand-ins: the conversion code is the real one.
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python -m pytest tests/teachers/test_vllm_backend.py -q
 """
 
 import importlib.util
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -18,28 +17,9 @@ from reasondistill.teachers.sampling import SamplingParams
 from reasondistill.teachers.vllm_backend import (VLLMUnavailable, request_output_to_traces, problem_seed,
                                                  sampling_kwargs)
 
+from fake_vllm import CompletionOutput, RequestOutput
+
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
-
-
-@dataclass
-class CompletionOutput:  # vllm.outputs.CompletionOutput
-    index: int
-    text: str
-    token_ids: list[int]
-    cumulative_logprob: float | None = None
-    logprobs: list | None = None
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-
-
-@dataclass
-class RequestOutput:  # vllm.outputs.RequestOutput
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    prompt_logprobs: list | None = None
-    outputs: list[CompletionOutput] = field(default_factory=list)
-    finished: bool = True
 
 
 def test_config_validates_and_fingerprints_old_configs_as_before(tmp_path):

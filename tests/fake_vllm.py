@@ -4,7 +4,8 @@ Only the engine is faked: ``generate`` decodes with a real Hugging Face model (g
 repo's counter-based sampling) and answers with objects that have the fields of vLLM's
 ``RequestOutput`` / ``CompletionOutput`` (vllm/outputs.py), so everything of ours around the
 engine (prompt rendering to token ids, ``sampling_kwargs``, ``request_output_to_traces``, the
-evaluation backend) runs for real. Used by tests/evaluate/test_backends.py.
+evaluation backend) runs for real. Used by tests/evaluate/test_backends.py; its output dataclasses
+also by tests/teachers/test_vllm_backend.py.
 """
 
 from __future__ import annotations
