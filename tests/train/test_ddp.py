@@ -106,23 +106,7 @@ def test_documented_torchrun_command_trains_a_run_directory(tmp_path, tiny_model
 
     from safetensors.torch import load_file
 
-    from reasondistill.config import RunConfig
-    from reasondistill.pipeline import Pipeline
-
-    cfg = {"run_dir": str(tmp_path / "run"), "seed": 0,
-           "task": {"name": "chained_arith", "min_ops": 3, "max_ops": 4, "n_train": 40, "n_test": 10},
-           "teacher": {"model": str(tiny_model_dir)},
-           "generate": {"n": 1, "temperature": 1.0, "max_new_tokens": 8, "batch_size": 40},
-           "curate": {"require_correct": False, "require_think": False},
-           "build": {"max_length": 128, "val_fraction": 0.1},
-           "students": [{"name": "s", "init": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                               "intermediate_size": 32},
-                         "train": {"max_steps": 5, "epochs": None, "batch_size": 4, "log_every": 1, "eval_every": 2,
-                                   "save_every": 2, "threads": 1, "lr": 3e-3}}]}
-    pipe = Pipeline(RunConfig.model_validate(cfg), log=lambda _m: None, show_progress=False)
-    pipe.generate(), pipe.curate(), pipe.build()
-    run, one = tmp_path / "run", tmp_path / "one"
-    shutil.copytree(run, one)
+    run, one = built_run(tmp_path, tiny_model_dir, layers=1, max_steps=5)
     (run / "train/s").mkdir(parents=True)
     (run / "train/s/progress.json").write_text('{"fingerprint": "an-older-config"}')  # a stale run to move aside
 
@@ -157,3 +141,26 @@ def test_documented_torchrun_command_trains_a_run_directory(tmp_path, tiny_model
                   "--quiet"], tmp_path)
     assert again.count("[skip] train:s") == 1 and "[run ]" not in again  # both ranks follow rank 0's decision
     assert len([p for p in (run / "train").iterdir() if "stale" in p.name]) == 1
+
+
+def built_run(tmp_path, teacher_dir, layers: int, max_steps: int) -> tuple[Path, Path]:
+    """A run directory generated, curated and built for one tiny student ``s`` (``run/``), and a copy of
+    it (``one/``) for the one-process comparison."""
+    from reasondistill.config import RunConfig
+    from reasondistill.pipeline import Pipeline
+
+    cfg = {"run_dir": str(tmp_path / "run"), "seed": 0,
+           "task": {"name": "chained_arith", "min_ops": 3, "max_ops": 4, "n_train": 40, "n_test": 10},
+           "teacher": {"model": str(teacher_dir)},
+           "generate": {"n": 1, "temperature": 1.0, "max_new_tokens": 8, "batch_size": 40},
+           "curate": {"require_correct": False, "require_think": False},
+           "build": {"max_length": 128, "val_fraction": 0.1},
+           "students": [{"name": "s", "init": {"hidden_size": 16, "num_hidden_layers": layers,
+                                               "num_attention_heads": 2, "intermediate_size": 32},
+                         "train": {"max_steps": max_steps, "epochs": None, "batch_size": 4, "log_every": 1,
+                                   "eval_every": 2, "save_every": 2, "threads": 1, "lr": 3e-3}}]}
+    pipe = Pipeline(RunConfig.model_validate(cfg), log=lambda _m: None, show_progress=False)
+    pipe.generate(), pipe.curate(), pipe.build()
+    run, one = tmp_path / "run", tmp_path / "one"
+    shutil.copytree(run, one)
+    return run, one

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.test_ddp import TORCHRUN, WORKER, _rows, _run, data  # noqa: F401  (data: the fixture)
+from tests.train.test_ddp import TORCHRUN, WORKER, _rows, _run, built_run, data  # noqa: F401  (data: the fixture)
 
 pytestmark = pytest.mark.skipif(
     TORCHRUN is None or not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -115,23 +115,7 @@ def test_documented_fsdp_command_trains_a_run_directory(tmp_path, tiny_model_dir
     the student's fingerprint leaves sharding out, so a later one-process `train` finds it current."""
     import json
 
-    from reasondistill.config import RunConfig
-    from reasondistill.pipeline import Pipeline
-
-    cfg = {"run_dir": str(tmp_path / "run"), "seed": 0,
-           "task": {"name": "chained_arith", "min_ops": 3, "max_ops": 4, "n_train": 40, "n_test": 10},
-           "teacher": {"model": str(tiny_model_dir)},
-           "generate": {"n": 1, "temperature": 1.0, "max_new_tokens": 8, "batch_size": 40},
-           "curate": {"require_correct": False, "require_think": False},
-           "build": {"max_length": 128, "val_fraction": 0.1},
-           "students": [{"name": "s", "init": {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                               "intermediate_size": 32},
-                         "train": {"max_steps": 4, "epochs": None, "batch_size": 4, "log_every": 1, "eval_every": 2,
-                                   "save_every": 2, "threads": 1, "lr": 3e-3}}]}
-    pipe = Pipeline(RunConfig.model_validate(cfg), log=lambda _m: None, show_progress=False)
-    pipe.generate(), pipe.curate(), pipe.build()
-    run, one = tmp_path / "run", tmp_path / "one"
-    shutil.copytree(run, one)
+    run, one = built_run(tmp_path, tiny_model_dir, layers=2, max_steps=4)
     out = _run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "reasondistill", "train", str(run),
                 "students.0.train.sharding=fsdp", "--quiet"], tmp_path)
     assert out.count("[run ] train:s") == 1
