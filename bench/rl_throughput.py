@@ -58,25 +58,46 @@ def ours(kind: str, model, tok, problems, task, teacher, args) -> dict:
 
         rows = list(csv.DictReader(open(f"{d}/metrics.csv")))
     rewards = [float(r["reward_mean"]) for r in rows if r["reward_mean"] != ""]
+    ends = [float(r["elapsed_s"]) for r in rows]  # the loop's clock at the end of each step
+    tokens = [int(r["tokens_generated"]) for r in rows]  # cumulative
     return {"wall_s": round(wall, 2), "steps": s["steps"], "completion_tokens": s["tokens_generated"],
             "steps_per_s": s["steps"] / wall, "tokens_per_s": s["tokens_generated"] / wall,
+            **steady(ends, [b - a for a, b in zip([0] + tokens, tokens)]),
             "reward_curve": rewards, "kl_curve": [float(r["kl_teacher"]) for r in rows if r["kl_teacher"] != ""]}
+
+
+def steady(ends: list[float], tokens: list[float]) -> dict:
+    """Steps 2..S only: per-step time from the clock at each step's end, so neither the first step's
+    warm-up nor set-up and saving outside the loop counts (for either trainer)."""
+    if len(ends) < 2:
+        return {}
+    wall = ends[-1] - ends[0]
+    return {"steady_s_per_step": round(wall / (len(ends) - 1), 4), "steady_tokens_per_s": sum(tokens[1:]) / wall}
 
 
 def trl_run(kind: str, model, tok, problems, task, teacher, args) -> dict:
     from datasets import Dataset
+    from transformers import TrainerCallback
+
+    ends: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *a, **kw):
+            ends.append(time.perf_counter())
 
     from reasondistill.curate.verdicts import judge_many
 
     by_prompt = {p.prompt: p for p in problems}
-    counted = {"completion_tokens": 0, "rewards": []}
+    counted = {"completion_tokens": 0, "rewards": [], "per_step": []}
 
     def reward(prompts, completions, **kw):
         texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
         users = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
         ids = kw.get("completion_ids")
-        counted["completion_tokens"] += sum(len(x) for x in ids) if ids is not None else \
+        n = sum(len(x) for x in ids) if ids is not None else \
             sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)
+        counted["completion_tokens"] += n
+        counted["per_step"].append(n)
         fins = ["length" if ids is not None and len(x) >= args.max_new and x[-1] != tok.eos_token_id else "stop"
                 for x in (ids or [[0]] * len(texts))]
         verdicts = judge_many(task, [(by_prompt[u], t, f, 0) for u, t, f in zip(users, texts, fins)])
@@ -97,13 +118,14 @@ def trl_run(kind: str, model, tok, problems, task, teacher, args) -> dict:
 
             cfg = GRPOConfig(per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
                              beta=0.0, loss_type="dapo", scale_rewards="none", num_iterations=1, **common)
-            trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tok)
+            trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tok,
+                                  callbacks=[Clock()])
         else:
             from trl import DistillationConfig, DistillationTrainer
 
             cfg = DistillationConfig(per_device_train_batch_size=args.prompts * args.group, beta=1.0, **common)
             trainer = DistillationTrainer(model=model, teacher_model=teacher, args=cfg, train_dataset=data,
-                                          processing_class=tok)
+                                          processing_class=tok, callbacks=[Clock()])
             counted = None
         t0 = time.perf_counter()
         trainer.train()
@@ -111,11 +133,13 @@ def trl_run(kind: str, model, tok, problems, task, teacher, args) -> dict:
     logs = [h for h in trainer.state.log_history if "loss" in h]
     if counted is None:  # distillation: completion lengths from TRL's logs
         lengths = [h.get("completions/mean_length", h.get("completion_length", float("nan"))) for h in logs]
-        tokens = sum(lengths) * args.prompts * args.group
+        per_step = [x * args.prompts * args.group for x in lengths]
     else:
-        tokens = counted["completion_tokens"]
+        per_step = counted["per_step"]
+    tokens = sum(per_step)
     return {"wall_s": round(wall, 2), "steps": trainer.state.global_step, "completion_tokens": tokens,
             "steps_per_s": trainer.state.global_step / wall, "tokens_per_s": tokens / wall,
+            **steady(ends, per_step),
             "reward_curve": counted["rewards"] if counted else [],
             "log_keys": sorted(logs[0]) if logs else []}
 
@@ -147,7 +171,9 @@ def main() -> None:
             print(json.dumps({f"{kind}_{name}": {k: v for k, v in out[f"{kind}_{name}"].items() if "curve" not in k}}),
                   flush=True)
         o, t = out[f"{kind}_ours"], out[f"{kind}_trl"]
-        out[f"{kind}_speedup_vs_trl"] = round(o["tokens_per_s"] / t["tokens_per_s"], 3)  # grpo_ / on_policy_
+        out[f"{kind}_speedup_vs_trl"] = round(o["steady_tokens_per_s"] / t["steady_tokens_per_s"], 3)
+        out[f"{kind}_steady_steps_per_s_ratio"] = round(t["steady_s_per_step"] / o["steady_s_per_step"], 3)
+        out[f"{kind}_whole_run_speedup_vs_trl"] = round(o["tokens_per_s"] / t["tokens_per_s"], 3)
         out[f"{kind}_steps_per_s_ratio"] = round(o["steps_per_s"] / t["steps_per_s"], 3)
     print(json.dumps(out, indent=1))
 

@@ -71,14 +71,19 @@ class CounterSampler:
         self.keys, self.width, self.temperature, self.top_p = keys, prompt_width, temperature, top_p
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        step = input_ids.shape[1] - self.width
+        return self.at(input_ids.shape[1] - self.width, scores)
+
+    def at(self, step: int, scores: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The perturbed scores of decoding step ``step`` (0 = the first new token) for the batch
+        rows ``rows`` (indices into ``keys``; all rows when None): their argmax is the sample."""
+        keys = self.keys if rows is None else self.keys[rows.cpu()]
         logits = scores.float() / self.temperature
         if self.top_p < 1.0:
             sorted_logits, order = logits.sort(dim=-1, descending=True)
             probs = sorted_logits.softmax(-1)
             drop_sorted = probs.cumsum(-1) - probs > self.top_p  # keep the smallest set reaching top_p
             logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-        u = counter_uniform(self.keys.to("cpu"), step, logits.shape[-1]).to(logits.device)
+        u = counter_uniform(keys.to("cpu"), step, logits.shape[-1]).to(logits.device)
         return logits - torch.log(-torch.log(u))
 
 

@@ -78,6 +78,24 @@ def _slice(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tenso
     return {k: (v[:, :width] if k != "mask" else v[:, :width - 1]) for k, v in out.items()}
 
 
+def length_chunks(lengths: Sequence[int], micro_batch: int, slack: float = 0.1, min_rows: int = 8) -> list[torch.Tensor]:
+    """Row indices per forward/backward: rows sorted by length, a chunk closed at ``micro_batch`` rows
+    or (once it has ``min_rows``) when padding to its next row would cost more than ``slack`` of its
+    tokens. Right padding costs compute and changes nothing else: the loss weights are global."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks: list[list[int]] = [[]]
+    total = 0
+    for i in order:
+        cur = chunks[-1]
+        grown = lengths[i] * (len(cur) + 1)
+        if cur and (len(cur) >= micro_batch or (len(cur) >= min_rows and grown > (1 + slack) * (total + lengths[i]))):
+            chunks.append([])
+            cur, total = chunks[-1], 0
+        cur.append(i)
+        total += lengths[i]
+    return [torch.tensor(c) for c in chunks if c]
+
+
 def freeze(model):
     model.eval()
     model.requires_grad_(False)
@@ -250,7 +268,7 @@ class PolicyTrainer:
                        accuracy=float(np.mean([v == "correct" for v in verdicts])))
         weights = token_weights(batch["mask"], cfg.loss_norm if cfg.objective == "grpo" else "token", n_tok, n_seq,
                                 cfg.max_new_tokens)
-        chunks = [slice(s, s + cfg.micro_batch) for s in range(0, n_seq, cfg.micro_batch)]
+        chunks = length_chunks([len(r.prompt) + len(r.completion) for r in rolls], cfg.micro_batch)
         # what stays fixed over the mu updates: old log-probs (mu > 1), reference and teacher log-probs
         fixed: list[dict[str, torch.Tensor]] = []
         with torch.no_grad():

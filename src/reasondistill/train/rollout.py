@@ -5,9 +5,10 @@ backends share one interface, ``generate(prompts, keys, temperature, max_new_tok
 and ``sync(model)`` (push the trained weights before the next rollouts):
 
 * :class:`HFRollout`, the default and the one that runs here: the policy itself decodes through
-  transformers' KV-cache ``generate`` with the counter-based sampler of teachers/sampling.py (the
-  same decoder the teacher and evaluation use), so a row's sample is a pure function of its key and
-  a resumed run draws the same rollouts. ``sync`` is a no-op: it is the trained model.
+  the lean KV-cache decoder of reasondistill/decoder.py (Llama-family models; others through
+  transformers' ``generate``) with the counter-based sampler of teachers/sampling.py, so a row's
+  sample is a pure function of its key and a resumed run draws the same rollouts. ``sync`` is a
+  no-op: it is the trained model.
 * :class:`VLLMRollout`: a vLLM ``LLM`` in the training process (colocated); ``sync`` loads the
   trained weights into its model (``load_weights``), as TRL's colocate mode does.
 * :class:`VLLMServerRollout`: a ``trl vllm-serve`` server through TRL's ``VLLMClient``; ``sync`` streams
@@ -43,11 +44,14 @@ def _finish(tokenizer, prompt: list[int], new: list[int], eos: set[int]) -> Roll
 
 
 class HFRollout:
-    """Sampling from the policy with transformers' KV-cache decoder; counter-based noise per row key."""
+    """Sampling from the policy with counter-based noise per row key: through the lean KV-cache
+    decoder of reasondistill/decoder.py for Llama-family models (peft adapters included), else
+    transformers' ``generate`` with the same sampler (the tokens are the same either way)."""
 
-    def __init__(self, model, tokenizer, eos_ids: Sequence[int] | None = None):
+    def __init__(self, model, tokenizer, eos_ids: Sequence[int] | None = None, decoder: str = "auto"):
         self.model, self.tokenizer = model, tokenizer
         self.eos = set(eos_ids or [tokenizer.eos_token_id])
+        self.decoder = decoder  # auto: the lean decoder when it supports the model; generate: always transformers'
 
     def sync(self, model) -> None:
         self.model = model
@@ -55,13 +59,9 @@ class HFRollout:
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], keys: Sequence[int], temperature: float,
                  max_new_tokens: int) -> list[Rollout]:
-        from transformers import GenerationConfig, LogitsProcessorList
-
-        from reasondistill.attention import fast_causal_attention
+        from reasondistill.decoder import Decoder, unsupported
         from reasondistill.teachers.sampling import CounterSampler
 
-        model = self.model
-        device = next(model.parameters()).device
         pad = self.tokenizer.pad_token_id
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -69,12 +69,27 @@ class HFRollout:
         for r, p in enumerate(prompts):  # left padding
             ids[r, width - len(p):] = torch.tensor(p)
             attn[r, width - len(p):] = 1
-        processors = LogitsProcessorList()
-        if temperature > 0:
-            processors.append(CounterSampler(torch.tensor(list(keys), dtype=torch.int64), width, temperature, 1.0))
+        sampler = CounterSampler(torch.tensor(list(keys), dtype=torch.int64), width, temperature, 1.0) \
+            if temperature > 0 else None
+        if self.decoder == "auto" and unsupported(self.model) is None:
+            new = Decoder(self.model).generate(ids, attn, max_new_tokens, sorted(self.eos), pad,
+                                               sampler.at if sampler else None).tolist()
+        else:
+            new = self._transformers(ids, attn, sampler, max_new_tokens)
+        return [_finish(self.tokenizer, p, row, self.eos) for p, row in zip(prompts, new)]
+
+    def _transformers(self, ids, attn, sampler, max_new_tokens: int) -> list[list[int]]:
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        from reasondistill.attention import fast_causal_attention
+
+        model = self.model
+        device = next(model.parameters()).device
+        width = ids.shape[1]
+        processors = LogitsProcessorList([sampler] if sampler else [])
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                               eos_token_id=sorted(self.eos), pad_token_id=pad, use_cache=True, temperature=None,
-                               top_p=None, top_k=None)
+                               eos_token_id=sorted(self.eos), pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
+                               temperature=None, top_p=None, top_k=None)
         was_training = model.training
         model.eval()
         fast = device.type == "cpu" and next(model.parameters()).dtype == torch.bfloat16
@@ -84,7 +99,7 @@ class HFRollout:
                                      logits_processor=processors)
         finally:
             model.train(was_training)
-        return [_finish(self.tokenizer, p, row, self.eos) for p, row in zip(prompts, out[:, width:].tolist())]
+        return out[:, width:].tolist()
 
 
 def _named_weights(model) -> list[tuple[str, torch.Tensor]]:
