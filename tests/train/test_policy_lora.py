@@ -153,6 +153,19 @@ def test_lora_dpo_reference_is_the_base_with_adapters_off(problems, arith, char_
     assert not torch.allclose(pol, plain, atol=1e-4)
 
 
+def test_lora_on_policy_with_its_own_base_as_teacher_starts_at_zero(problems, char_tokenizer, tiny_model_dir, tmp_path):
+    """On-policy distillation through the adapters: with the base as the teacher the adapted student
+    (B = 0) is the teacher, so step 0 has zero loss and zero KL; no reference is built (kl_ref 0)."""
+    for divergence in ("sampled_reverse_kl", "jsd"):
+        cfg = PolicyConfig(objective="on_policy", divergence=divergence, steps=1, prompts_per_step=2, group_size=2,
+                           max_new_tokens=10, micro_batch=4)
+        t = PolicyTrainer(_student(tiny_model_dir), char_tokenizer, problems, None, cfg, tmp_path / divergence,
+                          seed=0, teacher=load_model(str(tiny_model_dir)), show_progress=False)
+        assert t.reference is None
+        out = t.rollout_step(0)
+        assert out["loss"] == pytest.approx(0.0, abs=1e-6) and out["kl_teacher"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_a_lora_student_refuses_the_vllm_backends(problems, arith, char_tokenizer, tiny_model_dir):
     with pytest.raises(ValueError, match="HF backend only"):
         PolicyTrainer(_student(tiny_model_dir), char_tokenizer, problems, arith, GRPO, "/unused", seed=0,
