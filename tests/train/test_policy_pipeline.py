@@ -71,6 +71,22 @@ def test_a_lora_policy_student_needs_pretrained_start_weights(tmp_path):
         StudentConfig(name="x", init=INIT, lora={"r": 4})
 
 
+def test_check_refuses_a_qlora_policy_student_without_a_gpu(tmp_path, tiny_model_dir):
+    """QLoRA (nf4) needs CUDA: `check` (and so `run`, before any stage) names the student; a LoRA policy
+    student on another student's final/ (not trained yet) passes."""
+    from reasondistill.preflight import preflight
+
+    if torch.cuda.is_available():
+        pytest.skip("QLoRA can run on this machine")
+    students = [{"name": "s1", "init": INIT},
+                {"name": "q", "model": str(tiny_model_dir), "lora": {"quantize": "nf4"}, "policy": {"objective": "grpo"}},
+                {"name": "l", "init": INIT, "lora": {"target_modules": ["q_proj"]},
+                 "policy": {"objective": "grpo", "start_from": "s1"}}]
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, students=students)
+    problems = preflight(load_config(cfg))
+    assert len(problems) == 1 and problems[0].startswith("students.1 (q): lora.quantize: nf4"), problems
+
+
 def test_lora_grpo_and_dpo_students_through_the_cli(tmp_path, tiny_model_dir):
     """A LoRA GRPO student (+ KL to the teacher, so every step has a gradient) on an SFT student's final/
     (start_from) and a LoRA DPO student on a pretrained model: adapters train, checkpoints hold them, final/ is merged and evaluated, the report counts them."""
