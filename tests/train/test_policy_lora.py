@@ -166,6 +166,27 @@ def test_lora_on_policy_with_its_own_base_as_teacher_starts_at_zero(problems, ch
         assert out["loss"] == pytest.approx(0.0, abs=1e-6) and out["kl_teacher"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_rollouts_come_from_the_adapted_model(problems, arith, char_tokenizer, tiny_model_dir):
+    """The trainer's rollout engine samples the policy *with* its adapters: the same completions as the
+    merged model, not the base's (a decoder that read the base weights alone would fail here)."""
+    import copy
+
+    model = _student(tiny_model_dir)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+    cfg = PolicyConfig(objective="grpo", steps=1, prompts_per_step=4, group_size=2, max_new_tokens=12)
+
+    def completions(m):
+        trainer = PolicyTrainer(m, char_tokenizer, problems, arith, cfg, "/unused", seed=0, show_progress=False)
+        return [r.completion for r in trainer.rollouts(0)[1]]
+    adapted = completions(model)
+    assert adapted == completions(copy.deepcopy(model).merge_and_unload().requires_grad_(True))
+    assert adapted != completions(load_model(str(tiny_model_dir)))
+
+
 def test_a_lora_student_refuses_the_vllm_backends(problems, arith, char_tokenizer, tiny_model_dir):
     with pytest.raises(ValueError, match="HF backend only"):
         PolicyTrainer(_student(tiny_model_dir), char_tokenizer, problems, arith, GRPO, "/unused", seed=0,
