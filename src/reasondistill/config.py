@@ -340,7 +340,8 @@ class StudentConfig(_Strict):
                                "checkpoints")
     distill: DistillConfig | None = Field(None, description="soft distillation (None: hard, traces only)")
     lora: LoraConfig | None = Field(None, description="train low-rank adapters (peft) on the pretrained `model` "
-                                    "instead of every weight; final/ holds the merged model (null: full fine-tuning)")
+                                    "(a policy student: or its policy.start_from) instead of every weight; final/ "
+                                    "holds the merged model (null: full fine-tuning)")
     policy: PolicyConfig | None = Field(None, description="train on the student's own rollouts instead: grpo, "
                                         "on_policy (prompt-only distillation) or dpo (train/policy_config.py)")
     quantize: QuantizeSections = Field(default_factory=list, description="quantized variants made after "
@@ -350,13 +351,13 @@ class StudentConfig(_Strict):
     def _one_model(self) -> "StudentConfig":
         if (self.model is None) == (self.init is None):
             raise ValueError("set exactly one of 'model' (pretrained) or 'init' (fresh config)")
-        if self.lora is not None and self.model is None:
+        if self.lora is not None and self.model is None and self.policy is None:
             raise ValueError("lora adapts a pretrained model: set 'model' (a path or hub id), not 'init'")
+        if self.lora is not None and self.model is None and self.policy is not None and not self.policy.start_from:
+            raise ValueError("lora adapts pretrained weights, and this policy student has none: set 'model' (a path "
+                             "or hub id) or 'policy.start_from' (an earlier student's name or a model directory)")
         if self.policy is not None and self.distill is not None:
             raise ValueError("set at most one of 'distill' (trained on traces) and 'policy' (on its own rollouts)")
-        if self.policy is not None and self.lora is not None:  # train/policy.py updates every weight
-            raise ValueError("lora is not supported with policy (grpo / on_policy / dpo) yet: the policy trainer "
-                             "updates every weight; remove lora")
         if self.policy is not None and self.train != TrainConfig():
             raise ValueError("a policy student is optimised by its policy section (steps, lr, prompts_per_step, "
                              "threads, save_every, ...); its train section is not used: remove train")

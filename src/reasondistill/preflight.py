@@ -168,7 +168,7 @@ class _Checker:
         conf = self.config(f"{where}.model", s.model) if s.model else None
         if s.model and conf is None:
             return
-        problem = target_problem(conf, s.lora) if s.lora is not None else None
+        problem = target_problem(conf, s.lora) if s.lora is not None and conf is not None else None
         if problem:
             self.add(f"{where}: {problem}")
         key = "model" if s.model else "tokenizer" if s.tokenizer else "tokenizer (the teacher's, by default)"

@@ -5,10 +5,11 @@ import csv
 import json
 
 import pytest
-
+import torch
 from pydantic import ValidationError
+from safetensors.torch import load_file
 
-from reasondistill.config import StudentConfig
+from reasondistill.config import ConfigError, StudentConfig, load_config
 
 from test_pipeline import cli, write_config
 
@@ -49,9 +50,78 @@ def test_policy_and_distill_are_exclusive_and_start_from_is_checked():
 
 
 def test_keys_a_policy_student_would_ignore_are_refused():
-    """lora and train do not apply to the policy trainer: refused when the config loads, not ignored."""
-    with pytest.raises(ValidationError, match="lora is not supported with policy"):
-        StudentConfig(name="x", model="m", lora={"r": 4}, policy={"objective": "grpo", "start_from": "s1"})
+    """train does not apply to the policy trainer: refused when the config loads, not ignored."""
     with pytest.raises(ValidationError, match="its train section is not used"):
         StudentConfig(name="x", init=INIT, train={"lr": 5e-2}, policy={"objective": "grpo", "start_from": "s1"})
     StudentConfig(name="x", init=INIT, train={}, policy={"objective": "grpo", "start_from": "s1"})  # defaults: fine
+
+
+def test_a_lora_policy_student_needs_pretrained_start_weights(tmp_path):
+    """lora adapts pretrained weights: `model` or `policy.start_from`; a fresh `init` alone is refused
+    when the config loads, naming the student and both fields."""
+    path = tmp_path / "c.yaml"
+    path.write_text("students:\n  - {name: s, init: {hidden_size: 16}, lora: {r: 4}, policy: {objective: grpo}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "students.0" in message and "'model'" in message and "'policy.start_from'" in message, message
+    StudentConfig(name="x", init=INIT, lora={"r": 4}, policy={"objective": "grpo", "start_from": "s1"})
+    StudentConfig(name="x", model="m", lora={"r": 4}, policy={"objective": "dpo"})
+    with pytest.raises(ValidationError, match="lora adapts a pretrained model"):  # not a policy student
+        StudentConfig(name="x", init=INIT, lora={"r": 4})
+
+
+def test_check_refuses_a_qlora_policy_student_without_a_gpu(tmp_path, tiny_model_dir):
+    """QLoRA (nf4) needs CUDA: `check` (and so `run`, before any stage) names the student; a LoRA policy
+    student on another student's final/ (not trained yet) passes."""
+    from reasondistill.preflight import preflight
+
+    if torch.cuda.is_available():
+        pytest.skip("QLoRA can run on this machine")
+    students = [{"name": "s1", "init": INIT},
+                {"name": "q", "model": str(tiny_model_dir), "lora": {"quantize": "nf4"}, "policy": {"objective": "grpo"}},
+                {"name": "l", "init": INIT, "lora": {"target_modules": ["q_proj"]},
+                 "policy": {"objective": "grpo", "start_from": "s1"}}]
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, students=students)
+    problems = preflight(load_config(cfg))
+    assert len(problems) == 1 and problems[0].startswith("students.1 (q): lora.quantize: nf4"), problems
+
+
+def test_lora_grpo_and_dpo_students_through_the_cli(tmp_path, tiny_model_dir):
+    """A LoRA GRPO student (+ KL to the teacher, so every step has a gradient) on an SFT student's final/
+    (start_from) and a LoRA DPO student on a pretrained model: adapters train, checkpoints hold them, final/ is merged and evaluated, the report counts them."""
+    from transformers import AutoModelForCausalLM
+
+    sft = {"max_steps": 3, "epochs": None, "batch_size": 8, "save_every": 3, "log_every": 1}
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    students = [{"name": "s1", "init": INIT, "train": sft},
+                {"name": "grpo_lora", "init": INIT, "lora": lora,
+                 "policy": {"objective": "grpo", "start_from": "s1", "kl_ref": 0.1, "kl_teacher": 0.5, "lr": 1e-2,
+                            **POLICY}},
+                {"name": "dpo_lora", "model": str(tiny_model_dir), "lora": lora,
+                 "policy": {"objective": "dpo", "dpo_samples": 1, "dpo_problems": 8, **POLICY}}]
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, students=students)
+    first = cli("run", cfg)
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    for name in ("grpo_lora", "dpo_lora"):
+        assert f"{name}: LoRA r=4:" in first.stdout and f"[run ] train:{name}" in first.stdout
+        t = run / f"train/{name}"
+        assert (t / "checkpoints/step-2/adapter_model.safetensors").exists()
+        assert not (t / "checkpoints/step-2/model.safetensors").exists()
+        summary = json.loads((t / "summary.json").read_text())
+        assert 0 < summary["trainable_params"] < summary["params"]
+        assert report["training"][name]["trainable_params"] == summary["trainable_params"]
+        assert f"{summary['params']:,} ({summary['trainable_params']:,} trainable)" in (run / "report.md").read_text()
+        AutoModelForCausalLM.from_pretrained(t / "final")  # merged: plain transformers loads it
+        assert json.loads((run / f"evaluate/{name}/metrics.json").read_text())["n"] == 10
+    start = load_file(run / "train/s1/final/model.safetensors")
+    final = load_file(run / "train/grpo_lora/final/model.safetensors")
+    assert set(final) == set(start)
+    assert torch.equal(final["model.layers.0.mlp.up_proj.weight"], start["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(final["model.layers.0.self_attn.q_proj.weight"],
+                           start["model.layers.0.self_attn.q_proj.weight"])  # adapted, merged
+    assert (run / "train/dpo_lora/pairs.jsonl").exists()
+    again = cli("run", cfg)
+    for name in ("grpo_lora", "dpo_lora"):
+        assert f"[skip] train:{name}" in again.stdout

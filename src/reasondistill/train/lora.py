@@ -16,7 +16,10 @@ which needs a CUDA GPU: on a machine without one the config still validates, and
     model = apply_lora(load_model("path/to/base"), lora, seed=0)   # or load_base(...) for QLoRA
     train_model(model, tok, train, val, out, TrainConfig(), seed=0)  # final/ holds the merged model
 
-Tests: tests/train/test_lora.py.
+Policy students (GRPO / on-policy / DPO, train/policy.py) use the same adapters: the trainer's
+reference model is the base with the adapters switched off (:class:`AdaptersOff`), not a copy.
+
+Tests: tests/train/test_lora.py, tests/train/test_policy_lora.py.
 """
 
 from __future__ import annotations
@@ -158,6 +161,27 @@ def merged_for_export(model, weights: dict[str, Any] | None):
     if getattr(merged, "is_loaded_in_4bit", False):  # QLoRA: final/ in the compute dtype, not 4-bit (untested here)
         merged = merged.dequantize()
     return merged, merged.state_dict()
+
+
+class AdaptersOff:
+    """The frozen base of a LoRA model as a reference model: calling it runs ``model`` with its
+    adapters disabled (``PeftModel.disable_adapter``) in eval mode, so a policy trainer's KL / DPO
+    reference is the start weights without a second copy of them in memory (TRL does the same).
+    Callers run it under ``torch.no_grad``; the model's train/eval mode is restored afterwards."""
+
+    def __init__(self, model):
+        if not is_lora(model):
+            raise TypeError("AdaptersOff needs a peft model with adapters")
+        self.model = getattr(model, "module", model)
+
+    def __call__(self, **inputs):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter():
+                return self.model(**inputs)
+        finally:
+            self.model.train(was_training)
 
 
 def load_adapter(model, path: Path) -> None:

@@ -18,6 +18,10 @@ same rollouts). Checkpoints are those of SFT (train/checkpoint.py: weights, opti
 RNG, state); ``metrics.csv`` gets one row per step: reward mean/std, accuracy, completion length,
 entropy, clip fraction, KL, tokens generated and trained, wall time.
 
+A LoRA student (a ``peft.PeftModel``, train/lora.py) trains its adapters only: the optimizer holds
+them, checkpoints hold them (``adapter_model.safetensors``), the KL / DPO reference is the base with
+the adapters switched off (no second copy of the weights) and ``final/`` is the merged model.
+
     summary = train_policy(model, tokenizer, problems, task, PolicyConfig(objective="grpo"), "train/s", seed=0)
 """
 
@@ -38,6 +42,7 @@ from reasondistill.layout import TrainFiles
 from reasondistill.prompts import render_prompts
 from reasondistill.records import Problem
 from reasondistill.train.checkpoint import check_finite, checkpoints, prune, restore_checkpoint, save_checkpoint
+from reasondistill.train.lora import AdaptersOff, is_lora, merged_for_export, param_counts
 from reasondistill.train.policy_config import PolicyConfig
 from reasondistill.train.policy_losses import (ClippedPolicyLoss, DPOLoss, group_advantages, k3_kl, token_entropy,
                                                token_logprobs, token_weights)
@@ -126,8 +131,11 @@ class PolicyTrainer:
         if needs_teacher and teacher is None:
             raise ValueError(f"{name}: policy.objective {cfg.objective} with kl_teacher needs a local teacher")
         self.teacher = freeze(teacher) if needs_teacher else None
-        # the reference is the START model: copied before a checkpoint is restored
-        self.reference = freeze(copy.deepcopy(model)) if (cfg.kl_ref > 0 or cfg.objective == "dpo") else None
+        # the reference is the START model: copied before a checkpoint is restored; for a LoRA model, its
+        # base with the adapters switched off (the adapters start at zero, so that is the start model)
+        self.reference = None
+        if cfg.kl_ref > 0 or cfg.objective == "dpo":
+            self.reference = AdaptersOff(model) if is_lora(model) else freeze(copy.deepcopy(model))
         self.reward = VerifierReward(task, cfg.rewards) if task is not None else None
         self.prompt_ids = tokenizer(render_prompts(tokenizer, [p.prompt for p in self.problems]),
                                     add_special_tokens=False)["input_ids"] if self.problems else []
@@ -135,6 +143,12 @@ class PolicyTrainer:
             from reasondistill.train.rollout import HFRollout
 
             engine = HFRollout(model, tokenizer)
+        elif is_lora(model):
+            from reasondistill.train.rollout import VLLMRollout, VLLMServerRollout
+
+            if isinstance(engine, (VLLMRollout, VLLMServerRollout)):  # they push weights by the model's names
+                raise ValueError(f"{name}: a LoRA policy student rolls out with the HF backend only (the vLLM "
+                                 "backends would be sent peft's adapter weights, not merged ones)")
         self.engine = engine
         self.clip = ClippedPolicyLoss(cfg.clip_eps, cfg.clip_eps_high, cfg.kl_ref)
         self.dpo = DPOLoss(cfg.dpo_beta)
@@ -215,12 +229,14 @@ class PolicyTrainer:
 
     def _finish(self, last: dict[str, Any]) -> dict[str, Any]:
         s = self.state
+        params, trainable = param_counts(self.model)
         summary = {"name": self.name, "objective": self.cfg.objective, "steps": s["step"],
                    "wall_time_s": round(s["elapsed_s"], 2), "tokens_generated": s["tokens_generated"],
                    "tokens_trained": s["tokens_trained"], "teacher_tokens": s["teacher_tokens"],
-                   "params": sum(p.numel() for p in self.model.parameters()),
+                   "params": params, "trainable_params": trainable,
                    "last": {k: v for k, v in last.items() if isinstance(v, (int, float))}}
-        self.model.save_pretrained(self.files.final, safe_serialization=True)
+        exported, _ = merged_for_export(self.model, None)  # LoRA: the adapters merged into the base
+        exported.save_pretrained(self.files.final, safe_serialization=True)
         self.tok.save_pretrained(self.files.final)
         self.files.summary.write_text(json.dumps(summary, indent=2))
         return summary

@@ -4,6 +4,8 @@ Why a module apart from pipeline.py: the pipeline only dispatches here (one hook
 stays small. Inputs: ``problems/train.jsonl`` (prompts only for grpo / on_policy), the curated traces
 (dpo's chosen side), the start weights (``start_from``: another student's ``final/`` or a model
 directory), the run's local teacher (on_policy, kl_teacher). Outputs: as SFT, ``train/<student>/``.
+A student with ``lora:`` gets adapters on the start weights (train/lora.py, as SFT LoRA students do;
+dpo's pairs are sampled from the start weights before the adapters are attached).
 
     reasondistill train runs/x --student student_grpo
 """
@@ -64,7 +66,12 @@ def train_policy_student(pipeline, s, force: bool) -> dict[str, Any]:
         rd.restart_if_stale(t.dir, t.progress, fp, pipeline.log)
         seed = pipeline._seed(s)
         tokenizer = load_tokenizer(start or pipeline._student_tokenizer_name(s))
-        model = load_model(start) if start else init_model(s.init.spec(), tokenizer, seed)
+        if s.lora:  # the config guarantees a pretrained start; QLoRA loads it in 4-bit (CUDA only)
+            from reasondistill.train.lora import load_base
+
+            model = load_base(start, s.lora, s.attn_implementation)
+        else:
+            model = load_model(start) if start else init_model(s.init.spec(), tokenizer, seed)
         if pc.threads:
             import torch
 
@@ -87,6 +94,11 @@ def train_policy_student(pipeline, s, force: bool) -> dict[str, Any]:
                                     think_tags=pipeline.cfg.build.think_tags)
                 write_pairs(path, pairs)
                 pipeline.log(f"       {s.name}: {len(pairs)} preference pairs (teacher trace vs own wrong answer)")
+        if s.lora:  # adapters on the start weights, seeded like an SFT LoRA student's
+            from reasondistill.train.lora import apply_lora, trainable_line
+
+            model = apply_lora(model, s.lora, seed)
+            pipeline.log(f"       {s.name}: LoRA r={s.lora.r}: {trainable_line(model)}")
         return train_policy(model, tokenizer, problems, pipeline.task, pc, t.dir, seed, teacher=teacher, pairs=pairs,
                             name=s.name, show_progress=pipeline.show_progress)
     return pipeline.run_stage(f"train:{s.name}", conf, inputs, t.outputs, fn, force)
