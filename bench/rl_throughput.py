@@ -14,12 +14,23 @@ ours objective on_policy, divergence jsd, beta 1 (the same loss), one rollout pe
 prompts per step, TRL generates one completion per prompt). tokens/s = completion tokens sampled
 per second of the whole step (generation + teacher + backward + optimizer).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/rl_throughput.py --steps 8
+Keys: ``grpo_speedup_vs_trl`` and ``on_policy_speedup_vs_trl`` are steady-state tokens/s ratios
+(steps 2..S, each trainer's clock at the end of every step: neither trainer's set-up, first-step
+warm-up or final save counts); ``*_whole_run_speedup_vs_trl`` time the whole ``train`` call.
+``--kernels`` adds, per arm, the seconds per 1000 completion tokens inside matmul/attention
+kernels, and ``*_speedup_bound_without_overhead``: our speedup if everything else cost nothing.
+Where ours is faster: rollouts decode through reasondistill/decoder.py (no per-step framework
+bookkeeping, finished rows leave the batch) and the update's micro-batches are cut by length
+(little padding); the arithmetic is otherwise the same.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/rl_throughput.py --steps 8 [--kernels]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import tempfile
 import time
@@ -128,7 +139,8 @@ def trl_run(kind: str, model, tok, problems, task, teacher, args) -> dict:
                                           processing_class=tok, callbacks=[Clock()])
             counted = None
         t0 = time.perf_counter()
-        trainer.train()
+        with contextlib.redirect_stdout(io.StringIO()):  # TRL prints each step's log dict; keep stdout JSON
+            trainer.train()
         wall = time.perf_counter() - t0
     logs = [h for h in trainer.state.log_history if "loss" in h]
     if counted is None:  # distillation: completion lengths from TRL's logs
@@ -144,6 +156,20 @@ def trl_run(kind: str, model, tok, problems, task, teacher, args) -> dict:
             "log_keys": sorted(logs[0]) if logs else []}
 
 
+KERNELS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+           "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def kernel_seconds(fn, *a) -> tuple[dict, float]:
+    """Run ``fn(*a)`` under torch's profiler: its result and the seconds spent inside matrix-multiply
+    and attention kernels (the arithmetic both trainers must do; the rest is overhead)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = fn(*a)
+    return out, sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in KERNELS) / 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps per run")
@@ -154,6 +180,9 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.5, help="rollout temperature (both); above 1 the bundled "
                     "teacher errs sometimes, so GRPO's groups differ and the reward curve means something")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--kernels", action="store_true", help="also run each arm once more under torch's profiler and "
+                    "report the seconds per 1000 completion tokens spent in matmul/attention kernels, and the bound "
+                    "on our speedup if everything but those kernels cost nothing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from reasondistill.models import init_model, load_model, load_tokenizer
@@ -170,6 +199,14 @@ def main() -> None:
             out[f"{kind}_{name}"] = fn(kind, model, tok, problems, task, teacher if kind == "on_policy" else None, args)
             print(json.dumps({f"{kind}_{name}": {k: v for k, v in out[f"{kind}_{name}"].items() if "curve" not in k}}),
                   flush=True)
+        if args.kernels:
+            for name, fn in (("ours", ours), ("trl", trl_run)):
+                model = load_model("bundled:tiny-arith-teacher") if kind == "grpo" else init_model(STUDENT, tok, seed=0)
+                r, k = kernel_seconds(fn, kind, model, tok, problems, task, teacher if kind == "on_policy" else None,
+                                      args)
+                out[f"{kind}_{name}"]["kernel_s_per_1k_tokens"] = round(1000 * k / r["completion_tokens"], 4)
+            ours_k = out[f"{kind}_ours"]["kernel_s_per_1k_tokens"] / 1000
+            out[f"{kind}_speedup_bound_without_overhead"] = round(1 / ours_k / out[f"{kind}_trl"]["steady_tokens_per_s"], 3)
         o, t = out[f"{kind}_ours"], out[f"{kind}_trl"]
         out[f"{kind}_speedup_vs_trl"] = round(o["steady_tokens_per_s"] / t["steady_tokens_per_s"], 3)
         out[f"{kind}_steady_steps_per_s_ratio"] = round(t["steady_s_per_step"] / o["steady_s_per_step"], 3)

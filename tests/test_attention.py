@@ -333,7 +333,8 @@ def test_decode_steps_match_sdpa_logits(char_tokenizer):
 
 
 def test_generate_completions_decodes_bf16_through_it(char_tokenizer, monkeypatch, arith):
-    """A bf16 model on CPU decodes with _decode (fp32 keeps sdpa) and gets its attention back after."""
+    """On transformers' generate path (here: streaming, which the lean decoder of decoder.py does not
+    serve), a bf16 model on CPU decodes with _decode (fp32 keeps sdpa) and gets its attention back."""
     import reasondistill.attention as attention
     from reasondistill.prompts import render_prompts
     from reasondistill.teachers.sampling import SamplingParams, generate_completions
@@ -347,7 +348,7 @@ def test_generate_completions_decodes_bf16_through_it(char_tokenizer, monkeypatc
     for dtype, used in ((torch.float32, False), (torch.bfloat16, True)):
         model = init_model(LLAMA, char_tokenizer, seed=0).to(dtype)
         calls.clear()
-        outs = [c for b in generate_completions(model, char_tokenizer, prompts, [p.id for p in problems], params)
-                for c in b]
+        outs = [c for b in generate_completions(model, char_tokenizer, prompts, [p.id for p in problems], params,
+                                                on_step=lambda rows, tokens: None) for c in b]
         assert len(outs) == 12 and bool(calls) == used
         assert model.config._attn_implementation == "sdpa"

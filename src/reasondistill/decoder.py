@@ -49,6 +49,8 @@ def _base(model):
 def unsupported(model) -> str | None:
     """Why :class:`Decoder` cannot run ``model`` (one phrase), or None when it can."""
     m = _base(model)
+    if not isinstance(m, torch.nn.Module):  # e.g. a wrapper that adds logits processors to generate
+        return f"{type(m).__name__} is not a torch module"
     cfg = getattr(m, "config", None)
     kind = getattr(cfg, "model_type", None)
     if kind not in FAMILY:

@@ -148,6 +148,9 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequenc
     gen_cfg = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
                                eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, use_cache=True,
                                temperature=None, top_p=None, top_k=None)
+    from reasondistill.decoder import Decoder, unsupported
+
+    decoder = Decoder(model) if unsupported(model) is None else None  # else transformers' generate
     for start in range(0, len(order), per_batch):
         chunk = order[start:start + per_batch]
         rows = [(i, s) for i in chunk for s in range(params.n)]
@@ -159,11 +162,17 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequenc
             processors.append(CounterSampler(kt, width, params.temperature, params.top_p))
         if on_step is not None:
             processors.append(StepTap(rows, width, on_step))
-        with torch.inference_mode(), fast_causal_attention(model, enabled=fast):
-            out = model.generate(input_ids=batch["input_ids"].to(device),
-                                 attention_mask=batch["attention_mask"].to(device),
-                                 generation_config=gen_cfg, logits_processor=processors)
-        new = out[:, width:].tolist()
+        if on_step is None and decoder is not None:  # the lean decoder (reasondistill/decoder.py): same tokens
+            sampler = processors[0] if params.temperature > 0 else None
+            with torch.inference_mode():
+                new = decoder.generate(batch["input_ids"], batch["attention_mask"], params.max_new_tokens, eos,
+                                       tokenizer.pad_token_id, sampler.at if sampler else None).tolist()
+        else:
+            with torch.inference_mode(), fast_causal_attention(model, enabled=fast):
+                out = model.generate(input_ids=batch["input_ids"].to(device),
+                                     attention_mask=batch["attention_mask"].to(device),
+                                     generation_config=gen_cfg, logits_processor=processors)
+            new = out[:, width:].tolist()
         results = []
         for (i, s), toks in zip(rows, new):
             stop = next((j for j, t in enumerate(toks) if t in eos), None)

@@ -1,0 +1,133 @@
+"""The lean KV-cache decoder (reasondistill/decoder.py) gives the tokens transformers' ``generate``
+gives: greedy and counter-sampled, left-padded prompts of different lengths, rows ending at
+different steps (so the batch is compacted), llama / qwen2 with grouped-query heads and biases /
+qwen3 with q/k norms; unsupported models are named and the rollout engine falls back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GenerationConfig, LogitsProcessorList
+
+from reasondistill.decoder import COMPACT_SHARE, Decoder, unsupported
+from reasondistill.models import init_model
+from reasondistill.teachers.sampling import CounterSampler
+
+# initializer_range 0.3: context-dependent logits, so greedy rows differ and end at different steps
+SPECS = {
+    "llama": {"architecture": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "intermediate_size": 64, "max_position_embeddings": 256, "initializer_range": 0.3},
+    "qwen2_gqa": {"architecture": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "num_key_value_heads": 2, "intermediate_size": 96, "max_position_embeddings": 256,
+                  "initializer_range": 0.3},
+}
+
+
+def _model(kind: str, tokenizer):
+    if kind == "qwen3":
+        import transformers
+
+        cfg = transformers.Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                                       intermediate_size=96, max_position_embeddings=256, initializer_range=0.3,
+                                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+        torch.manual_seed(3)
+        return transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    return init_model(SPECS[kind], tokenizer, seed=1).eval()
+
+
+def _prompts(pad: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    lens = [3, 9, 6, 1, 12, 7, 4, 10, 2, 8, 5, 11]
+    width = max(lens)
+    ids = torch.full((len(lens), width), pad)
+    mask = torch.zeros_like(ids)
+    for r, n in enumerate(lens):  # left padding, as the callers pad
+        ids[r, width - n:] = torch.randint(41, 60, (n,), generator=g)
+        mask[r, width - n:] = 1
+    return ids, mask
+
+
+def _reference(model, ids, mask, max_new, sampler, pad, eos):
+    cfg = GenerationConfig(max_new_tokens=max_new, do_sample=False, num_beams=1, eos_token_id=eos,
+                           pad_token_id=pad, use_cache=True, temperature=None, top_p=None, top_k=None)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg,
+                             logits_processor=LogitsProcessorList([sampler] if sampler else []))
+    return out[:, ids.shape[1]:]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2_gqa", "qwen3"])
+@pytest.mark.parametrize("temperature", [0.0, 1.3])
+def test_same_tokens_as_generate(kind, temperature, char_tokenizer):
+    model = _model(kind, char_tokenizer)
+    pad = char_tokenizer.pad_token_id
+    ids, mask = _prompts(pad)
+    keys = torch.arange(len(ids), dtype=torch.int64) * 7919 + 11
+    sampler = CounterSampler(keys, ids.shape[1], temperature, 1.0) if temperature else None
+    free = _reference(model, ids, mask, 40, sampler, pad, eos=[]).tolist()
+    # end tokens taken from the free run at different steps, so rows end at different steps
+    eos = sorted({row[4 + 3 * r] for r, row in enumerate(free)})
+    want = _reference(model, ids, mask, 40, sampler, pad, eos)
+    got = Decoder(model).generate(ids, mask, 40, eos, pad, sampler.at if sampler else None)
+    assert torch.equal(got, want)
+    ends = [next((j for j, t in enumerate(row) if t in eos), None) for row in got.tolist()]
+    assert len(set(ends)) >= 2  # rows ended at different steps (or not at all): the compaction path ran
+
+
+def test_logits_match_a_full_forward(char_tokenizer):
+    """The cached decode's last-position logits equal the model's own forward over the whole row."""
+    model = _model("qwen2_gqa", char_tokenizer)
+    ids, mask = _prompts(char_tokenizer.pad_token_id, seed=1)
+    seen = []
+
+    def record(step, logits, rows):
+        seen.append((step, logits.clone(), rows.clone()))
+        return logits
+
+    new = Decoder(model).generate(ids, mask, 6, [], char_tokenizer.pad_token_id, record)
+    full = torch.cat([ids, new], 1)
+    fmask = torch.cat([mask, torch.ones_like(new)], 1)
+    pos = (fmask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref = model(input_ids=full, attention_mask=fmask, position_ids=pos).logits
+    w = ids.shape[1]
+    for step, logits, rows in seen:
+        torch.testing.assert_close(logits, ref[rows, w - 1 + step], rtol=1e-4, atol=1e-5)
+
+
+def test_compaction_share_is_a_fraction():
+    assert 0 < COMPACT_SHARE < 1
+
+
+def test_unsupported_models_are_named_and_rollouts_fall_back(char_tokenizer):
+    import transformers
+
+    from reasondistill.train.rollout import HFRollout
+
+    cfg = transformers.GPT2Config(vocab_size=len(char_tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=128,
+                                  pad_token_id=char_tokenizer.pad_token_id, eos_token_id=char_tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    gpt2 = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    assert "gpt2" in unsupported(gpt2)
+    with pytest.raises(ValueError, match="gpt2"):
+        Decoder(gpt2)
+    prompts = [[41, 42, 43], [44, 45]]
+    auto = HFRollout(gpt2, char_tokenizer).generate(prompts, [1, 2], 1.0, 8)
+    forced = HFRollout(gpt2, char_tokenizer, decoder="generate").generate(prompts, [1, 2], 1.0, 8)
+    assert [r.completion for r in auto] == [r.completion for r in forced]
+
+
+def test_rollout_engine_gives_the_same_rollouts_through_either_decoder(char_tokenizer):
+    from reasondistill.train.rollout import HFRollout
+
+    model = _model("llama", char_tokenizer)
+    prompts = [[41, 42, 43], [44, 45], [46, 47, 48, 49, 50]] * 2
+    keys = list(range(100, 106))
+    free = HFRollout(model, char_tokenizer, eos_ids=[0]).generate(prompts, keys, 1.0, 24)
+    eos = sorted({r.completion[3 + 3 * i] for i, r in enumerate(free)})
+    lean = HFRollout(model, char_tokenizer, eos_ids=eos).generate(prompts, keys, 1.0, 24)
+    ref = HFRollout(model, char_tokenizer, eos_ids=eos, decoder="generate").generate(prompts, keys, 1.0, 24)
+    assert [(r.completion, r.finish_reason, r.text) for r in lean] == [(r.completion, r.finish_reason, r.text)
+                                                                       for r in ref]
+    assert len({len(r.completion) for r in lean}) >= 2
