@@ -349,7 +349,12 @@ class StudentConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_model(self) -> "StudentConfig":
-        if (self.model is None) == (self.init is None):
+        if self.policy is not None and self.policy.start_from:
+            given = [k for k in ("model", "init") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"policy.start_from gives this student its weights and tokenizer; '{given[0]}' "
+                                 f"would not be used: remove it")
+        elif (self.model is None) == (self.init is None):
             raise ValueError("set exactly one of 'model' (pretrained) or 'init' (fresh config)")
         if self.lora is not None and self.model is None and self.policy is None:
             raise ValueError("lora adapts a pretrained model: set 'model' (a path or hub id), not 'init'")
@@ -513,6 +518,12 @@ class RunConfig(_Strict):
             raise ValueError(f"students: names must be unique, repeated: {sorted(dupes)}")
         if "teacher" in names:
             raise ValueError("students: 'teacher' is reserved for the teacher")
+        for i, s in enumerate(self.students):  # a student starts from one trained before it
+            start = s.policy.start_from if s.policy is not None else None
+            if start in names and names.index(start) >= i:
+                raise ValueError(f"students.{i} ({s.name}): policy.start_from {start!r} names "
+                                 f"{'the student itself' if start == s.name else 'a later student'}; students train "
+                                 "in the order listed, so start from one listed before it")
         soft = [s.name for s in self.students if s.distill is not None]
         if soft and self.logit_teacher is None and self.teacher.kind != "hf":
             raise ValueError(f"students {soft}: a distill section needs the teacher's token distributions, and "

@@ -33,9 +33,24 @@ def logit_teacher(cfg) -> tuple[str, str] | None:
     return ("logit_teacher" if cfg.logit_teacher is not None else "teacher"), spec.model
 
 
+def weights_source(cfg, s):
+    """The student section whose ``model`` / ``init`` gives ``s`` its architecture and tokenizer: ``s``
+    itself, or for a policy student with ``policy.start_from`` the student it names (followed along a
+    chain), or a copy of ``s`` whose ``model`` is the directory ``start_from`` names."""
+    names = {x.name: x for x in cfg.students}
+    while s.model is None and s.init is None and s.policy is not None and s.policy.start_from:
+        start = s.policy.start_from  # an earlier student (config.py checks), so the chain ends
+        if start not in names:  # a model directory
+            return s.model_copy(update={"model": start})
+        s = names[start]
+    return s
+
+
 def student_tokenizer(cfg, s) -> str:
     """The tokenizer a student is built and trained with: its model's, its ``tokenizer``, else the logit
-    teacher's (``logit_teacher``) when the config has one, else the teacher's."""
+    teacher's (``logit_teacher``) when the config has one, else the teacher's. A policy student with
+    ``start_from``: that of the weights it starts from."""
+    s = weights_source(cfg, s)
     lt = cfg.logit_teacher
     return s.model or s.tokenizer or (lt.model if lt is not None else cfg.teacher.model)
 
@@ -165,6 +180,7 @@ class _Checker:
         problem = quantize_problem(s.lora)
         if problem:
             self.add(f"{where}: {problem}")
+        s = weights_source(self.cfg, s).model_copy(update={"lora": s.lora, "distill": s.distill})
         conf = self.config(f"{where}.model", s.model) if s.model else None
         if s.model and conf is None:
             return

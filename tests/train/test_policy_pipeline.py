@@ -20,10 +20,10 @@ POLICY = {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 
 def test_grpo_on_policy_and_dpo_students_train_from_a_config(tmp_path, tiny_model_dir):
     sft = {"max_steps": 3, "epochs": None, "batch_size": 8, "save_every": 2, "log_every": 1}
     students = [{"name": "s1", "init": INIT, "train": sft},
-                {"name": "grpo", "init": INIT, "policy": {"objective": "grpo", "start_from": "s1", "kl_ref": 0.1,
+                {"name": "grpo", "policy": {"objective": "grpo", "start_from": "s1", "kl_ref": 0.1,
                                                           "rewards": {"truncated": -1.0}, **POLICY}},
-                {"name": "onp", "init": INIT, "policy": {"objective": "on_policy", "start_from": "s1", **POLICY}},
-                {"name": "dpo", "init": INIT, "policy": {"objective": "dpo", "start_from": "s1", "dpo_samples": 1,
+                {"name": "onp", "policy": {"objective": "on_policy", "start_from": "s1", **POLICY}},
+                {"name": "dpo", "policy": {"objective": "dpo", "start_from": "s1", "dpo_samples": 1,
                                                          "dpo_problems": 8, **POLICY}}]
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, students=students)
     first = cli("run", cfg)
@@ -52,8 +52,27 @@ def test_policy_and_distill_are_exclusive_and_start_from_is_checked():
 def test_keys_a_policy_student_would_ignore_are_refused():
     """train does not apply to the policy trainer: refused when the config loads, not ignored."""
     with pytest.raises(ValidationError, match="its train section is not used"):
-        StudentConfig(name="x", init=INIT, train={"lr": 5e-2}, policy={"objective": "grpo", "start_from": "s1"})
-    StudentConfig(name="x", init=INIT, train={}, policy={"objective": "grpo", "start_from": "s1"})  # defaults: fine
+        StudentConfig(name="x", train={"lr": 5e-2}, policy={"objective": "grpo", "start_from": "s1"})
+    StudentConfig(name="x", train={}, policy={"objective": "grpo", "start_from": "s1"})  # defaults: fine
+
+
+def test_start_from_gives_the_weights_so_model_and_init_are_refused_and_order_is_checked(tmp_path):
+    """A student with policy.start_from needs no model/init (an unused one is refused, not ignored);
+    start_from must name a student listed before it; check/run size it from the student it starts from."""
+    with pytest.raises(ValidationError, match="'init' would not be used"):
+        StudentConfig(name="x", init=INIT, policy={"objective": "grpo", "start_from": "s1"})
+    with pytest.raises(ValidationError, match="'model' would not be used"):
+        StudentConfig(name="x", model="m", policy={"objective": "dpo", "start_from": "s1"})
+    with pytest.raises(ValidationError, match="exactly one of 'model'"):  # no start_from: weights from somewhere
+        StudentConfig(name="x", policy={"objective": "grpo"})
+    path = tmp_path / "c.yaml"
+    path.write_text("students:\n  - {name: a, policy: {objective: grpo, start_from: b}}\n"
+                    "  - {name: b, init: {hidden_size: 16}}\n")
+    with pytest.raises(ConfigError, match="names a later student"):
+        load_config(path)
+    path.write_text("students:\n  - {name: a, policy: {objective: grpo, start_from: a}}\n")
+    with pytest.raises(ConfigError, match="names the student itself"):
+        load_config(path)
 
 
 def test_a_lora_policy_student_needs_pretrained_start_weights(tmp_path):
@@ -65,7 +84,7 @@ def test_a_lora_policy_student_needs_pretrained_start_weights(tmp_path):
         load_config(path)
     message = str(err.value)
     assert "students.0" in message and "'model'" in message and "'policy.start_from'" in message, message
-    StudentConfig(name="x", init=INIT, lora={"r": 4}, policy={"objective": "grpo", "start_from": "s1"})
+    StudentConfig(name="x", lora={"r": 4}, policy={"objective": "grpo", "start_from": "s1"})
     StudentConfig(name="x", model="m", lora={"r": 4}, policy={"objective": "dpo"})
     with pytest.raises(ValidationError, match="lora adapts a pretrained model"):  # not a policy student
         StudentConfig(name="x", init=INIT, lora={"r": 4})
@@ -80,7 +99,7 @@ def test_check_refuses_a_qlora_policy_student_without_a_gpu(tmp_path, tiny_model
         pytest.skip("QLoRA can run on this machine")
     students = [{"name": "s1", "init": INIT},
                 {"name": "q", "model": str(tiny_model_dir), "lora": {"quantize": "nf4"}, "policy": {"objective": "grpo"}},
-                {"name": "l", "init": INIT, "lora": {"target_modules": ["q_proj"]},
+                {"name": "l", "lora": {"target_modules": ["q_proj"]},
                  "policy": {"objective": "grpo", "start_from": "s1"}}]
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, students=students)
     problems = preflight(load_config(cfg))
@@ -95,7 +114,7 @@ def test_lora_grpo_and_dpo_students_through_the_cli(tmp_path, tiny_model_dir):
     sft = {"max_steps": 3, "epochs": None, "batch_size": 8, "save_every": 3, "log_every": 1}
     lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
     students = [{"name": "s1", "init": INIT, "train": sft},
-                {"name": "grpo_lora", "init": INIT, "lora": lora,
+                {"name": "grpo_lora", "lora": lora,
                  "policy": {"objective": "grpo", "start_from": "s1", "kl_ref": 0.1, "kl_teacher": 0.5, "lr": 1e-2,
                             **POLICY}},
                 {"name": "dpo_lora", "model": str(tiny_model_dir), "lora": lora,

@@ -122,7 +122,9 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequenc
     ``prompts`` are already rendered with the chat template; ``keys`` (e.g. problem ids) seed the
     sampling. Prompts are sorted by length so each batch pads little. Yields the completions of
     one batch, all samples of a prompt together, so a caller can write and checkpoint per batch.
-    ``on_step``: see :class:`StepTap` (streaming).
+    ``on_step``: see :class:`StepTap` (streaming). Llama-family models decode through the lean
+    decoder of reasondistill/decoder.py (the same tokens, less per-step overhead); streaming and
+    other models through transformers' ``generate``.
     """
     from transformers import GenerationConfig, LogitsProcessorList
 

@@ -70,8 +70,9 @@ class PolicyConfig(BaseModel):
     dpo_samples: int = Field(4, gt=0, description="dpo: student samples per problem searched for a wrong answer")
     dpo_problems: int = Field(512, gt=0, description="dpo: problems with a verified teacher trace used for pairs")
     rewards: RewardValues = Field(RewardValues(), description="reward values by verdict (grpo)")
-    rollout: Literal["hf"] = Field("hf", description="rollout backend: hf (the KV-cache decoder of "
-                                   "teachers/sampling.py). vLLM backends are library-level (train/rollout.py)")
+    rollout: Literal["hf"] = Field("hf", description="rollout backend: hf (the policy itself through the lean KV-cache "
+                                   "decoder of decoder.py, transformers' generate for other architectures). vLLM "
+                                   "backends are library-level (train/rollout.py)")
     threads: int | None = Field(None, gt=0, description="torch CPU threads; None keeps torch's default")
     log_every: int = Field(1, gt=0, description="steps between metrics.csv rows")
     save_every: int = Field(50, gt=0, description="steps between checkpoints")
