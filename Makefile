@@ -20,7 +20,7 @@ UV := uv==0.13.9
 TOOLS := .venv-tools
 LATEST := .venv-latest
 
-.PHONY: demo test install lock test-latest bench clean-demo teacher browser
+.PHONY: demo test install lock test-latest bench bench-quick clean-demo teacher browser
 
 # A new venv each time the lock changes: installing over an old one would keep packages the lock dropped.
 $(STAMP): $(LOCK) pyproject.toml Makefile
@@ -42,8 +42,18 @@ test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The benches in bench/ print JSON; their baselines (TRL) come from the `bench` extra in the lock.
+# `make bench` runs every one at full size (the studies take hours); `make bench-quick` the
+# throughput comparisons at small sizes (a few minutes), each against its baseline in the same run.
+BENCH_LIBS := bench/arms.py
 bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in $(filter-out $(BENCH_LIBS),$(wildcard bench/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done
+
+bench-quick: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) bench/generate_throughput.py --quick
+	OMP_NUM_THREADS=1 $(PY) bench/serve_throughput.py --problems 16
+	OMP_NUM_THREADS=1 $(PY) bench/rl_throughput.py --steps 4
+	OMP_NUM_THREADS=1 $(PY) bench/train_throughput.py --quick
+	$(PY) bench/kd_memory.py --topk-only
 
 # Regenerate requirements.lock from pyproject.toml's ranges: the newest versions they allow today.
 lock:
