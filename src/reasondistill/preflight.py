@@ -180,8 +180,10 @@ class _Checker:
         problem = quantize_problem(s.lora)
         if problem:
             self.add(f"{where}: {problem}")
-        s = weights_source(self.cfg, s).model_copy(update={"lora": s.lora, "distill": s.distill})
-        conf = self.config(f"{where}.model", s.model) if s.model else None
+        src = weights_source(self.cfg, s)
+        field = "policy.start_from" if src.name == s.name and s.model is None and src.model else "model"
+        s = src.model_copy(update={"lora": s.lora, "distill": s.distill})
+        conf = self.config(f"{where}.{field}", s.model) if s.model else None
         if s.model and conf is None:
             return
         problem = target_problem(conf, s.lora) if s.lora is not None and conf is not None else None

@@ -75,6 +75,15 @@ def test_start_from_gives_the_weights_so_model_and_init_are_refused_and_order_is
         load_config(path)
 
 
+def test_check_names_a_missing_start_from_directory(tmp_path, tiny_model_dir):
+    from reasondistill.preflight import preflight
+
+    students = [{"name": "g", "policy": {"objective": "grpo", "start_from": str(tmp_path / "missing")}},
+                {"name": "ok", "policy": {"objective": "dpo", "start_from": str(tiny_model_dir)}}]
+    problems = preflight(load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, students=students)))
+    assert len(problems) == 1 and problems[0].startswith("students.0 (g).policy.start_from: cannot load"), problems
+
+
 def test_a_lora_policy_student_needs_pretrained_start_weights(tmp_path):
     """lora adapts pretrained weights: `model` or `policy.start_from`; a fresh `init` alone is refused
     when the config loads, naming the student and both fields."""
