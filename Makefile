@@ -43,7 +43,7 @@ test: $(STAMP) browser
 
 # The benches in bench/ print JSON; their baselines (TRL) come from the `bench` extra in the lock.
 # `make bench` runs every one at full size (the studies take hours); `make bench-quick` the
-# throughput comparisons at small sizes (a few minutes), each against its baseline in the same run.
+# throughput comparisons at small sizes (about 6 minutes here), each against its baseline in the same run.
 BENCH_LIBS := bench/arms.py
 bench: $(STAMP)
 	@for b in $(filter-out $(BENCH_LIBS),$(wildcard bench/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -15,6 +15,8 @@ Prompts: chained-arithmetic problems rendered with the chat template, the same l
   * ours: ``teachers.sampling.generate_completions`` (prompts sorted by length, left padding,
     ``--batch-size`` rows per ``generate`` call, KV cache, counter-based seeded sampling; a bf16
     model on CPU decodes through ``reasondistill/attention.py``).
+  * ours_generate (fp32): the same with transformers' ``generate`` in place of the lean decoder of
+    ``reasondistill/decoder.py`` (``decoder_speedup_vs_generate``; the tokens are the same).
   * per_problem: for each problem, ``model.generate(prompt, do_sample=True, temperature,
     top_p=1, num_return_sequences=n, max_new_tokens)`` (one prompt per call; its n samples in
     one batch, the most favourable textbook form).
@@ -77,13 +79,13 @@ def per_problem(model, tok, prompts, n, max_new_tokens, temperature):
     return tokens
 
 
-def ours(model, tok, prompts, keys, n, max_new_tokens, temperature, batch_size):
+def ours(model, tok, prompts, keys, n, max_new_tokens, temperature, batch_size, decoder="auto"):
     from reasondistill.teachers.sampling import SamplingParams, generate_completions
 
     params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=0)
     tokens = 0
     stops = 0
-    for batch in generate_completions(model, tok, prompts, keys, params):
+    for batch in generate_completions(model, tok, prompts, keys, params, decoder=decoder):
         tokens += sum(c.completion_tokens for c in batch)
         stops += sum(c.finish_reason == "stop" for c in batch)
     return tokens, stops
@@ -137,8 +139,12 @@ def main() -> None:
         runs[f"ours_{dtype}"] = {"tokens": tokens, "seconds": s, "rows_stopped_at_eos": stops}
         tokens, s = timed(per_problem, m, tok, prompts, args.n, args.max_new_tokens, args.temperature)
         runs[f"per_problem_{dtype}"] = {"tokens": tokens, "seconds": s}
+        if dtype == "float32":  # ours with transformers' generate in place of the lean decoder (decoder.py)
+            (tokens, stops), s = timed(ours, m, tok, prompts, keys, args.n, args.max_new_tokens, args.temperature,
+                                       args.batch_size, "generate")
+            runs["ours_generate_float32"] = {"tokens": tokens, "seconds": s, "rows_stopped_at_eos": stops}
     tps = {k: r["tokens"] / r["seconds"] for k, r in runs.items()}
-    ours_key = max((k for k in tps if k.startswith("ours")), key=tps.get)
+    ours_key = max((k for k in tps if k.startswith("ours") and "generate" not in k), key=tps.get)
     base_key = "per_problem_float32"  # the seed's loop: fp32
     print(json.dumps({
         "bench": "generate_throughput", "model": source, "params": n_params(model),
@@ -154,6 +160,8 @@ def main() -> None:
         "speedup_vs_per_problem_same_dtype": {
             d: round(tps[f"ours_{d}"] / tps[f"per_problem_{d}"], 2) for d in dtypes},
         "bf16_over_fp32_ours": round(tps["ours_bfloat16"] / tps["ours_float32"], 2) if len(dtypes) > 1 else None,
+        "decoder_speedup_vs_generate": round(tps["ours_float32"] / tps["ours_generate_float32"], 2),
+        "same_token_count_either_decoder": runs["ours_float32"]["tokens"] == runs["ours_generate_float32"]["tokens"],
         "per_problem_baseline": "model.generate per prompt, do_sample, num_return_sequences=n (fp32, as the seed)",
         "note": "shared 2-core machine: compare ratios within one run only",
     }, indent=1))

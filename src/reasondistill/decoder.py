@@ -27,7 +27,8 @@ other architectures, soft-capping, rope variants applied outside the rotary modu
     new = dec.generate(ids, attention_mask, max_new_tokens=64, eos_ids={2}, pad_id=0)  # (B, <=64)
 
 Tests: tests/test_decoder.py (same tokens as ``generate``, greedy and sampled, llama / qwen2 /
-qwen3 / GQA, LoRA). Speed: ``bench/rl_throughput.py`` (``decoder_speedup_vs_generate``).
+qwen3 / GQA; LoRA in tests/train/test_policy_lora.py). Speed: ``bench/generate_throughput.py``
+(``decoder_speedup_vs_generate``) and ``bench/rl_throughput.py``.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ class StepTap:
 
 def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequence[str],
                          params: SamplingParams, eos_ids: Sequence[int] | None = None,
-                         on_step=None) -> Iterator[list[Completion]]:
+                         on_step=None, decoder: str = "auto") -> Iterator[list[Completion]]:
     """Decode ``params.n`` completions for every rendered prompt, one batch at a time.
 
     ``prompts`` are already rendered with the chat template; ``keys`` (e.g. problem ids) seed the
@@ -124,7 +124,7 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequenc
     one batch, all samples of a prompt together, so a caller can write and checkpoint per batch.
     ``on_step``: see :class:`StepTap` (streaming). Llama-family models decode through the lean
     decoder of reasondistill/decoder.py (the same tokens, less per-step overhead); streaming and
-    other models through transformers' ``generate``.
+    other models through transformers' ``generate`` (``decoder="generate"``: always, for comparisons).
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -152,7 +152,8 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequenc
                                temperature=None, top_p=None, top_k=None)
     from reasondistill.decoder import Decoder, unsupported
 
-    decoder = Decoder(model) if unsupported(model) is None else None  # else transformers' generate
+    lean = decoder == "auto" and unsupported(model) is None
+    decoder = Decoder(model) if lean else None  # else transformers' generate
     for start in range(0, len(order), per_batch):
         chunk = order[start:start + per_batch]
         rows = [(i, s) for i in chunk for s in range(params.n)]
