@@ -119,10 +119,15 @@ def apply_lora(model, cfg: LoraConfig, seed: int):
     """``model`` with adapters attached (a ``peft.PeftModel``; the base frozen). The adapters are
     initialised from ``seed`` without touching the caller's global RNG (B starts at zero, so the
     wrapped model computes exactly what the base did)."""
+    import warnings
+
     import peft
     import torch
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning every
+        # time); the attribute still works in transformers 5.x
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         torch.manual_seed(seed)
         return peft.get_peft_model(model, cfg.peft_config())
 
