@@ -152,3 +152,22 @@ def test_teacher_sampling_gives_the_same_completions_through_either_decoder(top_
     lean, ref = run("auto"), run("generate")
     assert lean == ref and len(lean) == 14
     assert len({len(t) for _, _, t, _, _ in lean}) > 1  # not every row ran to the limit
+
+
+def test_shared_prompts_are_prefilled_once_with_the_same_result(char_tokenizer):
+    """Rows repeating a prompt (a GRPO group) share one prefill: the same tokens as decoding every
+    row on its own (checked against transformers' generate), with fewer rows in the prefill."""
+    model = _model("qwen2_gqa", char_tokenizer)
+    pad = char_tokenizer.pad_token_id
+    ids, mask = _prompts(pad, seed=3)
+    ids, mask = ids[:3].repeat_interleave(4, 0), mask[:3].repeat_interleave(4, 0)  # 3 prompts x 4 samples
+    keys = torch.arange(len(ids), dtype=torch.int64) * 104729 + 5
+    sampler = CounterSampler(keys, ids.shape[1], 1.2, 1.0)
+    dec = Decoder(model)
+    prefill_rows = []
+    real = dec._forward
+    dec._forward = lambda i, *a: prefill_rows.append(len(i)) or real(i, *a)
+    got = dec.generate(ids, mask, 20, [], pad, sampler.at)
+    assert prefill_rows[0] == 3 and prefill_rows[1] == 12
+    assert torch.equal(got, _reference(model, ids, mask, 20, sampler, pad, eos=[]))
+    assert len({tuple(r) for r in got.tolist()}) > 3  # the samples of a prompt differ

@@ -11,6 +11,8 @@ norms, projections, MLP, rotary embedding, head) in a plain loop, with:
 * a preallocated key/value cache per layer, written in place, read as a view of the filled part;
 * left-padded prompts, positions from the attention mask (``cumsum - 1``, as ``generate`` does),
   a key-padding mask instead of a (T x T) mask when decoding one token;
+* identical prompts (a GRPO group, several samples of one problem) prefilled once, their cache
+  copied to every row that shares them;
 * finished rows dropped from the batch as they end (the cache is compacted once a quarter of the
   rows are done), so a batch whose lengths vary costs what its tokens cost;
 * a ``scores(step, logits, rows) -> scores`` hook (``rows``: the original row indices still
@@ -170,7 +172,18 @@ class Decoder:
         out = torch.full((b, max_new), pad_id, dtype=torch.long, device=device)
         rows = torch.arange(b, device=device)  # original index of each live row
         eos_t = torch.tensor(eos, dtype=torch.long, device=device)
-        logits = self._forward(ids, pos, slots[:, :w], 0, cache)
+        # identical prompts (a GRPO group, n samples of one problem) are read once, then their cache copied
+        uniq, inverse = torch.unique(torch.cat([ids, keymask.long()], 1), dim=0, return_inverse=True)
+        if len(uniq) < b:
+            first = torch.full((len(uniq),), b, dtype=torch.long, device=device).scatter_reduce_(
+                0, inverse, torch.arange(b, device=device), "amin")  # a row holding each distinct prompt
+            part = [(kc[:len(uniq)], vc[:len(uniq)]) for kc, vc in cache]
+            logits = self._forward(ids[first], pos[first], slots[first, :w], 0, part)[inverse]
+            for (kc, vc), (pk, pv) in zip(cache, part):
+                kc[:, :, :w] = pk[inverse, :, :w]
+                vc[:, :, :w] = pv[inverse, :, :w]
+        else:
+            logits = self._forward(ids, pos, slots[:, :w], 0, cache)
         nxt_pos = pos[:, -1] + 1
         alive = torch.ones(b, dtype=torch.bool, device=device)  # per live-batch row: not ended yet
         n = 0
