@@ -230,3 +230,36 @@ def test_grpo_plus_kl_to_the_teacher_adds_the_per_token_reverse_kl_advantage(pro
     assert losses["same"]["kl_teacher"] == pytest.approx(0.0, abs=1e-6)
     assert losses["other"]["loss"] != pytest.approx(losses["plain"]["loss"], abs=1e-4)
     assert losses["other"]["kl_teacher"] > 0
+
+
+def test_length_chunks_cover_every_row_once_and_cut_padding():
+    from reasondistill.train.policy import length_chunks
+
+    lengths = [40, 12, 13, 41, 12, 39, 14, 11, 42, 13, 12, 40, 11, 13, 38, 12, 41, 12]
+    chunks = length_chunks(lengths, micro_batch=64)
+    rows = [i for c in chunks for i in c.tolist()]
+    assert sorted(rows) == list(range(len(lengths)))
+    padded = sum(len(c) * max(lengths[i] for i in c.tolist()) for c in chunks)
+    assert len(chunks) == 2 and padded < 1.15 * sum(lengths) and padded < 0.65 * len(lengths) * max(lengths)
+    assert all(len(c) <= 4 for c in length_chunks(lengths, micro_batch=4))
+
+
+@pytest.mark.parametrize("objective", ["grpo", "on_policy"])
+def test_micro_batch_changes_memory_not_the_update(objective, problems, arith, char_tokenizer, tmp_path):
+    """The update's rows are cut into length-sorted chunks: any micro_batch gives the same weights."""
+    def trained(micro_batch, out):
+        teacher = _student(char_tokenizer, seed=5) if objective == "on_policy" else None
+        cfg = PolicyConfig(objective=objective, kl_ref=0.1 if objective == "grpo" else 0.0,
+                           rewards=RewardValues(truncated=-1.0, unparseable=0.5, wrong=0.5),
+                           **{**SMALL, "steps": 2, "group_size": 4, "micro_batch": micro_batch,
+                              **({"divergence": "jsd", "group_size": 1, "prompts_per_step": 6}
+                                 if objective == "on_policy" else {})})
+        model = _student(char_tokenizer)
+        train_policy(model, char_tokenizer, problems, arith, cfg, out, seed=0, teacher=teacher, show_progress=False)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    whole, pieces = trained(64, tmp_path / "a"), trained(2, tmp_path / "b")
+    start = _student(char_tokenizer).state_dict()
+    assert any(not torch.equal(whole[k], start[k]) for k in whole)  # it trained
+    for k in whole:
+        torch.testing.assert_close(pieces[k], whole[k], rtol=1e-4, atol=1e-6)

@@ -77,7 +77,7 @@ def forward_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, :-1]
 
 
-def _slice(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+def _slice(batch: dict[str, torch.Tensor], rows: "slice | torch.Tensor") -> dict[str, torch.Tensor]:
     out = {k: v[rows] for k, v in batch.items()}
     width = int(out["attention_mask"].sum(1).max())  # drop columns that are padding for every row
     return {k: (v[:, :width] if k != "mask" else v[:, :width - 1]) for k, v in out.items()}
