@@ -42,6 +42,14 @@ STUDENT = {"architecture": "llama", "hidden_size": 48, "num_hidden_layers": 4, "
            "intermediate_size": 144, "max_position_embeddings": 256}  # the demo's student
 
 
+def fresh_model(kind: str, tok):
+    """GRPO: the bundled teacher (0.87M) as the policy, so rewards are not all zero; on-policy: the demo's
+    fresh 0.13M student under that teacher. The same initial weights for ours and TRL's."""
+    from reasondistill.models import init_model, load_model
+
+    return load_model("bundled:tiny-arith-teacher") if kind == "grpo" else init_model(STUDENT, tok, seed=0)
+
+
 def problems_and_task(n: int):
     from reasondistill.tasks.arith import ChainedArithmetic
 
@@ -192,18 +200,14 @@ def main() -> None:
     problems, task = problems_and_task(512)
     out = {"config": vars(args), "student_params": sum(p.numel() for p in init_model(STUDENT, tok, 0).parameters())}
     for kind in ("grpo", "on_policy"):
+        scorer = teacher if kind == "on_policy" else None
         for name, fn in (("ours", ours), ("trl", trl_run)):
-            # GRPO: the bundled teacher (0.87M) as the policy, so rewards are not all zero; on-policy: the demo's
-            # fresh 0.13M student under that teacher. The same initial weights for ours and TRL's.
-            model = load_model("bundled:tiny-arith-teacher") if kind == "grpo" else init_model(STUDENT, tok, seed=0)
-            out[f"{kind}_{name}"] = fn(kind, model, tok, problems, task, teacher if kind == "on_policy" else None, args)
+            out[f"{kind}_{name}"] = fn(kind, fresh_model(kind, tok), tok, problems, task, scorer, args)
             print(json.dumps({f"{kind}_{name}": {k: v for k, v in out[f"{kind}_{name}"].items() if "curve" not in k}}),
                   flush=True)
         if args.kernels:
             for name, fn in (("ours", ours), ("trl", trl_run)):
-                model = load_model("bundled:tiny-arith-teacher") if kind == "grpo" else init_model(STUDENT, tok, seed=0)
-                r, k = kernel_seconds(fn, kind, model, tok, problems, task, teacher if kind == "on_policy" else None,
-                                      args)
+                r, k = kernel_seconds(fn, kind, fresh_model(kind, tok), tok, problems, task, scorer, args)
                 out[f"{kind}_{name}"]["kernel_s_per_1k_tokens"] = round(1000 * k / r["completion_tokens"], 4)
             ours_k = out[f"{kind}_ours"]["kernel_s_per_1k_tokens"] / 1000
             out[f"{kind}_speedup_bound_without_overhead"] = round(1 / ours_k / out[f"{kind}_trl"]["steady_tokens_per_s"], 3)

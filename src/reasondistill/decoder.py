@@ -26,6 +26,7 @@ other architectures, soft-capping, rope variants applied outside the rotary modu
 ``unsupported(model)``, and the callers fall back to ``generate``.
 
     dec = Decoder(model)                       # raises ValueError naming what is unsupported
+    dec = Decoder.for_model(model)             # or None, for callers that fall back to generate
     new = dec.generate(ids, attention_mask, max_new_tokens=64, eos_ids={2}, pad_id=0)  # (B, <=64)
 
 Tests: tests/test_decoder.py (same tokens as ``generate``, greedy and sampled, llama / qwen2 /
@@ -95,6 +96,12 @@ class Decoder:
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = self.inner.layers[0].self_attn.head_dim
+
+    @classmethod
+    def for_model(cls, model) -> "Decoder | None":
+        """A decoder for ``model``, or None when :func:`unsupported` names a reason (the caller then
+        decodes with transformers' ``generate``)."""
+        return None if unsupported(model) else cls(model)
 
     # -- one forward over new tokens, appending to the cache -------------------------------------
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, keymask: torch.Tensor, t0: int,

@@ -150,25 +150,25 @@ def generate_completions(model, tokenizer, prompts: Sequence[str], keys: Sequenc
     gen_cfg = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
                                eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, use_cache=True,
                                temperature=None, top_p=None, top_k=None)
-    from reasondistill.decoder import Decoder, unsupported
+    from reasondistill.decoder import Decoder
 
-    lean = decoder == "auto" and unsupported(model) is None
-    decoder = Decoder(model) if lean else None  # else transformers' generate
+    lean = Decoder.for_model(model) if decoder == "auto" and on_step is None else None  # None: generate
     for start in range(0, len(order), per_batch):
         chunk = order[start:start + per_batch]
         rows = [(i, s) for i in chunk for s in range(params.n)]
         batch = tokenizer.pad({"input_ids": [encoded[i] for i, _ in rows]}, return_tensors="pt")
         width = batch["input_ids"].shape[1]
         processors = LogitsProcessorList()
+        sampler = None
         if params.temperature > 0:
             kt = torch.tensor([row_key(params.seed, keys[i], s) for i, s in rows], dtype=torch.int64)
-            processors.append(CounterSampler(kt, width, params.temperature, params.top_p))
+            sampler = CounterSampler(kt, width, params.temperature, params.top_p)
+            processors.append(sampler)
         if on_step is not None:
             processors.append(StepTap(rows, width, on_step))
-        if on_step is None and decoder is not None:  # the lean decoder (reasondistill/decoder.py): same tokens
-            sampler = processors[0] if params.temperature > 0 else None
+        if lean is not None:  # the lean decoder (reasondistill/decoder.py): the same tokens
             with torch.inference_mode():
-                new = decoder.generate(batch["input_ids"], batch["attention_mask"], params.max_new_tokens, eos,
+                new = lean.generate(batch["input_ids"], batch["attention_mask"], params.max_new_tokens, eos,
                                        tokenizer.pad_token_id, sampler.at if sampler else None).tolist()
         else:
             with torch.inference_mode(), fast_causal_attention(model, enabled=fast):

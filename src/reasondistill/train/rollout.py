@@ -59,7 +59,7 @@ class HFRollout:
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], keys: Sequence[int], temperature: float,
                  max_new_tokens: int) -> list[Rollout]:
-        from reasondistill.decoder import Decoder, unsupported
+        from reasondistill.decoder import Decoder
         from reasondistill.teachers.sampling import CounterSampler
 
         pad = self.tokenizer.pad_token_id
@@ -71,9 +71,10 @@ class HFRollout:
             attn[r, width - len(p):] = 1
         sampler = CounterSampler(torch.tensor(list(keys), dtype=torch.int64), width, temperature, 1.0) \
             if temperature > 0 else None
-        if self.decoder == "auto" and unsupported(self.model) is None:
-            new = Decoder(self.model).generate(ids, attn, max_new_tokens, sorted(self.eos), pad,
-                                               sampler.at if sampler else None).tolist()
+        lean = Decoder.for_model(self.model) if self.decoder == "auto" else None
+        if lean is not None:
+            new = lean.generate(ids, attn, max_new_tokens, sorted(self.eos), pad,
+                                sampler.at if sampler else None).tolist()
         else:
             new = self._transformers(ids, attn, sampler, max_new_tokens)
         return [_finish(self.tokenizer, p, row, self.eos) for p, row in zip(prompts, new)]
