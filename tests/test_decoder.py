@@ -1,7 +1,8 @@
 """The lean KV-cache decoder (reasondistill/decoder.py) gives the tokens transformers' ``generate``
 gives: greedy and counter-sampled, left-padded prompts of different lengths, rows ending at
 different steps (so the batch is compacted), llama / qwen2 with grouped-query heads and biases /
-qwen3 with q/k norms; unsupported models are named and the rollout engine falls back."""
+qwen3 with q/k norms, on fused weights and through the layers' own modules alike; unsupported
+models are named and the rollout engine falls back."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
 
-from reasondistill.decoder import COMPACT_SHARE, Decoder, unsupported
+from reasondistill.decoder import COMPACT_SHARE, Decoder, fused_plan, unsupported
 from reasondistill.models import init_model
 from reasondistill.teachers.sampling import CounterSampler
 
@@ -20,6 +21,10 @@ SPECS = {
     "qwen2_gqa": {"architecture": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                   "num_key_value_heads": 2, "intermediate_size": 96, "max_position_embeddings": 256,
                   "initializer_range": 0.3},
+    # every projection with a bias: the fused q|k|v and gate|up biases, addmm plus the o/down biases
+    "llama_bias": {"architecture": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                   "intermediate_size": 64, "max_position_embeddings": 256, "initializer_range": 0.3,
+                   "attention_bias": True, "mlp_bias": True},
 }
 
 
@@ -33,7 +38,13 @@ def _model(kind: str, tokenizer):
                                        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
         torch.manual_seed(3)
         return transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    return init_model(SPECS[kind], tokenizer, seed=1).eval()
+    model = init_model(SPECS[kind], tokenizer, seed=1).eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # biases start at zero: make them matter, so a dropped bias is caught
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
 
 
 def _prompts(pad: int, seed: int = 0):
@@ -57,9 +68,10 @@ def _reference(model, ids, mask, max_new, sampler, pad, eos):
     return out[:, ids.shape[1]:]
 
 
+@pytest.mark.parametrize("fuse", [True, False])
 @pytest.mark.parametrize("kind", ["llama", "qwen2_gqa", "qwen3"])
 @pytest.mark.parametrize("temperature", [0.0, 1.3])
-def test_same_tokens_as_generate(kind, temperature, char_tokenizer):
+def test_same_tokens_as_generate(kind, temperature, fuse, char_tokenizer):
     model = _model(kind, char_tokenizer)
     pad = char_tokenizer.pad_token_id
     ids, mask = _prompts(pad)
@@ -69,15 +81,18 @@ def test_same_tokens_as_generate(kind, temperature, char_tokenizer):
     # end tokens taken from the free run at different steps, so rows end at different steps
     eos = sorted({row[4 + 3 * r] for r, row in enumerate(free)})
     want = _reference(model, ids, mask, 40, sampler, pad, eos)
-    got = Decoder(model).generate(ids, mask, 40, eos, pad, sampler.at if sampler else None)
+    assert (fused_plan(model) is not None) and fuse == Decoder(model, fuse=fuse).fuse
+    got = Decoder(model, fuse=fuse).generate(ids, mask, 40, eos, pad, sampler.at if sampler else None)
     assert torch.equal(got, want)
     ends = [next((j for j, t in enumerate(row) if t in eos), None) for row in got.tolist()]
     assert len(set(ends)) >= 2  # rows ended at different steps (or not at all): the compaction path ran
 
 
-def test_logits_match_a_full_forward(char_tokenizer):
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("kind", ["qwen2_gqa", "qwen3", "llama_bias"])
+def test_logits_match_a_full_forward(kind, fuse, char_tokenizer):
     """The cached decode's last-position logits equal the model's own forward over the whole row."""
-    model = _model("qwen2_gqa", char_tokenizer)
+    model = _model(kind, char_tokenizer)
     ids, mask = _prompts(char_tokenizer.pad_token_id, seed=1)
     seen = []
 
@@ -85,7 +100,7 @@ def test_logits_match_a_full_forward(char_tokenizer):
         seen.append((step, logits.clone(), rows.clone()))
         return logits
 
-    new = Decoder(model).generate(ids, mask, 6, [], char_tokenizer.pad_token_id, record)
+    new = Decoder(model, fuse=fuse).generate(ids, mask, 6, [], char_tokenizer.pad_token_id, record)
     full = torch.cat([ids, new], 1)
     fmask = torch.cat([mask, torch.ones_like(new)], 1)
     pos = (fmask.cumsum(-1) - 1).clamp(min=0)
@@ -94,6 +109,21 @@ def test_logits_match_a_full_forward(char_tokenizer):
     w = ids.shape[1]
     for step, logits, rows in seen:
         torch.testing.assert_close(logits, ref[rows, w - 1 + step], rtol=1e-4, atol=1e-5)
+
+
+def test_fused_weights_only_for_plain_modules(char_tokenizer, monkeypatch):
+    """A LoRA layer or any other wrapped projection keeps the module path (its adapter must run),
+    and so does a model whose fused copies would be too large."""
+    import reasondistill.decoder as decoder
+    from reasondistill.config import LoraConfig
+    from reasondistill.train.lora import apply_lora
+
+    model = _model("llama", char_tokenizer)
+    assert fused_plan(model) is not None
+    lora = apply_lora(_model("llama", char_tokenizer), LoraConfig(r=2, target_modules=["v_proj"]), seed=0)
+    assert fused_plan(lora) is None and Decoder(lora).generate(*_prompts(0), 3, [], 0).shape == (12, 3)
+    monkeypatch.setattr(decoder, "FUSE_MAX_BYTES", 1000)
+    assert fused_plan(model) is None
 
 
 def test_compaction_share_is_a_fraction():

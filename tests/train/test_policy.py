@@ -43,6 +43,20 @@ def test_sequence_batch_masks_exactly_the_completion():
     assert b["mask"].tolist() == [[False, False, True, True], [True, True, True, False]]
 
 
+def test_update_forward_needs_no_padding_mask(char_tokenizer):
+    """Right padding under causal attention: the logits at every real position equal the masked forward's."""
+    from reasondistill.train.policy import forward_logits
+
+    model = _student(char_tokenizer).eval()
+    b = sequence_batch([[41, 42, 43], [44], [45, 46]], [[47, 48], [49, 50, 51, 52, 53], [54]], pad=0)
+    with torch.no_grad():
+        masked = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+        got = forward_logits(model, b)
+    real = b["attention_mask"][:, :-1].bool()
+    assert not real.all()  # there is padding
+    torch.testing.assert_close(got[real], masked[real], rtol=1e-5, atol=1e-6)
+
+
 def test_grpo_trains_logs_and_resumes_exactly(problems, arith, char_tokenizer, tmp_path):
     # an untrained student is never right: reward stopping before the limit, so the groups differ
     rewards = RewardValues(truncated=-1.0, unparseable=0.5, wrong=0.5)
@@ -263,3 +277,49 @@ def test_micro_batch_changes_memory_not_the_update(objective, problems, arith, c
     assert any(not torch.equal(whole[k], start[k]) for k in whole)  # it trained
     for k in whole:
         torch.testing.assert_close(pieces[k], whole[k], rtol=1e-4, atol=1e-6)
+
+
+def test_zero_advantage_rows_skip_the_backward_and_leave_the_update_unchanged(problems, arith, char_tokenizer):
+    """Rows of a group that all scored alike have advantage 0: they get no backward, and the
+    gradient equals the full batch's (computed here directly from the same rollouts)."""
+    from reasondistill.train.policy import forward_logits, sequence_batch
+    from reasondistill.train.policy_losses import group_advantages, token_logprobs, token_weights
+
+    cfg = PolicyConfig(objective="grpo", rewards=RewardValues(truncated=-1.0, unparseable=0.5, wrong=0.5),
+                       **{**SMALL, "prompts_per_step": 6, "group_size": 3, "max_new_tokens": 8, "micro_batch": 64})
+    t = PolicyTrainer(_student(char_tokenizer), char_tokenizer, problems, arith, cfg, "/unused", seed=0,
+                      show_progress=False)
+    start = copy.deepcopy(t.model)
+    probs, rolls = t.rollouts(0)  # what the step will sample (a function of seed, step, problem, g)
+    grads = {}
+    t.optimizer.register_step_pre_hook(
+        lambda opt, a, kw: grads.update({n: p.grad.clone() for n, p in t.model.named_parameters()}))
+    out = t.rollout_step(0)
+    assert 0 < out["frac_reward_zero_std"] < 1  # both kinds of group: the test covers the split
+    # the reference: every row through one forward and backward, with the same rollouts
+    rewards, _ = t.reward(probs, [r.text for r in rolls], [r.finish_reason for r in rolls])
+    adv = group_advantages(torch.tensor(rewards).view(-1, 3), cfg.scale_rewards).reshape(-1)
+    assert float((adv == 0).float().mean()) == out["frac_reward_zero_std"]
+    batch = sequence_batch([r.prompt for r in rolls], [r.completion for r in rolls], char_tokenizer.pad_token_id)
+    n_tok = int(batch["mask"].sum())
+    w = token_weights(batch["mask"], cfg.loss_norm, n_tok, len(rolls), cfg.max_new_tokens)
+    start.train()
+    logp = token_logprobs(forward_logits(start, batch), batch["input_ids"][:, 1:])
+    loss, _ = ClippedPolicyLoss()(logp, logp.detach(), adv[:, None].expand_as(logp), w)
+    loss.backward()
+    assert out["loss"] == pytest.approx(float(loss), abs=1e-6)
+    for n, p in start.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_a_step_with_every_group_alike_still_applies_weight_decay(problems, arith, char_tokenizer):
+    """Zero gradients, not missing ones: AdamW decays the weights as it would with the full backward."""
+    same = RewardValues(correct=0.5, truncated=0.5, unparseable=0.5, wrong=0.5)
+    cfg = PolicyConfig(objective="grpo", rewards=same, weight_decay=0.1, **SMALL)
+    t = PolicyTrainer(_student(char_tokenizer), char_tokenizer, problems, arith, cfg, "/unused", seed=0,
+                      show_progress=False)
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    out = t.rollout_step(0)
+    assert out["frac_reward_zero_std"] == 1.0 and out["loss"] == 0.0 and out["entropy"] > 0
+    for n, p in t.model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[n] * (1 - cfg.lr * 0.1))

@@ -3,7 +3,9 @@
 * ``grpo``: G rollouts per problem, the task's verifier as reward (train/rewards.py), group-relative
   advantages, clipped importance ratio, token-level (DAPO) or constant (Dr. GRPO) normalisation,
   optional k3 KL to the frozen start model and optional per-token reverse-KL advantage to the teacher
-  (``kl_teacher``: verifiable reward + KL to the teacher).
+  (``kl_teacher``: verifiable reward + KL to the teacher). Without a KL term, a group whose rollouts
+  all scored alike (advantage 0: its gradient is exactly zero) gets a forward without a graph, for
+  the entropy metric only; ``frac_reward_zero_std`` logs how many rows that was.
 * ``on_policy``: prompts only; the teacher scores every token the student sampled. Either the sampled
   per-token reverse KL of Thinking Machines (advantage log p_teacher − log p_student, a policy
   gradient) or the full-vocabulary generalised JSD with TRL's β (β = 1 reverse KL). No CE anywhere:
@@ -48,8 +50,8 @@ from reasondistill.train.policy_losses import (ClippedPolicyLoss, DPOLoss, group
                                                token_logprobs, token_weights)
 from reasondistill.train.rewards import VerifierReward
 
-FIELDS = ["step", "loss", "reward_mean", "reward_std", "accuracy", "length", "entropy", "clip_frac", "kl_ref",
-          "kl_teacher", "dpo_margin", "dpo_accuracy", "lr", "grad_norm", "tokens_generated", "tokens_trained",
+FIELDS = ["step", "loss", "reward_mean", "reward_std", "frac_reward_zero_std", "accuracy", "length", "entropy",
+          "clip_frac", "kl_ref", "kl_teacher", "dpo_margin", "dpo_accuracy", "lr", "grad_norm", "tokens_generated", "tokens_trained",
           "teacher_tokens", "elapsed_s"]
 
 
@@ -74,7 +76,10 @@ def sequence_batch(prompts: list[list[int]], completions: list[list[int]], pad: 
 
 
 def forward_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, :-1]
+    """Logits (N, L-1) of a right-padded :func:`sequence_batch`. No attention mask: under causal
+    attention a real token never sees the padding after it, so the real positions are exact (the
+    padded ones are weighted out) and the forward takes the plain causal kernel."""
+    return model(input_ids=batch["input_ids"], use_cache=False).logits[:, :-1]
 
 
 def _slice(batch: dict[str, torch.Tensor], rows: "slice | torch.Tensor") -> dict[str, torch.Tensor]:
@@ -83,11 +88,14 @@ def _slice(batch: dict[str, torch.Tensor], rows: "slice | torch.Tensor") -> dict
     return {k: (v[:, :width] if k != "mask" else v[:, :width - 1]) for k, v in out.items()}
 
 
-def length_chunks(lengths: Sequence[int], micro_batch: int, slack: float = 0.1, min_rows: int = 8) -> list[torch.Tensor]:
+def length_chunks(lengths: Sequence[int], micro_batch: int, slack: float = 0.1, min_rows: int = 8,
+                  rows: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Row indices per forward/backward: rows sorted by length, a chunk closed at ``micro_batch`` rows
     or (once it has ``min_rows``) when padding to its next row would cost more than ``slack`` of its
-    tokens. Right padding costs compute and changes nothing else: the loss weights are global."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    tokens. Right padding costs compute and changes nothing else: the loss weights are global.
+    ``rows`` (bool, N): chunk only these rows."""
+    keep = range(len(lengths)) if rows is None else rows.nonzero().squeeze(1).tolist()
+    order = sorted(keep, key=lambda i: lengths[i])
     chunks: list[list[int]] = [[]]
     total = 0
     for i in order:
@@ -284,7 +292,17 @@ class PolicyTrainer:
                        accuracy=float(np.mean([v == "correct" for v in verdicts])))
         weights = token_weights(batch["mask"], cfg.loss_norm if cfg.objective == "grpo" else "token", n_tok, n_seq,
                                 cfg.max_new_tokens)
-        chunks = length_chunks([len(r.prompt) + len(r.completion) for r in rolls], cfg.micro_batch)
+        # a row whose group all scored alike has advantage 0; with no KL term its every gradient term is
+        # exactly 0 (and it is never clipped), so it gets a forward without a graph, for the entropy only
+        idle = torch.zeros(n_seq, dtype=torch.bool)
+        if cfg.objective == "grpo":
+            zero = seq_adv == 0
+            out["frac_reward_zero_std"] = float(zero.float().mean())
+            if self.reference is None and self.teacher is None:
+                idle = zero
+        lengths = [len(r.prompt) + len(r.completion) for r in rolls]
+        chunks = length_chunks(lengths, cfg.micro_batch, rows=~idle)
+        idle_chunks = length_chunks(lengths, cfg.micro_batch, rows=idle)
         # what stays fixed over the mu updates: old log-probs (mu > 1), reference and teacher log-probs
         fixed: list[dict[str, torch.Tensor]] = []
         with torch.no_grad():
@@ -332,6 +350,16 @@ class PolicyTrainer:
                         sums["kl_ref"] += float((k3_kl(logp, f["ref"]) * m).sum())
                     if "teacher" in f:
                         sums["kl_teacher"] += float(((old - f["teacher"]) * m).sum())
+            if not chunks:  # every row idle: zero gradients (not none), so AdamW's momentum and decay act as before
+                for p in self.optimizer.param_groups[0]["params"]:
+                    p.grad = torch.zeros_like(p)
+            if update == 0:
+                with torch.no_grad():
+                    for ch in idle_chunks:
+                        mb = _slice(batch, ch)
+                        trained += int(mb["attention_mask"].sum())
+                        ent = token_entropy(forward_logits(self.model, mb))
+                        sums["entropy"] += float((ent * mb["mask"].float()).sum())
             grad_norm = self._optimizer_step()
             if update == 0:
                 out.update(loss=sums["loss"], entropy=sums["entropy"] / max(1, n_tok),
