@@ -279,13 +279,17 @@ def test_micro_batch_changes_memory_not_the_update(objective, problems, arith, c
         torch.testing.assert_close(pieces[k], whole[k], rtol=1e-4, atol=1e-6)
 
 
-def test_zero_advantage_rows_skip_the_backward_and_leave_the_update_unchanged(problems, arith, char_tokenizer):
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_zero_advantage_rows_skip_the_backward_and_leave_the_update_unchanged(temperature, problems, arith,
+                                                                             char_tokenizer):
     """Rows of a group that all scored alike have advantage 0: they get no backward, and the
-    gradient equals the full batch's (computed here directly from the same rollouts)."""
+    gradient equals the full batch's (computed here directly from the same rollouts), whose
+    log-probs are those of the sampling policy, softmax(logits / T)."""
     from reasondistill.train.policy import forward_logits, sequence_batch
     from reasondistill.train.policy_losses import group_advantages, token_logprobs, token_weights
 
     cfg = PolicyConfig(objective="grpo", rewards=RewardValues(truncated=-1.0, unparseable=0.5, wrong=0.5),
+                       temperature=temperature,
                        **{**SMALL, "prompts_per_step": 6, "group_size": 3, "max_new_tokens": 8, "micro_batch": 64})
     t = PolicyTrainer(_student(char_tokenizer), char_tokenizer, problems, arith, cfg, "/unused", seed=0,
                       show_progress=False)
@@ -304,7 +308,7 @@ def test_zero_advantage_rows_skip_the_backward_and_leave_the_update_unchanged(pr
     n_tok = int(batch["mask"].sum())
     w = token_weights(batch["mask"], cfg.loss_norm, n_tok, len(rolls), cfg.max_new_tokens)
     start.train()
-    logp = token_logprobs(forward_logits(start, batch), batch["input_ids"][:, 1:])
+    logp = token_logprobs(forward_logits(start, batch) / temperature, batch["input_ids"][:, 1:])
     loss, _ = ClippedPolicyLoss()(logp, logp.detach(), adv[:, None].expand_as(logp), w)
     loss.backward()
     assert out["loss"] == pytest.approx(float(loss), abs=1e-6)

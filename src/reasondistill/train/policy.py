@@ -75,11 +75,12 @@ def sequence_batch(prompts: list[list[int]], completions: list[list[int]], pad: 
     return {"input_ids": ids, "attention_mask": attn, "mask": mask[:, 1:]}
 
 
-def forward_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits (N, L-1) of a right-padded :func:`sequence_batch`. No attention mask: under causal
-    attention a real token never sees the padding after it, so the real positions are exact (the
-    padded ones are weighted out) and the forward takes the plain causal kernel."""
-    return model(input_ids=batch["input_ids"], use_cache=False).logits[:, :-1]
+def forward_logits(model, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+    """Logits (N, L-1) of a right-padded :func:`sequence_batch`, divided by ``temperature``. No
+    attention mask: under causal attention a real token never sees the padding after it, so the real
+    positions are exact (the padded ones are weighted out) and the forward takes the plain causal kernel."""
+    logits = model(input_ids=batch["input_ids"], use_cache=False).logits[:, :-1]
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def _slice(batch: dict[str, torch.Tensor], rows: "slice | torch.Tensor") -> dict[str, torch.Tensor]:
@@ -301,6 +302,9 @@ class PolicyTrainer:
             if self.reference is None and self.teacher is None:
                 idle = zero
         lengths = [len(r.prompt) + len(r.completion) for r in rolls]
+        # every log-prob (policy, old, reference, teacher) and the entropy at the sampling temperature:
+        # the rows were drawn from softmax(logits / T), so that is the policy being optimised (as TRL)
+        temp = cfg.temperature
         chunks = length_chunks(lengths, cfg.micro_batch, rows=~idle)
         idle_chunks = length_chunks(lengths, cfg.micro_batch, rows=idle)
         # what stays fixed over the mu updates: old log-probs (mu > 1), reference and teacher log-probs
@@ -310,11 +314,11 @@ class PolicyTrainer:
                 mb = _slice(batch, ch)
                 targets, f = mb["input_ids"][:, 1:], {}
                 if cfg.updates_per_batch > 1:
-                    f["old"] = token_logprobs(forward_logits(self.model, mb), targets)
+                    f["old"] = token_logprobs(forward_logits(self.model, mb, temp), targets)
                 if self.reference is not None:
-                    f["ref"] = token_logprobs(forward_logits(self.reference, mb), targets)
+                    f["ref"] = token_logprobs(forward_logits(self.reference, mb, temp), targets)
                 if self.teacher is not None:
-                    t_logits = forward_logits(self.teacher, mb)
+                    t_logits = forward_logits(self.teacher, mb, temp)
                     out["teacher_tokens"] = out.get("teacher_tokens", 0) + int(mb["attention_mask"].sum())
                     f["teacher"] = token_logprobs(t_logits, targets)
                     if cfg.objective == "on_policy" and cfg.divergence == "jsd":
@@ -326,7 +330,7 @@ class PolicyTrainer:
             for ch, f in zip(chunks, fixed):
                 mb = _slice(batch, ch)
                 targets, mask, w = mb["input_ids"][:, 1:], mb["mask"], weights[ch][:, :mb["mask"].shape[1]]
-                logits = forward_logits(self.model, mb)
+                logits = forward_logits(self.model, mb, temp)
                 trained += int(mb["attention_mask"].sum())
                 logp = token_logprobs(logits, targets)
                 old = f.get("old", logp.detach())
@@ -358,7 +362,7 @@ class PolicyTrainer:
                     for ch in idle_chunks:
                         mb = _slice(batch, ch)
                         trained += int(mb["attention_mask"].sum())
-                        ent = token_entropy(forward_logits(self.model, mb))
+                        ent = token_entropy(forward_logits(self.model, mb, temp))
                         sums["entropy"] += float((ent * mb["mask"].float()).sum())
             grad_norm = self._optimizer_step()
             if update == 0:

@@ -44,7 +44,9 @@ class PolicyConfig(BaseModel):
     group_size: int = Field(8, gt=0, description="rollouts per problem (G); grpo needs >= 2")
     micro_batch: int = Field(64, gt=0, description="sequences per forward/backward (gradient accumulation is exact)")
     max_new_tokens: int = Field(96, gt=0, description="rollout length limit (tokens)")
-    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
+    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature; the loss takes every log-prob "
+                               "(policy, old, reference, teacher) and the entropy at it, softmax(logits / T), the "
+                               "policy the rows were drawn from (TRL's convention)")
     lr: float = Field(1e-4, gt=0, description="peak learning rate (AdamW, constant after warm-up)")
     warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
