@@ -311,7 +311,7 @@ def test_zero_advantage_rows_skip_the_backward_and_leave_the_update_unchanged(te
     logp = token_logprobs(forward_logits(start, batch) / temperature, batch["input_ids"][:, 1:])
     loss, _ = ClippedPolicyLoss()(logp, logp.detach(), adv[:, None].expand_as(logp), w)
     loss.backward()
-    assert out["loss"] == pytest.approx(float(loss), abs=1e-6)
+    assert out["loss"] == pytest.approx(float(loss.detach()), abs=1e-6)
     for n, p in start.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-7)
 
