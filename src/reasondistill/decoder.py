@@ -24,9 +24,9 @@ For a model of plain ``nn.Linear`` projections and Llama RMSNorms it runs each l
 copies of its weights (q|k|v in one matrix, gate|up in another, residual adds folded into
 ``addmm``; :func:`fused_plan`): about half the small ops per decoding step, 10% off a rollout of
 the bundled teacher. Anything else (a LoRA adapter, a quantized linear) runs through the layer's
-own modules, so peft adapters and torchao linears decode through it unchanged. Anything it does not know (sliding windows,
-other architectures, soft-capping, rope variants applied outside the rotary module) is refused by
-``unsupported(model)``, and the callers fall back to ``generate``.
+own modules, so peft adapters and torchao linears decode through it unchanged. Anything it does
+not know (sliding windows, other architectures, soft-capping, rope variants applied outside the
+rotary module) is refused by ``unsupported(model)``, and the callers fall back to ``generate``.
 
     dec = Decoder(model)                       # raises ValueError naming what is unsupported
     dec = Decoder.for_model(model)             # or None, for callers that fall back to generate
@@ -161,7 +161,8 @@ def fused_plan(model) -> "list[_Fused] | None":
     layers = m.model.layers
     for layer in layers:
         a, mlp = layer.self_attn, layer.mlp
-        linears = [a.q_proj, a.k_proj, a.v_proj, a.o_proj] + [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+        linears = [a.q_proj, a.k_proj, a.v_proj, a.o_proj] + \
+            [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
         norms = [layer.input_layernorm, layer.post_attention_layernorm] + \
             ([a.q_norm, a.k_norm] if hasattr(a, "q_norm") else [])
         if type(mlp).__name__ not in _MLPS or not all(_plain_linear(x) for x in linears) or \

@@ -51,8 +51,8 @@ from reasondistill.train.policy_losses import (ClippedPolicyLoss, DPOLoss, group
 from reasondistill.train.rewards import VerifierReward
 
 FIELDS = ["step", "loss", "reward_mean", "reward_std", "frac_reward_zero_std", "accuracy", "length", "entropy",
-          "clip_frac", "kl_ref", "kl_teacher", "dpo_margin", "dpo_accuracy", "lr", "grad_norm", "tokens_generated", "tokens_trained",
-          "teacher_tokens", "elapsed_s"]
+          "clip_frac", "kl_ref", "kl_teacher", "dpo_margin", "dpo_accuracy", "lr", "grad_norm", "tokens_generated",
+          "tokens_trained", "teacher_tokens", "elapsed_s"]
 
 
 def _pad_rows(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,7 +354,7 @@ class PolicyTrainer:
                         sums["kl_ref"] += float((k3_kl(logp, f["ref"]) * m).sum())
                     if "teacher" in f:
                         sums["kl_teacher"] += float(((old - f["teacher"]) * m).sum())
-            if not chunks:  # every row idle: zero gradients (not none), so AdamW's momentum and decay act as before
+            if not chunks:  # every row idle: zero gradients (not none), so AdamW's momentum and decay act as ever
                 for p in self.optimizer.param_groups[0]["params"]:
                     p.grad = torch.zeros_like(p)
             if update == 0:
