@@ -293,37 +293,11 @@ class PolicyTrainer:
                        accuracy=float(np.mean([v == "correct" for v in verdicts])))
         weights = token_weights(batch["mask"], cfg.loss_norm if cfg.objective == "grpo" else "token", n_tok, n_seq,
                                 cfg.max_new_tokens)
-        # a row whose group all scored alike has advantage 0; with no KL term its every gradient term is
-        # exactly 0 (and it is never clipped), so it gets a forward without a graph, for the entropy only
-        idle = torch.zeros(n_seq, dtype=torch.bool)
-        if cfg.objective == "grpo":
-            zero = seq_adv == 0
-            out["frac_reward_zero_std"] = float(zero.float().mean())
-            if self.reference is None and self.teacher is None:
-                idle = zero
-        lengths = [len(r.prompt) + len(r.completion) for r in rolls]
+        chunks, idle_chunks = self._chunks(rolls, seq_adv, out)
         # every log-prob (policy, old, reference, teacher) and the entropy at the sampling temperature:
         # the rows were drawn from softmax(logits / T), so that is the policy being optimised (as TRL)
         temp = cfg.temperature
-        chunks = length_chunks(lengths, cfg.micro_batch, rows=~idle)
-        idle_chunks = length_chunks(lengths, cfg.micro_batch, rows=idle)
-        # what stays fixed over the mu updates: old log-probs (mu > 1), reference and teacher log-probs
-        fixed: list[dict[str, torch.Tensor]] = []
-        with torch.no_grad():
-            for ch in chunks:
-                mb = _slice(batch, ch)
-                targets, f = mb["input_ids"][:, 1:], {}
-                if cfg.updates_per_batch > 1:
-                    f["old"] = token_logprobs(forward_logits(self.model, mb, temp), targets)
-                if self.reference is not None:
-                    f["ref"] = token_logprobs(forward_logits(self.reference, mb, temp), targets)
-                if self.teacher is not None:
-                    t_logits = forward_logits(self.teacher, mb, temp)
-                    out["teacher_tokens"] = out.get("teacher_tokens", 0) + int(mb["attention_mask"].sum())
-                    f["teacher"] = token_logprobs(t_logits, targets)
-                    if cfg.objective == "on_policy" and cfg.divergence == "jsd":
-                        f["teacher_logits"] = t_logits
-                fixed.append(f)
+        fixed = self._fixed_terms(batch, chunks, temp, out)
         trained = 0
         for update in range(cfg.updates_per_batch):
             sums = {"loss": 0.0, "clip": 0.0, "entropy": 0.0, "kl_ref": 0.0, "kl_teacher": 0.0}
@@ -358,12 +332,9 @@ class PolicyTrainer:
                 for p in self.optimizer.param_groups[0]["params"]:
                     p.grad = torch.zeros_like(p)
             if update == 0:
-                with torch.no_grad():
-                    for ch in idle_chunks:
-                        mb = _slice(batch, ch)
-                        trained += int(mb["attention_mask"].sum())
-                        ent = token_entropy(forward_logits(self.model, mb, temp))
-                        sums["entropy"] += float((ent * mb["mask"].float()).sum())
+                entropy, tokens = self._idle_entropy(batch, idle_chunks, temp)
+                sums["entropy"] += entropy
+                trained += tokens
             grad_norm = self._optimizer_step()
             if update == 0:
                 out.update(loss=sums["loss"], entropy=sums["entropy"] / max(1, n_tok),
@@ -377,6 +348,52 @@ class PolicyTrainer:
                 out["clip_frac"] = sums["clip"]  # the last update's: where clipping acts
         out["tokens_trained"] = trained
         return out
+
+    def _chunks(self, rolls, seq_adv: torch.Tensor, out: dict[str, Any]) -> tuple[list, list]:
+        """The update's row chunks (:func:`length_chunks`), and apart from them the idle rows': in GRPO
+        a row whose group all scored alike has advantage 0, and with no KL term its every gradient term
+        is exactly 0 (it is never clipped either), so it gets a forward without a graph, for the entropy."""
+        cfg = self.cfg
+        idle = torch.zeros(len(rolls), dtype=torch.bool)
+        if cfg.objective == "grpo":
+            zero = seq_adv == 0
+            out["frac_reward_zero_std"] = float(zero.float().mean())
+            if self.reference is None and self.teacher is None:
+                idle = zero
+        lengths = [len(r.prompt) + len(r.completion) for r in rolls]
+        return (length_chunks(lengths, cfg.micro_batch, rows=~idle),
+                length_chunks(lengths, cfg.micro_batch, rows=idle))
+
+    @torch.no_grad()
+    def _fixed_terms(self, batch, chunks, temp: float, out: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """Per chunk, what stays fixed over the mu updates: old log-probs (mu > 1), reference and
+        teacher log-probs (and the teacher's logits for the JSD); counts the teacher's tokens in ``out``."""
+        cfg, fixed = self.cfg, []
+        for ch in chunks:
+            mb = _slice(batch, ch)
+            targets, f = mb["input_ids"][:, 1:], {}
+            if cfg.updates_per_batch > 1:
+                f["old"] = token_logprobs(forward_logits(self.model, mb, temp), targets)
+            if self.reference is not None:
+                f["ref"] = token_logprobs(forward_logits(self.reference, mb, temp), targets)
+            if self.teacher is not None:
+                t_logits = forward_logits(self.teacher, mb, temp)
+                out["teacher_tokens"] = out.get("teacher_tokens", 0) + int(mb["attention_mask"].sum())
+                f["teacher"] = token_logprobs(t_logits, targets)
+                if cfg.objective == "on_policy" and cfg.divergence == "jsd":
+                    f["teacher_logits"] = t_logits
+            fixed.append(f)
+        return fixed
+
+    @torch.no_grad()
+    def _idle_entropy(self, batch, chunks, temp: float) -> tuple[float, int]:
+        """The zero-advantage rows' summed completion entropy and token count: a forward, no graph."""
+        entropy, tokens = 0.0, 0
+        for ch in chunks:
+            mb = _slice(batch, ch)
+            tokens += int(mb["attention_mask"].sum())
+            entropy += float((token_entropy(forward_logits(self.model, mb, temp)) * mb["mask"].float()).sum())
+        return entropy, tokens
 
     # -- dpo ------------------------------------------------------------------------------------
     def dpo_step(self, step: int) -> dict[str, Any]:
