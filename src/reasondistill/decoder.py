@@ -100,6 +100,21 @@ def _plain_norm(m) -> bool:
     return type(m).__name__ in _NORMS and type(m.weight) is torch.nn.Parameter and hasattr(m, "variance_epsilon")
 
 
+def _norm(m) -> tuple[torch.Tensor, float]:
+    return m.weight, m.variance_epsilon
+
+
+def _same_bias(*linears) -> bool:
+    """All with a bias or all without (their fused matrix then has one bias or none)."""
+    return len({x.bias is None for x in linears}) == 1
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding with ``rotate_half(x) * sin`` written as ``roll(x, D/2) * sin_signed`` (sin
+    with its first half negated): one op fewer."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin_signed
+
+
 def _rms(x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:
     """transformers' Llama RMSNorm (fp32 statistics, weight applied in the input dtype)."""
     w, eps = norm
@@ -126,10 +141,9 @@ class _Fused:
     def __init__(self, layer):
         a, m = layer.self_attn, layer.mlp
         cat = lambda *ps: None if ps[0] is None else torch.cat(ps)  # noqa: E731
-        self.norm1 = (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-        self.norm2 = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
-        self.q_norm = (a.q_norm.weight, a.q_norm.variance_epsilon) if hasattr(a, "q_norm") else None
-        self.k_norm = (a.k_norm.weight, a.k_norm.variance_epsilon) if hasattr(a, "k_norm") else None
+        self.norm1, self.norm2 = _norm(layer.input_layernorm), _norm(layer.post_attention_layernorm)
+        self.q_norm = _norm(a.q_norm) if hasattr(a, "q_norm") else None
+        self.k_norm = _norm(a.k_norm) if hasattr(a, "k_norm") else None
         self.w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
         self.b_qkv = cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias)
         self.w_o_t, self.b_o = a.o_proj.weight.t(), a.o_proj.bias
@@ -161,13 +175,13 @@ def fused_plan(model) -> "list[_Fused] | None":
     layers = m.model.layers
     for layer in layers:
         a, mlp = layer.self_attn, layer.mlp
-        linears = [a.q_proj, a.k_proj, a.v_proj, a.o_proj] + \
-            [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+        if type(mlp).__name__ not in _MLPS:
+            return None
+        linears = [a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
         norms = [layer.input_layernorm, layer.post_attention_layernorm] + \
             ([a.q_norm, a.k_norm] if hasattr(a, "q_norm") else [])
-        if type(mlp).__name__ not in _MLPS or not all(_plain_linear(x) for x in linears) or \
-                not all(_plain_norm(x) for x in norms) or (a.q_proj.bias is None) != (a.v_proj.bias is None) or \
-                (a.k_proj.bias is None) != (a.v_proj.bias is None):
+        if not all(map(_plain_linear, linears)) or not all(map(_plain_norm, norms)) or \
+                not _same_bias(a.q_proj, a.k_proj, a.v_proj) or not _same_bias(mlp.gate_proj, mlp.up_proj):
             return None
     fused_bytes = sum((x.self_attn.q_proj.weight.numel() + x.self_attn.k_proj.weight.numel()
                        + x.self_attn.v_proj.weight.numel() + 2 * x.mlp.gate_proj.weight.numel())
@@ -232,7 +246,6 @@ class Decoder:
                 h = h + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
         else:
-            # rotate_half(x) * sin == roll(x, D/2) * (sin with its first half negated): one op fewer
             half = self.head_dim // 2
             cos, sin = cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, :, None]  # (B, T, 1, D)
             nq, nkv = self.n_heads, self.n_kv
@@ -241,12 +254,11 @@ class Decoder:
                 qkv = f.qkv(_rms(h, f.norm1)).view(b, t, nq + 2 * nkv, self.head_dim)
                 v = qkv[:, :, nq + nkv:]
                 if f.q_norm is None:  # one rotation for the query and key heads together
-                    qk = qkv[:, :, :nq + nkv]
-                    qk = qk * cos + qk.roll(half, -1) * sin
+                    qk = _rope(qkv[:, :, :nq + nkv], cos, sin)
                     q, k = qk[:, :, :nq], qk[:, :, nq:]
                 else:  # qwen3: per-head norms on queries and keys first
-                    q, k = _rms(qkv[:, :, :nq], f.q_norm), _rms(qkv[:, :, nq:nq + nkv], f.k_norm)
-                    q, k = q * cos + q.roll(half, -1) * sin, k * cos + k.roll(half, -1) * sin
+                    q = _rope(_rms(qkv[:, :, :nq], f.q_norm), cos, sin)
+                    k = _rope(_rms(qkv[:, :, nq:nq + nkv], f.k_norm), cos, sin)
                 o = self._attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), kc, vc, t0, bias, f.scaling)
                 h = f.o(o.transpose(1, 2).reshape(b * t, -1), h)
                 h = f.down(f.act(_rms(h, f.norm2)), h)

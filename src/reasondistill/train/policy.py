@@ -110,6 +110,11 @@ def length_chunks(lengths: Sequence[int], micro_batch: int, slack: float = 0.1, 
     return [torch.tensor(c) for c in chunks if c]
 
 
+def _entropy_sum(logits: torch.Tensor, mask: torch.Tensor) -> float:
+    """Summed per-token entropy over the completion positions ``mask`` (N, L-1)."""
+    return float((token_entropy(logits) * mask.float()).sum())
+
+
 def freeze(model):
     model.eval()
     model.requires_grad_(False)
@@ -294,17 +299,14 @@ class PolicyTrainer:
         weights = token_weights(batch["mask"], cfg.loss_norm if cfg.objective == "grpo" else "token", n_tok, n_seq,
                                 cfg.max_new_tokens)
         chunks, idle_chunks = self._chunks(rolls, seq_adv, out)
-        # every log-prob (policy, old, reference, teacher) and the entropy at the sampling temperature:
-        # the rows were drawn from softmax(logits / T), so that is the policy being optimised (as TRL)
-        temp = cfg.temperature
-        fixed = self._fixed_terms(batch, chunks, temp, out)
+        fixed = self._fixed_terms(batch, chunks, out)
         trained = 0
         for update in range(cfg.updates_per_batch):
             sums = {"loss": 0.0, "clip": 0.0, "entropy": 0.0, "kl_ref": 0.0, "kl_teacher": 0.0}
             for ch, f in zip(chunks, fixed):
                 mb = _slice(batch, ch)
                 targets, mask, w = mb["input_ids"][:, 1:], mb["mask"], weights[ch][:, :mb["mask"].shape[1]]
-                logits = forward_logits(self.model, mb, temp)
+                logits = self._logits(self.model, mb)
                 trained += int(mb["attention_mask"].sum())
                 logp = token_logprobs(logits, targets)
                 old = f.get("old", logp.detach())
@@ -323,7 +325,7 @@ class PolicyTrainer:
                     m = mask.float()
                     sums["loss"] += float(loss)
                     sums["clip"] += float(clip)
-                    sums["entropy"] += float((token_entropy(logits) * m).sum())
+                    sums["entropy"] += _entropy_sum(logits, mask)
                     if "ref" in f:
                         sums["kl_ref"] += float((k3_kl(logp, f["ref"]) * m).sum())
                     if "teacher" in f:
@@ -332,7 +334,7 @@ class PolicyTrainer:
                 for p in self.optimizer.param_groups[0]["params"]:
                     p.grad = torch.zeros_like(p)
             if update == 0:
-                entropy, tokens = self._idle_entropy(batch, idle_chunks, temp)
+                entropy, tokens = self._idle_entropy(batch, idle_chunks)
                 sums["entropy"] += entropy
                 trained += tokens
             grad_norm = self._optimizer_step()
@@ -348,6 +350,11 @@ class PolicyTrainer:
                 out["clip_frac"] = sums["clip"]  # the last update's: where clipping acts
         out["tokens_trained"] = trained
         return out
+
+    def _logits(self, model, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Every log-prob of the update (policy, old, reference, teacher) and the entropy come from
+        logits / T: the rows were drawn from softmax(logits / T), the policy being optimised (as TRL)."""
+        return forward_logits(model, mb, self.cfg.temperature)
 
     def _chunks(self, rolls, seq_adv: torch.Tensor, out: dict[str, Any]) -> tuple[list, list]:
         """The update's row chunks (:func:`length_chunks`), and apart from them the idle rows': in GRPO
@@ -365,7 +372,7 @@ class PolicyTrainer:
                 length_chunks(lengths, cfg.micro_batch, rows=idle))
 
     @torch.no_grad()
-    def _fixed_terms(self, batch, chunks, temp: float, out: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    def _fixed_terms(self, batch, chunks, out: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         """Per chunk, what stays fixed over the mu updates: old log-probs (mu > 1), reference and
         teacher log-probs (and the teacher's logits for the JSD); counts the teacher's tokens in ``out``."""
         cfg, fixed = self.cfg, []
@@ -373,11 +380,11 @@ class PolicyTrainer:
             mb = _slice(batch, ch)
             targets, f = mb["input_ids"][:, 1:], {}
             if cfg.updates_per_batch > 1:
-                f["old"] = token_logprobs(forward_logits(self.model, mb, temp), targets)
+                f["old"] = token_logprobs(self._logits(self.model, mb), targets)
             if self.reference is not None:
-                f["ref"] = token_logprobs(forward_logits(self.reference, mb, temp), targets)
+                f["ref"] = token_logprobs(self._logits(self.reference, mb), targets)
             if self.teacher is not None:
-                t_logits = forward_logits(self.teacher, mb, temp)
+                t_logits = self._logits(self.teacher, mb)
                 out["teacher_tokens"] = out.get("teacher_tokens", 0) + int(mb["attention_mask"].sum())
                 f["teacher"] = token_logprobs(t_logits, targets)
                 if cfg.objective == "on_policy" and cfg.divergence == "jsd":
@@ -386,13 +393,13 @@ class PolicyTrainer:
         return fixed
 
     @torch.no_grad()
-    def _idle_entropy(self, batch, chunks, temp: float) -> tuple[float, int]:
+    def _idle_entropy(self, batch, chunks) -> tuple[float, int]:
         """The zero-advantage rows' summed completion entropy and token count: a forward, no graph."""
         entropy, tokens = 0.0, 0
         for ch in chunks:
             mb = _slice(batch, ch)
             tokens += int(mb["attention_mask"].sum())
-            entropy += float((token_entropy(forward_logits(self.model, mb, temp)) * mb["mask"].float()).sum())
+            entropy += _entropy_sum(self._logits(self.model, mb), mb["mask"])
         return entropy, tokens
 
     # -- dpo ------------------------------------------------------------------------------------
