@@ -92,7 +92,7 @@ def test_a_logit_teacher_is_needed_for_soft_students_of_an_api_teacher(tmp_path,
     """Refused when the config loads (config.py), before any check or stage runs."""
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match=r"students \['kd'\]: a distill section needs .*logit_teacher"):
+    with pytest.raises(ValidationError, match=r"students kd \(distill\): a distill section, .* needs .*logit_teacher"):
         _cfg(tmp_path, tiny_model_dir, students=[_soft(tokenizer=str(tiny_model_dir))],
              replace={"teacher": {"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1"}})
 

@@ -75,7 +75,7 @@ def test_a_soft_student_without_a_logit_teacher_is_refused_at_load(tmp_path):
     f.write_text("teacher: {kind: openai, base_url: 'http://127.0.0.1:9/v1', model: big}\n"
                  "students:\n  - {name: hard, init: {hidden_size: 32}}\n"
                  "  - {name: kd, init: {hidden_size: 32}, distill: {source: on_policy}}\n")
-    with pytest.raises(ConfigError, match=r"(?s)c\.yaml.*students \['kd'\].*teacher\.kind 'openai'.*logit_teacher"):
+    with pytest.raises(ConfigError, match=r"(?s)c\.yaml.*students kd \(distill\):.*teacher\.kind 'openai'.*logit_teacher"):
         load_config(f)
     cfg = load_config(f, ["logit_teacher={model: bundled:tiny-arith-teacher}"])
     assert cfg.logit_teacher.model == "bundled:tiny-arith-teacher"
@@ -83,6 +83,28 @@ def test_a_soft_student_without_a_logit_teacher_is_refused_at_load(tmp_path):
         load_config(f, ["logit_teacher={model: x, dtype: float8}"])
     ingested = RunConfig.model_validate({"teacher": {"kind": "ingested"}, "students": [{"name": "s", "init": {}}]})
     assert ingested.logit_teacher is None  # hard students need no logits
+
+
+def test_policy_students_that_need_the_teachers_logits_are_refused_at_load_without_a_logit_teacher(tmp_path):
+    """on_policy and kl_teacher score the student's tokens with a local model: an API teacher has no logits.
+    Refused when the config loads (before an SFT student before them has trained), naming each student."""
+    from reasondistill.teachers.logits import require_logit_teacher
+
+    f = tmp_path / "c.yaml"
+    f.write_text("teacher: {kind: openai, base_url: 'http://127.0.0.1:9/v1', model: big}\n"
+                 "students:\n  - {name: sft, init: {hidden_size: 32}}\n"
+                 "  - {name: onp, policy: {objective: on_policy, start_from: sft}}\n"
+                 "  - {name: rl, policy: {objective: grpo, start_from: sft, kl_teacher: 0.1}}\n"
+                 "  - {name: rl_plain, policy: {objective: grpo, start_from: sft}}\n")
+    with pytest.raises(ConfigError, match=r"(?s)c\.yaml.*students onp \(policy\.objective on_policy\), "
+                       r"rl \(policy\.kl_teacher\):.*teacher\.kind 'openai' gives none.*logit_teacher"):
+        load_config(f)
+    cfg = load_config(f, ["logit_teacher={model: bundled:tiny-arith-teacher}"])
+    assert cfg.logit_students() == {"onp": "policy.objective on_policy", "rl": "policy.kl_teacher"}
+    assert require_logit_teacher(cfg).model == "bundled:tiny-arith-teacher"
+    built = cfg.model_copy(update={"logit_teacher": None})  # a config built in code skips the load-time check
+    with pytest.raises(ValueError, match=r"students onp \(policy\.objective on_policy\), rl \(policy\.kl_teacher\)"):
+        require_logit_teacher(built)
 
 
 def test_logit_teacher_resolution_and_loading():

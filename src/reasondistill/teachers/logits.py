@@ -12,7 +12,7 @@ config refuses a soft student with neither (config.py, ``RunConfig``).
 
 from __future__ import annotations
 
-from reasondistill.config import LogitTeacherConfig, RunConfig
+from reasondistill.config import LOGIT_FIX, LOGIT_NEEDS, LogitTeacherConfig, RunConfig, _named
 
 
 def logit_teacher_config(cfg: RunConfig) -> LogitTeacherConfig | None:
@@ -29,9 +29,8 @@ def require_logit_teacher(cfg: RunConfig) -> LogitTeacherConfig:
     config file refuses a soft student without one earlier, naming it)."""
     spec = logit_teacher_config(cfg)
     if spec is None:
-        soft = [s.name for s in cfg.students if s.distill is not None]
-        raise ValueError(f"{soft}: soft distillation needs the teacher's logits: add `logit_teacher: "
-                         "{model: PATH_OR_HUB_ID}` (a local model with the student's tokenizer), or use an hf teacher")
+        raise ValueError(f"students {_named(cfg.logit_students())}: {LOGIT_NEEDS}, and teacher.kind {cfg.teacher.kind!r} "
+                         f"gives none; {LOGIT_FIX}")
     return spec
 
 
