@@ -49,44 +49,13 @@ from reasondistill.train.policy_config import PolicyConfig
 from reasondistill.train.policy_losses import (ClippedPolicyLoss, DPOLoss, group_advantages, k3_kl, token_entropy,
                                                token_logprobs, token_weights)
 from reasondistill.train.rewards import VerifierReward
+from reasondistill.train.shared_prompt import _slice, forward_logits, sequence_batch, step_rows
+
+__all__ = ["PolicyTrainer", "forward_logits", "length_chunks", "sequence_batch", "train_policy"]
 
 FIELDS = ["step", "loss", "reward_mean", "reward_std", "frac_reward_zero_std", "accuracy", "length", "entropy",
           "clip_frac", "kl_ref", "kl_teacher", "dpo_margin", "dpo_accuracy", "lr", "grad_norm", "tokens_generated",
           "tokens_trained", "teacher_tokens", "elapsed_s"]
-
-
-def _pad_rows(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        attn[i, :len(r)] = 1
-    return ids, attn
-
-
-def sequence_batch(prompts: list[list[int]], completions: list[list[int]], pad: int) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+completion rows; ``mask`` (N, L-1) marks the positions whose NEXT token is a
-    completion token (aligned with ``logits[:, :-1]`` and ``targets = input_ids[:, 1:]``)."""
-    ids, attn = _pad_rows([p + c for p, c in zip(prompts, completions)], pad)
-    mask = torch.zeros(ids.shape, dtype=torch.bool)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        mask[i, len(p):len(p) + len(c)] = True
-    return {"input_ids": ids, "attention_mask": attn, "mask": mask[:, 1:]}
-
-
-def forward_logits(model, batch: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
-    """Logits (N, L-1) of a right-padded :func:`sequence_batch`, divided by ``temperature``. No
-    attention mask: under causal attention a real token never sees the padding after it, so the real
-    positions are exact (the padded ones are weighted out) and the forward takes the plain causal kernel."""
-    logits = model(input_ids=batch["input_ids"], use_cache=False).logits[:, :-1]
-    return logits if temperature == 1.0 else logits / temperature
-
-
-def _slice(batch: dict[str, torch.Tensor], rows: "slice | torch.Tensor") -> dict[str, torch.Tensor]:
-    out = {k: v[rows] for k, v in batch.items()}
-    width = int(out["attention_mask"].sum(1).max())  # drop columns that are padding for every row
-    return {k: (v[:, :width] if k != "mask" else v[:, :width - 1]) for k, v in out.items()}
 
 
 def length_chunks(lengths: Sequence[int], micro_batch: int, slack: float = 0.1, min_rows: int = 8,
@@ -287,8 +256,9 @@ class PolicyTrainer:
         problems, rolls = self.rollouts(step)
         out: dict[str, Any] = {"tokens_generated": sum(len(r.completion) for r in rolls),
                                "length": float(np.mean([len(r.completion) for r in rolls]))}
-        batch = sequence_batch([r.prompt for r in rolls], [r.completion for r in rolls], self.tok.pad_token_id)
-        n_seq, n_tok = len(rolls), int(batch["mask"].sum())
+        rows = step_rows(self.model, [r.prompt for r in rolls], [r.completion for r in rolls], self.tok.pad_token_id,
+                         cfg.temperature, share=cfg.share_prompt)
+        n_seq, n_tok = len(rolls), sum(len(r.completion) for r in rolls)
         seq_adv = torch.zeros(n_seq)
         if cfg.objective == "grpo":
             rewards, verdicts = self.reward(problems, [r.text for r in rolls], [r.finish_reason for r in rolls])
@@ -296,18 +266,17 @@ class PolicyTrainer:
             seq_adv = group_advantages(r.view(-1, cfg.group_size), cfg.scale_rewards).reshape(-1)
             out.update(reward_mean=float(r.mean()), reward_std=float(r.std(unbiased=False)),
                        accuracy=float(np.mean([v == "correct" for v in verdicts])))
-        weights = token_weights(batch["mask"], cfg.loss_norm if cfg.objective == "grpo" else "token", n_tok, n_seq,
-                                cfg.max_new_tokens)
-        chunks, idle_chunks = self._chunks(rolls, seq_adv, out)
-        fixed = self._fixed_terms(batch, chunks, out)
+        norm = cfg.loss_norm if cfg.objective == "grpo" else "token"
+        chunks, idle_chunks = self._chunks(rows.lengths, seq_adv, out)
+        fixed = self._fixed_terms(rows, chunks, out)
         trained = 0
         for update in range(cfg.updates_per_batch):
             sums = {"loss": 0.0, "clip": 0.0, "entropy": 0.0, "kl_ref": 0.0, "kl_teacher": 0.0}
+            rows.start(self.model) if chunks else None
             for ch, f in zip(chunks, fixed):
-                mb = _slice(batch, ch)
-                targets, mask, w = mb["input_ids"][:, 1:], mb["mask"], weights[ch][:, :mb["mask"].shape[1]]
-                logits = self._logits(self.model, mb)
-                trained += int(mb["attention_mask"].sum())
+                logits, targets, mask, tokens = rows.logits(self.model, ch)
+                w = token_weights(mask, norm, n_tok, n_seq, cfg.max_new_tokens)
+                trained += tokens
                 logp = token_logprobs(logits, targets)
                 old = f.get("old", logp.detach())
                 if cfg.objective == "on_policy" and cfg.divergence == "jsd":
@@ -330,13 +299,14 @@ class PolicyTrainer:
                         sums["kl_ref"] += float((k3_kl(logp, f["ref"]) * m).sum())
                     if "teacher" in f:
                         sums["kl_teacher"] += float(((old - f["teacher"]) * m).sum())
+            if update == 0:  # before the prompts' backward: the idle rows may read the policy's prompt pass
+                entropy, tokens = self._idle_entropy(rows, idle_chunks)
+                sums["entropy"] += entropy
+                trained += tokens
+            trained += rows.backward()  # a shared prompt's share of the gradient, once all chunks are in
             if not chunks:  # every row idle: zero gradients (not none), so AdamW's momentum and decay act as ever
                 for p in self.optimizer.param_groups[0]["params"]:
                     p.grad = torch.zeros_like(p)
-            if update == 0:
-                entropy, tokens = self._idle_entropy(batch, idle_chunks)
-                sums["entropy"] += entropy
-                trained += tokens
             grad_norm = self._optimizer_step()
             if update == 0:
                 out.update(loss=sums["loss"], entropy=sums["entropy"] / max(1, n_tok),
@@ -351,41 +321,37 @@ class PolicyTrainer:
         out["tokens_trained"] = trained
         return out
 
-    def _logits(self, model, mb: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Every log-prob of the update (policy, old, reference, teacher) and the entropy come from
-        logits / T: the rows were drawn from softmax(logits / T), the policy being optimised (as TRL)."""
-        return forward_logits(model, mb, self.cfg.temperature)
-
-    def _chunks(self, rolls, seq_adv: torch.Tensor, out: dict[str, Any]) -> tuple[list, list]:
-        """The update's row chunks (:func:`length_chunks`), and apart from them the idle rows': in GRPO
-        a row whose group all scored alike has advantage 0, and with no KL term its every gradient term
-        is exactly 0 (it is never clipped either), so it gets a forward without a graph, for the entropy."""
+    def _chunks(self, lengths: list[int], seq_adv: torch.Tensor, out: dict[str, Any]) -> tuple[list, list]:
+        """The update's row chunks (:func:`length_chunks` over what each row costs the update), and apart
+        from them the idle rows': in GRPO a row whose group all scored alike has advantage 0, and with no
+        KL term its every gradient term is exactly 0 (it is never clipped either), so it gets a forward
+        without a graph, for the entropy."""
         cfg = self.cfg
-        idle = torch.zeros(len(rolls), dtype=torch.bool)
+        idle = torch.zeros(len(lengths), dtype=torch.bool)
         if cfg.objective == "grpo":
             zero = seq_adv == 0
             out["frac_reward_zero_std"] = float(zero.float().mean())
             if self.reference is None and self.teacher is None:
                 idle = zero
-        lengths = [len(r.prompt) + len(r.completion) for r in rolls]
         return (length_chunks(lengths, cfg.micro_batch, rows=~idle),
                 length_chunks(lengths, cfg.micro_batch, rows=idle))
 
     @torch.no_grad()
-    def _fixed_terms(self, batch, chunks, out: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    def _fixed_terms(self, rows, chunks, out: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         """Per chunk, what stays fixed over the mu updates: old log-probs (mu > 1), reference and
         teacher log-probs (and the teacher's logits for the JSD); counts the teacher's tokens in ``out``."""
         cfg, fixed = self.cfg, []
         for ch in chunks:
-            mb = _slice(batch, ch)
-            targets, f = mb["input_ids"][:, 1:], {}
+            f = {}
             if cfg.updates_per_batch > 1:
-                f["old"] = token_logprobs(self._logits(self.model, mb), targets)
+                logits, targets, _, _ = rows.logits(self.model, ch)
+                f["old"] = token_logprobs(logits, targets)
             if self.reference is not None:
-                f["ref"] = token_logprobs(self._logits(self.reference, mb), targets)
+                logits, targets, _, _ = rows.logits(self.reference, ch)
+                f["ref"] = token_logprobs(logits, targets)
             if self.teacher is not None:
-                t_logits = self._logits(self.teacher, mb)
-                out["teacher_tokens"] = out.get("teacher_tokens", 0) + int(mb["attention_mask"].sum())
+                t_logits, targets, _, tokens = rows.logits(self.teacher, ch)
+                out["teacher_tokens"] = out.get("teacher_tokens", 0) + tokens
                 f["teacher"] = token_logprobs(t_logits, targets)
                 if cfg.objective == "on_policy" and cfg.divergence == "jsd":
                     f["teacher_logits"] = t_logits
@@ -393,13 +359,13 @@ class PolicyTrainer:
         return fixed
 
     @torch.no_grad()
-    def _idle_entropy(self, batch, chunks) -> tuple[float, int]:
+    def _idle_entropy(self, rows, chunks) -> tuple[float, int]:
         """The zero-advantage rows' summed completion entropy and token count: a forward, no graph."""
         entropy, tokens = 0.0, 0
         for ch in chunks:
-            mb = _slice(batch, ch)
-            tokens += int(mb["attention_mask"].sum())
-            entropy += _entropy_sum(self._logits(self.model, mb), mb["mask"])
+            logits, _, mask, n = rows.logits(self.model, ch)
+            tokens += n
+            entropy += _entropy_sum(logits, mask)
         return entropy, tokens
 
     # -- dpo ------------------------------------------------------------------------------------

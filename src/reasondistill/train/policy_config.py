@@ -43,6 +43,9 @@ class PolicyConfig(BaseModel):
     prompts_per_step: int = Field(8, gt=0, description="problems per step (dpo: pairs per step)")
     group_size: int = Field(8, gt=0, description="rollouts per problem (G); grpo needs >= 2")
     micro_batch: int = Field(64, gt=0, description="sequences per forward/backward (gradient accumulation is exact)")
+    share_prompt: bool = Field(True, description="run a group's shared prompt once per update, its keys/values "
+                               "reused by the group's rollouts (the same gradient up to float rounding; llama-family "
+                               "models; train/shared_prompt.py); false: every row whole")
     max_new_tokens: int = Field(96, gt=0, description="rollout length limit (tokens)")
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature; the loss takes every log-prob "
                                "(policy, old, reference, teacher) and the entropy at it, softmax(logits / T), the "
