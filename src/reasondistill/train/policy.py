@@ -5,7 +5,8 @@
   optional k3 KL to the frozen start model and optional per-token reverse-KL advantage to the teacher
   (``kl_teacher``: verifiable reward + KL to the teacher). Without a KL term, a group whose rollouts
   all scored alike (advantage 0: its gradient is exactly zero) gets a forward without a graph, for
-  the entropy metric only; ``frac_reward_zero_std`` logs how many rows that was.
+  the entropy metric only; ``frac_reward_zero_std`` logs how many rows that was. A group's shared
+  prompt runs once per update (train/shared_prompt.py, ``share_prompt``).
 * ``on_policy``: prompts only; the teacher scores every token the student sampled. Either the sampled
   per-token reverse KL of Thinking Machines (advantage log p_teacher − log p_student, a policy
   gradient) or the full-vocabulary generalised JSD with TRL's β (β = 1 reverse KL). No CE anywhere:
@@ -272,7 +273,8 @@ class PolicyTrainer:
         trained = 0
         for update in range(cfg.updates_per_batch):
             sums = {"loss": 0.0, "clip": 0.0, "entropy": 0.0, "kl_ref": 0.0, "kl_teacher": 0.0}
-            rows.start(self.model) if chunks else None
+            if chunks:
+                rows.start(self.model)  # shared prompts: the policy's prompt pass, with a graph, at these weights
             for ch, f in zip(chunks, fixed):
                 logits, targets, mask, tokens = rows.logits(self.model, ch)
                 w = token_weights(mask, norm, n_tok, n_seq, cfg.max_new_tokens)
