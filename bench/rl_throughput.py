@@ -20,10 +20,11 @@ warm-up or final save counts); ``*_whole_run_speedup_vs_trl`` time the whole ``t
 ``--kernels`` adds, per arm, the seconds per 1000 completion tokens inside matmul/attention
 kernels, and ``*_speedup_bound_without_overhead``: our speedup if everything else cost nothing.
 Where ours is faster: rollouts decode through reasondistill/decoder.py (no per-step framework
-bookkeeping, fused q|k|v and gate|up weights, finished rows leave the batch); the update's
-micro-batches are cut by length (little padding) and run the plain causal kernel (no padding
-mask); a GRPO row whose group all scored alike (advantage 0, no KL term: a gradient of exactly
-zero) gets a forward for the entropy metric and no backward. The arithmetic is otherwise the same.
+bookkeeping, fused q|k|v and gate|up weights, finished rows leave the batch); in GRPO's update a
+group's prompt runs once, its keys/values reused by the group's rollouts (train/shared_prompt.py);
+the update's micro-batches are cut by length (little padding), whole rows run the plain causal
+kernel (no padding mask); a GRPO row whose group all scored alike (advantage 0, no KL term: a
+gradient of exactly zero) gets a forward for the entropy metric and no backward. The loss is the same.
 ``frac_reward_zero_std`` (both trainers) says how many rows that was: at the default T = 2.5 a few
 percent; at ``--temperature 1.5`` about 90%, which is where that skip matters.
 
