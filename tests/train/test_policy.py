@@ -167,6 +167,35 @@ def test_dpo_pairs_from_own_wrong_answers_and_training_widens_the_margin(problem
     rows = _rows(tmp_path / "metrics.csv")
     assert float(rows[0]["dpo_margin"]) == pytest.approx(0.0, abs=1e-5)  # policy == reference at step 1
     assert float(rows[-1]["dpo_margin"]) > 0.5 and float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    for r in rows:  # the margin is the chosen side's implicit reward minus the rejected side's
+        assert float(r["dpo_margin"]) == pytest.approx(float(r["dpo_reward_chosen"]) - float(r["dpo_reward_rejected"]),
+                                                       abs=1e-5)
+    assert float(rows[0]["dpo_reward_chosen"]) == pytest.approx(0.0, abs=1e-5)
+    assert float(rows[-1]["dpo_reward_rejected"]) < 0  # the student's own wrong answers became less likely
+
+
+def test_dpo_sft_adds_the_chosen_mean_token_nll(problems, arith, char_tokenizer):
+    """RPO (TRL's loss_type [sigmoid, sft]): at step 1 the policy is the reference, so the DPO part is
+    log 2 per pair and the loss is log 2 + w · (the chosen completions' mean per-token NLL)."""
+    import math
+
+    from reasondistill.train.policy_losses import token_logprobs
+
+    student = _student(char_tokenizer)
+    traces = [Trace(p.id, 0, p.solution, p.answer, "", 0, 0, "stop", "solver") for p in problems]
+    pairs = build_pairs(student, char_tokenizer, arith, {p.id: p for p in problems}, traces, n_problems=6, samples=2,
+                        temperature=1.0, max_new_tokens=12, seed=0)
+    cfg = PolicyConfig(objective="dpo", steps=1, prompts_per_step=4, dpo_sft=0.7)
+    t = PolicyTrainer(copy.deepcopy(student), char_tokenizer, problems, arith, cfg, "/unused", seed=0, pairs=pairs,
+                      show_progress=False)
+    picked = [pairs[i] for i in t._pick(0, len(pairs), 4)]
+    b = sequence_batch([p["prompt_ids"] for p in picked], [p["chosen_ids"] for p in picked], char_tokenizer.pad_token_id)
+    with torch.no_grad():
+        lp = token_logprobs(student(input_ids=b["input_ids"]).logits[:, :-1], b["input_ids"][:, 1:])
+    nll = float(-(lp * b["mask"]).sum() / b["mask"].sum())
+    out = t.dpo_step(0)
+    assert out["dpo_nll_chosen"] == pytest.approx(nll, rel=1e-5)
+    assert out["loss"] == pytest.approx(math.log(2) + 0.7 * nll, rel=1e-5)
 
 
 def test_dpo_without_pairs_says_what_to_do(problems, arith, char_tokenizer):

@@ -55,8 +55,8 @@ from reasondistill.train.shared_prompt import _slice, forward_logits, sequence_b
 __all__ = ["PolicyTrainer", "forward_logits", "length_chunks", "sequence_batch", "train_policy"]
 
 FIELDS = ["step", "loss", "reward_mean", "reward_std", "frac_reward_zero_std", "accuracy", "length", "entropy",
-          "clip_frac", "kl_ref", "kl_teacher", "dpo_margin", "dpo_accuracy", "lr", "grad_norm", "tokens_generated",
-          "tokens_trained", "teacher_tokens", "elapsed_s"]
+          "clip_frac", "kl_ref", "kl_teacher", "dpo_margin", "dpo_accuracy", "dpo_reward_chosen", "dpo_reward_rejected",
+          "dpo_nll_chosen", "lr", "grad_norm", "tokens_generated", "tokens_trained", "teacher_tokens", "elapsed_s"]
 
 
 def length_chunks(lengths: Sequence[int], micro_batch: int, slack: float = 0.1, min_rows: int = 8,
@@ -392,12 +392,20 @@ class PolicyTrainer:
             ref = seq_logps(self.reference)
         pol = seq_logps(self.model)  # one graph over the step's pairs: DPO couples chosen and rejected
         loss = self.dpo(pol[:n], pol[n:], ref[:n], ref[n:]) / n
+        out = {}
+        if cfg.dpo_sft:  # RPO: the chosen completions' mean per-token NLL
+            nll = -pol[:n].sum() / max(1, sum(len(c) for c in comps[:n]))
+            loss = loss + cfg.dpo_sft * nll
+            out["dpo_nll_chosen"] = float(nll.detach())
         loss.backward()
         grad_norm = self._optimizer_step()
         margins = self.dpo.margins(pol[:n], pol[n:], ref[:n], ref[n:]).detach()
+        shift = cfg.dpo_beta * (pol.detach() - ref)  # TRL's rewards/chosen, rewards/rejected: beta (pi - ref)
         return {"loss": float(loss.detach()), "dpo_margin": float(margins.mean()),
-                "dpo_accuracy": float((margins > 0).float().mean()), "grad_norm": round(grad_norm, 5),
-                "tokens_trained": int(batch["attention_mask"].sum()), "length": float(np.mean([len(c) for c in comps]))}
+                "dpo_accuracy": float((margins > 0).float().mean()), "dpo_reward_chosen": float(shift[:n].mean()),
+                "dpo_reward_rejected": float(shift[n:].mean()), "grad_norm": round(grad_norm, 5),
+                "tokens_trained": int(batch["attention_mask"].sum()), "length": float(np.mean([len(c) for c in comps])),
+                **out}
 
 
 def train_policy(model, tokenizer, problems: Sequence[Problem], task, cfg: PolicyConfig, out_dir: str | Path,

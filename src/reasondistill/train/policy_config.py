@@ -72,6 +72,9 @@ class PolicyConfig(BaseModel):
         "log p_student, Thinking Machines) or jsd (full-vocabulary generalised JSD, TRL's definition)")
     beta: float = Field(1.0, ge=0, le=1, description="on_policy jsd: 0 forward KL, 1 reverse KL (TRL's beta)")
     dpo_beta: float = Field(0.1, gt=0, description="dpo: inverse temperature of the implicit reward")
+    dpo_sft: float = Field(0.0, ge=0, description="dpo: weight of the chosen completions' mean per-token NLL added "
+                           "to the DPO loss (RPO; TRL's loss_type [sigmoid, sft]): keeps the verified traces likely "
+                           "while the margin grows (DPO alone can lower both sides, docs/rl.md)")
     dpo_samples: int = Field(4, gt=0, description="dpo: student samples per problem searched for a wrong answer")
     dpo_problems: int = Field(512, gt=0, description="dpo: problems with a verified teacher trace used for pairs")
     rewards: RewardValues = Field(RewardValues(), description="reward values by verdict (grpo)")
