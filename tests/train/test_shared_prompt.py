@@ -143,3 +143,11 @@ def test_whole_rows_when_no_prompt_repeats_or_sharing_is_off(char_tokenizer):
     model = _model("llama", char_tokenizer)
     assert isinstance(step_rows(model, [[1, 2], [3]], [[4], [5]], 0, 1.0), WholeRows)  # on-policy: one per prompt
     assert isinstance(step_rows(model, [[1, 2], [1, 2]], [[4], [5]], 0, 1.0, share=False), WholeRows)
+    model.gradient_checkpointing_enable()  # transformers keeps no cache under activation checkpointing
+    model.train()
+    rows = step_rows(model, [[1, 2], [1, 2]], [[4], [5]], 0, 1.0)
+    assert isinstance(rows, WholeRows)
+    rows.start(model)
+    logits, _, mask, _ = rows.logits(model, torch.tensor([0, 1]))
+    (logits[mask].sum()).backward()
+    assert model.model.embed_tokens.weight.grad is not None
