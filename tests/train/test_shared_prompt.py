@@ -29,7 +29,9 @@ def problems(arith):
 
 
 def _model(kind, tok, seed=1):
-    model = init_model(SPECS[kind], tok, seed=seed)
+    model = init_model(SPECS[kind.removesuffix("_eager")], tok, seed=seed)
+    if kind.endswith("_eager"):
+        model.config._attn_implementation = "eager"
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # biases start at zero: make them matter
         for name, p in model.named_parameters():
@@ -59,7 +61,7 @@ def _same_gradients(a, b):
             torch.testing.assert_close(ga[n], gb[n], rtol=1e-4, atol=1e-6 * float(gb[n].abs().max()) + 1e-9)
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2_gqa_bias"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2_gqa_bias", "llama_eager"])
 def test_shared_prompts_give_the_update_of_whole_rows(kind, problems, arith, char_tokenizer):
     """kl_ref (k3 to the start model), kl_teacher (a teacher scoring every token) and two updates per batch
     (old log-probs): every term reads the shared path; the weights after the step equal the plain path's."""
@@ -143,6 +145,11 @@ def test_whole_rows_when_no_prompt_repeats_or_sharing_is_off(char_tokenizer):
     model = _model("llama", char_tokenizer)
     assert isinstance(step_rows(model, [[1, 2], [3]], [[4], [5]], 0, 1.0), WholeRows)  # on-policy: one per prompt
     assert isinstance(step_rows(model, [[1, 2], [1, 2]], [[4], [5]], 0, 1.0, share=False), WholeRows)
+    eager = _model("llama", char_tokenizer)
+    eager.config._attn_implementation = "eager"
+    assert shareable(eager)
+    eager.config._attn_implementation = "flash_attention_2"  # not tested with this layout: whole rows
+    assert not shareable(eager)
     model.gradient_checkpointing_enable()  # transformers keeps no cache under activation checkpointing
     model.train()
     rows = step_rows(model, [[1, 2], [1, 2]], [[4], [5]], 0, 1.0)

@@ -16,7 +16,8 @@ Both classes give, per chunk of row indices, ``(logits / T, targets, mask, token
 (R, L, V) at the positions whose next token is ``targets`` (R, L), ``mask`` (R, L) True on
 completion tokens, ``tokens`` the tokens that went through the model. Shared prompts apply to the
 models the lean decoder runs (decoder.py: llama, qwen2, qwen3, mistral without sliding windows),
-peft-wrapped ones included, without activation checkpointing; anything else reads whole rows.
+peft-wrapped ones included, with sdpa or eager attention and without activation checkpointing;
+anything else reads whole rows.
 
     rows = step_rows(model, prompts, completions, pad_id, temperature, share=True)
     rows.start(model)                               # the policy's prompts, with a graph
@@ -92,12 +93,15 @@ def _unwrap(model):
 
 
 def shareable(model) -> bool:
-    """The models whose prompt keys/values a chunk can continue from: those the lean decoder runs, and
-    not under activation checkpointing (transformers then keeps no cache)."""
+    """The models whose prompt keys/values a chunk can continue from: those the lean decoder runs, with
+    sdpa or eager attention (the masks of this layout are tested there; flash-attention kernels are not
+    tested here), and not under activation checkpointing (transformers then keeps no cache)."""
     from reasondistill.decoder import unsupported
 
     inner = _unwrap(model)
-    return unsupported(inner) is None and not getattr(inner, "is_activation_checkpointing", False)
+    attention = getattr(getattr(inner, "config", None), "_attn_implementation", None)
+    return unsupported(inner) is None and attention in ("sdpa", "eager") and \
+        not getattr(inner, "is_activation_checkpointing", False)
 
 
 class _Prompts:
