@@ -45,7 +45,7 @@ class PolicyConfig(BaseModel):
     micro_batch: int = Field(64, gt=0, description="sequences per forward/backward (gradient accumulation is exact)")
     share_prompt: bool = Field(True, description="run a group's shared prompt once per update, its keys/values "
                                "reused by the group's rollouts (the same gradient up to float rounding; llama-family "
-                               "models; train/shared_prompt.py); false: every row whole")
+                               "models with sdpa or eager attention; train/shared_prompt.py); false: every row whole")
     max_new_tokens: int = Field(96, gt=0, description="rollout length limit (tokens)")
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature; the loss takes every log-prob "
                                "(policy, old, reference, teacher) and the entropy at it, softmax(logits / T), the "
