@@ -320,7 +320,7 @@ def test_decode_steps_match_sdpa_logits(char_tokenizer):
         cache, m, x, out = DynamicCache(config=model.config), mask, ids, []
         with torch.inference_mode():
             for _ in range(6):
-                logits = model(input_ids=x, attention_mask=m, past_key_values=cache, use_cache=True).logits[:, -1]
+                logits = model(input_ids=x, attention_mask=m, cache=cache, use_cache=True).logits[:, -1]
                 out.append(logits)
                 x = logits.argmax(-1, keepdim=True)
                 m = torch.cat([m, torch.ones_like(x)], dim=1)

@@ -150,7 +150,7 @@ def test_whole_rows_when_no_prompt_repeats_or_sharing_is_off(char_tokenizer):
     assert shareable(eager)
     eager.config._attn_implementation = "flash_attention_2"  # not tested with this layout: whole rows
     assert not shareable(eager)
-    model.gradient_checkpointing_enable()  # transformers keeps no cache under activation checkpointing
+    model.activation_checkpointing_enable()  # transformers keeps no cache under activation checkpointing
     model.train()
     rows = step_rows(model, [[1, 2], [1, 2]], [[4], [5]], 0, 1.0)
     assert isinstance(rows, WholeRows)

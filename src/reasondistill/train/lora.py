@@ -78,14 +78,13 @@ def target_problem(model_config, cfg: LoraConfig) -> str | None:
     config), or None. The model is built on the meta device: no weights, no memory."""
     if cfg.target_modules == "all-linear":
         return None
-    import peft
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config)
     try:
-        peft.get_peft_model(model, cfg.peft_config())
+        _get_peft_model(model, cfg)
     except ValueError:  # peft's NoMatchingPeftModuleError
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         return (f"lora.target_modules {cfg.target_modules} match no layer of the model; its linear layers are "
@@ -119,16 +118,22 @@ def apply_lora(model, cfg: LoraConfig, seed: int):
     """``model`` with adapters attached (a ``peft.PeftModel``; the base frozen). The adapters are
     initialised from ``seed`` without touching the caller's global RNG (B starts at zero, so the
     wrapped model computes exactly what the base did)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _get_peft_model(model, cfg)
+
+
+def _get_peft_model(model, cfg: LoraConfig):
     import warnings
 
     import peft
-    import torch
 
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+    with warnings.catch_warnings():
         # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning every
         # time); the attribute still works in transformers 5.x
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        torch.manual_seed(seed)
         return peft.get_peft_model(model, cfg.peft_config())
 
 
