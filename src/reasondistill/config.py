@@ -489,16 +489,6 @@ class EvaluateConfig(_Strict):
         return _drop_defaults(handler(self), self, {"budget": None})
 
 
-LOGIT_NEEDS = ("a distill section, a policy.objective on_policy or a policy.kl_teacher needs the teacher's token "
-               "distributions")
-LOGIT_FIX = ("add a local logit teacher, e.g. `logit_teacher: {model: PATH_OR_HUB_ID}` with the students' tokenizer "
-             "(docs/teachers.md#teacher-roles), or use an hf teacher")
-
-
-def _named(students: dict[str, str]) -> str:
-    return ", ".join(f"{name} ({why})" for name, why in students.items())
-
-
 class RunConfig(_Strict):
     run_dir: str = Field("runs/demo", description="the run directory every stage reads and writes")
     seed: int = Field(0, description="seed of problem selection, splits and (unless a student sets its own) "
@@ -534,10 +524,8 @@ class RunConfig(_Strict):
                 raise ValueError(f"students.{i} ({s.name}): policy.start_from {start!r} names "
                                  f"{'the student itself' if start == s.name else 'a later student'}; students train "
                                  "in the order listed, so start from one listed before it")
-        needs = self.logit_students()
-        if needs and self.logit_teacher is None and self.teacher.kind != "hf":
-            raise ValueError(f"students {_named(needs)}: {LOGIT_NEEDS}, and teacher.kind {self.teacher.kind!r} gives none; "
-                             f"{LOGIT_FIX}")
+        if self.logit_students() and self.logit_teacher is None and self.teacher.kind != "hf":
+            raise ValueError(self.no_logit_teacher())
         ood = self.evaluate.ood
         ood = ood if ood is not None and ood.task is None else None  # the rules below are for harder levels
         if ood is not None and self.task.name != "chained_arith":
@@ -550,13 +538,17 @@ class RunConfig(_Strict):
 
     def logit_students(self) -> dict[str, str]:
         """The students that need a local model's token distributions, each with the section that does."""
-        out = {}
-        for s in self.students:
-            if s.distill is not None:
-                out[s.name] = "distill"
-            elif s.policy is not None and (s.policy.objective == "on_policy" or s.policy.kl_teacher > 0):
-                out[s.name] = f"policy.{'objective on_policy' if s.policy.objective == 'on_policy' else 'kl_teacher'}"
-        return out
+        needs = {s.name: "distill" if s.distill is not None else s.policy.teacher_section() if s.policy else None
+                 for s in self.students}
+        return {name: why for name, why in needs.items() if why}
+
+    def no_logit_teacher(self) -> str:
+        """Why a run with these students and no logit teacher cannot train them, and what to add."""
+        named = ", ".join(f"{name} ({why})" for name, why in self.logit_students().items())
+        return (f"students {named}: a distill section, a policy.objective on_policy or a policy.kl_teacher needs the "
+                f"teacher's token distributions, and teacher.kind {self.teacher.kind!r} gives none; add a local logit "
+                "teacher, e.g. `logit_teacher: {model: PATH_OR_HUB_ID}` with the students' tokenizer "
+                "(docs/teachers.md#teacher-roles), or use an hf teacher")
 
     def student(self, name: str) -> StudentConfig:
         for s in self.students:

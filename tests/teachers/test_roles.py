@@ -75,7 +75,8 @@ def test_a_soft_student_without_a_logit_teacher_is_refused_at_load(tmp_path):
     f.write_text("teacher: {kind: openai, base_url: 'http://127.0.0.1:9/v1', model: big}\n"
                  "students:\n  - {name: hard, init: {hidden_size: 32}}\n"
                  "  - {name: kd, init: {hidden_size: 32}, distill: {source: on_policy}}\n")
-    with pytest.raises(ConfigError, match=r"(?s)c\.yaml.*students kd \(distill\):.*teacher\.kind 'openai'.*logit_teacher"):
+    with pytest.raises(ConfigError,
+                       match=r"(?s)c\.yaml.*students kd \(distill\):.*teacher\.kind 'openai'.*logit_teacher"):
         load_config(f)
     cfg = load_config(f, ["logit_teacher={model: bundled:tiny-arith-teacher}"])
     assert cfg.logit_teacher.model == "bundled:tiny-arith-teacher"

@@ -189,7 +189,8 @@ def test_dpo_sft_adds_the_chosen_mean_token_nll(problems, arith, char_tokenizer)
     t = PolicyTrainer(copy.deepcopy(student), char_tokenizer, problems, arith, cfg, "/unused", seed=0, pairs=pairs,
                       show_progress=False)
     picked = [pairs[i] for i in t._pick(0, len(pairs), 4)]
-    b = sequence_batch([p["prompt_ids"] for p in picked], [p["chosen_ids"] for p in picked], char_tokenizer.pad_token_id)
+    b = sequence_batch([p["prompt_ids"] for p in picked], [p["chosen_ids"] for p in picked],
+                       char_tokenizer.pad_token_id)
     with torch.no_grad():
         lp = token_logprobs(student(input_ids=b["input_ids"]).logits[:, :-1], b["input_ids"][:, 1:])
     nll = float(-(lp * b["mask"]).sum() / b["mask"].sum())

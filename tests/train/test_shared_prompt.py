@@ -87,8 +87,8 @@ def test_a_lora_student_shares_its_prompts_too(problems, arith, char_tokenizer, 
 
     def student():
         # adapters on q and v only: the keys of the prompt pass depend on no trainable weight
-        return apply_lora(load_model(str(tiny_model_dir)), LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
-                          seed=0)
+        lora = LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+        return apply_lora(load_model(str(tiny_model_dir)), lora, seed=0)
 
     assert shareable(student())
     shared, w_shared = _step(student(), char_tokenizer, problems, arith, True, kl_ref=0.1)

@@ -12,7 +12,7 @@ config refuses a soft student with neither (config.py, ``RunConfig``).
 
 from __future__ import annotations
 
-from reasondistill.config import LOGIT_FIX, LOGIT_NEEDS, LogitTeacherConfig, RunConfig, _named
+from reasondistill.config import LogitTeacherConfig, RunConfig
 
 
 def logit_teacher_config(cfg: RunConfig) -> LogitTeacherConfig | None:
@@ -29,8 +29,7 @@ def require_logit_teacher(cfg: RunConfig) -> LogitTeacherConfig:
     config file refuses a soft student without one earlier, naming it)."""
     spec = logit_teacher_config(cfg)
     if spec is None:
-        raise ValueError(f"students {_named(cfg.logit_students())}: {LOGIT_NEEDS}, and teacher.kind {cfg.teacher.kind!r} "
-                         f"gives none; {LOGIT_FIX}")
+        raise ValueError(cfg.no_logit_teacher())
     return spec
 
 

@@ -111,7 +111,7 @@ class PolicyTrainer:
             self.pairs = pairs
         elif not self.problems:
             raise ValueError(f"{name}: no training problems for policy training")
-        needs_teacher = cfg.objective == "on_policy" or cfg.kl_teacher > 0
+        needs_teacher = cfg.teacher_section() is not None
         if needs_teacher and teacher is None:
             raise ValueError(f"{name}: policy.objective {cfg.objective} with kl_teacher needs a local teacher")
         self.teacher = freeze(teacher) if needs_teacher else None

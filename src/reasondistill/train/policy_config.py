@@ -87,6 +87,13 @@ class PolicyConfig(BaseModel):
     keep_checkpoints: int = Field(2, gt=0, description="checkpoints kept")
     resume: bool = Field(True, description="continue from the last checkpoint when there is one")
 
+    def teacher_section(self) -> str | None:
+        """The setting that makes a local teacher score the student's tokens, or None (grpo without
+        kl_teacher, dpo)."""
+        if self.objective == "on_policy":
+            return "policy.objective on_policy"
+        return "policy.kl_teacher" if self.kl_teacher > 0 else None
+
     @model_validator(mode="after")
     def _consistent(self) -> "PolicyConfig":
         if self.objective == "grpo" and self.group_size < 2:

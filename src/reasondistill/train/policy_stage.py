@@ -50,7 +50,7 @@ def train_policy_student(pipeline, s, force: bool) -> dict[str, Any]:
     t = rd.train(s.name)
     rd.need(rd.train_problems, stage="generate")
     start = start_weights(pipeline, s)
-    needs_teacher = pc.objective == "on_policy" or pc.kl_teacher > 0
+    needs_teacher = pc.teacher_section() is not None
     inputs = [rd.train_problems, *([rd.curated] if pc.objective == "dpo" else [])]
     if start is not None:
         inputs += [Path(start) / "model.safetensors"] if Path(start).is_dir() else local_files(start)

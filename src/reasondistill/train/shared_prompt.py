@@ -106,8 +106,8 @@ def shareable(model) -> bool:
 
 class _Prompts:
     """One model's pass over the distinct prompts: per layer its keys/values (U, KV, W, D), and the
-    logits (U, V) at each prompt's last token. With ``grad``, the chunks read detached copies that
-    collect their gradient (``leaves``), and ``roots`` are the tensors of the graph behind them."""
+    logits (U, V) at each prompt's last token (``leaves``). With ``grad``, the chunks read detached
+    copies that collect their gradient, each paired with the tensor of the graph behind it (``pairs``)."""
 
     def __init__(self, model, ids: torch.Tensor, attn: torch.Tensor, lengths: torch.Tensor, temperature: float,
                  grad: bool):
@@ -121,8 +121,8 @@ class _Prompts:
             last = last if temperature == 1.0 else last / temperature
         tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)] + [last]
         # a tensor no trainable weight reaches (a LoRA model's keys where k_proj has no adapter) stays a constant
-        self.roots = [t for t in tensors if t.requires_grad]
         self.leaves = [t.detach().requires_grad_() if t.requires_grad else t for t in tensors]
+        self.pairs = [(t, leaf) for t, leaf in zip(tensors, self.leaves) if t.requires_grad]
 
     def cache(self, model, groups: torch.Tensor):
         """A cache holding each row's prompt keys/values (rows -> their group's)."""
@@ -135,8 +135,7 @@ class _Prompts:
         return cache
 
     def backward(self) -> None:
-        pairs = [(r, leaf.grad) for r, leaf in zip(self.roots, [x for x in self.leaves if x.requires_grad])
-                 if leaf.grad is not None]
+        pairs = [(root, leaf.grad) for root, leaf in self.pairs if leaf.grad is not None]
         if pairs:
             torch.autograd.backward([r for r, _ in pairs], [g for _, g in pairs])
 
