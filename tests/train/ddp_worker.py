@@ -45,6 +45,9 @@ def main() -> None:
                       keep_checkpoints=10, resume=args.resume, sharding=args.sharding)
     train_model(model, tok, args.data / "train.safetensors", args.data / "val.safetensors", args.out, cfg, seed=0,
                 show_progress=False)
+    from reasondistill.distributed import shutdown
+
+    shutdown()  # as the CLI does: a rank that exits with the group open can abort in gloo's teardown (CI, stop 25)
 
 
 if __name__ == "__main__":

@@ -213,6 +213,10 @@ def train_model(model, tokenizer, train_path: str | Path, val_path: str | Path |
     """Train ``model`` on a built dataset; write checkpoints, ``final/`` and ``metrics.csv``.
 
     Returns a summary: steps, final validation loss, wall time, tokens/s, parameter count.
+
+    Under ``torchrun`` every process calls it; a script that does so should end with
+    ``reasondistill.distributed.shutdown()`` (the CLI does), so the processes leave the process
+    group together: a rank that exits with the group open can abort in gloo's teardown.
     """
     return Trainer(model, tokenizer, train_path, val_path, out_dir, cfg, seed, objective, name, show_progress).run()
 
