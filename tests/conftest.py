@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,22 @@ TINY = {"architecture": "llama", "hidden_size": 32, "num_hidden_layers": 1, "num
 # head_dim 32: reasondistill/attention.py trains it in fp32 too (train.attention: auto)
 QWEN_HEAD32 = {"architecture": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                "num_key_value_heads": 1, "intermediate_size": 96, "max_position_embeddings": 512}
+
+
+@contextmanager
+def hang_guard(seconds: float, what: str):
+    """Fail (TimeoutError) if the block runs longer than ``seconds``: a guard against a hang (a
+    regex that backtracks for hours), set a hundredfold above the block's usual time so a busy
+    machine never trips it. Not a speed test: those are in bench/. Main thread only (SIGALRM)."""
+    def expire(*_):
+        raise TimeoutError(f"{what}: still running after {seconds:g} s (a hang, or super-linear time)")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(autouse=True, scope="session")
