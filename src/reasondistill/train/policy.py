@@ -51,6 +51,7 @@ from reasondistill.train.policy_losses import (ClippedPolicyLoss, DPOLoss, group
                                                token_logprobs, token_weights)
 from reasondistill.train.rewards import VerifierReward
 from reasondistill.train.shared_prompt import _slice, forward_logits, sequence_batch, step_rows
+from reasondistill.train.step_rng import step_rng
 
 __all__ = ["PolicyTrainer", "forward_logits", "length_chunks", "sequence_batch", "train_policy"]
 
@@ -189,7 +190,8 @@ class PolicyTrainer:
         with progress_bar(f"{cfg.objective} {self.name}", cfg.steps, self.show_progress, self.state["step"]) as advance:
             while self.state["step"] < cfg.steps:
                 step = self.state["step"]
-                last = self.dpo_step(step) if cfg.objective == "dpo" else self.rollout_step(step)
+                with step_rng(self.seed, step, device=next(self.model.parameters()).device):  # dropout: per step
+                    last = self.dpo_step(step) if cfg.objective == "dpo" else self.rollout_step(step)
                 self.state["step"] = step + 1
                 self.state["elapsed_s"] = time.perf_counter() - t0
                 for k in ("tokens_generated", "tokens_trained", "teacher_tokens"):

@@ -41,6 +41,7 @@ from reasondistill.distributed import world_size
 from reasondistill.train.checkpoint import check_finite, checkpoints, prune, restore_checkpoint, save_checkpoint
 from reasondistill.train.config import TrainConfig, resolve_mixed_precision
 from reasondistill.train.plan import StepPlan
+from reasondistill.train.step_rng import step_rng
 
 METRIC_FIELDS = ["step", "epoch", "train_loss", "val_loss", "val_objective", "lr", "grad_norm", "target_tokens",
                  "tokens_per_s", "elapsed_s"]
@@ -413,8 +414,9 @@ class Trainer:
         batches = self._collate(group)
         local_tokens = sum(self.train_ds.target_tokens(idx) for idx in group if len(idx))
         self.window.all_tokens += sum(int(self.train_ds.lengths[idx].sum()) for idx in group if len(idx))
-        self.window.loss += accumulate_gradients(self.model, batches, self.objective, self.accelerator, local_tokens,
-                                                 self.precision)
+        with step_rng(self.seed, self.state["step"], self.rank, self.device):  # dropout: a function of the step
+            self.window.loss += accumulate_gradients(self.model, batches, self.objective, self.accelerator,
+                                                     local_tokens, self.precision)
         self.micro_batches_run += len(batches)
         for p in self.extra if self.world > 1 else []:  # not inside DDP: average their gradients by hand
             p.grad = self.accelerator.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="mean")
