@@ -190,3 +190,21 @@ def test_fields_added_later_keep_old_fingerprints():
                                           train={"packing": True, "pack_tokens": 512}))
     assert packed["attn_implementation"] == "eager"
     assert packed["train"]["packing"] is True and packed["train"]["pack_tokens"] == 512
+
+
+def test_the_report_leaves_out_an_evaluation_made_under_another_config(tmp_path, tiny_model_dir):
+    """Re-evaluating part of a run under a new evaluate config must not put the other models' old
+    numbers beside the fresh ones: they are left out, with the reason, until they are re-evaluated."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir)
+    cli("run", cfg)
+    run = tmp_path / "run"
+    cli("evaluate", run, "evaluate.max_new_tokens=6", "--model", "teacher")  # the override sticks to the run
+    cli("report", run)
+    report = json.loads((run / "report.json").read_text())
+    assert "teacher" in report["models"] and "s1" not in report["models"]
+    assert "stale" in report["skipped"]["evaluate:s1"] and "--model s1" in report["skipped"]["evaluate:s1"]
+    assert "evaluate:s1" in (run / "report.md").read_text()
+    cli("evaluate", run, "--model", "s1")
+    cli("report", run)
+    report = json.loads((run / "report.json").read_text())
+    assert {"teacher", "s1"} <= set(report["models"]) and "evaluate:s1" not in report["skipped"]

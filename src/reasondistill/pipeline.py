@@ -591,7 +591,7 @@ class Pipeline:
 
     def _evaluate_one(self, name: str, path: str, test_path: Path, force: bool) -> dict[str, Any]:
         from reasondistill.evaluate.accuracy import evaluate_model
-        from reasondistill.evaluate.backends import backend_conf, evaluation_backend
+        from reasondistill.evaluate.backends import evaluation_backend
 
         if name != "teacher":
             self.rd.need(Path(path), stage="train")
@@ -605,12 +605,33 @@ class Pipeline:
             self.log(f"       {name}: accuracy {m['accuracy']:.3f} on {m['n']} problems"
                      + (f" ({m['timeouts']} answers past the verify time limit: unparseable)" if m.get("timeouts") else ""))
             return m
-        from reasondistill.evaluate.backends import model_inputs
+        stage, conf, inputs, outputs = self._greedy_stage(name, path)
+        return self.run_stage(stage, conf, inputs, outputs, fn, force)
 
-        inputs = [test_path, *model_inputs(name, path)]
+    def _greedy_stage(self, name: str, path: str) -> tuple[str, dict[str, Any], list[Path], list[Path]]:
+        """A model's greedy evaluation stage: (stage name, config, inputs, outputs) as fingerprinted."""
+        from reasondistill.evaluate.backends import backend_conf, model_inputs
+
         conf = {"evaluate": self._greedy_conf(), "model": path} | backend_conf(self.cfg, name)
-        return self.run_stage(f"evaluate:{name}", conf,
-                              inputs, self.rd.eval(name).greedy_outputs, fn, force)
+        return (f"evaluate:{name}", conf, [self.rd.test_problems, *model_inputs(name, path)],
+                self.rd.eval(name).greedy_outputs)
+
+    def _mark_stale_evaluations(self) -> None:
+        """Before a report: a model whose greedy evaluation on disk was made under another config or
+        model than the current one (an evaluate re-run that stopped part way, a retrained student) is
+        marked skipped with the reason, so the report leaves it out and says why, instead of showing it
+        beside fresh numbers."""
+        targets = [("teacher", self.cfg.teacher.model)] if self.cfg.evaluate.teacher and \
+            self.cfg.teacher.kind != "ingested" else []
+        targets += [(s.name, str(self.rd.train(s.name).final)) for s in self.cfg.students]
+        for name, path in targets:
+            stage, conf, inputs, outputs = self._greedy_stage(name, path)
+            if not all(p.exists() for p in outputs) or stage in self.rd.skipped():
+                continue
+            if not all(Path(p).exists() for p in inputs) or \
+                    not self.rd.is_current(stage, self.rd.fingerprint(conf, inputs), outputs):
+                self.rd.mark_skipped(stage, "stale: evaluated under another config or model than the current "
+                                     f"one; re-run `reasondistill evaluate {self.rd.root} --model {name}`", self.log)
 
     # -- evaluation beyond greedy: sampled, OOD, budgets, vs teacher, router (evaluate/stages.py) ----
     def _greedy_conf(self) -> dict[str, Any]:
@@ -648,6 +669,7 @@ class Pipeline:
     def report(self, force: bool = False) -> dict[str, Any]:
         from reasondistill.report.build import write_report
 
+        self._mark_stale_evaluations()
         inputs = self.rd.report_inputs()  # the other stages' outputs the report reads (layout.py)
         if not inputs:
             raise StageInputMissing(f"nothing to report in {self.rd.root}: run `reasondistill evaluate` first")
