@@ -71,6 +71,25 @@ def test_messages_rows_with_reasoning_content_or_think_tags(tmp_path):
     assert (traces[1].thinking, traces[1].answer, traces[1].text) == ("one", "1", "<think>one</think>\n\n1")
 
 
+def test_malformed_think_tags_stay_visible_to_curation(tmp_path):
+    from reasondistill.thinking import split_thinking
+
+    pairs = [("t <think>n</think>", "\\boxed{5}"), ("fine", "<think>hmm</think>\\boxed{5}"),
+             ("<think>unclosed", "\\boxed{5}"), ("stray</think>", "\\boxed{5}"),
+             ("<think>ok</think>", "\\boxed{5}"), (" ok ", "\\boxed{5}")]
+    r1 = write_r1(tmp_path / "r1.json", [{"problem": f"p{i}", "gtruth_answer": "5", "message_thinking": t,
+                                          "message_content": c} for i, (t, c) in enumerate(pairs)])
+    msgs = tmp_path / "m.jsonl"
+    msgs.write_text("".join(json.dumps({"answer": "5", "messages": [
+        {"role": "user", "content": f"p{i}"},
+        {"role": "assistant", "content": c, "reasoning_content": t}]}) + "\n" for i, (t, c) in enumerate(pairs)))
+    for path, fmt in ((r1, "r1"), (msgs, "messages")):
+        traces = parse_file(path, fmt)[1]
+        assert [split_thinking(t.text)[2] for t in traces] == [False] * 4 + [True] * 2, fmt
+        assert [(t.thinking, t.answer) for t in traces[4:]] == [("ok", "\\boxed{5}")] * 2
+        assert traces[4].text == traces[5].text == "<think>ok</think>\n\n\\boxed{5}"
+
+
 @pytest.mark.parametrize("fmt, row, field", [
     ("r1", {"problem": "p", "message_thinking": "t", "message_content": "c"}, "gtruth_answer"),
     ("r1", {"problem": ["p"], "gtruth_answer": "1", "message_thinking": "t", "message_content": "c"}, "problem"),

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from reasondistill.records import (JsonlWriter, Problem, RecordError, Trace, read_records, repair_tail,
+from reasondistill.records import (JsonlWriter, Problem, RecordError, Trace, iter_jsonl, read_records, repair_tail,
                                    write_records)
 
 
@@ -24,6 +24,13 @@ def test_bad_json_names_file_and_line(tmp_path):
         fh.write("{not json\n")
     with pytest.raises(RecordError, match=r"a\.jsonl:2: not valid JSON"):
         read_records(f, Trace)
+
+
+def test_bad_json_column_is_on_its_own_line(tmp_path):
+    f = tmp_path / "b.jsonl"
+    f.write_text('{"a": 1}\n{"question": "What is 9 + 9?", "answer": "18"\n{"a": 2}\r\n')
+    with pytest.raises(RecordError, match=r"b\.jsonl:2: not valid JSON \(Expecting ',' delimiter at column 46\)"):
+        list(iter_jsonl(f))
 
 
 def test_missing_and_mistyped_field_are_named(tmp_path):

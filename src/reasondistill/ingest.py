@@ -11,7 +11,9 @@ Formats (a JSON array or JSON lines; one row = one trace; rows with the same pro
 samples 0, 1, … of that problem):
 
 - ``r1``: the rows of "Build a Reasoning Model (From Scratch)" (ch08 distillation data):
-  ``problem``, ``gtruth_answer``, ``message_thinking``, ``message_content``.
+  ``problem``, ``gtruth_answer``, ``message_thinking``, ``message_content``. The thinking may be
+  wrapped once in ``<think>…</think>``; any other tag (in the thinking or the content) is kept, so
+  curate flags the trace as a malformed ``<think>`` block, as it does for ``messages``.
 - ``messages``: OpenAI-style ``messages`` — an optional system message, one user message and a
   final assistant message whose ``reasoning_content`` (or ``reasoning``) holds the thinking, or
   whose content holds ``<think>…</think>`` then the answer — plus a reference answer in
@@ -67,16 +69,22 @@ def _text(row: dict, key: str, where: str, *, required: bool = True, numbers: bo
     return value
 
 
-def _strip_tags(text: str) -> str:
-    return text.replace(OPEN, "").replace(CLOSE, "").strip()
+def _unwrap(text: str) -> str:
+    """A thinking field without the one ``<think>…</think>`` pair around it, if it has one. Any other
+    tag stays, so the trace's text is a malformed ``<think>`` block that curate flags (as for
+    ``messages`` with tags in the content) rather than a repaired one the student would train on."""
+    text = text.strip()
+    if text.startswith(OPEN) and text.endswith(CLOSE):
+        text = text[len(OPEN):-len(CLOSE)].strip()
+    return text
 
 
 def parse_r1(row: dict, where: str) -> dict[str, Any]:
     """An r1 row as {prompt, answer, thinking, final, text}."""
     prompt = _text(row, "problem", where)
     gold = _text(row, "gtruth_answer", where, numbers=True)
-    thinking = _strip_tags(_text(row, "message_thinking", where))
-    final = _strip_tags(_text(row, "message_content", where))
+    thinking = _unwrap(_text(row, "message_thinking", where))
+    final = _text(row, "message_content", where).strip()  # a <think> here stays: curate flags it
     return {"prompt": prompt, "answer": gold, "thinking": thinking, "final": final,
             "text": format_target(thinking, final)}
 
@@ -105,7 +113,7 @@ def parse_messages(row: dict, where: str) -> dict[str, Any]:
         if reasoning:
             break
     if reasoning:
-        thinking, final = _strip_tags(reasoning), _strip_tags(content)
+        thinking, final = _unwrap(reasoning), content.strip()  # stray tags stay for curate to flag
         text = format_target(thinking, final)
     else:  # <think>…</think> inside the content; a malformed block is kept for curate to judge
         thinking, final, _ok = split_thinking(content)

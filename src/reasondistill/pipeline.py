@@ -103,7 +103,7 @@ class Pipeline:
         conf = {"task": self.cfg.task, "seed": self.cfg.seed}
 
         def fn(_fp):
-            from reasondistill.tasks.mixture import select_problems
+            from reasondistill.tasks.mixture import composition_warnings, select_problems
 
             train, comp_train = select_problems(self.task, "train", self.cfg.task.n_train, self.cfg.seed)
             test, comp_test = select_problems(self.task, "test", self.cfg.task.n_test, self.cfg.seed)
@@ -111,6 +111,8 @@ class Pipeline:
             write_records(out_test, test)
             composition = {"train": comp_train, "test": comp_test}  # problems per source (mixture: wanted vs taken)
             write_json(self.rd.composition, composition)
+            for line in composition_warnings(comp_train) + composition_warnings(comp_test):
+                self.log(f"       {line}")
             return {"train": len(train), "test": len(test), "composition": composition}
         inputs = getattr(self.task, "input_files", lambda: [])()  # data files: a changed file re-runs the stage
         return self.run_stage("problems", conf, inputs, self.rd.problems_outputs, fn, force)

@@ -10,6 +10,7 @@ reported by file, line and field instead of failing somewhere downstream.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import os
@@ -18,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -129,32 +130,56 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for every non-blank line; a bad line raises RecordError."""
+def iter_jsonl(path: str | Path, on_error: Callable[[RecordError], None] | None = None
+               ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for every non-blank line; a bad line raises RecordError, or is
+    handed to ``on_error`` and reading goes on. A UTF-8 byte order mark opening the file is skipped."""
     path = Path(path)
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = (raw.removeprefix(codecs.BOM_UTF8) if lineno == 1 else raw).decode("utf-8")
+                if not line.strip():
+                    continue
+                obj = _json_line(path, lineno, line)
             except UnicodeDecodeError as exc:
-                raise RecordError(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start} of the "
-                                  "line)") from None
-            if not line.strip():
+                err = RecordError(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)")
+            except RecordError as exc:
+                err = exc
+            else:
+                yield lineno, obj
                 continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if on_error is None:
+                raise err
+            on_error(err)
 
 
-def read_text(path: str | Path) -> str:
-    """A UTF-8 text file; one that is not UTF-8 raises RecordError naming it and the line."""
+def _json_line(path: Path, lineno: int, line: str) -> Any:
+    try:
+        return json.loads(line.rstrip("\r\n"))  # with the newline, an error at the end would be "column 1"
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def read_text(path: str | Path, lenient: bool = False) -> str:
+    """A UTF-8 text file (a byte order mark opening it is dropped); one that is not UTF-8 raises
+    RecordError naming it and the line, unless ``lenient``: then each bad byte becomes a lone
+    surrogate (U+DC80-U+DCFF, see :func:`has_bad_bytes`) for the caller to report per row."""
     data = Path(path).read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig", "surrogateescape" if lenient else "strict")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise RecordError(f"{path}:{line}: not UTF-8 text ({exc.reason}); convert the file to UTF-8") from None
+
+
+def has_bad_bytes(value: Any) -> bool:
+    """Does ``value`` (text, or a list/dict holding text) carry bytes a lenient :func:`read_text` could not decode?"""
+    if isinstance(value, str):
+        return any("\udc80" <= ch <= "\udcff" for ch in value)
+    if isinstance(value, dict):
+        return any(has_bad_bytes(k) or has_bad_bytes(v) for k, v in value.items())
+    return isinstance(value, list) and any(has_bad_bytes(v) for v in value)
 
 
 def json_rows(path: str | Path) -> list[tuple[int, Any]]:

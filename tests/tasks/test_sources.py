@@ -212,3 +212,48 @@ def test_bad_problem_files_name_the_file_and_line(tmp_path, name, content, expec
     with pytest.raises(RecordError) as err:
         task.problems("train", None, 0)
     assert expected in str(err.value)
+
+
+def test_skip_bad_rows_skips_unreadable_lines_and_records_why(tmp_path):
+    path = tmp_path / "badjson.jsonl"
+    good = [json.dumps(r).encode() + b"\n" for r in ROWS[:6]]
+    lines = [b"\xef\xbb\xbf" + good[0], *good[1:3], b'{"q": "caf\xe9", "a": "1"}\n', b"[1, 2]\n", good[3],
+             b'{"q": "What is 9 + 9?", "a": "18"\n', good[4], b'"just text"\n', good[5]]
+    path.write_bytes(b"".join(lines))
+    spec = {"name": "file", "train_path": str(path), "fields": MAPPING}
+    with pytest.raises(RecordError, match=rf"{path}:4: not UTF-8 text"):
+        load_task(spec).problems("train", None, 0)
+    task = load_task({**spec, "skip_bad_rows": True})
+    assert sorted(p.id for p in task.problems("train", None, 0)) == [f"file:r{i}" for i in range(6)]
+    assert task.skipped == {"train": 4}
+    reasons = task.skip_reasons["train"]
+    assert [r.split(": ")[0] for r in reasons] == [f"{path}:{n}" for n in (4, 5, 7, 9)]
+    assert "not UTF-8 text" in reasons[0] and "expected an object" in reasons[1]
+    assert "not valid JSON (Expecting ',' delimiter at column 34)" in reasons[2]  # not column 1 of a next line
+
+
+def test_skip_bad_rows_in_json_arrays_and_csv(tmp_path):
+    arr = tmp_path / "qa.json"
+    arr.write_bytes(b'[\n' + json.dumps(ROWS[0]).encode() + b',\n  7,\n {"q": "\xff", "a": "1"},\n'
+                    + json.dumps(ROWS[1]).encode() + b'\n]')
+    spec = {"name": "file", "train_path": str(arr), "fields": MAPPING}
+    with pytest.raises(RecordError, match=rf"{arr}:4: not UTF-8 text"):
+        load_task(spec).problems("train", None, 0)
+    task = load_task({**spec, "skip_bad_rows": True})
+    assert sorted(p.id for p in task.problems("train", None, 0)) == ["file:r0", "file:r1"]
+    assert [r.split(": ")[0] for r in task.skip_reasons["train"]] == [f"{arr}:3 (item 2)", f"{arr}:4 (item 3)"]
+    assert "not UTF-8 text" in task.skip_reasons["train"][1]
+    ragged = tmp_path / "qa.csv"
+    ragged.write_bytes(b"q,a\nx?,1\ny?,2,3\nz\xff?,4\nw?,5\n")
+    task = load_task({"name": "file", "train_path": str(ragged), "fields": {"question": "q", "answer": "a"},
+                      "skip_bad_rows": True})
+    assert sorted(p.prompt for p in task.problems("train", None, 0)) == ["w?", "x?"]
+    assert [r.split(": ")[0] for r in task.skip_reasons["train"]] == [f"{ragged}:3 (row 2)", f"{ragged}:4 (row 3)"]
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    for fmt in ("jsonl", "json", "csv"):
+        path = write(tmp_path / f"bom.{fmt}", ROWS[:3], fmt)
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+        task = load_task({"name": "file", "train_path": str(path), "fields": MAPPING})
+        assert sorted(p.id for p in task.problems("train", None, 0)) == ["file:r0", "file:r1", "file:r2"], fmt

@@ -111,7 +111,8 @@ class _FileTask(_TaskBase):
         "auto", description="the files' format (auto: from the file name)")
     test_fraction: float = Field(0.1, gt=0, lt=1, description="share of a single file that is the test split")
     template: str = Field("{question}", description="the prompt; {question} is the rendered question")
-    skip_bad_rows: bool = Field(False, description="skip (and count) malformed rows instead of failing")
+    skip_bad_rows: bool = Field(False, description="skip (and count) malformed rows instead of failing; counts and the "
+                                "first reasons go to problems/composition.json")
     n_train: int | None = Field(None, gt=0, description="cap on training problems (None: all)")
     n_test: int | None = Field(None, gt=0, description="cap on test problems (None: all)")
 

@@ -11,8 +11,10 @@ shared part:
 * ids are ``<name>:<id field>`` or, without an id field, ``<name>:<hash of the question>``
   (a repeated question is kept once); a repeated id field is an error naming both rows;
 * ``problems(split, n, seed)`` is a seeded shuffle of the split, then the first ``n`` (None: all);
-* a malformed row raises an error naming file, line and field (or is skipped and counted with
-  ``skip_bad_rows``).
+* a malformed row, including a line the reader cannot read (not UTF-8, not JSON, not an object),
+  raises an error naming file, line and field, or with ``skip_bad_rows`` is skipped, counted and
+  its reason kept (the first few): :meth:`RowTask.left_out`, which the pipeline writes to
+  ``problems/composition.json`` and prints.
 
     task = FileTask(path="qa.jsonl", fields={"question": "q", "answer": "a"})
     task.problems("test", n=None, seed=0)
@@ -30,6 +32,9 @@ from reasondistill.records import Problem, RecordError
 from reasondistill.checks import Check
 from reasondistill.tasks.config import FileFields
 from reasondistill.tasks.sources import Row, detect_format, field_value, is_dataset_dict, read_dataset, read_rows
+
+
+SKIP_REASONS = 5  # skipped bad rows whose reason is recorded (per split); the rest are counted
 
 
 def hash_split(text: str, test_fraction: float) -> str:
@@ -71,6 +76,7 @@ class RowTask:
         self.skip_bad_rows, self.strategy = skip_bad_rows, strategy
         self.fields = self.fields_cls(**(fields or {}))
         self.skipped: dict[str, int] = {}  # bad rows skipped per split (skip_bad_rows)
+        self.skip_reasons: dict[str, list[str]] = {}  # the first SKIP_REASONS of them, "file:line: why"
         self.repeated: dict[str, int] = {}  # repeated questions kept once, per split
         self._cache: dict[str, list[Problem]] = {}
 
@@ -101,6 +107,15 @@ class RowTask:
                 "skipped_bad_rows": dict(self.skipped), "repeated_questions": dict(self.repeated),
                 **({"strategy": self.strategy} if self.strategy else {})}
 
+    def left_out(self, split: str) -> dict[str, Any] | None:
+        """What reading ``split`` left out: bad rows skipped (with the first reasons) and repeated
+        questions kept once; None when nothing (the pipeline records it in problems/composition.json)."""
+        self._pool(split)
+        if not (self.skipped[split] or self.repeated[split]):
+            return None
+        return {"bad_rows": self.skipped[split], "repeated_questions": self.repeated[split],
+                "first_bad_rows": list(self.skip_reasons[split])}
+
     def problems(self, split: str, n: int | None, seed: int) -> list[Problem]:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -121,15 +136,16 @@ class RowTask:
             return False
         return not (detect_format(self.path, self.format) == "hf" and is_dataset_dict(self.path))
 
-    def _rows(self, split: str):
+    def _rows(self, split: str, on_error=None):
         if self.hf_id:
             return read_dataset(self.hf_id, split=self.splits[split], config=self.hf_config, hub=True)
         if self.path:
-            return read_rows(self.path, self.format, split=self.splits[split])
+            return read_rows(self.path, self.format, split=self.splits[split], on_error=on_error)
         path = self.train_path if split == "train" else self.test_path
         if not path:
             raise ValueError(f"task {self.name}: no {split} problems: set task.{split}_path")
-        return read_rows(path, self.format, split=self.splits[split] if is_dataset_dict(path) else None)
+        return read_rows(path, self.format, split=self.splits[split] if is_dataset_dict(path) else None,
+                         on_error=on_error)
 
     def _pool(self, split: str) -> list[Problem]:
         if split in self._cache:
@@ -137,8 +153,9 @@ class RowTask:
         hashed = self._hash_split()
         out: list[Problem] = []
         seen: dict[str, str] = {}
-        skipped = repeated = rows = 0
-        for row in self._rows(split):
+        bad: list[RecordError] = []  # rows skipped (skip_bad_rows); unreadable ones come from the reader
+        repeated = rows = 0
+        for row in self._rows(split, bad.append if self.skip_bad_rows else None):
             rows += 1
             try:
                 parts = self.parse(row)
@@ -152,10 +169,10 @@ class RowTask:
                         continue
                     raise RecordError(f"{row.where}: field {self.fields.id!r} (task.fields.id): id "
                                       f"{parts['id']!r} repeats the one at {seen[pid]}")
-            except RecordError:
+            except RecordError as exc:
                 if not self.skip_bad_rows:
                     raise
-                skipped += 1
+                bad.append(exc)
                 continue
             seen[pid] = row.where
             meta = dict(parts.get("meta") or {})
@@ -164,10 +181,11 @@ class RowTask:
             out.append(Problem(id=pid, task=self.name, prompt=self.template.replace("{question}", parts["question"]),
                                answer=parts["answer"], solution=parts.get("solution") or "",
                                difficulty=parts.get("difficulty") or 0, meta=meta))
-        if not rows:
+        if not rows and not bad:
             source = self.hf_id or self.path or (self.train_path if split == "train" else self.test_path)
             raise RecordError(f"{source}: no rows (an empty file?): task {self.name} has no {split} problems")
-        self.skipped[split], self.repeated[split] = skipped, repeated
+        self.skipped[split], self.repeated[split] = len(bad), repeated
+        self.skip_reasons[split] = [str(e) for e in bad[:SKIP_REASONS]]
         self._cache[split] = out
         return out
 

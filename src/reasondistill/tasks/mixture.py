@@ -44,14 +44,43 @@ def composition_of(problems: list[Problem]) -> dict[str, int]:
     return dict(sorted(Counter(p.meta.get("source", p.task) for p in problems).items()))
 
 
+def left_out(task: Task, split: str) -> dict[str, Any] | None:
+    """What reading the task's ``split`` left out (bad rows skipped, repeated questions), or None."""
+    report = getattr(task, "left_out", None)
+    return report(split) if report is not None else None
+
+
 def select_problems(task: Task, split: str, n: int | None, seed: int) -> tuple[list[Problem], dict[str, Any]]:
     """``task.problems`` plus its composition: a mixture's own (:meth:`Mixture.select`), else the
-    problems counted per source."""
+    problems counted per source; ``skipped`` (only when something was): per source, what reading
+    left out (:meth:`RowTask.left_out <reasondistill.tasks.filetask.RowTask.left_out>`)."""
     select = getattr(task, "select", None)
     if select is not None:
         return select(split, n, seed)
     problems = task.problems(split, n, seed)
-    return problems, {"split": split, "requested": n, "total": len(problems), "sources": composition_of(problems)}
+    comp = {"split": split, "requested": n, "total": len(problems), "sources": composition_of(problems)}
+    if (skipped := left_out(task, split)) is not None:
+        comp["skipped"] = {task.name: skipped}
+    return problems, comp
+
+
+def composition_warnings(comp: dict[str, Any]) -> list[str]:
+    """Lines worth printing about one split's composition: rows skipped or kept once per source, and
+    mixture sources that gave fewer problems than their share."""
+    split, out = comp["split"], []
+    for label, s in (comp.get("skipped") or {}).items():
+        line = f"{label} {split}: "
+        if s["bad_rows"]:
+            line += f"skipped {s['bad_rows']} malformed rows (task.skip_bad_rows; the first: {s['first_bad_rows'][0]})"
+        if s["repeated_questions"]:
+            line += ("; " if s["bad_rows"] else "") + f"kept {s['repeated_questions']} repeated questions once"
+        out.append(line)
+    for label, s in comp["sources"].items():
+        if isinstance(s, dict) and s["taken"] < s["wanted"]:  # a mixture's source (else a plain count)
+            has = f"it has {s['available']}" + ("" if s["cap"] is None else " after its cap")
+            out.append(f"warning: mixture source {label!r} {split}: {s['taken']} of the {s['wanted']} wanted "
+                       f"({has}; the shortfall is not filled from the other sources)")
+    return out
 
 
 class Mixture:
@@ -100,6 +129,7 @@ class Mixture:
         wanted = apportion(n, weights)
         out: list[Problem] = []
         comp: dict[str, Any] = {}
+        skips: dict[str, Any] = {}
         for (label, ratio, cap, task), want, have in zip(self.sources, wanted, avail):
             take = min(want, have)
             got = task.problems(split, take, seed) if take else []
@@ -108,11 +138,14 @@ class Mixture:
             out.extend(got)
             comp[label] = {"ratio": ratio / sum(weights), "cap": cap, "available": have, "wanted": want,
                            "taken": len(got)}
+            if (skipped := left_out(task, split)) is not None:
+                skips[label] = skipped
         ids = [p.id for p in out]
         if len(set(ids)) != len(ids):  # labels prefix every id, so this is a bug, not bad data
             raise RuntimeError(f"mixture {split}: problem ids repeat across sources")
         random.Random(f"{self.name}:{split}:{seed}").shuffle(out)
-        return out, {"split": split, "requested": n, "total": len(out), "sources": comp}
+        return out, {"split": split, "requested": n, "total": len(out), "sources": comp,
+                     **({"skipped": skips} if skips else {})}
 
     def problems(self, split: str, n: int | None, seed: int) -> list[Problem]:
         return self.select(split, n, seed)[0]

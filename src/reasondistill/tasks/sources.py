@@ -22,9 +22,9 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from reasondistill.records import RecordError, iter_jsonl, json_array_rows, read_text
+from reasondistill.records import RecordError, has_bad_bytes, iter_jsonl, json_array_rows, read_text
 
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet",
               ".pq": "parquet"}
@@ -52,8 +52,13 @@ def detect_format(path: str | Path, fmt: str = "auto") -> str:
                       "jsonl, json, csv, parquet, hf")
 
 
-def read_rows(path: str | Path, fmt: str = "auto", split: str | None = None) -> Iterator[Row]:
-    """The rows of one file (or of ``split`` of a ``datasets`` directory), in file order."""
+def read_rows(path: str | Path, fmt: str = "auto", split: str | None = None,
+              on_error: Callable[[RecordError], None] | None = None) -> Iterator[Row]:
+    """The rows of one file (or of ``split`` of a ``datasets`` directory), in file order.
+
+    A row that cannot be read (not UTF-8, not JSON, not an object, too many CSV values) raises
+    RecordError, or is handed to ``on_error`` and reading goes on. A file broken as a whole (a JSON
+    array's syntax, an unreadable Parquet file) always raises."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: problem file not found (paths are relative to the working directory "
@@ -65,41 +70,60 @@ def read_rows(path: str | Path, fmt: str = "auto", split: str | None = None) -> 
         return
     if kind not in readers:
         raise RecordError(f"{p}: unknown format {kind!r}")
-    yield from readers[kind](p)
+    yield from readers[kind](p, on_error or _raise)
 
 
-def _object(where: str, obj: Any) -> dict[str, Any]:
+def _raise(err: RecordError) -> None:
+    raise err
+
+
+def _bad_object(where: str, obj: Any, lenient: bool = False) -> RecordError | None:
+    """Why ``obj`` is not a row, or None; ``lenient``: read with :func:`read_text`'s ``lenient``."""
     if not isinstance(obj, dict):
-        raise RecordError(f"{where}: expected an object with named fields, got {type(obj).__name__}")
-    return obj
+        return RecordError(f"{where}: expected an object with named fields, got {type(obj).__name__}")
+    if lenient and has_bad_bytes(obj):
+        return RecordError(f"{where}: not UTF-8 text; convert the file to UTF-8")
+    return None
 
 
-def _jsonl(p: Path) -> Iterator[Row]:
-    for lineno, obj in iter_jsonl(p):
-        yield Row(f"{p}:{lineno}", _object(f"{p}:{lineno}", obj))
+def _jsonl(p: Path, on_error: Callable[[RecordError], None]) -> Iterator[Row]:
+    for lineno, obj in iter_jsonl(p, on_error):
+        where = f"{p}:{lineno}"
+        if (err := _bad_object(where, obj)) is not None:
+            on_error(err)
+            continue
+        yield Row(where, obj)
 
 
-def _json_array(p: Path) -> Iterator[Row]:
+def _json_array(p: Path, on_error: Callable[[RecordError], None]) -> Iterator[Row]:
     """A JSON array of objects, each row knowing its line and item number."""
-    for item, (line, obj) in enumerate(json_array_rows(p, read_text(p)), start=1):
+    lenient = on_error is not _raise  # skipping bad rows: a row with bytes that are not UTF-8 is one
+    for item, (line, obj) in enumerate(json_array_rows(p, read_text(p, lenient)), start=1):
         where = f"{p}:{line} (item {item})"
-        yield Row(where, _object(where, obj))
+        if (err := _bad_object(where, obj, lenient)) is not None:
+            on_error(err)
+            continue
+        yield Row(where, obj)
 
 
-def _csv(p: Path) -> Iterator[Row]:
-    with io.StringIO(read_text(p), newline="") as fh:  # not UTF-8: an error naming the file and line
+def _csv(p: Path, on_error: Callable[[RecordError], None]) -> Iterator[Row]:
+    lenient = on_error is not _raise  # else not UTF-8: an error naming the file and line
+    with io.StringIO(read_text(p, lenient), newline="") as fh:
         reader = csv.DictReader(fh)
         start = 2  # the line the next record starts on (line 1 is the header)
         for n, rec in enumerate(reader, start=1):
             where = f"{p}:{start} (row {n})"
-            if None in rec:
-                raise RecordError(f"{where}: {len(reader.fieldnames or []) + len(rec[None])} values for "
-                                  f"{len(reader.fieldnames or [])} columns")
-            yield Row(where, dict(rec))
             start = reader.line_num + 1
+            if None in rec:
+                on_error(RecordError(f"{where}: {len(reader.fieldnames or []) + len(rec[None])} values for "
+                                     f"{len(reader.fieldnames or [])} columns"))
+            elif lenient and has_bad_bytes(rec):
+                on_error(RecordError(f"{where}: not UTF-8 text; convert the file to UTF-8"))
+            else:
+                yield Row(where, dict(rec))
 
 
-def _parquet(p: Path) -> Iterator[Row]:
+def _parquet(p: Path, _on_error: Callable[[RecordError], None]) -> Iterator[Row]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
