@@ -193,7 +193,7 @@ PROGRAMS = [
     Hostile("memory hog", "x = []\nwhile True:\n    x.append(bytearray(64 << 20))\n", ("memory limit",)),
     Hostile("disk fill", "i = 0\nwhile True:\n    open(f'fill{i}', 'wb').write(b'x' * (1 << 20))\n    i += 1\n",
             FAILED),
-    Hostile("stdout flood", "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", FAILED),
+    Hostile("stdout flood", "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", ("output limit",)),
     Hostile("infinite loop", "while True:\n    pass\n", ("timeout", "cpu time limit")),
     Hostile("sleep past the wall limit", "import time\ntime.sleep(60)\n", ("timeout",)),
     Hostile("fill /sandbox with empty files", "i = 0\nwhile True:\n    open(f'e{i}', 'w').close()\n    i += 1\n",

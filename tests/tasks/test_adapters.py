@@ -146,6 +146,17 @@ def test_code_adapter_runs_solutions_in_the_sandbox(tmp_path):
     assert mbpp.check(q, "```python\ndef sq(x):\n    return x + x\n```").verdict == "wrong"
 
 
+@pytest.mark.parametrize("row", [{**HUMANEVAL, "test": "assert c(1) =="},
+                                 {**MBPP, "test_list": ["assert sq(3) == 9", "assert sq(-2) =="]}])
+def test_code_rows_whose_tests_do_not_compile_are_refused_when_loaded(tmp_path, row):
+    path = jsonl(tmp_path / "code.jsonl", [HUMANEVAL if "test" in row else MBPP, row])
+    fields = {} if "test" in row else {"prompt": "text", "tests": "test_list", "setup": "test_setup_code"}
+    field = "test" if "test" in row else "test_list"
+    with pytest.raises(RecordError, match=rf"{path}:2: field '{field}' \(task.fields.tests\) does not compile: "
+                                          rf".*line \d"):
+        load_task({"name": "code", "train_path": str(path), "fields": fields}).problems("train", None, 0)
+
+
 def test_code_model_cannot_escape_through_check(tmp_path):
     """A completion that tries to write outside its sandbox is refused, not run here."""
     task = load_task({"name": "code", "test_path": str(jsonl(tmp_path / "he.jsonl", [HUMANEVAL]))})

@@ -50,6 +50,27 @@ def test_gold_may_be_a_letter_or_an_option_text():
     assert gold_choice("Madrid", CAPITALS) is None
 
 
+def test_gold_may_be_a_0_based_index_as_in_the_task_loader():
+    from reasondistill.tasks.adapters import reference_letter
+
+    assert (gold_choice("1", CAPITALS), gold_choice(2, CAPITALS), gold_choice("9", CAPITALS)) == ("B", "C", None)
+    assert gold_choice("1", ["1", "2", "3"]) == "A"  # an option's text before an index
+    for ref in ("B", "(C)", 0, 3, "2", "Paris", "paris", "1", 7, "7", "Madrid"):
+        for options in (CAPITALS, ["1", "2", "3"]):
+            assert gold_choice(ref, options) == reference_letter(ref, options), (ref, options)
+
+
+def test_a_bare_letter_in_any_case_and_a_bare_index_when_asked():
+    assert [extract_choice(t) for t in ("b", "(c)", " d. ", "a bit")] == ["B", "C", "D", None]
+    assert extract_choice("2", CAPITALS) is None  # a completion's bare number: index or 1-based? neither
+    assert extract_choice("2", CAPITALS, number_is_index=True) == "C"
+    assert extract_choice("7", CAPITALS, number_is_index=True) is None
+    assert extract_choice("2", ["1", "2"], number_is_index=True) == "B"  # the option "2", not index 2
+    assert extract_choice("The answer is 2", CAPITALS, number_is_index=True) is None  # only a bare number
+    check = verify_choice(1, "1", CAPITALS, number_is_index=True)
+    assert (check.verdict, check.predicted) == ("correct", "B")
+
+
 @pytest.mark.parametrize("gold, text, options, verdict, reason", [
     ("C", "I pick Paris", CAPITALS, "correct", MATCH),
     ("Paris", "The answer is (C)", CAPITALS, "correct", MATCH),

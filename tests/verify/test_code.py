@@ -75,6 +75,16 @@ def test_broken_code_is_wrong_with_a_reason(src, reason):
     assert (check.verdict, check.reason) == ("wrong", reason), check
 
 
+@pytest.mark.parametrize("tests, setup", [("assert c(1) ==", ""), ("assert c(1) == 1", "def helper(:")])
+def test_reference_tests_that_do_not_compile_are_unparseable_not_the_models_fault(tests, setup):
+    problem = CodeProblem(tests=tests, setup=setup, entry_point="c")
+    check = verify_code(problem, fenced("def c(x):\n    return x"), FAST)
+    assert (check.verdict, check.reason.split(":")[0]) == ("unparseable", "reference tests do not compile"), check
+    assert "line 1" in check.reason
+    # the model's own syntax error is still its own
+    assert verify_code(ADD, fenced("def add(a, b) return"), FAST).reason == "syntax error"
+
+
 def test_no_code_is_unparseable():
     assert (verify_code(ADD, "I would add them.").verdict, verify_code(ADD, "").reason) == (
         "unparseable", "no code found")
@@ -101,7 +111,8 @@ def test_infinite_loop_is_killed_with_its_process_group(sandbox_marker):
     ("import urllib.request\nurllib.request.urlopen('http://pypi.org')", "blocked: network"),
     ("x = bytearray(10 * 1024 ** 3)", "memory limit"),
     ("import os, signal\nos.kill(1, signal.SIGKILL)", "blocked: signalling other processes"),
-    ("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", "error"),  # RLIMIT_FSIZE: EFBIG
+    ("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)", "output limit"),  # RLIMIT_FSIZE: EFBIG
+    ("with open('big', 'w') as f:\n    f.write('x' * 40 * 1024 ** 2)", "output limit"),
     ("import sys\nsys.audit('reasondistill.sandbox.report', 'passed', '')", "blocked: forging the result"),
 ])
 def test_hostile_code_is_contained_and_named(src, reason):

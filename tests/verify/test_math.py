@@ -15,8 +15,8 @@ import pytest
 from conftest import hang_guard
 from reasondistill.checks import TIMEOUT
 from reasondistill.verify.checker import verify_math_many
-from reasondistill.verify.math import (GOLD_PARSE_FAILURE, MATCH, MISMATCH, NO_ANSWER, PARSE_FAILURE, extract_answer,
-                                       gold_answer, last_boxed, verify_math)
+from reasondistill.verify.math import (GOLD_PARSE_FAILURE, MATCH, MISMATCH, NO_ANSWER, PARSE_FAILURE, UNCLOSED_BOXED,
+                                       extract_answer, gold_answer, last_boxed, verify_math)
 
 GSM8K = (Path(__file__).resolve().parents[2] / "../shared/data/gsm8k").resolve()
 
@@ -76,6 +76,39 @@ def test_extraction_order_and_last_number_fallback():
     assert extract_answer("It costs $1,234.50 in total").text == "1234.50"
     assert extract_answer("no digits at all") is None
     assert gold_answer("Some steps <<2*3=6>>6\n#### 6") == "6"
+
+
+@pytest.mark.parametrize("gold, answer", [
+    ("29", "29"), ("1,000", "1000"), ("\\frac{1}{2}", "0.5"), ("0.5", "1/2"), ("18", "$18.00"), ("4", "x = 4"),
+    ("0.5", "\\frac{1}{2}"), ("12", "12 apples"),
+])
+def test_a_text_that_is_just_an_answer_is_taken_whole_when_asked(gold, answer):
+    found = extract_answer(answer, last_number=False, whole_answer=True)
+    assert found is not None and found.source == "whole", found
+    check = verify_math(gold, answer, last_number=False, whole_answer=True)
+    assert (check.verdict, check.reason) == ("correct", MATCH), check
+
+
+def test_whole_answers_are_short_and_wordless_and_off_by_default():
+    assert extract_answer("29", last_number=False) is None  # a completion: no marker, no fallback
+    for text in ("I think it is 8.", "No idea.", "x = 4\ny = 5", "1 + " * 40 + "1"):
+        assert extract_answer(text, last_number=False, whole_answer=True) is None, text
+    # a marker wins over the whole text, and the whole text over the last number (not "2" of \frac{1}{2})
+    assert extract_answer("\\boxed{3}", whole_answer=True).source == "boxed"
+    assert extract_answer("\\frac{1}{2}", whole_answer=True).text == "\\frac{1}{2}"
+
+
+@pytest.mark.parametrize("completion", [
+    "<think>x</think>\\boxed{\\frac{1}{2}",
+    "so 1/2, i.e. \\boxed{\\frac{1}{2}",
+    "first \\boxed{3}, finally \\boxed{\\frac{1}{2}",  # the final answer is the cut-off one
+    "#### 1/2 \\boxed{\\frac{1}{2}",
+])
+def test_an_unclosed_final_box_is_unparseable_not_the_last_number_inside_it(completion):
+    for last_number, whole_answer in ((True, False), (False, True)):
+        assert extract_answer(completion, last_number=last_number, whole_answer=whole_answer) is None
+        check = verify_math("1/2", completion, last_number=last_number, whole_answer=whole_answer)
+        assert (check.verdict, check.reason, check.predicted) == ("unparseable", UNCLOSED_BOXED, None), check
 
 
 @pytest.mark.parametrize("gold, completion, last_number, verdict, reason", [

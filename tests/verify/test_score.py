@@ -69,6 +69,60 @@ def test_choice_task_with_options(tmp_path, capsys):
     assert (summary["correct"], summary["rejects"]) == (2, {"mismatch": 1})
 
 
+def test_math_task_takes_an_already_extracted_answer_whole(tmp_path, capsys):
+    pairs = [("29", "29"), ("1,000", "1000"), ("\\frac{1}{2}", "0.5"), ("0.5", "1/2"), ("18", "$18.00"),
+             ("4", "x = 4"), ("4", 4), ("3", "\\boxed{3}")]
+    src = write_jsonl(tmp_path / "answers.jsonl", [{"gold": g, "pred": p} for g, p in pairs])
+    _, summary, _ = run(capsys, [src, "--gold", "gold", "--pred", "pred", "--workers", "0"])
+    assert (summary["accuracy"], summary["rejects"]) == (1.0, {}), summary
+    assert "hint" not in summary
+
+
+def test_an_unclosed_box_is_unparseable_in_score_as_in_curation(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "outs.jsonl", [{"gold": "1/2", "out": "<think>x</think>\\boxed{\\frac{1}{2}"}])
+    for task in ("math", "gsm8k"):
+        _, summary, _ = run(capsys, [src, "--gold", "gold", "--pred", "out", "--task", task, "--workers", "0"])
+        assert summary["rejects"] == {"unclosed \\boxed{": 1}, summary
+
+
+def test_a_null_prediction_is_unparseable_not_an_error(tmp_path, capsys):
+    rows = [{"gold": "1", "out": None}, {"gold": "2", "out": "#### 2"}, {"gold": "B", "out": None}]
+    src = write_jsonl(tmp_path / "outs.jsonl", [{**r, "opts": ["x", "y"]} for r in rows])
+    code, summary, _ = run(capsys, [src, "--gold", "gold", "--pred", "out", "--workers", "0"])
+    assert code == 0 and summary["verdicts"] == {"correct": 1, "wrong": 0, "unparseable": 2}
+    assert summary["rejects"] == {"prediction is null": 2}
+    verdicts = [json.loads(line) for line in verdicts_path(src).read_text().splitlines()]
+    assert [v["reason"] for v in verdicts] == ["prediction is null", "match", "prediction is null"]
+    _, summary, _ = run(capsys, [src, "--gold", "gold", "--pred", "out", "--task", "choice", "--options", "opts",
+                                 "--workers", "0"])
+    assert summary["rejects"]["prediction is null"] == 2
+
+
+def test_the_summary_hints_at_other_extractions_when_most_rows_have_no_answer(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "outs.jsonl", [{"gold": str(i), "out": f"I think it is {i}."} for i in range(3)])
+    _, summary, _ = run(capsys, [src, "--gold", "gold", "--pred", "out", "--workers", "0"])
+    assert summary["rejects"] == {"no answer found": 3}
+    assert "--last-number" in summary["hint"] and "--task" in summary["hint"]
+    _, summary, _ = run(capsys, [src, "--gold", "gold", "--pred", "out", "--workers", "0", "--last-number"])
+    assert summary["accuracy"] == 1.0 and "hint" not in summary
+
+
+def test_choice_reference_may_be_an_index_and_a_bare_prediction_a_letter_or_index(tmp_path, capsys):
+    opts = ["Rome", "Oslo", "Paris", "Bern"]
+    rows = [{"gold": 1, "pred": "b"}, {"gold": "1", "pred": "The answer is (B)"}, {"gold": "C", "pred": "2"},
+            {"gold": 2, "pred": 2}, {"gold": "A", "pred": "(a)"}, {"gold": "A", "pred": "7"}]
+    src = write_jsonl(tmp_path / "mc.jsonl", [{**r, "opts": opts} for r in rows])
+    _, summary, _ = run(capsys, [src, "--gold", "gold", "--pred", "pred", "--task", "choice",
+                                 "--options", "opts", "--workers", "0"])
+    assert (summary["correct"], summary["rejects"]) == (5, {"no answer found": 1}), summary
+    # an option whose text is a number is that option, in the reference as in the prediction
+    numbers = write_jsonl(tmp_path / "numbers.jsonl", [{"gold": "1", "pred": "1", "opts": ["1", "2", "3"]},
+                                                       {"gold": "A", "pred": "1", "opts": ["1", "2", "3"]}])
+    _, summary, _ = run(capsys, [numbers, "--gold", "gold", "--pred", "pred", "--task", "choice",
+                                 "--options", "opts", "--workers", "0"])
+    assert summary["accuracy"] == 1.0, summary
+
+
 @pytest.mark.parametrize("content, argv_extra, message", [
     ('{"gold": "1", "out": "1"}\n{"gold": "2", "out": \n', [], "bad.jsonl:2: not valid JSON"),
     ('{"gold": "1", "out": "1"}\n{"gold": "2"}\n', [], "bad.jsonl:2: field 'out' is missing"),

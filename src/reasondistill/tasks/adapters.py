@@ -16,7 +16,8 @@ failure, sandbox error) apart from "wrong".
   as "A. ...", one a line; checked with ``verify_choice``.
 * ``code``: HumanEval (``prompt``, ``test`` with ``def check``, ``entry_point``) or MBPP
   (``fields: {prompt: text, tests: test_list, setup: test_setup_code}``); checked by running the
-  extracted code against the tests in the sandbox (``verify_code``), never in this process.
+  extracted code against the tests in the sandbox (``verify_code``), never in this process. A row
+  whose tests or setup do not compile (compiled only, never run) is refused.
 
     task = GSM8K(train_path="data/gsm8k/train.jsonl", test_path="data/gsm8k/test.jsonl")
     task.check(task.problems("test", 1, 0)[0], "The answer is 18.")
@@ -155,6 +156,8 @@ class CodeTask(RowTask):
         self.wall_seconds, self.memory_mb = wall_seconds, memory_mb
 
     def parse(self, row: Row) -> dict[str, Any]:
+        from reasondistill.verify.code import compile_error
+
         f = self.fields
         prompt = field_value(row, "prompt", f.prompt)
         tests = field_value(row, "tests", f.tests, kind="any")
@@ -163,10 +166,14 @@ class CodeTask(RowTask):
         if not isinstance(tests, str) or not tests.strip():
             raise RecordError(f"{row.where}: field {f.tests!r} (task.fields.tests) should be test code or a "
                               f"list of assert lines, got {tests!r:.60}")
+        setup = field_value(row, "setup", f.setup, required=False) or ""
+        for field, name, source in ((f.tests, "tests", tests), (f.setup, "setup", setup)):
+            why = compile_error(source)  # compiled, never run: a broken reference would fail every answer
+            if why is not None:
+                raise RecordError(f"{row.where}: field {field!r} (task.fields.{name}) does not compile: {why}")
         solution = field_value(row, "solution", f.solution, required=False) or ""
         meta = {"tests": tests, "code_prompt": prompt,
-                "entry_point": field_value(row, "entry_point", f.entry_point, required=False),
-                "setup": field_value(row, "setup", f.setup, required=False) or ""}
+                "entry_point": field_value(row, "entry_point", f.entry_point, required=False), "setup": setup}
         return {"question": prompt, "answer": solution, "solution": solution, "difficulty": 0,
                 "id": field_value(row, "id", f.id, required=False), "meta": meta}
 

@@ -9,7 +9,12 @@ curation and evaluation honest; a completion that picks nothing is "unparseable"
     verify_choice("C", "I pick Paris", options=["Rome", "Oslo", "Paris"])
     # -> Check(verdict="correct", reason="match", predicted="C")
 
-Letters are case-sensitive capitals so the article "a" is never read as option A.
+Letters are case-sensitive capitals so the article "a" is never read as option A, except in a
+completion that is nothing but one letter ("b", "(c)"). A reference may be a letter, an option's
+text or a 0-based index (as the ``choice`` task loader reads it). A bare number as the *prediction*
+is ambiguous (the option "2", index 2, or the second option?): it is an option whose text is that
+number, else nothing, unless ``number_is_index`` (``reasondistill score``, whose answer fields
+come from harnesses that store the picked option's index, 0-based like the reference).
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ def _last_line_choice(text: str, letters: str) -> str | None:
     return m.group(1) if m else None
 
 
+_LONE_LETTER = re.compile(r"[\*_\(\[\s]*([A-Za-z])[\*_\)\]\.:\s]*")
+
+
 def _norm(s: str) -> str:
     """Lower case, punctuation to spaces (a decimal point stays), single spaces."""
     s = re.sub(r"[^\w\s.\-]|\.(?!\d)", " ", s.lower())
@@ -84,15 +92,21 @@ def _choice_by_text(text: str, texts: dict[str, str]) -> str | None:
     return hits.pop() if len(hits) == 1 else None
 
 
-def extract_choice(text: str, options: Options = None, letters: str | None = None) -> str | None:
+def extract_choice(text: str, options: Options = None, letters: str | None = None, *,
+                   number_is_index: bool = False) -> str | None:
     """The chosen option's letter, or None when the completion does not clearly pick one.
 
-    Tried in order: ``\\boxed{B}``; "answer is (B)" / "Answer: D" / "the correct option is C";
-    "I choose B"; a bold "**C**"; a letter opening the last line; the text of exactly one option
-    (in the stated answer if there is one, else in the last line).
+    Tried in order: a completion that is one letter in either case ("b", "(c)"); ``\\boxed{B}``;
+    "answer is (B)" / "Answer: D" / "the correct option is C"; "I choose B"; a bold "**C**"; a
+    letter opening the last line; the text of exactly one option (in the stated answer if there
+    is one, else in the last line); if ``number_is_index``, a completion that is one whole number
+    is the option at that 0-based index.
     """
     letters = option_letters(options, letters)
     stripped = text.strip()
+    alone = _LONE_LETTER.fullmatch(stripped)
+    if alone and alone.group(1).upper() in letters:
+        return alone.group(1).upper()
     for pattern in _patterns(letters):
         found = pattern.findall(stripped)
         if found:
@@ -104,34 +118,45 @@ def extract_choice(text: str, options: Options = None, letters: str | None = Non
     if texts and stripped:
         said = re.findall(r"(?i:answer)(?:\s+is)?\s*[:=]?\s*([^\n]+)", stripped)
         tail = said[-1] if said else stripped.splitlines()[-1]
-        return _choice_by_text(tail, texts)
+        by_text = _choice_by_text(tail, texts)
+        if by_text:
+            return by_text
+    if number_is_index and stripped.isdigit() and int(stripped) < len(letters):
+        return letters[int(stripped)]
     return None
 
 
 def gold_choice(gold: str | int, options: Options = None, letters: str | None = None) -> str | None:
-    """The reference letter from a letter ("B", "(B)"), or an option's text."""
+    """The reference letter from a letter ("B", "(B)"), an option's text, or a 0-based index (an
+    int, or digits that are no option's text), as the ``choice`` task loader reads it."""
     letters = option_letters(options, letters)
+    if isinstance(gold, int) and not isinstance(gold, bool):
+        return letters[gold] if 0 <= gold < len(letters) else None
     g = str(gold).strip().strip("()[]*. ").strip()
     if len(g) == 1 and g.upper() in letters:
         return g.upper()
     texts = _option_texts(options, letters)
     exact = [k for k, v in texts.items() if _norm(v) == _norm(g)]
-    return exact[0] if len(exact) == 1 else None
+    if len(exact) == 1:
+        return exact[0]
+    g = str(gold).strip()
+    return letters[int(g)] if g.isdigit() and int(g) < len(letters) else None
 
 
 def verify_choice(gold: str | int, completion: str, options: Options = None,
-                  letters: str | None = None) -> Check:
+                  letters: str | None = None, *, number_is_index: bool = False) -> Check:
     """Judge a multiple-choice completion; ``predicted`` is the letter it chose."""
     want = gold_choice(gold, options, letters)
     if want is None:
         return Check("unparseable", GOLD_PARSE_FAILURE, None)
-    got = extract_choice(completion, options, letters)
+    got = extract_choice(completion, options, letters, number_is_index=number_is_index)
     if got is None:
         return Check("unparseable", NO_ANSWER, None)
     return Check("correct", MATCH, got) if got == want else Check("wrong", MISMATCH, got)
 
 
 def check_item(item: tuple) -> Check:
-    """Pool entry point: ``(gold, completion[, options])`` -> Check."""
+    """Pool entry point: ``(gold, completion[, options[, number_is_index]])`` -> Check."""
     gold, completion, *rest = item
-    return verify_choice(gold, completion, rest[0] if rest else None)
+    return verify_choice(gold, completion, rest[0] if rest else None,
+                         number_is_index=rest[1] if len(rest) > 1 else False)

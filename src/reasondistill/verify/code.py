@@ -10,9 +10,12 @@ problem plus a completion into the program to run, and the run into a verdict.
     # -> Check(verdict="correct", reason="passed", predicted=<the code>)
 
 Reasons: "passed" (correct); "test failed", "error", "syntax error", "timeout", "cpu time limit",
-"memory limit", "blocked: <what>", "crashed", "exited early" (wrong: the code ran and did not
-pass; a timeout counts as a failure, as in HumanEval); "no code found", "sandbox error"
-(unparseable: we could not judge it).
+"memory limit", "output limit", "blocked: <what>", "crashed", "exited early" (wrong: the code ran
+and did not pass; a timeout counts as a failure, as in HumanEval); "no code found", "sandbox
+error", "reference tests do not compile: <where and why>" (unparseable: we could not judge it).
+The problem's own tests and setup are compiled (never run) here first, so a broken reference is
+never blamed on the model; reference tests that hang cannot be told from a model's endless loop
+and count as "timeout".
 """
 
 from __future__ import annotations
@@ -87,16 +90,38 @@ def build_program(problem: CodeProblem, code: str) -> tuple[str, str]:
     return solution, tests
 
 
-def _compiles(source: str) -> bool:
+def compile_error(source: str) -> str | None:
+    """Why ``source`` does not compile ("invalid syntax (line 1)"), or None. Compiling runs nothing."""
     try:
-        compile(source, "solution.py", "exec", dont_inherit=True)
-        return True
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return False
+        compile(source, "<source>", "exec", dont_inherit=True)
+        return None
+    except SyntaxError as exc:
+        return f"{exc.msg} (line {exc.lineno})"
+    except (ValueError, MemoryError, RecursionError) as exc:  # e.g. a null byte
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _compiles(source: str) -> bool:
+    return compile_error(source) is None
+
+
+def reference_error(problem: CodeProblem) -> str | None:
+    """Why the problem's own setup or tests do not compile ("tests: invalid syntax (line 1)"), or None."""
+    for name, source in (("setup", problem.setup), ("tests", problem.tests)):
+        why = compile_error(source)
+        if why is not None:
+            return f"{name}: {why}"
+    return None
 
 
 def verify_code(problem: CodeProblem, completion: str, limits: Limits | None = None) -> Check:
-    """Extract the code of a completion and judge it by the problem's tests, sandboxed."""
+    """Extract the code of a completion and judge it by the problem's tests, sandboxed.
+
+    Reference tests (or setup) that do not compile make every completion unparseable, never wrong.
+    """
+    broken = reference_error(problem)
+    if broken is not None:
+        return Check("unparseable", f"reference tests do not compile: {broken}", extract_code(completion))
     code = extract_code(completion)
     if code is None:
         return Check("unparseable", "no code found", None)

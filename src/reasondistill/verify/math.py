@@ -2,9 +2,10 @@
 
 Why: "correct" must mean the same thing in curation, evaluation and scoring, and a completion we
 cannot read ("unparseable") must never be counted as a wrong one. Extraction is ours (``\\boxed{}``
-with nested braces, GSM8K's ``#### N``, "the answer is …", optionally the last number);
-equivalence is math-verify's (``\\frac{1}{2}`` = 0.5, ``(3, \\frac{\\pi}{2})`` =
-``\\left( 3, \\frac{\\pi}{2} \\right)``, ``1,234`` = 1234).
+with nested braces, GSM8K's ``#### N``, "the answer is …", optionally a text that is itself just
+an answer or the last number; a final ``\\boxed{`` that never closes is "unparseable", not a
+number read out of it); equivalence is math-verify's (``\\frac{1}{2}`` = 0.5,
+``(3, \\frac{\\pi}{2})`` = ``\\left( 3, \\frac{\\pi}{2} \\right)``, ``1,234`` = 1234).
 
     from reasondistill.verify.math import verify_math
     verify_math("#### 1,234", "... so the total is \\boxed{1234}.")
@@ -34,6 +35,12 @@ NO_ANSWER = "no answer found"
 PARSE_FAILURE = "parse failure"
 GOLD_PARSE_FAILURE = "gold parse failure"
 TOO_DEEP = "too deeply nested"
+UNCLOSED_BOXED = "unclosed \\boxed{"
+
+# A text taken whole as its answer (``whole_answer``): one line of at most this many characters
+# once cleaned, with no word of two or more letters except LaTeX commands (``\frac``, ``\pi``).
+WHOLE_ANSWER_MAX_CHARS = 100
+_PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
 _WORD = re.compile(r"[^\s$]+")
@@ -72,6 +79,25 @@ def last_boxed(text: str) -> str | None:
             if word:
                 return word.group(0)
     return None
+
+
+def final_box_is_unclosed(text: str) -> bool:
+    """Does the last ``\\boxed{`` (or ``\\fbox{``) of ``text`` never close? A cut-off final answer."""
+    last = None
+    for last in _BOXED.finditer(text):
+        pass
+    if last is None or not text.startswith("{", last.end()):
+        return False
+    return _balanced(text, last.end()) is None
+
+
+def whole_answer_text(text: str) -> str | None:
+    """``text`` cleaned, if it is itself just an answer (``29``, ``$18.00``, ``x = 4``,
+    ``\\frac{1}{2}``, ``12 apples``): one short line without words. Else None."""
+    cleaned = clean_answer(text)
+    if not cleaned or "\n" in cleaned or len(cleaned) > WHOLE_ANSWER_MAX_CHARS or _PROSE_WORD.search(cleaned):
+        return None
+    return cleaned
 
 
 def _balanced(text: str, open_at: int, stop: int | None = None) -> str | None:
@@ -132,12 +158,17 @@ def clean_answer(answer: str) -> str:
     return s
 
 
-def extract_answer(text: str, *, last_number: bool = True) -> Extracted | None:
+def extract_answer(text: str, *, last_number: bool = True, whole_answer: bool = False) -> Extracted | None:
     """Find the final answer of a completion; None when there is none.
 
     Tried in order: the last ``\\boxed{}``, the last ``#### …``, the last "the answer is …" /
-    "Answer: …", and (if ``last_number``) the last number in the text.
+    "Answer: …", (if ``whole_answer``) the whole text when it is just an answer (see
+    :func:`whole_answer_text`; for a field that holds an extracted answer, as ``score`` reads), and
+    (if ``last_number``) the last number in the text. None, whatever else the text holds, when its
+    last ``\\boxed{`` never closes (:func:`final_box_is_unclosed`).
     """
+    if final_box_is_unclosed(text):
+        return None
     boxed = last_boxed(text)
     if boxed:
         return Extracted(clean_answer(boxed), "boxed")
@@ -147,6 +178,9 @@ def extract_answer(text: str, *, last_number: bool = True) -> Extracted | None:
     said = _ANSWER_IS.findall(text)
     if said and clean_answer(said[-1]):
         return Extracted(clean_answer(said[-1]), "answer_is")
+    whole = whole_answer_text(text) if whole_answer else None
+    if whole:
+        return Extracted(whole, "whole")
     if last_number:
         numbers = _NUMBER.findall(text)
         if numbers:
@@ -201,28 +235,29 @@ def equivalent(gold: list, pred: list) -> bool:
         return False
 
 
-def verify_math(gold: str, completion: str, *, last_number: bool = True) -> Check:
+def verify_math(gold: str, completion: str, *, last_number: bool = True, whole_answer: bool = False) -> Check:
     """Judge a completion's final answer against a reference answer (or a GSM8K solution).
 
-    Verdicts: "correct" (reason "match"), "wrong" ("mismatch"), "unparseable" ("no answer
-    found", "parse failure", "gold parse failure", "out of memory", "too deeply nested";
-    "timeout" comes from the pool).
+    ``last_number`` and ``whole_answer``: the fallbacks of :func:`extract_answer`. Verdicts:
+    "correct" (reason "match"), "wrong" ("mismatch"), "unparseable" ("no answer found",
+    "unclosed \\boxed{", "parse failure", "gold parse failure", "out of memory", "too deeply
+    nested"; "timeout" comes from the pool).
     """
     try:
-        return _verify_math(gold, completion, last_number)
+        return _verify_math(gold, completion, last_number, whole_answer)
     except MemoryError:
         return Check("unparseable", OUT_OF_MEMORY, None)
     except RecursionError:
         return Check("unparseable", TOO_DEEP, None)
 
 
-def _verify_math(gold: str, completion: str, last_number: bool) -> Check:
+def _verify_math(gold: str, completion: str, last_number: bool, whole_answer: bool) -> Check:
     gold_text = gold_answer(gold)
     if gold_text is None:
         return Check("unparseable", GOLD_PARSE_FAILURE, None)
-    found = extract_answer(completion, last_number=last_number)
+    found = extract_answer(completion, last_number=last_number, whole_answer=whole_answer)
     if found is None:
-        return Check("unparseable", NO_ANSWER, None)
+        return Check("unparseable", UNCLOSED_BOXED if final_box_is_unclosed(completion) else NO_ANSWER, None)
     gold_parsed = parse_answer(gold_text)
     if not gold_parsed:
         return Check("unparseable", GOLD_PARSE_FAILURE, found.text)
@@ -235,10 +270,11 @@ def _verify_math(gold: str, completion: str, last_number: bool) -> Check:
     return Check("wrong", MISMATCH, found.text)
 
 
-def check_item(item: tuple[str, str] | tuple[str, str, bool]) -> Check:
-    """Pool entry point: ``(gold, completion[, last_number])`` -> Check."""
+def check_item(item: tuple[str, str] | tuple[str, str, bool] | tuple[str, str, bool, bool]) -> Check:
+    """Pool entry point: ``(gold, completion[, last_number[, whole_answer]])`` -> Check."""
     gold, completion, *rest = item
-    return verify_math(gold, completion, last_number=rest[0] if rest else True)
+    return verify_math(gold, completion, last_number=rest[0] if rest else True,
+                       whole_answer=rest[1] if len(rest) > 1 else False)
 
 
 def warm_up() -> None:

@@ -117,7 +117,7 @@ class Limits:
 @dataclass(frozen=True)
 class RunResult:
     status: str  # "passed", "test failed", "error", "syntax error", "timeout", "cpu time limit",
-    # "memory limit", "blocked: <what>", "crashed", "exited early" or "sandbox error"
+    # "memory limit", "output limit", "blocked: <what>", "crashed", "exited early" or "sandbox error"
     detail: str
     stdout: str
     stderr: str

@@ -43,7 +43,8 @@ import sys
 REGISTER = "reasondistill.sandbox.register"
 REPORT = "reasondistill.sandbox.report"
 WORKDIR = "/sandbox"
-STATUSES = frozenset({"passed", "test failed", "error", "syntax error", "memory limit", "exited early"})
+STATUSES = frozenset({"passed", "test failed", "error", "syntax error", "memory limit", "output limit",
+                      "exited early"})
 
 # x86_64 syscall numbers refused with EPERM (kernel-enforced, whatever Python does).
 DENIED_X86_64 = (
@@ -62,6 +63,7 @@ DENIED_X86_64 = (
 )
 CLONE3, KILL, TGKILL, SOCKET, SOCKETPAIR = 435, 62, 234, 41, 53
 AF_UNIX, EPERM = 1, 1
+EFBIG = 27  # a write past RLIMIT_FSIZE (SIGXFSZ is ignored): stdout, stderr or a file too big
 
 
 def read_job() -> dict:
@@ -391,7 +393,8 @@ def describe(exc: BaseException, sources: dict) -> str:
 
 
 def run_job(job: dict, exec_=exec, compile_=compile, str_=str, describe_=describe, syntax=SyntaxError,
-            memory=MemoryError, assertion=AssertionError, exit_=SystemExit, base=BaseException):
+            memory=MemoryError, assertion=AssertionError, exit_=SystemExit, base=BaseException,
+            oserror=OSError, type_=type, efbig=EFBIG):
     """(status, detail) of the solution then the tests; "passed" only if the tests return."""
     scope = {"__name__": "solution", "__builtins__": __builtins__}  # skip `if __name__ == "__main__":`
     phase = "syntax"
@@ -413,6 +416,8 @@ def run_job(job: dict, exec_=exec, compile_=compile, str_=str, describe_=describ
         status, caught = ("test failed" if phase == "tests" else "error"), exc
     except exit_:
         return "exited early", f"{phase} raised SystemExit"
+    except oserror as exc:  # the exact OSError the kernel's EFBIG gives, not a subclass of the program's
+        status, caught = ("output limit" if type_(exc) is oserror and exc.errno == efbig else "error"), exc
     except base as exc:
         status, caught = "error", exc
     return status, describe_(caught, {"solution.py": job["solution"], "tests.py": job["tests"]})

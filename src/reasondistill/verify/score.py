@@ -11,11 +11,20 @@ any such file with the same verifiers the pipeline uses, writes one verdict per 
 
 Fields may be dotted paths (``choices.0.message.content``). A file is a JSON array of objects or
 one object per line. Bad input (invalid JSON, a missing or non-text field) stops with an error
-naming the file, the line and the field, and exit code 2. A completion with a closed
-``<think>…</think>`` block is judged on the text after it. Tasks: ``math`` (reference answer or
-``\\boxed{}``; no last-number fallback unless ``--last-number``), ``gsm8k`` (reference may be a
-full solution ending in ``#### N``; last-number fallback on), ``choice`` (letter or option text;
-``--options FIELD`` names the list of options).
+naming the file, the line and the field, and exit code 2; a ``null`` prediction is not bad input
+but a row without an answer (unparseable, "prediction is null"). A completion with a closed
+``<think>…</think>`` block is judged on the text after it.
+
+The prediction field may hold a whole completion or an answer already extracted from one, so a
+prediction that is itself just an answer (``29``, ``$18.00``, ``x = 4``, ``\\frac{1}{2}``: one short
+line without words) is compared whole when no ``\\boxed{}``, ``####`` or "the answer is" is in it.
+Tasks: ``math`` (reference answer or ``\\boxed{}``; no last-number fallback unless
+``--last-number``), ``gsm8k`` (reference may be a full solution ending in ``#### N``; last-number
+fallback on), ``choice`` (reference: letter, option text or 0-based index, as the task loader reads
+it; prediction: a letter in either case when it is the whole prediction, or an option's text, or a
+whole number that is no option's text, read as a 0-based index like the reference; ``--options
+FIELD`` names the list of options). When most rows have no answer found, the summary has a
+``hint`` naming ``--last-number`` and ``--task``.
 """
 
 from __future__ import annotations
@@ -28,10 +37,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from reasondistill.checks import Check
 from reasondistill.records import RecordError, json_rows, write_records
 from reasondistill.thinking import CLOSE
 
 TASKS = ("math", "gsm8k", "choice")
+NULL_PREDICTION = "prediction is null"
+NO_ANSWER = "no answer found"  # the reason verify/math.py and verify/choice.py give
 
 
 def load_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
@@ -71,32 +83,53 @@ def answer_part(completion: str) -> str:
 
 def build_items(rows: list[tuple[int, dict]], path: Path, gold: str, pred: str, task: str,
                 options: str | None, last_number: bool) -> list[tuple]:
+    """One check_item tuple per row: (gold, prediction or None if null, the task's arguments).
+
+    Predictions are answer fields: math takes a bare answer whole (``whole_answer``) and choice
+    reads a bare whole number as a 0-based index (``number_is_index``).
+    """
     items = []
     for line, obj in rows:
         where = f"{path}:{line}"
-        g, p = get_field(obj, gold, where), answer_part(get_field(obj, pred, where))
+        g = get_field(obj, gold, where)
+        raw = get_field(obj, pred, where, text=False)
+        p = None if raw is None else answer_part(get_field(obj, pred, where))
         if task == "choice":
             opts = get_field(obj, options, where, text=False) if options else None
             if opts is not None and not isinstance(opts, (list, dict)):
                 raise RecordError(f"{where}: field '{options}' should be a list or an object of options")
-            items.append((g, p, opts))
+            items.append((g, p, opts, True))
         else:
-            items.append((g, p, last_number))
+            items.append((g, p, last_number, True))
     return items
 
 
 def check_all(task: str, items: list[tuple], workers: int, timeout: float, progress: bool | None) -> list:
     """Checks for every item through the pipeline's verifier (verify/checker.py: worker processes
-    with a time and memory limit), or in this process without limits when ``workers`` is 0."""
+    with a time and memory limit), or in this process without limits when ``workers`` is 0. A
+    null prediction is not checked: Check("unparseable", "prediction is null")."""
     from reasondistill.verify import choice, math
     from reasondistill.verify.checker import Verifier, run_job
 
     func = choice.check_item if task == "choice" else math.check_item
-    jobs = [(func, (item,)) for item in items]
+    jobs = [(func, (item,)) for item in items if item[1] is not None]
     if workers == 0:
-        return [run_job(job) for job in jobs]
-    with Verifier(timeout=timeout, workers=workers) as verifier:
-        return verifier.check_jobs(jobs, progress=progress, description=f"scoring ({task})")
+        done = [run_job(job) for job in jobs]
+    else:
+        with Verifier(timeout=timeout, workers=workers) as verifier:
+            done = verifier.check_jobs(jobs, progress=progress, description=f"scoring ({task})")
+    checked = iter(done)
+    return [Check("unparseable", NULL_PREDICTION, None) if item[1] is None else next(checked) for item in items]
+
+
+def no_answer_hint(task: str, last_number: bool, reasons: Counter) -> str | None:
+    """What to try when more than half of the rows had no answer found, else None."""
+    n = sum(reasons.values())
+    if not n or reasons[NO_ANSWER] * 2 <= n:
+        return None
+    tries = [] if last_number or task == "choice" else ["--last-number to take the last number of each output"]
+    tries.append(f"--task {' or '.join(t for t in TASKS if t != task)} if the answers are of that kind")
+    return f"{reasons[NO_ANSWER]} of {n} rows have no answer the {task} task can read; try " + ", or ".join(tries)
 
 
 def verdicts_path(path: str | Path) -> Path:
@@ -121,11 +154,13 @@ def score_file(path: str | Path, gold: str, pred: str, *, task: str = "math", op
                         for i, ((line, _), c, item) in enumerate(zip(rows, checks, items, strict=True))))
     verdicts = Counter(c.verdict for c in checks)
     n = len(checks)
-    return {"file": str(path), "task": task, "n": n, "correct": verdicts["correct"],
-            "accuracy": verdicts["correct"] / n if n else None,
-            "verdicts": {v: verdicts[v] for v in ("correct", "wrong", "unparseable")},
-            "rejects": dict(Counter(c.reason for c in checks if c.verdict != "correct").most_common()),
-            "verdicts_file": str(out)}
+    summary = {"file": str(path), "task": task, "n": n, "correct": verdicts["correct"],
+               "accuracy": verdicts["correct"] / n if n else None,
+               "verdicts": {v: verdicts[v] for v in ("correct", "wrong", "unparseable")},
+               "rejects": dict(Counter(c.reason for c in checks if c.verdict != "correct").most_common()),
+               "verdicts_file": str(out)}
+    hint = no_answer_hint(task, use_last, Counter(c.reason for c in checks))
+    return {**summary, "hint": hint} if hint else summary
 
 
 def build_parser() -> argparse.ArgumentParser:
