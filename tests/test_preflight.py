@@ -171,6 +171,35 @@ def test_lora_target_modules_that_match_nothing_are_a_problem(tmp_path, tiny_mod
     assert "q_proj" in problems[0] and "down_proj" in problems[0]
 
 
+def test_each_lora_target_module_must_match_and_a_tied_output_layer_is_refused(tmp_path, tiny_model_dir):
+    pytest.importorskip("peft")
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=[
+        {"name": "part", "model": str(tiny_model_dir), "lora": {"r": 4, "target_modules": ["q_proj", "vv_proj"]}},
+        {"name": "head", "model": str(tiny_model_dir), "lora": {"target_modules": ["lm_head"]}}])
+    problems = preflight(cfg)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("students.0 (part): lora.target_modules ['vv_proj'] match no layer")
+    assert "did you mean 'v_proj'" in problems[0]
+    assert problems[1].startswith("students.1 (head): lora.target_modules: lm_head is the output layer, tied")
+
+
+def test_quantize_variants_that_do_not_fit_the_student_are_problems(tmp_path, tiny_model_dir):
+    """A group size that does not divide a layer's width and a keep entry naming no module are found
+    before training (on a meta-device model), not after training and evaluation."""
+    wide = {"hidden_size": 48, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 144}
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=[
+        {"name": "small", "init": wide, "quantize": {"method": "ptq"}},
+        {"name": "typo", "model": str(tiny_model_dir), "quantize": {"method": "ptq", "keep": ["nonexistent_proj"]}},
+        {"name": "ok", "model": str(tiny_model_dir), "quantize": [{"method": "ptq", "keep": ["down_proj"]},
+                                                                  {"method": "ptq", "group_size": 16, "bits": 8}]}])
+    problems = preflight(cfg)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("students.0 (small): quantize.ptq-int4.group_size: 32 does not divide the input "
+                                  "width of"), problems
+    assert "[48, 144]" in problems[0]
+    assert problems[1].startswith("students.1 (typo): quantize.ptq-int4.keep: ['nonexistent_proj'] match no module")
+
+
 @pytest.mark.parametrize("name", ["demo.yaml", "rl.yaml", "quantize.yaml"])
 def test_the_offline_example_configs_load_and_pass_every_check(name):
     """configs/ holds one YAML per example run; the offline ones must load and pass `check` as shipped."""

@@ -354,13 +354,14 @@ class StudentConfig(_Strict):
             if given:
                 raise ValueError(f"policy.start_from gives this student its weights and tokenizer; '{given[0]}' "
                                  f"would not be used: remove it")
-        elif (self.model is None) == (self.init is None):
-            raise ValueError("set exactly one of 'model' (pretrained) or 'init' (fresh config)")
-        if self.lora is not None and self.model is None and self.policy is None:
-            raise ValueError("lora adapts a pretrained model: set 'model' (a path or hub id), not 'init'")
-        if self.lora is not None and self.model is None and self.policy is not None and not self.policy.start_from:
+        elif self.lora is not None and self.model is None and self.policy is not None:
             raise ValueError("lora adapts pretrained weights, and this policy student has none: set 'model' (a path "
                              "or hub id) or 'policy.start_from' (an earlier student's name or a model directory)")
+        elif (self.model is None) == (self.init is None):
+            raise ValueError("set exactly one of 'model' (pretrained) or 'init' (fresh config)" + (
+                ", or 'policy.start_from' (an earlier student's name or a model directory)" if self.policy else ""))
+        if self.lora is not None and self.model is None and self.policy is None:
+            raise ValueError("lora adapts a pretrained model: set 'model' (a path or hub id), not 'init'")
         if self.policy is not None and self.distill is not None:
             raise ValueError("set at most one of 'distill' (trained on traces) and 'policy' (on its own rollouts)")
         if self.policy is not None and self.train != TrainConfig():

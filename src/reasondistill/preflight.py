@@ -3,9 +3,11 @@
 Why: a config can be valid field by field and still fail hours in: a soft-distillation student
 whose tokenizer is not the teacher's is refused at its train stage, after generation, curation and
 the other students; a student that is taught one end-of-sequence token and stopped on another
-rambles to the length limit; a prompt that leaves no room in the model's context is cut off. Each
-check here reads only configs and tokenizers (no weights), and each problem is one line naming the
-config key, so all of them can be fixed at once. Exit code 2 when there is a problem.
+rambles to the length limit; a prompt that leaves no room in the model's context is cut off; a
+quantize group size that does not fit a layer stops the run after training and evaluation. Each
+check here reads only configs and tokenizers (no weights: layer shapes come from a model on the
+meta device), and each problem is one line naming the config key, so all of them can be fixed at
+once. Exit code 2 when there is a problem.
 
     reasondistill check configs/demo.yaml
     problems = preflight(load_config("configs/demo.yaml"))   # [] when the run can start
@@ -182,7 +184,9 @@ class _Checker:
             self.add(f"{where}: {problem}")
         src = weights_source(self.cfg, s)
         field = "policy.start_from" if src.name == s.name and s.model is None and src.model else "model"
-        s = src.model_copy(update={"lora": s.lora, "distill": s.distill})
+        s = src.model_copy(update={"lora": s.lora, "distill": s.distill, "quantize": s.quantize})
+        if field == "policy.start_from" and self.unknown_start(f"{where}.{field}", s.model):
+            return
         conf = self.config(f"{where}.{field}", s.model) if s.model else None
         if s.model and conf is None:
             return
@@ -198,6 +202,47 @@ class _Checker:
         self.lengths(where, tok, context)
         if s.distill is not None:
             self.soft(where, s, tok, conf, teacher)
+        if s.quantize:
+            self.quantize(where, s, tok, conf)
+
+    def unknown_start(self, where: str, start: str) -> bool:
+        """True (and a problem line) when ``policy.start_from`` reads like a student's name, is none, and
+        no model by that name loads: most likely a misspelt student name (the closest is suggested)."""
+        import difflib
+        import re
+
+        if Path(start).expanduser().exists() or not re.fullmatch(r"[A-Za-z0-9_.-]+", start):
+            return False  # a path: the loading error says what is wrong with it
+        if not isinstance(self.models.config(start), Exception):
+            return False
+        names = [x.name for x in self.cfg.students]
+        close = difflib.get_close_matches(start, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        self.missing(where, start, f"no student or model directory named {start!r} (students: {', '.join(names)})"
+                                   f"{hint}")
+        return True
+
+    def quantize(self, where: str, s, tok, conf) -> None:
+        """Each quantize variant fits the student's layers (group size, keep), on a meta-device model:
+        the same check the quantize stage makes after training and evaluation."""
+        import torch
+
+        from reasondistill.quantize.scheme import quantized_layers
+
+        with torch.device("meta"):
+            if conf is not None:
+                from transformers import AutoModelForCausalLM
+
+                model = AutoModelForCausalLM.from_config(conf)
+            else:
+                from reasondistill.models import init_model
+
+                model = init_model(s.init.spec(), tok, seed=0)
+        for q in s.quantize:
+            try:
+                quantized_layers(model, q, f"quantize.{q.label}")
+            except ValueError as exc:
+                self.add(f"{where}: {exc}")
 
     def stopping(self, where: str, s, tok) -> None:
         """The chat template renders, and the token every answer is trained to end with is one the

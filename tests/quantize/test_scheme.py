@@ -86,6 +86,16 @@ def test_a_group_that_does_not_divide_a_layer_is_a_clear_error(trained):
         quantized_layers(load_model(str(trained)), QuantizeConfig(group_size=24), "students.s.quantize.x")
 
 
+def test_a_keep_entry_that_names_no_module_is_a_clear_error(trained):
+    from reasondistill.models import load_model
+
+    model = load_model(str(trained))
+    with pytest.raises(ValueError, match=r"students.s.quantize.x.keep: \['nonexistent_proj'\] match no module"):
+        quantized_layers(model, QuantizeConfig(keep=["lm_head", "nonexistent_proj"]), "students.s.quantize.x")
+    with pytest.raises(ValueError, match="did you mean 'down_proj'"):
+        kept_layers(model, QuantizeConfig(keep=["dwn_proj"]))
+
+
 def test_gradients_pass_straight_through_the_rounding(trained):
     from reasondistill.models import load_model
 

@@ -23,7 +23,7 @@ from reasondistill.records import Trace  # noqa: E402
 from reasondistill.train.config import TrainConfig  # noqa: E402
 from reasondistill.train.kd import OfflineTopKKD, OnlineKD, make_loss  # noqa: E402
 from reasondistill.train.lora import (LoraConfig, apply_lora, is_lora, load_base, param_counts,  # noqa: E402
-                                      quantize_problem)
+                                      quantize_problem, target_problem)
 from reasondistill.train.sft import cross_entropy_sum, train_model  # noqa: E402
 
 from conftest import TINY  # noqa: E402
@@ -184,6 +184,22 @@ def test_qlora_validates_but_refuses_without_a_gpu(tiny_model_dir):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="set lora.quantize: none"):
             load_base(str(tiny_model_dir), q)
+
+
+def test_each_target_module_must_match_and_a_tied_output_layer_is_refused(tiny_model_dir, char_tokenizer):
+    """An entry that matches no layer is named with the closest layer name, even beside one that
+    matches; adapters on an output layer tied to the input embedding are refused (merging them into
+    final/ would rewrite the embedding too), at check and when they are attached."""
+    conf = load_model(str(tiny_model_dir)).config
+    problem = target_problem(conf, LoraConfig(target_modules=["q_proj", "vv_proj"]))
+    assert problem is not None and "['vv_proj'] match no layer" in problem and "did you mean 'v_proj'" in problem
+    assert target_problem(conf, LoraConfig(target_modules=["q_proj", "model.layers.0.mlp.down_proj"])) is None
+    tied = target_problem(conf, LoraConfig(target_modules=["q_proj", "lm_head"]))
+    assert tied is not None and "lm_head" in tied and "tied" in tied and "drop lm_head" in tied
+    with pytest.raises(ValueError, match="tied to the input embedding"):
+        apply_lora(load_model(str(tiny_model_dir)), LoraConfig(target_modules=["lm_head"]), seed=0)
+    untied = init_model(TINY | {"tie_word_embeddings": False}, char_tokenizer, seed=0)
+    assert target_problem(untied.config, LoraConfig(target_modules=["lm_head"])) is None
 
 
 def test_lora_config_is_validated(tmp_path):

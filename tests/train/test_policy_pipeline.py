@@ -84,6 +84,18 @@ def test_check_names_a_missing_start_from_directory(tmp_path, tiny_model_dir):
     assert len(problems) == 1 and problems[0].startswith("students.0 (g).policy.start_from: cannot load"), problems
 
 
+def test_check_suggests_the_student_a_misspelt_start_from_means(tmp_path, tiny_model_dir):
+    from reasondistill.preflight import preflight
+
+    students = [{"name": "sft_lora", "model": str(tiny_model_dir), "lora": {"r": 4}},
+                {"name": "grpo", "lora": {"r": 4}, "policy": {"objective": "grpo", "start_from": "sft_lorra"}}]
+    problems = preflight(load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, students=students)))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("students.1 (grpo).policy.start_from: no student or model directory named "
+                                  "'sft_lorra'"), problems
+    assert "did you mean 'sft_lora'" in problems[0] and "cannot load" not in problems[0]
+
+
 def test_a_lora_policy_student_needs_pretrained_start_weights(tmp_path):
     """lora adapts pretrained weights: `model` or `policy.start_from`; a fresh `init` alone is refused
     when the config loads, naming the student and both fields."""
@@ -93,6 +105,8 @@ def test_a_lora_policy_student_needs_pretrained_start_weights(tmp_path):
         load_config(path)
     message = str(err.value)
     assert "students.0" in message and "'model'" in message and "'policy.start_from'" in message, message
+    with pytest.raises(ValidationError, match="'policy.start_from'"):  # neither model nor init
+        StudentConfig(name="x", lora={"r": 4}, policy={"objective": "grpo"})
     StudentConfig(name="x", lora={"r": 4}, policy={"objective": "grpo", "start_from": "s1"})
     StudentConfig(name="x", model="m", lora={"r": 4}, policy={"objective": "dpo"})
     with pytest.raises(ValidationError, match="lora adapts a pretrained model"):  # not a policy student

@@ -53,8 +53,8 @@ class QuantizeConfig(BaseModel):
                                    "output channel")
     keep: list[str] = Field(default_factory=lambda: ["lm_head"], description="modules left in full precision: "
                             "a name matches a module whose qualified name equals it, starts with it and a dot, "
-                            "or ends with a dot and it (lm_head, model.layers.0, down_proj); an output layer "
-                            "tied to the input embedding is always kept")
+                            "or ends with a dot and it (lm_head, model.layers.0, down_proj); a name that matches "
+                            "no module is an error; an output layer tied to the input embedding is always kept")
     teacher: Literal["self", "logit"] | None = Field(
         None, description="qad only: self (default) = the student's own full-precision weights; logit = the "
         "run's logit teacher (logit_teacher, else the run's local teacher)")

@@ -83,9 +83,21 @@ def linear_layers(model) -> dict[str, object]:
     return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
-def kept_layers(model, q: QuantizeConfig) -> list[str]:
+def kept_layers(model, q: QuantizeConfig, where: str = "quantize") -> list[str]:
     """Linear layers left in full precision: those ``keep`` names, and any whose weight is the input
-    embedding's (a tied output layer: quantizing it would quantize the embedding too)."""
+    embedding's (a tied output layer: quantizing it would quantize the embedding too). A ValueError
+    naming ``where`` if a ``keep`` entry matches no module (a typo; the default lm_head excepted: some
+    architectures name their output layer otherwise)."""
+    modules = [n for n, _ in model.named_modules() if n]
+    unmatched = [k for k in q.keep if k != "lm_head" and not any(matches(n, k) for n in modules)]
+    if unmatched:
+        import difflib
+
+        linear = sorted({n.rsplit(".", 1)[-1] for n in linear_layers(model)})
+        close = [c for k in unmatched for c in difflib.get_close_matches(k.rsplit(".", 1)[-1], linear, n=1)]
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise ValueError(f"{where}.keep: {unmatched} match no module of the model{hint}; its linear layers are "
+                         f"named {', '.join(linear)} (or give a qualified name such as model.layers.0)")
     emb = model.get_input_embeddings()
     tied = emb.weight if emb is not None else None
     return sorted(name for name, m in linear_layers(model).items()
@@ -94,7 +106,7 @@ def kept_layers(model, q: QuantizeConfig) -> list[str]:
 
 def quantized_layers(model, q: QuantizeConfig, where: str = "quantize") -> list[str]:
     """The Linear layers ``q`` quantizes; a ValueError naming ``where`` if a group does not fit a layer."""
-    kept = set(kept_layers(model, q))
+    kept = set(kept_layers(model, q, where))
     names = sorted(n for n in linear_layers(model) if n not in kept)
     layers = linear_layers(model)
     if q.group_size:

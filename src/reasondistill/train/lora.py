@@ -43,6 +43,7 @@ class LoraConfig(BaseModel):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input while training")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="module names (or name suffixes) that get adapters, e.g. [q_proj, v_proj]; "
+                                  "each must match a layer, and not an output head tied to the input embedding; "
                                   "all-linear: every linear layer except the output head")
     quantize: Literal["none", "nf4"] = Field(
         "none", description="nf4: QLoRA, the frozen base weights in 4-bit NF4 (bitsandbytes; needs a CUDA GPU, "
@@ -74,8 +75,8 @@ def quantize_problem(cfg: LoraConfig | None, cuda: bool | None = None) -> str | 
 
 
 def target_problem(model_config, cfg: LoraConfig) -> str | None:
-    """Why ``cfg.target_modules`` matches no layer of a model with ``model_config`` (a transformers
-    config), or None. The model is built on the meta device: no weights, no memory."""
+    """Why ``cfg.target_modules`` does not fit a model with ``model_config`` (a transformers config),
+    or None. The model is built on the meta device: no weights, no memory."""
     if cfg.target_modules == "all-linear":
         return None
     import torch
@@ -83,12 +84,42 @@ def target_problem(model_config, cfg: LoraConfig) -> str | None:
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config)
+    problem = layer_problem(model, cfg)
+    if problem:
+        return problem
     try:
         _get_peft_model(model, cfg)
-    except ValueError:  # peft's NoMatchingPeftModuleError
+    except ValueError as exc:  # e.g. a module type peft cannot adapt
+        return f"lora.target_modules {cfg.target_modules}: {str(exc).strip().splitlines()[0]}"
+    return None
+
+
+def layer_problem(model, cfg: LoraConfig) -> str | None:
+    """Why ``cfg.target_modules`` does not fit ``model``, or None: an entry that matches no module (peft's
+    rule: the module's qualified name equals it or ends with a dot and it), or the output layer when it
+    is tied to the input embedding (merging its adapter into ``final/`` would rewrite the embedding too)."""
+    import difflib
+
+    import torch
+
+    if cfg.target_modules == "all-linear":  # peft leaves the output layer out
+        return None
+    names = [n for n, _ in model.named_modules() if n]
+    unmatched = [t for t in cfg.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        return (f"lora.target_modules {cfg.target_modules} match no layer of the model; its linear layers are "
+        close = [c for t in unmatched for c in difflib.get_close_matches(t.rsplit(".", 1)[-1], linear, n=1)]
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        return (f"lora.target_modules {unmatched} match no layer of the model{hint}; its linear layers are "
                 f"named {', '.join(linear)} (or use all-linear)")
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and emb is not None and head.weight is emb.weight:
+        head_name = next(n for n, m in model.named_modules() if m is head)
+        hit = [t for t in cfg.target_modules if head_name == t or head_name.endswith("." + t)]
+        if hit:
+            return (f"lora.target_modules: {hit[0]} is the output layer, tied to the input embedding "
+                    "(tie_word_embeddings): merging its adapter into final/ would rewrite the embedding too; drop "
+                    f"{hit[0]} from target_modules, or use a model with untied embeddings")
     return None
 
 
@@ -120,6 +151,9 @@ def apply_lora(model, cfg: LoraConfig, seed: int):
     wrapped model computes exactly what the base did)."""
     import torch
 
+    problem = layer_problem(model, cfg)
+    if problem:
+        raise ValueError(problem)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _get_peft_model(model, cfg)
