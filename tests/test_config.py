@@ -146,3 +146,32 @@ def test_docs_config_md_is_current(capsys):
     assert "| `max_per_problem` | int or null | `1` | keep at most K distinct correct traces per problem |" in current
     stored = (Path(__file__).parents[1] / "docs" / "config.md").read_text(encoding="utf-8")
     assert stored == current, "docs/config.md is stale: run `reasondistill config docs > docs/config.md`"
+
+
+@pytest.mark.parametrize("teacher", ["{api_key: sk-live-REALSECRET}", "{my_token: sk-live-REALSECRET}",
+                                     "{api_key_env: sk-live-REALSECRET}", "{api_key_env: [sk-live-REALSECRET]}"])
+def test_a_pasted_secret_is_never_echoed(tmp_path, teacher):
+    """A value under a key named like a secret (api_key, token, password...) is not shown in the error."""
+    f = tmp_path / "c.yaml"
+    f.write_text(f"teacher: {{kind: openai, base_url: 'http://127.0.0.1:9/v1', model: m, "
+                 f"{teacher.strip('{}')}}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    text = str(err.value)
+    assert "REALSECRET" not in text and "teacher." in text and str(f) in text
+    if "api_key:" in teacher:
+        assert "did you mean 'api_key_env'?" in text
+
+
+def test_api_key_env_must_be_a_variable_name():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["teacher.kind=openai", "teacher.base_url=http://127.0.0.1:9/v1",
+                           "teacher.api_key_env=sk-live-REALSECRET"])
+    text = str(err.value)
+    assert "teacher.api_key_env" in text and "looks like a key" in text and "REALSECRET" not in text
+    with pytest.raises(ConfigError, match="evaluate.openai.api_key_env.*looks like a key"):
+        load_config(None, ["evaluate.backend=openai", "evaluate.openai.base_url=http://127.0.0.1:9/v1",
+                           "evaluate.openai.api_key_env=abc def"])
+    cfg = load_config(None, ["teacher.kind=openai", "teacher.base_url=http://127.0.0.1:9/v1",
+                             "teacher.api_key_env=OPENAI_API_KEY_2"])
+    assert cfg.teacher.api_key_env == "OPENAI_API_KEY_2"

@@ -176,6 +176,113 @@ def test_a_plain_rerun_retries_traces_that_failed_at_the_teacher(tmp_path, tiny_
         srv.server_close()
 
 
+def _served(tiny_model_dir, **kw):
+    """A `reasondistill serve` server of the tiny model on 127.0.0.1 (port 0), serving in a thread."""
+    import threading
+
+    from reasondistill.serve import make_server
+
+    srv = make_server(str(tiny_model_dir), port=0, model_name="tiny", **kw)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def _api_config(tmp_path, **teacher):
+    cfg = write_config(tmp_path / "c.yaml", "tiny", task={"n_train": 6})
+    api = {"kind": "openai", "model": "tiny", "concurrency": 1, "max_retries": 1, "backoff_base_s": 0.01} | teacher
+    cfg.write_text(cfg.read_text().replace("teacher:\n  model: tiny\n", "teacher: " + json.dumps(api) + "\n"))
+    return cfg
+
+
+def test_a_resumed_generate_keeps_its_traces_when_only_the_connection_changes(tmp_path, tiny_model_dir,
+                                                                               monkeypatch):
+    """base_url, api_key_env, concurrency, timeout_s, max_retries decide how traces are fetched, not
+    what they are: changing them resumes generation (a paid API is not paid twice)."""
+    first, moved = _served(tiny_model_dir), _served(tiny_model_dir)
+    try:
+        cfg = _api_config(tmp_path, base_url=first.url)
+        cli("generate", cfg)
+        traces = tmp_path / "run/generate/traces.jsonl"
+        lines = traces.read_text().splitlines(keepends=True)
+        assert len(lines) == 12
+        traces.write_text("".join(lines[:5]))  # as if stopped after 5 traces
+        monkeypatch.setenv("RD_TEST_ANY_KEY", "k")  # the server has no key: any is accepted
+        out = cli("generate", tmp_path / "run", f"teacher.base_url={moved.url}", "teacher.concurrency=3",
+                  "teacher.timeout_s=20", "teacher.max_retries=2", "teacher.api_key_env=RD_TEST_ANY_KEY",
+                  "teacher.backoff_max_s=5", "teacher.max_consecutive_failures=10")
+        assert "config changed" not in out.stdout and not list(traces.parent.glob("*.stale-*"))
+        assert "resuming: 5 traces already written" in out.stdout
+        assert traces.read_text().startswith("".join(lines[:5]))  # kept, not regenerated
+        assert len(read_records(traces, Trace)) == 12 and 0 < moved.stats["chat_requests"] < 12
+        # the prompt, model or sampling is part of what a trace is: changing it starts over
+        changed = cli("generate", tmp_path / "run", f"teacher.base_url={moved.url}", "teacher.system_prompt=Be brief.")
+        assert "config changed" in changed.stdout
+    finally:
+        for srv in (first, moved):
+            srv.shutdown()
+            srv.server_close()
+
+
+def test_a_wrong_model_name_stops_generate_at_once(tmp_path, tiny_model_dir):
+    """An answer that cannot succeed on a retry (404: no such model or URL) stops the stage with exit
+    code 2 after one request, instead of recording an error trace per problem."""
+    srv = _served(tiny_model_dir)
+    try:
+        out = cli("generate", _api_config(tmp_path, base_url=srv.url, model="no-such-model"), check=False)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "HTTP 404" in out.stderr and "no-such-model" in out.stderr and srv.url in out.stderr
+        assert srv.stats["chat_requests"] <= 2  # the one that failed, and one already sent beside it
+        traces = tmp_path / "run/generate/traces.jsonl"
+        assert not traces.exists() or not read_records(traces, Trace)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_generate_fails_when_every_trace_of_the_run_failed(tmp_path, tiny_model_dir):
+    """Fewer problems than max_consecutive_failures, each refused (400, per problem): the stage fails
+    with exit code 2 and a clear message, keeping the error traces (a re-run retries them)."""
+    srv = _served(tiny_model_dir, inject_failures="400")
+    try:
+        out = cli("generate", _api_config(tmp_path, base_url=srv.url), check=False)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "all 12 traces of this run failed at the teacher" in out.stderr and "HTTP 400" in out.stderr
+        traces = read_records(tmp_path / "run/generate/traces.jsonl", Trace)
+        assert len(traces) == 12 and all(t.finish_reason == "error" for t in traces)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_the_teacher_fingerprint_has_what_decides_a_trace_and_nothing_else(tmp_path):
+    """Transport keys (where the server is, its key, requests in flight, time-outs, retries) are
+    not fingerprinted; the model, prompt and sampling settings are. Runs started before resume:
+    their fingerprint (frozen here) is accepted, and an hf section fingerprints exactly as before."""
+    from reasondistill.config import TeacherConfig
+    from reasondistill.rundir import RunDir
+
+    api = TeacherConfig(kind="openai", base_url="http://127.0.0.1:1/v1", model="m", concurrency=4)
+    moved = api.model_copy(update={"base_url": "http://10.0.0.2:8000/v1", "api_key_env": "K", "concurrency": 64,
+                                   "timeout_s": 5.0, "max_retries": 0, "backoff_base_s": 1.0, "backoff_max_s": 2.0,
+                                   "max_consecutive_failures": None})
+    assert api.fingerprinted() == moved.fingerprinted()
+    for key, value in (("model", "n"), ("system_prompt", "x"), ("extra_body", {"top_k": 5}), ("reasoning", "tags"),
+                       ("use_n", True), ("max_tokens_field", "max_completion_tokens"), ("name", "t")):
+        assert api.model_copy(update={key: value}).fingerprinted() != api.fingerprinted(), key
+    assert api.fingerprinted(legacy=True) == {  # as the generate stage fingerprinted it before
+        "kind": "openai", "model": "m", "dtype": "float32", "system_prompt": None, "base_url": "http://127.0.0.1:1/v1",
+        "api_key_env": None, "concurrency": 4, "timeout_s": 60.0, "max_retries": 6, "reasoning": "auto", "use_n": False}
+    assert TeacherConfig().fingerprinted() == TeacherConfig().fingerprinted(legacy=True)
+    rd = RunDir(tmp_path / "run")
+    out, progress = tmp_path / "traces.jsonl", tmp_path / "progress.json"
+    out.write_text("{}\n")
+    progress.write_text(json.dumps({"fingerprint": "old"}))
+    rd.restart_if_stale(out, progress, "new", lambda _m: None, also=("old",))
+    assert out.exists() and json.loads(progress.read_text()) == {"fingerprint": "new"}
+    rd.restart_if_stale(out, progress, "newer", lambda _m: None, also=("old",))
+    assert not out.exists() and (tmp_path / "traces.jsonl.stale-1").exists()
+
+
 def test_fields_added_later_keep_old_fingerprints():
     """A student config fingerprints without fields that were added later while they sit at their
     defaults (so upgrading does not retrain old runs), and with them once set."""

@@ -207,3 +207,35 @@ def test_the_offline_example_configs_load_and_pass_every_check(name):
 
     path = Path(__file__).resolve().parents[1] / "configs" / name
     assert preflight(load_config(path)) == []
+
+
+def test_an_api_teacher_is_asked_for_its_models(tmp_path, tiny_model_dir):
+    """check probes GET {base_url}/models: a closed port, a base_url without /v1 and a model the
+    server does not list are one line each, before any run spends minutes retrying."""
+    import socket
+
+    from tests.test_pipeline import _served
+
+    student = [{"name": "s", "tokenizer": str(tiny_model_dir), "init": {"hidden_size": 16, "num_hidden_layers": 1,
+                                                                      "num_attention_heads": 2}}]
+    srv = _served(tiny_model_dir)
+    with socket.socket() as s:  # a port on 127.0.0.1 that nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    try:
+        def problems(**teacher):
+            api = {"kind": "openai", "model": "tiny", "base_url": srv.url} | teacher
+            return preflight(_cfg(tmp_path, tiny_model_dir, students=student, replace={"teacher": api})[0])
+
+        assert problems() == []
+        assert srv.stats.get("chat_requests", 0) == 0  # a probe, not a completion
+        dead = problems(base_url=closed)
+        assert len(dead) == 1 and dead[0].startswith("teacher.base_url: cannot reach") and closed in dead[0]
+        short = problems(base_url=srv.url.removesuffix("/v1"))
+        assert len(short) == 1 and "HTTP 404" in short[0] and "does base_url end in /v1?" in short[0]
+        wrong = problems(model="tiny-typo")
+        assert len(wrong) == 1 and wrong[0].startswith("teacher.model: 'tiny-typo' is not among the models")
+        assert "'tiny'" in wrong[0]
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from reasondistill.config_fields import model_at
 from reasondistill.curate.config import NearDedupConfig, PassRateBand
 from reasondistill.hints import did_you_mean
 from reasondistill.quantize.config import QuantizeSections
+from reasondistill.redact import env_name_problem, secret_name
 from reasondistill.tasks.config import TASK_NAMES, ChainedArithConfig, TaskConfig, clean_loc
 from reasondistill.teachers.sampling import SamplingParams
 from reasondistill.train.config import TrainConfig
@@ -96,6 +98,11 @@ class TeacherConfig(_Strict):
                              "vllm:MODEL, or MODEL)")
     vllm: VLLMOptions | None = Field(None, description="vllm: engine options (tensor_parallel_size, ...)")
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        return _check_env_name(value)
+
     @model_validator(mode="after")
     def _api(self) -> "TeacherConfig":
         if self.kind == "vllm" and "dtype" not in self.model_fields_set:
@@ -118,10 +125,16 @@ class TeacherConfig(_Strict):
             data.pop("vllm", None)
         return data
 
-    def fingerprinted(self) -> dict[str, Any]:
-        """The section as the generate stage fingerprints it: keys added later are left out while at
-        their defaults, so that upgrading does not regenerate the traces of existing runs."""
+    def fingerprinted(self, legacy: bool = False) -> dict[str, Any]:
+        """The section as the generate stage fingerprints it. Keys that do not decide what a trace is
+        (``_NOT_IN_TRACES`` of its kind: where the server is, its key, requests in flight, time-outs,
+        retries) count as at their defaults, so changing them resumes the traces already written. Keys
+        added later are left out while at their defaults, so that upgrading does not regenerate the
+        traces of existing runs. ``legacy``: as fingerprinted before ``_NOT_IN_TRACES`` existed (a run
+        started then resumes)."""
         data = self.model_dump(mode="json")
+        for key in () if legacy else _NOT_IN_TRACES.get(self.kind, ()):
+            data[key] = TeacherConfig.model_fields[key].get_default(call_default_factory=True)
         for key in _LATER_TEACHER_KEYS:
             if key in data and data[key] == TeacherConfig.model_fields[key].get_default(call_default_factory=True):
                 data.pop(key)
@@ -130,6 +143,22 @@ class TeacherConfig(_Strict):
 
 _LATER_TEACHER_KEYS = ("backoff_base_s", "backoff_max_s", "extra_body", "max_tokens_field",
                        "max_consecutive_failures", "name")
+# how an API teacher's traces are fetched, not what they are
+_TRANSPORT_KEYS = ("base_url", "api_key_env", "concurrency", "timeout_s", "max_retries", "backoff_base_s",
+                   "backoff_max_s", "max_consecutive_failures")
+# per kind, the keys that do not change its traces: transport, and the keys the kind does not use
+# (the model, dtype, system prompt, name, sampling and parsing settings all stay in)
+_NOT_IN_TRACES = {"openai": (*_TRANSPORT_KEYS, "dtype"),
+                  "hf": (*_TRANSPORT_KEYS, "reasoning", "use_n", "extra_body", "max_tokens_field"),
+                  "vllm": (*_TRANSPORT_KEYS, "reasoning", "use_n", "extra_body", "max_tokens_field")}
+
+
+def _check_env_name(value: str | None) -> str | None:
+    """``api_key_env`` holds the name of an environment variable, never the key itself."""
+    problem = env_name_problem(value) if value is not None else None
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 class LogitTeacherConfig(_Strict):
@@ -436,6 +465,11 @@ class EvalServerConfig(_Strict):
     timeout_s: float = Field(600.0, gt=0, description="seconds per request before it is retried")
     max_retries: int = Field(6, ge=0, description="retries of a failed request (with backoff)")
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        return _check_env_name(value)
+
 
 class EvaluateConfig(_Strict):
     backend: Literal["hf", "vllm", "openai"] = Field(
@@ -663,11 +697,14 @@ def _unalias(obj: Any) -> Any:
 
 def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
     """One line per error, naming the field; a misspelled key, task name or choice gets the
-    closest valid name (for keys: the fields of ``root``, default ``RunConfig``, at that place)."""
+    closest valid name (for keys: the fields of ``root``, default ``RunConfig``, at that place). A
+    value under a key named like a secret (api_key, token, password, ...) is not shown."""
     lines = [f"{source}: invalid config"]
     for e in err.errors():
         loc = ".".join(str(x) for x in clean_loc(e["loc"])) or "(top level)"
         got = f" (got {e['input']!r:.60})" if "input" in e and not isinstance(e["input"], dict) else ""
+        if got and any(secret_name(x) for x in e["loc"] if isinstance(x, str)):  # e.g. a pasted api_key
+            got = " (value not shown: the key's name says it may be a secret)"
         hint = _hint(e, root or RunConfig)
         lines.append(f"  {loc}: {e['msg']}{got}" + (f"; {hint}" if hint else ""))
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from reasondistill.config import RunConfig, StudentConfig, dump_config
+from reasondistill.errors import UserError
 from reasondistill.models import local_files
 from reasondistill.records import (JsonlWriter, Problem, Trace, read_records, repair_tail, write_json,
                                    write_records, write_text)
@@ -136,7 +137,9 @@ class Pipeline:
         def fn(fp):
             from reasondistill.progress import progress_bar
 
-            self.rd.restart_if_stale(out, progress_file, fp, self.log)
+            # traces of a run started before transport keys left the fingerprint are this config's too
+            legacy = self.rd.fingerprint(conf | {"teacher": self.cfg.teacher.fingerprinted(legacy=True)}, inputs)
+            self.rd.restart_if_stale(out, progress_file, fp, self.log, also=(legacy,))
             repair_tail(out)
             problems = read_records(problems_path, Problem)
             if shard is not None:
@@ -148,7 +151,7 @@ class Pipeline:
             todo = [p for p in problems if any((p.id, s) not in done for s in range(n))]
             if resumed:
                 self.log(f"       resuming: {resumed} traces already written, {len(todo)} problems to go")
-            written = 0
+            written, ok, last_error = 0, 0, None
             if todo:
                 teacher = make_teacher(self.cfg.teacher)
                 with JsonlWriter(out) as writer, progress_bar("generate", len(todo), self.show_progress) as bar:
@@ -159,7 +162,13 @@ class Pipeline:
                                 writer.write(record_system_prompt(tr, system))
                                 done.add((tr.problem_id, tr.sample))
                                 written += 1
+                                ok += tr.finish_reason != "error"
+                                last_error = tr.error or last_error
                         bar(len(batch) // n)
+            if written and not ok:  # nothing this run asked for came back: a wrong model, URL, key, prompt...
+                raise UserError(f"all {written} traces of this run failed at the teacher; last error: "
+                                f"{last_error or 'not recorded'}. They are kept in {out} with their error; fix "
+                                "the cause and run generate again to retry them")
             failed = sum(t.finish_reason == "error" for t in load_traces(out).values())
             if failed:
                 self.log(f"       {failed} traces failed at the teacher (recorded with their error; "

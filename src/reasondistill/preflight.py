@@ -7,7 +7,9 @@ rambles to the length limit; a prompt that leaves no room in the model's context
 quantize group size that does not fit a layer stops the run after training and evaluation. Each
 check here reads only configs and tokenizers (no weights: layer shapes come from a model on the
 meta device), and each problem is one line naming the config key, so all of them can be fixed at
-once. Exit code 2 when there is a problem.
+once. Exit code 2 when there is a problem. ``check`` also asks an API teacher's server once for
+its models (``GET {base_url}/models``): a dead port or a base_url without ``/v1`` is found in a
+second, not after minutes of retries (``run`` does not ask: a finished run does not need its server).
 
     reasondistill check configs/demo.yaml
     problems = preflight(load_config("configs/demo.yaml"))   # [] when the run can start
@@ -112,14 +114,15 @@ def _context(config) -> int | None:
     return None
 
 
-def preflight(cfg) -> list[str]:
-    """Every problem found in ``cfg`` (a RunConfig), one line each; [] when the run can start."""
-    return _Checker(cfg).run()
+def preflight(cfg, probe: bool = True) -> list[str]:
+    """Every problem found in ``cfg`` (a RunConfig), one line each; [] when the run can start.
+    ``probe``: also ask an API teacher's server for its models."""
+    return _Checker(cfg, probe).run()
 
 
 class _Checker:
-    def __init__(self, cfg):
-        self.cfg, self.models, self.problems, self.reported = cfg, _Models(), [], set()
+    def __init__(self, cfg, probe: bool = True):
+        self.cfg, self.models, self.problems, self.reported, self.probe = cfg, _Models(), [], set(), probe
         self._prompts: dict[str, list[str]] | None = None
 
     def add(self, line: str) -> None:
@@ -164,6 +167,8 @@ class _Checker:
         t = self.cfg.teacher
         if t.kind in ("hf", "vllm") and self.config("teacher.model", t.model) is not None:
             self.tokenizer("teacher.model", t.model)
+        if t.kind == "openai" and self.probe:
+            self.server()
         found = logit_teacher(self.cfg)
         if found is None:
             return None
@@ -174,6 +179,18 @@ class _Checker:
         if isinstance(conf, Exception) or isinstance(tok, Exception):
             return None  # already reported
         return {"key": key, "name": name, "config": conf, "tokenizer": tok}
+
+    def server(self) -> None:
+        """The API teacher's server answers, takes the key and has the model (one GET /models)."""
+        from reasondistill.teachers.factory import make_teacher
+
+        try:
+            teacher = make_teacher(self.cfg.teacher)
+        except ValueError as exc:  # e.g. the api_key_env variable is not set
+            self.add(_first_line(exc))
+            return
+        for line in teacher.probe():
+            self.add(line)
 
     # -- one student ----------------------------------------------------------------------------------
     def student(self, where: str, s, teacher: dict[str, Any] | None) -> None:
@@ -389,7 +406,7 @@ def require_ok(cfg) -> None:
     """Raise a user error listing every problem :func:`preflight` finds (``run`` calls this first)."""
     from reasondistill.errors import UserError
 
-    problems = preflight(cfg)
+    problems = preflight(cfg, probe=False)
     if problems:
         raise UserError(f"the config has {len(problems)} problem(s); nothing was run "
                         "(`reasondistill check CONFIG` lists them again):\n" + "\n".join(f"  {p}" for p in problems))

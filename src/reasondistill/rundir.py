@@ -216,9 +216,11 @@ class RunDir(Layout):
             current[stage] = reason
         write_json(self.skipped_path, current)
 
-    def restart_if_stale(self, output: Path, progress_file: Path, fp: str, log: Callable[[str], None] = print) -> None:
+    def restart_if_stale(self, output: Path, progress_file: Path, fp: str, log: Callable[[str], None] = print,
+                         also: tuple[str, ...] = ()) -> None:
         """Before a resumable stage (re)writes ``output``: keep what an earlier config made aside (see
         :func:`archive`), and record ``fp`` in ``progress_file`` so the next start knows what it resumes.
+        ``also``: older fingerprints of the same config (its output is resumed, not set aside).
         Only the main process touches the files; under several processes the others wait here."""
         if self.main:
             if output.exists():
@@ -226,7 +228,7 @@ class RunDir(Layout):
                     old = json.loads(progress_file.read_text()).get("fingerprint")
                 except (OSError, ValueError):
                     old = None
-                if old != fp:
+                if old != fp and old not in also:
                     archive(output, log)
             write_json(progress_file, {"fingerprint": fp})
         if not self._solo:

@@ -455,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     api_key = None
     if args.api_key_env:
+        from reasondistill.redact import env_name_problem
+
+        if env_name_problem(args.api_key_env):
+            ap.error(f"--api-key-env: {env_name_problem(args.api_key_env)}")
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             ap.error(f"--api-key-env: environment variable {args.api_key_env} is not set")

@@ -231,8 +231,9 @@ def test_unreachable_server_raises_instead_of_erroring_everything():
         port = s.getsockname()[1]
     t = OpenAITeacher(f"http://127.0.0.1:{port}/v1", "tiny", max_retries=1, backoff_base_s=0.01,
                       max_consecutive_failures=3, concurrency=2)
-    with pytest.raises(TeacherError, match="3 problems in a row failed.*connection error"):
+    with pytest.raises(TeacherError, match="3 problems in a row failed.*connection error") as err:
         list(t.sample(PROBLEMS, GREEDY))
+    assert f"http://127.0.0.1:{port}/v1/chat/completions" in str(err.value).split("last error:")[1]
 
 
 def test_consumer_can_stop_early(serve):
@@ -250,5 +251,8 @@ def test_config_is_checked(monkeypatch):
         OpenAITeacher("http://127.0.0.1:1/v1", "m", api_key_env="RD_MISSING_KEY")
     with pytest.raises(ValueError, match="base_url"):
         OpenAITeacher("127.0.0.1:8000/v1", "m")
+    with pytest.raises(ValueError, match="looks like a key") as err:
+        OpenAITeacher("http://127.0.0.1:1/v1", "m", api_key_env=SECRET)
+    assert SECRET not in str(err.value)
     with pytest.raises(ValueError, match="reasoning"):
         OpenAITeacher("http://127.0.0.1:1/v1", "m", reasoning="maybe")

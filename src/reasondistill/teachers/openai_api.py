@@ -3,8 +3,10 @@
 Why: real teachers are big and live behind an HTTP API, which rate-limits, times out and now and
 then answers garbage. This client keeps ``concurrency`` requests in flight, retries what can be
 retried (429, 5xx, timeouts, dropped connections, unreadable bodies) with exponential backoff,
-full jitter and ``Retry-After``, and turns a problem that keeps failing into error traces instead
-of losing it. Reasoning comes from the ``reasoning_content``/``reasoning`` field when the server
+full jitter and ``Retry-After``, turns a problem that keeps failing into error traces instead
+of losing it, and stops at once on an answer no retry can change (401, 402, 403, 404: the key, the
+account, the model name or the URL). ``probe()`` asks ``GET /models`` once (``reasondistill check``).
+Reasoning comes from the ``reasoning_content``/``reasoning`` field when the server
 splits it out, else from ``<think>…</think>`` in the content. The API key is read from the
 environment variable named by ``api_key_env`` when requests are made; it is never stored on the
 object, logged, or written into a trace.
@@ -34,7 +36,9 @@ except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef]
 
 from reasondistill.errors import UserError
+from reasondistill.hints import did_you_mean
 from reasondistill.records import Problem, Trace
+from reasondistill.redact import env_name_problem
 from reasondistill.teachers.sampling import SamplingParams, row_key
 from reasondistill.thinking import CLOSE, OPEN, split_thinking
 
@@ -42,6 +46,8 @@ log = logging.getLogger(__name__)
 REASONING_MODES = ("auto", "field", "tags")
 REASONING_KEYS = ("reasoning_content", "reasoning")
 RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx
+# answers no retry and no other problem can change (the key, the credit, the model or the URL): stop
+STOP_STATUS = {401, 402, 403, 404}
 RETRY_AFTER_CAP_S = 600.0  # a longer Retry-After is taken as this
 
 
@@ -141,6 +147,8 @@ class OpenAITeacher:
             raise ValueError(f"teacher.reasoning must be one of {REASONING_MODES}, got {reasoning!r}")
         if concurrency < 1 or timeout_s <= 0 or max_retries < 0 or backoff_base_s < 0 or backoff_max_s < 0:
             raise ValueError("teacher: need concurrency >= 1, timeout_s > 0, max_retries >= 0, backoffs >= 0")
+        if api_key_env and env_name_problem(api_key_env):
+            raise ValueError(f"teacher.api_key_env: {env_name_problem(api_key_env)}")
         if api_key_env and not os.environ.get(api_key_env):
             raise ValueError(f"teacher.api_key_env: environment variable {api_key_env} is not set")
         self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
@@ -166,6 +174,40 @@ class OpenAITeacher:
     def _scrub(self, text: str) -> str:
         key = self._key()
         return text.replace(key, "***") if key else text
+
+    def _headers(self) -> dict[str, str]:
+        key = self._key()
+        return {"User-Agent": "reasondistill"} | ({"Authorization": f"Bearer {key}"} if key else {})
+
+    def probe(self, timeout_s: float = 5.0) -> list[str]:
+        """Problems found by one ``GET {base_url}/models`` (with the key the requests send), each a
+        line naming the config key: the server cannot be reached, refuses the key, has no such URL
+        (a base_url without ``/v1``), or lists models and ``model`` is not among them. [] when fine."""
+        url = f"{self.base_url}/models"
+        try:
+            with httpx.Client(headers=self._headers(), timeout=min(timeout_s, self.timeout_s),
+                              trust_env=self._trust_env) as client:
+                r = client.get(url)
+        except httpx.HTTPError as exc:
+            return [self._scrub(f"teacher.base_url: cannot reach {url} ({type(exc).__name__}: {exc}); is the "
+                                "server running, on this host and port?")]
+        if r.status_code >= 400:
+            detail = self._scrub(r.text[:200].strip())
+            if r.status_code in (401, 403):
+                return [f"teacher.api_key_env: {url} answered HTTP {r.status_code} ({detail}); check the API key "
+                        f"(teacher.api_key_env: {self.api_key_env or 'not set'})"]
+            hint = "; does base_url end in /v1?" if r.status_code == 404 else ""
+            return [f"teacher.base_url: GET {url} answered HTTP {r.status_code} ({detail}){hint}"]
+        try:
+            ids = [m["id"] for m in r.json()["data"]]
+        except Exception:  # noqa: BLE001 - a server that lists no models in OpenAI's form: nothing to compare
+            return []
+        if ids and self.model not in ids:
+            hint = did_you_mean(self.model, ids)
+            shown = ", ".join(repr(i) for i in ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            return [f"teacher.model: {self.model!r} is not among the models {url} lists ({shown})"
+                    + (f"; {hint}" if hint else "")]
+        return []
 
     # -- the sync entry point: an event loop in a helper thread, traces handed over by a queue --
     def sample(self, problems: list[Problem], params: SamplingParams,
@@ -212,8 +254,7 @@ class OpenAITeacher:
     async def asample(self, problems: list[Problem], params: SamplingParams,
                       system_prompt: str | None = None) -> AsyncIterator[list[Trace]]:
         """The async version of :meth:`sample`."""
-        key = self._key()
-        headers = {"User-Agent": "reasondistill"} | ({"Authorization": f"Bearer {key}"} if key else {})
+        headers = self._headers()
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         window = 2 * self.concurrency  # problems in flight: bounded memory for any number of problems
         async with httpx.AsyncClient(headers=headers, timeout=self.timeout_s, limits=limits,
@@ -342,7 +383,7 @@ class OpenAITeacher:
             except (httpx.TimeoutException, TimeoutError):
                 last, retry_after = f"timed out after {self.timeout_s:g}s", None
             except httpx.TransportError as exc:
-                last, retry_after = f"connection error: {type(exc).__name__}: {exc}", None
+                last, retry_after = f"connection error ({url}): {type(exc).__name__}: {exc}", None
             except httpx.HTTPError as exc:  # e.g. a body that does not decode (bad gzip)
                 last, retry_after = f"malformed response: {type(exc).__name__}: {exc}", None
             except _Failed as exc:
@@ -368,10 +409,12 @@ class OpenAITeacher:
             message = f"HTTP {r.status_code}: {detail}"
             if r.status_code in RETRY_STATUS or r.status_code >= 500:
                 raise _Retry(message, _retry_after(r.headers))
-            if r.status_code == 404:
-                message += " (does base_url end in /v1, and is the model name right?)"
-            if r.status_code in (401, 403):  # every request would fail the same way: stop now
-                raise TeacherError(self._scrub(f"{self.base_url}: {message}; check the API key "
+            if r.status_code == 404:  # every request would fail the same way: stop now
+                raise TeacherError(self._scrub(f"{r.url}: {message}; does base_url end in /v1, and is teacher.model "
+                                               f"({self.model!r}) a model the server has (GET {self.base_url}/models "
+                                               "lists them)?"))
+            if r.status_code in STOP_STATUS:
+                raise TeacherError(self._scrub(f"{self.base_url}: {message}; check the API key and its account "
                                                f"(teacher.api_key_env: {self.api_key_env or 'not set'})"))
             raise _Failed(message, 0)
         try:
