@@ -14,27 +14,16 @@ from safetensors.torch import load_file
 
 pytest.importorskip("peft")
 
-from reasondistill.data.build import build_dataset, make_examples  # noqa: E402
 from reasondistill.models import load_model  # noqa: E402
-from reasondistill.records import Trace  # noqa: E402
 from reasondistill.train.config import TrainConfig  # noqa: E402
 from reasondistill.train.lora import LoraConfig, apply_lora  # noqa: E402
 from reasondistill.train.policy import train_policy  # noqa: E402
 from reasondistill.train.policy_config import PolicyConfig, RewardValues  # noqa: E402
 from reasondistill.train.sft import cross_entropy_sum, train_model  # noqa: E402
 from reasondistill.train.step_rng import step_rng, step_seed  # noqa: E402
+from tests.train.test_lora import dataset  # noqa: E402,F401  (the fixture: 40 arithmetic traces)
 
 DROPOUT = LoraConfig(r=4, alpha=8, dropout=0.3)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory, arith, char_tokenizer):
-    d = tmp_path_factory.mktemp("rng-data")
-    problems = arith.problems("train", 40, seed=0)
-    traces = [Trace(p.id, 0, p.solution, p.answer, "", 0, 0, "stop", "solver") for p in problems]
-    build_dataset(make_examples({p.id: p for p in problems}, traces, "traces"), char_tokenizer, d,
-                  max_length=512, val_fraction=0.1, seed=0)
-    return d
 
 
 def _cfg():
