@@ -175,3 +175,34 @@ def test_api_key_env_must_be_a_variable_name():
     cfg = load_config(None, ["teacher.kind=openai", "teacher.base_url=http://127.0.0.1:9/v1",
                              "teacher.api_key_env=OPENAI_API_KEY_2"])
     assert cfg.teacher.api_key_env == "OPENAI_API_KEY_2"
+
+
+def test_errors_in_a_config_file_name_its_line_and_overrides_are_not_given_one(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("""run_dir: runs/x
+task:
+  name: gsm8k
+  path: data.jsonl
+  fields: {questoin: q}
+teacher: {model: "bundled:tiny-arith-teacher"}
+students:
+  - name: s1
+    init: {hidden_size: 16}
+    train:
+      lr: -3
+""")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "line 11: students.0.train.lr: Input should be greater than 0" in text
+    assert "line 5: task.fields.questoin:" in text  # through the task union's tag
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["students.0.train.lr=-1"])
+    assert "\n  students.0.train.lr: Input should be greater than 0 (got -1)" in str(err.value)  # no line: an override
+
+
+def test_an_override_fills_a_section_the_config_left_empty(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("evaluate: {backend: openai, openai: null}\n")
+    cfg = load_config(path, ["evaluate.openai.base_url=http://127.0.0.1:1/v1"])
+    assert cfg.evaluate.openai.base_url == "http://127.0.0.1:1/v1"

@@ -615,7 +615,12 @@ def apply_override(data: dict[str, Any], override: str) -> None:
             raise ConfigError(f"override {key}: {'.'.join(parts[:i])} is a value ({node!r}), not a section")
         if i == len(parts) - 1:
             break
-        node = _list_item(node, part, parts[: i + 1]) if isinstance(node, list) else node.setdefault(part, {})
+        if isinstance(node, list):
+            node = _list_item(node, part, parts[: i + 1])
+        else:
+            if node.get(part) is None:  # absent, or a section left empty (`openai: null` in a run's config.yaml)
+                node[part] = {}
+            node = node[part]
     last = parts[-1]
     if isinstance(node, list):
         node[_list_index(node, last, parts)] = value
@@ -695,13 +700,48 @@ def _unalias(obj: Any) -> Any:
     return obj
 
 
-def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
-    """One line per error, naming the field; a misspelled key, task name or choice gets the
-    closest valid name (for keys: the fields of ``root``, default ``RunConfig``, at that place). A
-    value under a key named like a secret (api_key, token, password, ...) is not shown."""
+def yaml_line_finder(text: str, overridden: list[str] | None = None):
+    """``line(loc) -> int | None``: the line of the YAML ``text`` where the field at ``loc`` (a
+    validation error's location, e.g. ``("students", 0, "lora", "alpah")``) is written, or its
+    nearest written parent's; None for a field set by one of the ``overridden`` keys (``a.b.c``)
+    or absent from the file."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        root = None
+    prefixes = [tuple(k.split(".")) for k in overridden or []]
+
+    def line(loc: tuple) -> int | None:
+        path = tuple(str(x) for x in loc)
+        if root is None or any(path[:len(p)] == p for p in prefixes):
+            return None
+        node, found = root, None
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                hit = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None)
+                key = next((k for k, v in node.value if v is hit), None) if hit is not None else None
+                if hit is None:
+                    break
+                found, node = key.start_mark.line + 1, hit
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+                node = node.value[part]
+                found = node.start_mark.line + 1
+            else:
+                break
+        return found
+    return line
+
+
+def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None,
+                            line_of=None) -> str:
+    """One line per error, naming the field (and with ``line_of``, :func:`yaml_line_finder`, the
+    line of the file it is written on); a misspelled key, task name or choice gets the closest valid
+    name (for keys: the fields of ``root``, default ``RunConfig``, at that place). A value under a
+    key named like a secret (api_key, token, password, ...) is not shown."""
     lines = [f"{source}: invalid config"]
     for e in err.errors():
-        loc = ".".join(str(x) for x in clean_loc(e["loc"])) or "(top level)"
+        where = line_of(clean_loc(e["loc"])) if line_of is not None else None
+        loc = (f"line {where}: " if where else "") + (".".join(str(x) for x in clean_loc(e["loc"])) or "(top level)")
         got = f" (got {e['input']!r:.60})" if "input" in e and not isinstance(e["input"], dict) else ""
         if got and any(secret_name(x) for x in e["loc"] if isinstance(x, str)):  # e.g. a pasted api_key
             got = " (value not shown: the key's name says it may be a secret)"
@@ -724,9 +764,11 @@ def _hint(e: dict[str, Any], root: type[BaseModel]) -> str:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     data: dict[str, Any] = {}
     source = str(path) if path else "<defaults>"
+    text = ""
     if path is not None:
         try:
-            data = load_yaml(Path(path).read_text(encoding="utf-8")) or {}
+            text = Path(path).read_text(encoding="utf-8")
+            data = load_yaml(text) or {}
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except yaml.YAMLError as exc:
@@ -739,7 +781,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
+        keys = [ov.partition("=")[0].strip() for ov in overrides or []]
+        line_of = yaml_line_finder(text, keys) if text else None
+        raise ConfigError(format_validation_error(err, source, line_of=line_of)) from None
 
 
 def dump_config(cfg: RunConfig) -> str:
