@@ -131,10 +131,21 @@ def test_lengths_against_the_context(tmp_path, tiny_model_dir):
     assert problems[0] == (f"students.0 (s): build.max_length={ctx + 1} exceeds the student's context ({ctx} "
                            "tokens, max_position_embeddings); lower build.max_length")
     assert problems[1].startswith("students.0 (s): the longest test prompt (")
-    assert problems[2].startswith("teacher.model: the longest training prompt (")
-    assert problems[3].startswith("teacher.model: the longest test prompt (") and len(problems) == 4
+    assert problems[2].startswith("teacher.model: the longest training prompt that fits (")
+    assert problems[2].endswith(f"lower generate.max_new_tokens to at most {ctx - int(problems[2].split('(')[1].split()[0])}")
+    assert problems[3].startswith("teacher.model: the longest test prompt that fits (") and len(problems) == 4
     cfg, _ = _cfg(tmp_path, tiny_model_dir, build={"max_length": 5})
     assert preflight(cfg)[0].startswith("students.0 (s1): every training prompt is at least ")
+
+
+def test_prompts_longer_than_the_teachers_context_alone_are_named_as_such(tmp_path, tiny_model_dir):
+    """No max_new_tokens helps a prompt that alone fills the context: the advice must not be to lower it."""
+    ctx = TINY["max_position_embeddings"]
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, generate={"max_new_tokens": 8}, evaluate={"teacher": False},
+                  task={"name": "chained_arith", "min_ops": 150, "max_ops": 200, "n_train": 20, "n_test": 5})
+    problems = [p for p in preflight(cfg) if p.startswith("teacher.model")]
+    assert problems and "training prompts are longer than the teacher's context" in problems[0]
+    assert f"({ctx} tokens) on their own" in problems[0] and "max_new_tokens" not in problems[0]
 
 
 def test_missing_files_and_models_are_one_line_each(tmp_path, tiny_model_dir):

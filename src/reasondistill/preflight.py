@@ -348,16 +348,24 @@ class _Checker:
         context = _context(conf)
         if context is None:
             return
-        train = _prompt_lengths(tok, prompts["train"], t.system_prompt)
-        if train and max(train) + self.cfg.generate.max_new_tokens > context:
-            self.add(f"teacher.model: the longest training prompt ({max(train)} tokens) + generate.max_new_tokens="
-                     f"{self.cfg.generate.max_new_tokens} exceeds the teacher's context ({context} tokens); "
-                     "lower generate.max_new_tokens")
-        test = _prompt_lengths(tok, prompts["test"], t.system_prompt)
-        if self.cfg.evaluate.teacher and test and max(test) + self.cfg.evaluate.max_new_tokens > context:
-            self.add(f"teacher.model: the longest test prompt ({max(test)} tokens) + evaluate.max_new_tokens="
-                     f"{self.cfg.evaluate.max_new_tokens} exceeds the teacher's context ({context} tokens); "
-                     "lower evaluate.max_new_tokens")
+        self._room(_prompt_lengths(tok, prompts["train"], t.system_prompt), "training", "generate", context)
+        if self.cfg.evaluate.teacher:
+            self._room(_prompt_lengths(tok, prompts["test"], t.system_prompt), "test", "evaluate", context)
+
+    def _room(self, lengths: list[int], split: str, section: str, context: int) -> None:
+        """Prompts longer than the teacher's context on their own (no max_new_tokens helps them), and
+        the longest of the others against ``{section}.max_new_tokens``."""
+        new = getattr(self.cfg, section).max_new_tokens
+        alone = [n for n in lengths if n >= context]
+        if alone:
+            self.add(f"teacher.model: {len(alone)} of {len(lengths)} {split} prompts are longer than the teacher's "
+                     f"context ({context} tokens) on their own (the longest {max(alone)} tokens): they would only be "
+                     "recorded as failed; use a teacher with a longer context, or problems with shorter prompts")
+        fit = [n for n in lengths if n < context]
+        if fit and max(fit) + new > context:
+            self.add(f"teacher.model: the longest {split} prompt that fits ({max(fit)} tokens) + {section}."
+                     f"max_new_tokens={new} exceeds the teacher's context ({context} tokens); lower "
+                     f"{section}.max_new_tokens to at most {context - max(fit)}")
 
     def prompts(self) -> dict[str, list[str]]:
         """The run's training and test prompts ({} when the task cannot give them: reported once)."""
