@@ -106,16 +106,22 @@ class Crash(RuntimeError):
     pass
 
 
+def crashing_at(call: int):
+    """Cross-entropy that raises :class:`Crash` at its ``call``-th micro-batch (a killed run)."""
+    calls = {"n": 0}
+
+    def objective(model, batch):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Crash("killed")
+        return cross_entropy_sum(model, batch)
+    return objective
+
+
 def test_resume_restores_the_adapters_and_the_same_curve(dataset, char_tokenizer, tiny_model_dir, tmp_path):
     args = (char_tokenizer, dataset / "train.safetensors", dataset / "val.safetensors")
     train_model(_student(tiny_model_dir), *args, tmp_path / "a", _cfg(), seed=0, show_progress=False)
-    calls = {"n": 0}
-
-    def crashing(model, batch):  # dies in step 5, after the step-3 checkpoint
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise Crash("killed")
-        return cross_entropy_sum(model, batch)
+    crashing = crashing_at(5)  # dies in step 5, after the step-3 checkpoint
     with pytest.raises(Crash):
         train_model(_student(tiny_model_dir), *args, tmp_path / "b", _cfg(), seed=0, objective=crashing,
                     show_progress=False)

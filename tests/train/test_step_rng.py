@@ -19,9 +19,9 @@ from reasondistill.train.config import TrainConfig  # noqa: E402
 from reasondistill.train.lora import LoraConfig, apply_lora  # noqa: E402
 from reasondistill.train.policy import train_policy  # noqa: E402
 from reasondistill.train.policy_config import PolicyConfig, RewardValues  # noqa: E402
-from reasondistill.train.sft import cross_entropy_sum, train_model  # noqa: E402
+from reasondistill.train.sft import train_model  # noqa: E402
 from reasondistill.train.step_rng import step_rng, step_seed  # noqa: E402
-from tests.train.test_lora import dataset  # noqa: E402,F401  (the fixture: 40 arithmetic traces)
+from tests.train.test_lora import Crash, crashing_at, dataset  # noqa: E402,F401  (dataset: the fixture)
 
 DROPOUT = LoraConfig(r=4, alpha=8, dropout=0.3)
 
@@ -67,15 +67,8 @@ def test_lora_dropout_sft_is_reproducible_and_resumes_exactly(dataset, char_toke
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
-    calls = {"n": 0}
-
-    def crashing(model, batch):  # dies in step 5, after the step-3 checkpoint
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise RuntimeError("killed")
-        return cross_entropy_sum(model, batch)
-    with pytest.raises(RuntimeError, match="killed"):
-        run(tmp_path / "c", objective=crashing)
+    with pytest.raises(Crash):
+        run(tmp_path / "c", objective=crashing_at(5))  # dies in step 5, after the step-3 checkpoint
     torch.manual_seed(3)
     run(tmp_path / "c")
     assert _losses(tmp_path / "c") == pytest.approx(_losses(tmp_path / "a"), rel=1e-6)
