@@ -125,9 +125,23 @@ class RunDir(Layout):
         except ValueError:
             return str(p)
 
-    def fingerprint(self, config: Any, inputs: list[Path]) -> str:
-        blob = json.dumps({"config": jsonable(config), "inputs": self.hashes(inputs)}, sort_keys=True)
+    def fingerprint(self, config: Any, inputs: list[Path], portable: bool = True) -> str:
+        """A stage's fingerprint: its config and its inputs' content. ``portable``: a config value
+        naming a path inside this run directory (a student's ``final/``) counts relative to it, so
+        the same run reached as ``runs/x``, ``./runs/x`` or an absolute path (or moved) is unchanged."""
+        config = jsonable(config)
+        blob = json.dumps({"config": self._portable(config) if portable else config, "inputs": self.hashes(inputs)},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _portable(self, obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: self._portable(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self._portable(v) for v in obj]
+        if isinstance(obj, str) and (obj == str(self.root) or obj.startswith(str(self.root) + os.sep)):
+            return "<run_dir>" + obj[len(str(self.root)):]
+        return obj
 
     # -- stage bookkeeping ---------------------------------------------------------------------
     def _state_path(self, name: str) -> Path:
@@ -169,7 +183,9 @@ class RunDir(Layout):
         fp, current = None, False
         if self.main:
             fp = self.fingerprint(config, inputs)
-            current = not force and self.is_current(name, fp, outputs)
+            # a stage recorded before fingerprints were portable (the run directory's path as typed then)
+            current = not force and (self.is_current(name, fp, outputs) or
+                                     self.is_current(name, self.fingerprint(config, inputs, portable=False), outputs))
         if shared:
             fp, current = broadcast((fp, current))
         say = log if self.main else (lambda _msg: None)

@@ -40,6 +40,11 @@ def test_grpo_on_policy_and_dpo_students_train_from_a_config(tmp_path, tiny_mode
     again = cli("run", cfg)
     for name in ("grpo", "onp", "dpo"):
         assert f"[skip] train:{name}" in again.stdout
+    # the same run reached by another path (a link, another working directory, a moved run): nothing to redo
+    (tmp_path / "link").symlink_to(tmp_path)
+    elsewhere = cli("run", tmp_path / "link" / "run")
+    for stage in ("train:grpo", "train:onp", "train:dpo", "evaluate:s1", "evaluate:grpo"):
+        assert f"[skip] {stage}" in elsewhere.stdout, elsewhere.stdout
 
 
 def test_policy_and_distill_are_exclusive_and_start_from_is_checked():
