@@ -167,6 +167,7 @@ class Layout:
     report_md = At("report.md")
     report_html = At("report.html")
     loss_curves = At("loss_curves.png")
+    policy_curves = At("policy_curves.png")
     plots_dir = At("plots")
 
     def __init__(self, root: str | Path):

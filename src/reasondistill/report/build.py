@@ -1,4 +1,5 @@
-"""Write ``report.json``, ``report.md`` and ``loss_curves.png`` from a run directory's outputs.
+"""Write ``report.json``, ``report.md``, ``loss_curves.png`` (SFT students) and ``policy_curves.png``
+(policy students: reward, KL, DPO margin, loss) from a run directory's outputs.
 
 Why: the result of a run is a table of models (teacher and students, on the same held-out
 problems) and the training curves behind it. Everything here is read from files other stages
@@ -32,6 +33,52 @@ def read_curves(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
+POLICY_PLOTTED = {"reward_mean": "mean reward", "accuracy": "accuracy (rollouts)", "kl_teacher": "KL to teacher",
+                  "kl_ref": "KL to reference", "dpo_margin": "DPO margin", "loss": "loss"}
+
+
+def read_policy_curves(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
+    """A policy student's metrics.csv (train/policy.py): every column with a finite value, as (step, value)."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    with metrics_csv.open() as fh:
+        for row in csv.DictReader(fh):
+            for key, v in row.items():
+                if key != "step" and v and math.isfinite(float(v)):
+                    curves.setdefault(key, []).append((int(row["step"]), float(v)))
+    return curves
+
+
+def plot_policy_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> bool:
+    """One panel per quantity of :data:`POLICY_PLOTTED` any student logged, one line per student
+    (False, no file, when none did)."""
+    keys = [k for k in POLICY_PLOTTED if any(c.get(k) for c in curves.values())]
+    if not keys:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for name, c in curves.items():
+            if c.get(key):
+                xs, ys = zip(*c[key])
+                ax.plot(xs, ys, label=name, marker="o" if len(xs) < 20 else None, markersize=3)
+        ax.set_title(POLICY_PLOTTED[key])
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_loss_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> None:
     import matplotlib
 
@@ -49,7 +96,8 @@ def plot_loss_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path
         ax.set_xlabel("optimizer step")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:  # no validation set: no validation curve
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -74,7 +122,7 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
 
         models = {"teacher": {"accuracy": None, "n": None, "status": INGESTED}, **models}
     training: dict[str, Any] = {}
-    curves = {}
+    curves, policy_curves = {}, {}
     for s in cfg.students:
         t = lay.train(s.name)
         summary = _read_json(t.summary)
@@ -85,7 +133,9 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
             training[s.name]["target"] = (s.target if s.policy is None else  # e.g. "grpo from student_traces"
                                           f"{s.policy.objective}" + (f" from {s.policy.start_from}"
                                                                      if s.policy.start_from else ""))
-        if t.metrics_csv.exists():
+        if t.metrics_csv.exists() and s.policy is not None:
+            policy_curves[s.name] = read_policy_curves(t.metrics_csv)
+        elif t.metrics_csv.exists():
             curves[s.name] = read_curves(t.metrics_csv)
     manifest = _read_json(lay.manifest) or {}
     stage_seconds = {k: v["seconds"] for k, v in manifest.get("stages", {}).items()}
@@ -104,9 +154,13 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
         "total_stage_seconds": round(sum(stage_seconds.values()), 1),
         **fingerprints(lay, cfg),  # test set and verifier hashes: `reasondistill compare` checks them
     }
-    if curves:
+    if any(v for c in curves.values() for v in c.values()):
         plot_loss_curves(curves, lay.loss_curves)
         report["loss_curves"] = lay.loss_curves.name
+    if policy_curves:
+        report["policy_metrics"] = policy_curves
+        if plot_policy_curves(policy_curves, lay.policy_curves):
+            report["policy_curves"] = lay.policy_curves.name
     from reasondistill.report import evaluation as evaluation_section, html  # sampled/OOD/budget/compare/router; report.html
 
     evaluation = {name: e for name, e in evaluation_section.collect(root).items() if name in models}  # none of skipped ones
@@ -182,6 +236,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["## Skipped", "", *skipped_lines(report["skipped"]), ""]
     if report.get("loss_curves"):
         out += ["## Loss curves", "", f"![loss curves]({report['loss_curves']})", ""]
+    if report.get("policy_curves"):
+        out += ["## Policy training curves", "", f"![policy training curves]({report['policy_curves']})", ""]
     if report["stage_seconds"]:
         out += ["## Time per stage (seconds, last run of each)", "",
                 ", ".join(f"{k} {v:.1f}" for k, v in report["stage_seconds"].items()),

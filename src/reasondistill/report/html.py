@@ -22,7 +22,8 @@ from reasondistill.layout import Layout
 from reasondistill.report.evaluation import fmt_ci, rows
 from reasondistill.report.html_assets import CSS, JS
 
-PLOT_TITLES = {"loss_curves": "Training and validation loss", "accuracy_by_difficulty": "Accuracy by difficulty",
+PLOT_TITLES = {"loss_curves": "Training and validation loss", "policy_curves": "Policy training curves",
+               "accuracy_by_difficulty": "Accuracy by difficulty",
                "lengths": "Length histograms", "budget": "Accuracy vs thinking budget",
                "budget_tokens": "Accuracy vs thinking tokens used",
                "router": "Student-first cascade: accuracy vs teacher share"}
@@ -234,8 +235,8 @@ def skipped_list(report: Mapping[str, Any]) -> str:
 
 def render_html(root: Path, report: Mapping[str, Any]) -> str:
     plots = dict(report.get("plots") or {})
-    if report.get("loss_curves"):
-        plots = {"loss_curves": report["loss_curves"], **plots}
+    curves = {k: report[k] for k in ("loss_curves", "policy_curves") if report.get(k)}
+    plots = {**curves, **plots}
     figs = "".join(figure(root / p, PLOT_TITLES.get(k, "Calibration: " + k.split(":", 1)[-1] + " (vote confidence)"))
                    for k, p in plots.items())
     body = (f"<h1>reasondistill report: <code>{esc(report['run_dir'])}</code></h1>"
