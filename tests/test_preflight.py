@@ -250,3 +250,32 @@ def test_an_api_teacher_is_asked_for_its_models(tmp_path, tiny_model_dir):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_policy_students_are_checked_for_their_rollouts_and_the_teachers_vocabulary(tmp_path, tiny_model_dir,
+                                                                                   other_tokenizer_dir):
+    """A policy student reads no built data (build.max_length is not its limit) but samples
+    policy.max_new_tokens after every prompt; a teacher that scores its tokens needs its vocabulary."""
+    ctx = TINY["max_position_embeddings"]
+    init = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+            "max_position_embeddings": ctx}
+    students = [{"name": "g", "init": init, "policy": {"objective": "grpo", "max_new_tokens": ctx}},
+                {"name": "o", "init": init, "tokenizer": str(other_tokenizer_dir),
+                 "policy": {"objective": "on_policy", "max_new_tokens": 8}}]
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=students, build={"max_length": ctx + 1})
+    problems = [p for p in preflight(cfg) if p.startswith("students.")]
+    assert problems[0].startswith("students.0 (g): the longest training prompt (")
+    assert f"+ policy.max_new_tokens={ctx} exceeds the student's context ({ctx} tokens)" in problems[0]
+    assert "policy.objective on_policy (the teacher scores the student's own tokens, id by id)" in problems[1]
+    assert len(problems) == 2 and not any("build.max_length" in p for p in problems)
+
+
+def test_a_rollout_past_the_policys_context_is_refused(tiny_model_dir, char_tokenizer):
+    from reasondistill.models import load_model
+    from reasondistill.train.rollout import HFRollout
+
+    engine = HFRollout(load_model(str(tiny_model_dir)), char_tokenizer)
+    ctx = TINY["max_position_embeddings"]
+    assert len(engine.generate([[5, 6, 7]], [1], 1.0, 4)[0].completion) <= 4
+    with pytest.raises(ValueError, match=f"lower policy.max_new_tokens to at most {ctx - 3}"):
+        engine.generate([[5, 6, 7]], [1], 1.0, ctx)

@@ -199,6 +199,7 @@ class _Checker:
         problem = quantize_problem(s.lora)
         if problem:
             self.add(f"{where}: {problem}")
+        policy = s.policy
         src = weights_source(self.cfg, s)
         field = "policy.start_from" if src.name == s.name and s.model is None and src.model else "model"
         s = src.model_copy(update={"lora": s.lora, "distill": s.distill, "quantize": s.quantize})
@@ -216,9 +217,16 @@ class _Checker:
             return
         context = _context(conf) if conf is not None else s.init.max_position_embeddings
         self.stopping(where, s, tok)
-        self.lengths(where, tok, context)
+        if policy is None:
+            self.lengths(where, tok, context)
+        else:  # a policy student reads no built data: its lengths are its rollouts'
+            self.rollout_lengths(where, policy, tok, context)
         if s.distill is not None:
             self.soft(where, s, tok, conf, teacher)
+        if policy is not None and policy.teacher_section() is not None and teacher is not None:
+            self.same_vocabulary(where, tok, teacher, f"{policy.teacher_section()} (the teacher scores the "
+                                 "student's own tokens, id by id)", "give the student the teacher's tokenizer "
+                                 f"(start from a model trained with it), or drop {policy.teacher_section()}")
         if s.quantize:
             self.quantize(where, s, tok, conf)
 
@@ -303,6 +311,34 @@ class _Checker:
                      f"{cfg.evaluate.max_new_tokens} exceeds the student's context ({context} tokens); lower "
                      "evaluate.max_new_tokens")
 
+    def rollout_lengths(self, where: str, policy, tok, context: int | None) -> None:
+        """A policy student samples ``policy.max_new_tokens`` after each training prompt (and is evaluated
+        like any student): both must fit its context."""
+        prompts = self.prompts()
+        if context is None or not prompts:
+            return
+        train, test = _prompt_lengths(tok, prompts["train"]), _prompt_lengths(tok, prompts["test"])
+        if train and max(train) + policy.max_new_tokens > context:
+            self.add(f"{where}: the longest training prompt ({max(train)} tokens) + policy.max_new_tokens="
+                     f"{policy.max_new_tokens} exceeds the student's context ({context} tokens); lower "
+                     f"policy.max_new_tokens to at most {max(context - max(train), 0)}")
+        if test and max(test) + self.cfg.evaluate.max_new_tokens > context:
+            self.add(f"{where}: the longest test prompt ({max(test)} tokens) + evaluate.max_new_tokens="
+                     f"{self.cfg.evaluate.max_new_tokens} exceeds the student's context ({context} tokens); lower "
+                     "evaluate.max_new_tokens")
+
+    def same_vocabulary(self, where: str, tok, teacher: dict[str, Any], needs: str, fix: str) -> bool:
+        """The student's tokenizer maps every string to the teacher's ids (one problem line if not)."""
+        sv, tv = tok.get_vocab(), teacher["tokenizer"].get_vocab()
+        if sv == tv:
+            return True
+        only_s, only_t = len(sv.keys() - tv.keys()), len(tv.keys() - sv.keys())
+        moved = sum(1 for k in sv.keys() & tv.keys() if sv[k] != tv[k])
+        self.add(f"{where}: its tokenizer ({len(sv)} tokens) differs from the tokenizer of {teacher['key']} "
+                 f"{teacher['name']!r} ({len(tv)} tokens): {only_s} tokens only in the student, {only_t} only in the "
+                 f"teacher, {moved} with other ids; {needs}: {fix}")
+        return False
+
     def soft(self, where: str, s, tok, conf, teacher: dict[str, Any] | None) -> None:
         """A soft student needs a logit teacher with the same tokenizer (up to padding rows)."""
         if teacher is None:
@@ -315,15 +351,10 @@ class _Checker:
         ttok, tconf = teacher["tokenizer"], teacher["config"]
         if getattr(s.distill, "cross_tokenizer", None):
             return  # cross-tokenizer distillation aligns the two vocabularies itself
-        sv, tv = tok.get_vocab(), ttok.get_vocab()
-        if sv != tv:
-            only_s, only_t = len(sv.keys() - tv.keys()), len(tv.keys() - sv.keys())
-            moved = sum(1 for k in sv.keys() & tv.keys() if sv[k] != tv[k])
-            self.add(f"{where}: its tokenizer ({len(sv)} tokens) differs from the tokenizer of {label} ({len(tv)} tokens): "
-                     f"{only_s} tokens only in the student, {only_t} only in the teacher, {moved} with other ids; "
-                     "soft distillation compares the two distributions token by token: give the student the "
-                     "teacher's tokenizer, use cross-tokenizer distillation (distill.cross_tokenizer), or remove "
-                     "distill (hard distillation works with any tokenizer)")
+        if not self.same_vocabulary(where, tok, teacher, "soft distillation compares the two distributions token "
+                                    "by token", "give the student the teacher's tokenizer, use cross-tokenizer "
+                                    "distillation (distill.cross_tokenizer), or remove distill (hard distillation "
+                                    "works with any tokenizer)"):
             return
         rows_s = int(conf.vocab_size) if conf is not None else len(tok)
         rows_t = int(getattr(tconf.get_text_config(), "vocab_size", 0) or 0)

@@ -80,7 +80,9 @@ def train_policy_student(pipeline, s, force: bool) -> dict[str, Any]:
         teacher = None
         if needs_teacher:
             teacher, ttok, _ = logit_teacher(pipeline)
-            check_same_tokenizer(tokenizer, ttok)
+            check_same_tokenizer(tokenizer, ttok, f"students.{s.name}: {pc.teacher_section()} (the teacher scores "
+                                 "the student's own tokens)", "Give the student the teacher's tokenizer (start from "
+                                 f"a model trained with it), or drop {pc.teacher_section()}.")
         pairs = None
         if pc.objective == "dpo":
             path = t.dir / "pairs.jsonl"

@@ -64,6 +64,11 @@ class HFRollout:
 
         pad = self.tokenizer.pad_token_id
         width = max(len(p) for p in prompts)
+        context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if isinstance(context, int) and width + max_new_tokens > context:  # positions past it: silent garbage
+            raise ValueError(f"a rollout prompt of {width} tokens + max_new_tokens={max_new_tokens} exceeds the "
+                             f"policy's context ({context} tokens, max_position_embeddings); lower "
+                             f"policy.max_new_tokens to at most {max(context - width, 0)}")
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
         attn = torch.zeros_like(ids)
         for r, p in enumerate(prompts):  # left padding
