@@ -8,6 +8,7 @@ environment variable. Standard library only.
 
     secret_name("api_key")          # True: its value is not shown
     env_name_problem("sk-live-...") # a message that does not repeat the value; None for OPENAI_API_KEY
+    command_line(["run", "c.yaml", "teacher.extra_body.api_key=sk-..."])  # "... teacher.extra_body.api_key=(not shown)"
 """
 
 from __future__ import annotations
@@ -34,3 +35,13 @@ def env_name_problem(value: str) -> str | None:
     return ("must be the name of an environment variable (letters, digits and _, e.g. OPENAI_API_KEY); the value "
             "given looks like a key, not a variable name: put the key in an environment variable (export "
             "OPENAI_API_KEY=...) and give the variable's name here")
+
+
+def command_line(args: list[str]) -> str:
+    """``args`` joined for a record (the run directory's lock), a ``key=value`` override whose key
+    has a secret-looking part written without its value."""
+    shown = []
+    for a in args:
+        key, eq, _ = a.partition("=")
+        shown.append(f"{key}=(not shown)" if eq and any(secret_name(p) for p in key.split(".")) else a)
+    return " ".join(shown)

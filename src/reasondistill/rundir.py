@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 
 from reasondistill.errors import UserError
 from reasondistill.distributed import barrier, broadcast, is_main_process, world_size
+from reasondistill.redact import command_line
 from reasondistill.layout import Layout
 from reasondistill.records import file_sha256, write_json
 
@@ -324,7 +325,7 @@ class WriterLock:
         self.token = secrets.token_hex(8)
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "command": " ".join(["reasondistill", *sys.argv[1:]])[:200],
+        fh.write(json.dumps({"pid": os.getpid(), "command": command_line(["reasondistill", *sys.argv[1:]])[:200],
                              "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "token": self.token}))
         fh.flush()
         self._fh = fh
