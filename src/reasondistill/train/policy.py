@@ -108,7 +108,9 @@ class PolicyTrainer:
         if cfg.objective == "dpo":
             if not pairs:
                 raise ValueError(f"{name}: dpo needs preference pairs and none were built (the start student got "
-                                 "every sampled problem right, or no verified trace): raise policy.dpo_problems")
+                                 "every sampled problem right, or no problem had a verified trace): sample more "
+                                 "(policy.dpo_problems, policy.dpo_samples), more varied answers (a higher "
+                                 "policy.temperature), or start from a weaker student (policy.start_from)")
             self.pairs = pairs
         elif not self.problems:
             raise ValueError(f"{name}: no training problems for policy training")

@@ -94,7 +94,8 @@ def train_policy_student(pipeline, s, force: bool) -> dict[str, Any]:
                                     read_records(rd.curated, Trace), n_problems=pc.dpo_problems, samples=pc.dpo_samples,
                                     temperature=pc.temperature, max_new_tokens=pc.max_new_tokens, seed=seed,
                                     think_tags=pipeline.cfg.build.think_tags)
-                write_pairs(path, pairs)
+                if pairs:  # none: nothing to keep, the next attempt samples again
+                    write_pairs(path, pairs)
                 pipeline.log(f"       {s.name}: {len(pairs)} preference pairs (teacher trace vs own wrong answer)")
         if s.lora:  # adapters on the start weights, seeded like an SFT LoRA student's
             from reasondistill.train.lora import apply_lora, trainable_line
