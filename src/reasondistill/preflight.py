@@ -329,15 +329,14 @@ class _Checker:
 
     def same_vocabulary(self, where: str, tok, teacher: dict[str, Any], needs: str, fix: str) -> bool:
         """The student's tokenizer maps every string to the teacher's ids (one problem line if not)."""
-        sv, tv = tok.get_vocab(), teacher["tokenizer"].get_vocab()
-        if sv == tv:
-            return True
-        only_s, only_t = len(sv.keys() - tv.keys()), len(tv.keys() - sv.keys())
-        moved = sum(1 for k in sv.keys() & tv.keys() if sv[k] != tv[k])
-        self.add(f"{where}: its tokenizer ({len(sv)} tokens) differs from the tokenizer of {teacher['key']} "
-                 f"{teacher['name']!r} ({len(tv)} tokens): {only_s} tokens only in the student, {only_t} only in the "
-                 f"teacher, {moved} with other ids; {needs}: {fix}")
-        return False
+        from reasondistill.train.kd import vocabulary_difference
+
+        diff = vocabulary_difference(tok, teacher["tokenizer"])
+        if diff is not None:
+            n_s, n_t, counts = diff
+            self.add(f"{where}: its tokenizer ({n_s} tokens) differs from the tokenizer of {teacher['key']} "
+                     f"{teacher['name']!r} ({n_t} tokens): {counts}; {needs}: {fix}")
+        return diff is None
 
     def soft(self, where: str, s, tok, conf, teacher: dict[str, Any] | None) -> None:
         """A soft student needs a logit teacher with the same tokenizer (up to padding rows)."""

@@ -50,21 +50,32 @@ def make_loss(cfg) -> DivergencePlusCrossEntropy:
     return DivergencePlusCrossEntropy(DIVERGENCES[cfg.divergence](**kw), alpha=cfg.alpha)
 
 
+def vocabulary_difference(student_tokenizer, teacher_tokenizer) -> tuple[int, int, str] | None:
+    """None when both tokenizers map the same strings to the same ids (what soft distillation, and a
+    teacher scoring a policy student's tokens, need); else the two vocabulary sizes and how they
+    differ, in counts."""
+    s, t = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if s == t:
+        return None
+    only_s, only_t = len(s.keys() - t.keys()), len(t.keys() - s.keys())
+    moved = sum(1 for k in s.keys() & t.keys() if s[k] != t[k])
+    counts = f"{only_s} tokens only in the student, {only_t} only in the teacher, {moved} with different ids"
+    return len(s), len(t), counts
+
+
 def check_same_tokenizer(student_tokenizer, teacher_tokenizer, needs: str = "soft distillation",
                          fix: str | None = None) -> None:
     """Raise unless both tokenizers map the same strings to the same ids (soft distillation, and a
     teacher scoring a policy student's tokens, compare distributions id by id). ``needs`` names what
     needs it and ``fix`` what to do (default: soft distillation's choices)."""
-    s, t = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
-    if s == t:
+    diff = vocabulary_difference(student_tokenizer, teacher_tokenizer)
+    if diff is None:
         return
-    only_s, only_t = len(s.keys() - t.keys()), len(t.keys() - s.keys())
-    moved = sum(1 for k in s.keys() & t.keys() if s[k] != t[k])
+    n_s, n_t, counts = diff
     fix = fix or ("Use the teacher's tokenizer for the student, or set `distill.cross_tokenizer` (uld | aligned | "
                   f"projection) to distil across tokenizers; {HARD_STILL_WORKS}")
-    raise ValueError(f"{needs} needs the teacher's tokenizer: the student's vocabulary ({len(s)} tokens) "
-                     f"differs from the teacher's ({len(t)}): {only_s} tokens only in the student, {only_t} only "
-                     f"in the teacher, {moved} with different ids. {fix}")
+    raise ValueError(f"{needs} needs the teacher's tokenizer: the student's vocabulary ({n_s} tokens) differs from "
+                     f"the teacher's ({n_t}): {counts}. {fix}")
 
 
 def shared_vocab_size(student_model, teacher_model, tokenizer=None) -> int:
