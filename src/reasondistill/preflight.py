@@ -305,11 +305,15 @@ class _Checker:
         if lengths and min(lengths) >= cfg.build.max_length:
             self.add(f"{where}: every training prompt is at least {min(lengths)} tokens, which leaves no room for "
                      f"an answer within build.max_length={cfg.build.max_length}; raise build.max_length")
-        test = _prompt_lengths(tok, prompts["test"])
-        if context is not None and test and max(test) + cfg.evaluate.max_new_tokens > context:
-            self.add(f"{where}: the longest test prompt ({max(test)} tokens) + evaluate.max_new_tokens="
-                     f"{cfg.evaluate.max_new_tokens} exceeds the student's context ({context} tokens); lower "
-                     "evaluate.max_new_tokens")
+        self.evaluation_room(where, tok, context)
+
+    def evaluation_room(self, where: str, tok, context: int | None) -> None:
+        """The longest test prompt + evaluate.max_new_tokens within the student's context."""
+        test = _prompt_lengths(tok, self.prompts().get("test", []))
+        new = self.cfg.evaluate.max_new_tokens
+        if context is not None and test and max(test) + new > context:
+            self.add(f"{where}: the longest test prompt ({max(test)} tokens) + evaluate.max_new_tokens={new} "
+                     f"exceeds the student's context ({context} tokens); lower evaluate.max_new_tokens")
 
     def rollout_lengths(self, where: str, policy, tok, context: int | None) -> None:
         """A policy student samples ``policy.max_new_tokens`` after each training prompt (and is evaluated
@@ -317,15 +321,12 @@ class _Checker:
         prompts = self.prompts()
         if context is None or not prompts:
             return
-        train, test = _prompt_lengths(tok, prompts["train"]), _prompt_lengths(tok, prompts["test"])
+        train = _prompt_lengths(tok, prompts["train"])
         if train and max(train) + policy.max_new_tokens > context:
             self.add(f"{where}: the longest training prompt ({max(train)} tokens) + policy.max_new_tokens="
                      f"{policy.max_new_tokens} exceeds the student's context ({context} tokens); lower "
                      f"policy.max_new_tokens to at most {max(context - max(train), 0)}")
-        if test and max(test) + self.cfg.evaluate.max_new_tokens > context:
-            self.add(f"{where}: the longest test prompt ({max(test)} tokens) + evaluate.max_new_tokens="
-                     f"{self.cfg.evaluate.max_new_tokens} exceeds the student's context ({context} tokens); lower "
-                     "evaluate.max_new_tokens")
+        self.evaluation_room(where, tok, context)
 
     def same_vocabulary(self, where: str, tok, teacher: dict[str, Any], needs: str, fix: str) -> bool:
         """The student's tokenizer maps every string to the teacher's ids (one problem line if not)."""
