@@ -571,18 +571,22 @@ class Pipeline:
             self._evaluate_beyond_greedy(targets, force)
         return results
 
+    def _models(self) -> list[tuple[str, str]]:
+        """(name, model path) of every model the config evaluates: the teacher (unless ingested or
+        ``evaluate.teacher`` is off) and every student's ``final/``."""
+        teacher = self.cfg.evaluate.teacher and self.cfg.teacher.kind != "ingested"
+        return ([("teacher", self.cfg.teacher.model)] if teacher else []) + \
+            [(s.name, str(self.rd.train(s.name).final)) for s in self.cfg.students]
+
     def _eval_targets(self, model: str | None) -> list[tuple[str, str]]:
         """(name, model path) to evaluate: the teacher (through its own kind: hf, openai, vllm) and every
         student with training data; a student with none, or ingested traces' teacher, is skipped with one line."""
         from reasondistill.evaluate.backends import INGESTED
 
-        targets: list[tuple[str, str]] = []
         ingested = self.cfg.teacher.kind == "ingested"
         if self.cfg.evaluate.teacher and model in (None, "teacher"):
             self.rd.mark_skipped("evaluate:teacher", INGESTED if ingested else None, self.log)
-        if self.cfg.evaluate.teacher and not ingested:
-            targets.append(("teacher", self.cfg.teacher.model))
-        targets += [(s.name, str(self.rd.train(s.name).final)) for s in self.cfg.students]
+        targets = self._models()
         if model is not None:
             targets = [t for t in targets if t[0] == model]
             if not targets and model == "teacher" and ingested:
@@ -632,10 +636,7 @@ class Pipeline:
         model than the current one (an evaluate re-run that stopped part way, a retrained student) is
         marked skipped with the reason, so the report leaves it out and says why, instead of showing it
         beside fresh numbers."""
-        targets = [("teacher", self.cfg.teacher.model)] if self.cfg.evaluate.teacher and \
-            self.cfg.teacher.kind != "ingested" else []
-        targets += [(s.name, str(self.rd.train(s.name).final)) for s in self.cfg.students]
-        for name, path in targets:
+        for name, path in self._models():
             stage, conf, inputs, outputs = self._greedy_stage(name, path)
             if not all(p.exists() for p in outputs) or stage in self.rd.skipped():
                 continue
