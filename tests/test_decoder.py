@@ -88,6 +88,22 @@ def test_same_tokens_as_generate(kind, temperature, fuse, char_tokenizer):
     assert len(set(ends)) >= 2  # rows ended at different steps (or not at all): the compaction path ran
 
 
+@pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": 2.0}, {"rope_type": "dynamic", "factor": 2.0}])
+def test_scaled_rope_same_tokens_as_generate(rope, char_tokenizer):
+    """cos/sin come from a table made once (static rope types) or from the rotary module at every step
+    (dynamic: its frequencies change once the sequence outgrows the 16 trained positions)."""
+    spec = {**SPECS["llama"], "max_position_embeddings": 16, "rope_parameters": {"rope_theta": 10000.0, **rope}}
+    model = init_model(spec, char_tokenizer, seed=1).eval()
+    assert model.model.rotary_emb.rope_type == rope["rope_type"]
+    pad = char_tokenizer.pad_token_id
+    ids, mask = _prompts(pad)
+    sampler = CounterSampler(torch.arange(len(ids), dtype=torch.int64) * 31 + 5, ids.shape[1], 1.3, 1.0)
+    want = _reference(model, ids, mask, 30, sampler, pad, eos=[])
+    table = Decoder(model)._rope_table(8, model.model.embed_tokens.weight[:1])
+    assert (table is None) == (rope["rope_type"] == "dynamic")
+    assert torch.equal(Decoder(model).generate(ids, mask, 30, [], pad, sampler.at), want)
+
+
 @pytest.mark.parametrize("fuse", [True, False])
 @pytest.mark.parametrize("kind", ["qwen2_gqa", "qwen3", "llama_bias"])
 def test_logits_match_a_full_forward(kind, fuse, char_tokenizer):

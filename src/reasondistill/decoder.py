@@ -8,7 +8,12 @@ arithmetic takes ~1.5 ms (cache objects, mask builders, logits processors, stopp
 a dozen wrappers around every layer). This module runs the *model's own modules* (embedding,
 norms, projections, MLP, rotary embedding, head) in a plain loop, with:
 
-* a preallocated key/value cache per layer, written in place, read as a view of the filled part;
+* a preallocated key/value cache per layer, written in place, read as a view of the filled part,
+  keys stored transposed (B, KV, D, S) so the scores are a plain batched matmul (a transposed view
+  of the filled part cost ~2x in that matmul);
+* rotary cos/sin looked up by position in a table made once per ``generate`` by the model's own
+  rotary module (not for length-dependent rope types), the padding bias kept between steps, and
+  ``inference_mode`` throughout (together with the cache layout: rollouts ~10-20% faster here);
 * left-padded prompts, positions from the attention mask (``cumsum - 1``, as ``generate`` does),
   a key-padding mask instead of a (T x T) mask when decoding one token;
 * identical prompts (a GRPO group, several samples of one problem) prefilled once, their cache
@@ -214,21 +219,27 @@ class Decoder:
 
     # -- one forward over new tokens, appending to the cache -------------------------------------
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, keymask: torch.Tensor, t0: int,
-                 cache: list[tuple[torch.Tensor, torch.Tensor]], plan: "list[_Fused] | None" = None) -> torch.Tensor:
+                 cache: list[tuple[torch.Tensor, torch.Tensor]], plan: "list[_Fused] | None" = None,
+                 rope: "tuple[torch.Tensor, torch.Tensor] | None" = None) -> torch.Tensor:
         """``ids`` (B, T) at cache slots [t0, t0 + T); ``pos`` (B, T) positions; ``keymask`` (B, t0 + T)
-        True where a slot holds a real token. Returns the last position's logits (B, V). With ``plan``
-        (:func:`fused_plan`) the layers run on fused weights, else through their own modules."""
+        True where a slot holds a real token, or, when decoding one token (T = 1), already the
+        attention bias (B, t0 + 1): 0 or -inf. Returns the last position's logits (B, V). With ``plan``
+        (:func:`fused_plan`) the layers run on fused weights, else through their own modules; with
+        ``rope`` (:meth:`_rope_table`) cos/sin are looked up by position instead of computed."""
         b, t = ids.shape
         h = self.inner.embed_tokens(ids)
-        cos, sin = self.inner.rotary_emb(h, pos)
+        cos, sin = (rope[0][pos], rope[1][pos]) if rope is not None else self.inner.rotary_emb(h, pos)
         end = t0 + t
-        masked = ~keymask[:, None, None, :]  # (B, 1, 1, t0 + T)
-        if t > 1:  # causal within the new tokens; a padding query sees itself only (no all -inf row)
-            causal = torch.ones(t, end, dtype=torch.bool, device=ids.device).triu_(t0 + 1)
-            own = torch.zeros(t, end, dtype=torch.bool, device=ids.device)
-            own[torch.arange(t), t0 + torch.arange(t)] = True
-            masked = (masked | causal[None, None]) & ~own[None, None]
-        bias = torch.zeros(masked.shape, dtype=h.dtype, device=ids.device).masked_fill_(masked, float("-inf"))
+        if keymask.dtype != torch.bool:  # the caller's bias (one new token: no causal part)
+            bias = keymask[:, None, None, :]
+        else:
+            masked = ~keymask[:, None, None, :]  # (B, 1, 1, t0 + T)
+            if t > 1:  # causal within the new tokens; a padding query sees itself only (no all -inf row)
+                causal = torch.ones(t, end, dtype=torch.bool, device=ids.device).triu_(t0 + 1)
+                own = torch.zeros(t, end, dtype=torch.bool, device=ids.device)
+                own[torch.arange(t), t0 + torch.arange(t)] = True
+                masked = (masked | causal[None, None]) & ~own[None, None]
+            bias = torch.zeros(masked.shape, dtype=h.dtype, device=ids.device).masked_fill_(masked, float("-inf"))
         if plan is None:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D)
             for layer, (kc, vc) in zip(self.inner.layers, cache):
@@ -263,25 +274,41 @@ class Decoder:
                 h = f.o(o.transpose(1, 2).reshape(b * t, -1), h)
                 h = f.down(f.act(_rms(h, f.norm2)), h)
             h = h.view(b, t, -1)
-        last = self.inner.norm(h[:, -1:])
-        return self.model.lm_head(last)[:, 0]
+        if plan is not None and _plain_norm(self.inner.norm):
+            return self.model.lm_head(_rms(h[:, -1], _norm(self.inner.norm)))
+        return self.model.lm_head(self.inner.norm(h[:, -1:]))[:, 0]
+
+    def _rope_table(self, n: int, like: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor] | None":
+        """cos/sin (n, D) for positions 0..n-1 from the model's own rotary module, computed once per
+        ``generate`` (elementwise in the position, so the same values as per step), or None for rope
+        types whose frequencies depend on the sequence length (dynamic, longrope)."""
+        rot = self.inner.rotary_emb
+        kind = getattr(rot, "rope_type", "default")
+        if not isinstance(kind, str) or "dynamic" in kind or kind == "longrope":  # transformers' dynamic_rope_update
+            return None
+        cos, sin = rot(like, torch.arange(n, device=like.device)[None])
+        return cos[0], sin[0]
 
     def _attend(self, q, k, v, kc, vc, t0: int, bias, scaling: float) -> torch.Tensor:
-        """Write the new keys/values (B, KV, T, D) at slots [t0, t0 + T) and attend the queries
-        (B, H, T, D) to every filled slot; ``bias`` (B, 1, T | 1, t0 + T) is 0 or -inf."""
+        """Write the new keys (B, KV, T, D) transposed at slots [t0, t0 + T) of ``kc`` (B, KV, D, S),
+        the values at those of ``vc`` (B, KV, S, D), and attend the queries (B, H, T, D) to every
+        filled slot; ``bias`` (B, 1, T | 1, t0 + T) is 0 or -inf. Keys are cached transposed so the
+        scores are a plain batched matmul (a transposed view of the filled part costs ~2x)."""
         b, _, t, _ = q.shape
         end = t0 + t
-        kc[:, :, t0:end] = k
+        kc[:, :, :, t0:end] = k.transpose(-1, -2)
         vc[:, :, t0:end] = v
-        keys, vals = kc[:, :, :end], vc[:, :, :end]
+        keys_t, vals = kc[:, :, :, :end], vc[:, :, :end]
         rep = self.n_heads // self.n_kv
         if rep > 1:  # grouped-query heads: (B, KV, rep * T, D) against the shared K/V
             qg = q.reshape(b, self.n_kv, rep * t, self.head_dim)
-            s = (qg @ keys.transpose(-1, -2)) * scaling
+            s = (qg @ keys_t) * scaling
             s = s.view(b, self.n_kv, rep, t, end) + bias[:, :, None]
             p = _softmax(s).view(b, self.n_kv, rep * t, end)
             return (p @ vals).view(b, self.n_heads, t, self.head_dim)
-        return _softmax((q @ keys.transpose(-1, -2)) * scaling + bias) @ vals
+        return _softmax((q @ keys_t) * scaling + bias) @ vals
+
+    @torch.inference_mode()
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos_ids: Iterable[int],
@@ -304,12 +331,13 @@ class Decoder:
         b, w = ids.shape
         total = w + max_new
         plan = fused_plan(self.model) if self.fuse else None
-        cache = [(torch.empty(b, self.n_kv, total, self.head_dim, dtype=dtype, device=device),
+        cache = [(torch.empty(b, self.n_kv, self.head_dim, total, dtype=dtype, device=device),  # keys transposed
                   torch.empty(b, self.n_kv, total, self.head_dim, dtype=dtype, device=device))
                  for _ in self.inner.layers]
         slots = torch.zeros(b, total, dtype=torch.bool, device=device)
         slots[:, :w] = keymask
         pos = (keymask.long().cumsum(-1) - 1).masked_fill_(~keymask, 0)
+        rope = self._rope_table(total, self.inner.embed_tokens.weight[:1])
         out = torch.full((b, max_new), pad_id, dtype=torch.long, device=device)
         rows = torch.arange(b, device=device)  # original index of each live row
         eos_t = torch.tensor(eos, dtype=torch.long, device=device)
@@ -319,12 +347,14 @@ class Decoder:
             first = torch.full((len(uniq),), b, dtype=torch.long, device=device).scatter_reduce_(
                 0, inverse, torch.arange(b, device=device), "amin")  # a row holding each distinct prompt
             part = [(kc[:len(uniq)], vc[:len(uniq)]) for kc, vc in cache]
-            logits = self._forward(ids[first], pos[first], slots[first, :w], 0, part, plan)[inverse]
+            logits = self._forward(ids[first], pos[first], slots[first, :w], 0, part, plan, rope)[inverse]
             for (kc, vc), (pk, pv) in zip(cache, part):
-                kc[:, :, :w] = pk[inverse, :, :w]
+                kc[:, :, :, :w] = pk[inverse, :, :, :w]
                 vc[:, :, :w] = pv[inverse, :, :w]
         else:
-            logits = self._forward(ids, pos, slots[:, :w], 0, cache, plan)
+            logits = self._forward(ids, pos, slots[:, :w], 0, cache, plan, rope)
+        # from here on one token per row: the attention bias (0 / -inf per slot) is kept, not rebuilt
+        bias = torch.zeros(b, total, dtype=logits.dtype, device=device).masked_fill_(~slots, float("-inf"))
         nxt_pos = pos[:, -1] + 1
         alive = torch.ones(b, dtype=torch.bool, device=device)  # per live-batch row: not ended yet
         n = 0
@@ -340,9 +370,9 @@ class Decoder:
             if n_alive <= (1 - COMPACT_SHARE) * len(rows):  # drop the ended rows from the batch
                 keep = alive.nonzero().squeeze(1)
                 cache = [(kc.index_select(0, keep), vc.index_select(0, keep)) for kc, vc in cache]
-                slots, rows, tok, nxt_pos, alive = slots[keep], rows[keep], tok[keep], nxt_pos[keep], alive[keep]
+                bias, rows, tok, nxt_pos, alive = bias[keep], rows[keep], tok[keep], nxt_pos[keep], alive[keep]
             slot = w + step
-            slots[:, slot] = True
-            logits = self._forward(tok[:, None], nxt_pos[:, None], slots[:, :slot + 1], slot, cache, plan)
+            bias[:, slot] = 0.0
+            logits = self._forward(tok[:, None], nxt_pos[:, None], bias[:, :slot + 1], slot, cache, plan, rope)
             nxt_pos = nxt_pos + 1
         return out[:, :n]

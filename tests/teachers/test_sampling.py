@@ -2,7 +2,8 @@ import torch
 
 from reasondistill.models import load_model, load_tokenizer
 from reasondistill.prompts import render_prompts
-from reasondistill.teachers.sampling import SamplingParams, counter_uniform, generate_completions, row_key
+from reasondistill.teachers.sampling import (NOISE_BLOCK, CounterSampler, SamplingParams, counter_uniform,
+                                             generate_completions, row_key)
 
 
 def _run(model_dir, problems, **kw):
@@ -23,6 +24,39 @@ def test_counter_uniform_is_pure_and_uniform():
     assert not torch.equal(u, counter_uniform(keys, 4, 5000))
     assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
     assert abs(torch.corrcoef(torch.stack([u[0], u[1]]))[0, 1].item()) < 0.05
+
+
+def test_counter_uniform_is_splitmix64_of_key_step_and_index():
+    """The in-place version draws exactly the numbers of the splitmix64 finaliser written plainly in
+    Python integers: samples (and resumed runs) do not change with how the noise is computed."""
+    keys = torch.tensor([row_key(0, "a", 0), row_key(3, "b", 7), -1, 0, 2 ** 63 - 1], dtype=torch.int64)
+    m = (1 << 64) - 1
+
+    def plain(key: int, step: int, i: int) -> float:
+        z = (key + (step + 1) * 0x9E3779B97F4A7C15 + i * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        z ^= z >> 31
+        return float(torch.tensor(((z >> 11) + 0.5) / float(1 << 53), dtype=torch.float32))
+
+    for step in (0, 1, 63, 10 ** 6):
+        u = counter_uniform(keys, step, 50)
+        assert u.dtype == torch.float32 and u.shape == (5, 50)
+        for r, key in enumerate(keys.tolist()):
+            assert u[r].tolist() == [plain(key, step, i) for i in range(50)], (step, r)
+
+
+def test_sampler_noise_in_blocks_is_the_whole_rows_noise():
+    """A vocabulary of several noise blocks and a partial last one: the perturbed scores are exactly
+    scores / T - log(-log(u)) with u the whole rows' counter_uniform; ``rows`` picks the keys."""
+    vocab = 2 * NOISE_BLOCK + 37
+    keys = torch.tensor([row_key(0, str(i), 0) for i in range(4)])
+    scores = torch.randn(3, vocab, generator=torch.Generator().manual_seed(0))
+    rows = torch.tensor([3, 0, 2])
+    u = counter_uniform(keys[rows], 5, vocab)
+    got = CounterSampler(keys, prompt_width=7, temperature=0.7, top_p=1.0).at(5, scores, rows)
+    assert torch.equal(got, scores / 0.7 - torch.log(-torch.log(u)))
+    assert torch.equal(scores, torch.randn(3, vocab, generator=torch.Generator().manual_seed(0)))  # not written
 
 
 def test_samples_do_not_depend_on_batching(tiny_model_dir, arith):
