@@ -16,7 +16,10 @@ per second of the whole step (generation + teacher + backward + optimizer).
 
 Keys: ``grpo_speedup_vs_trl`` and ``on_policy_speedup_vs_trl`` are steady-state tokens/s ratios
 (steps 2..S, each trainer's clock at the end of every step: neither trainer's set-up, first-step
-warm-up or final save counts); ``*_whole_run_speedup_vs_trl`` time the whole ``train`` call.
+warm-up or final save counts); ``*_whole_run_speedup_vs_trl`` time the whole ``train`` call. Each
+is the median over ``--repeats`` runs of both arms (3 by default), run in alternating order (ours
+then TRL, TRL then ours, ...) because this machine's speed drifts by tens of percent over minutes;
+every repeat's ratio is under ``*_runs``, and ``*_ours`` / ``*_trl`` hold the first repeat in full.
 ``--kernels`` adds, per arm, the seconds per 1000 completion tokens inside matmul/attention
 kernels, and ``*_speedup_bound_without_overhead``: our speedup if everything else cost nothing.
 Where ours is faster: rollouts decode through reasondistill/decoder.py (no per-step framework
@@ -28,7 +31,7 @@ gradient of exactly zero) gets a forward for the entropy metric and no backward.
 ``frac_reward_zero_std`` (both trainers) says how many rows that was: at the default T = 2.5 a few
 percent; at ``--temperature 1.5`` about 90%, which is where that skip matters.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/rl_throughput.py --steps 8 [--kernels] [--temperature 1.5]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/rl_throughput.py --steps 8 [--repeats 3] [--kernels] [--temperature 1.5]
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import tempfile
 import time
 import warnings
 
+import numpy as np
 import torch
 
 STUDENT = {"architecture": "llama", "hidden_size": 48, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -199,6 +203,8 @@ def main() -> None:
                     "(an advantage to train on); at 1.5 it is right 99%% of the time and ~90%% of the groups all "
                     "score alike, a row ours skips the backward for and TRL does not")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of both arms, in alternating order (ours first, "
+                    "then TRL first, ...); the ratios are the median over repeats, each repeat's under *_runs")
     ap.add_argument("--kernels", action="store_true", help="also run each arm once more under torch's profiler and "
                     "report the seconds per 1000 completion tokens spent in matmul/attention kernels, and the bound "
                     "on our speedup if everything but those kernels cost nothing")
@@ -212,21 +218,32 @@ def main() -> None:
     out = {"config": vars(args), "student_params": sum(p.numel() for p in init_model(STUDENT, tok, 0).parameters())}
     for kind in ("grpo", "on_policy"):
         scorer = teacher if kind == "on_policy" else None
-        for name, fn in (("ours", ours), ("trl", trl_run)):
-            out[f"{kind}_{name}"] = fn(kind, fresh_model(kind, tok), tok, problems, task, scorer, args)
-            print(json.dumps({f"{kind}_{name}": {k: v for k, v in out[f"{kind}_{name}"].items() if "curve" not in k}}),
-                  flush=True)
+        arms = (("ours", ours), ("trl", trl_run))
+        runs = []
+        for r in range(args.repeats):  # the order alternates: this machine's speed drifts over minutes
+            run = {}
+            for name, fn in (arms if r % 2 == 0 else arms[::-1]):
+                run[name] = fn(kind, fresh_model(kind, tok), tok, problems, task, scorer, args)
+                print(json.dumps({f"{kind}_{name}": {k: v for k, v in run[name].items() if "curve" not in k},
+                                  "repeat": r}), flush=True)
+            runs.append(run)
+        out[f"{kind}_ours"], out[f"{kind}_trl"] = runs[0]["ours"], runs[0]["trl"]
         if args.kernels:
-            for name, fn in (("ours", ours), ("trl", trl_run)):
-                r, k = kernel_seconds(fn, kind, fresh_model(kind, tok), tok, problems, task, scorer, args)
-                out[f"{kind}_{name}"]["kernel_s_per_1k_tokens"] = round(1000 * k / r["completion_tokens"], 4)
+            for name, fn in arms:
+                res, k = kernel_seconds(fn, kind, fresh_model(kind, tok), tok, problems, task, scorer, args)
+                out[f"{kind}_{name}"]["kernel_s_per_1k_tokens"] = round(1000 * k / res["completion_tokens"], 4)
             ours_k = out[f"{kind}_ours"]["kernel_s_per_1k_tokens"] / 1000
             out[f"{kind}_speedup_bound_without_overhead"] = round(1 / ours_k / out[f"{kind}_trl"]["steady_tokens_per_s"], 3)
-        o, t = out[f"{kind}_ours"], out[f"{kind}_trl"]
-        out[f"{kind}_speedup_vs_trl"] = round(o["steady_tokens_per_s"] / t["steady_tokens_per_s"], 3)
-        out[f"{kind}_steady_steps_per_s_ratio"] = round(t["steady_s_per_step"] / o["steady_s_per_step"], 3)
-        out[f"{kind}_whole_run_speedup_vs_trl"] = round(o["tokens_per_s"] / t["tokens_per_s"], 3)
-        out[f"{kind}_steps_per_s_ratio"] = round(o["steps_per_s"] / t["steps_per_s"], 3)
+        ratios = {key: [round(f(run["ours"], run["trl"]), 3) for run in runs] for key, f in (
+            ("speedup_vs_trl", lambda o, t: o["steady_tokens_per_s"] / t["steady_tokens_per_s"]),
+            ("steady_steps_per_s_ratio", lambda o, t: t["steady_s_per_step"] / o["steady_s_per_step"]),
+            ("whole_run_speedup_vs_trl", lambda o, t: o["tokens_per_s"] / t["tokens_per_s"]),
+            ("steps_per_s_ratio", lambda o, t: o["steps_per_s"] / t["steps_per_s"]))}
+        for key, values in ratios.items():  # the median over repeats; every repeat's under *_runs
+            out[f"{kind}_{key}"] = float(np.median(values))
+            out[f"{kind}_{key}_runs"] = values
+        out[f"{kind}_steady_tokens_per_s_runs"] = {name: [round(run[name]["steady_tokens_per_s"], 1) for run in runs]
+                                                   for name, _ in arms}
     print(json.dumps(out, indent=1))
 
 

@@ -149,9 +149,11 @@ def test_generate_with_an_api_teacher_served_locally(tmp_path, tiny_model_dir):
         srv.server_close()
 
 
-def test_a_plain_rerun_retries_traces_that_failed_at_the_teacher(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("most", [0.05, 0.5])
+def test_a_plain_rerun_retries_traces_that_failed_at_the_teacher(most, tmp_path, tiny_model_dir):
     """Failed API traces are recorded with their error; `generate` again (no --force) retries
-    exactly those, and only a run with no failures left is skipped as unchanged."""
+    exactly those, and only a run with no failures left is skipped as unchanged. 2 of 12 failed:
+    above generate.max_failed_share the stage fails (exit 2, every trace kept), below it it goes on."""
     import threading
 
     from reasondistill.serve import make_server
@@ -159,15 +161,21 @@ def test_a_plain_rerun_retries_traces_that_failed_at_the_teacher(tmp_path, tiny_
     srv = make_server(str(tiny_model_dir), port=0, model_name="tiny", inject_failures="400@1-2")
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        cfg = write_config(tmp_path / "c.yaml", "tiny", task={"n_train": 6})
+        cfg = write_config(tmp_path / "c.yaml", "tiny", task={"n_train": 6}, generate={"max_failed_share": most})
         api = {"kind": "openai", "base_url": srv.url, "model": "tiny", "concurrency": 1}
         cfg.write_text(cfg.read_text().replace("teacher:\n  model: tiny\n", "teacher: " + json.dumps(api) + "\n"))
-        first = cli("generate", cfg)
-        assert "2 traces failed at the teacher" in first.stdout
+        first = cli("generate", cfg, check=False)
+        if most < 2 / 12:
+            assert first.returncode == 2, first.stdout + first.stderr
+            assert "2 of 12 traces (17%) failed at the teacher, more than generate.max_failed_share (0.05)" \
+                in first.stderr and "HTTP 400" in first.stderr
+        else:
+            assert first.returncode == 0 and "2 traces failed at the teacher" in first.stdout
         traces = tmp_path / "run/generate/traces.jsonl"
         assert sum(t.finish_reason == "error" for t in read_records(traces, Trace)) == 2
         again = cli("generate", cfg)
-        assert "retrying the traces that failed" in again.stdout and "[run ] generate" in again.stdout
+        assert "[run ] generate" in again.stdout
+        assert ("retrying the traces that failed" in again.stdout) == (most > 2 / 12)  # a failed stage just reruns
         latest = {(t.problem_id, t.sample): t for t in read_records(traces, Trace)}  # the newer line wins
         assert len(latest) == 12 and all(t.finish_reason != "error" for t in latest.values())
         assert "[skip] generate" in cli("generate", cfg).stdout
@@ -252,6 +260,34 @@ def test_generate_fails_when_every_trace_of_the_run_failed(tmp_path, tiny_model_
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_generate_stops_at_once_when_the_server_cannot_be_reached(tmp_path):
+    """A dead port: one GET /models before any request, exit 2 naming teacher.base_url and the URL,
+    no trace written (not every request's retries, then a file of error traces)."""
+    import socket
+
+    with socket.socket() as s:  # a port on 127.0.0.1 that nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    out = cli("generate", _api_config(tmp_path, base_url=url, max_retries=6, backoff_base_s=2.0), check=False,
+              timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"teacher.base_url: cannot reach {url}/models" in out.stderr and "Nothing was sent" in out.stderr
+    assert "6 problems are still to do" in out.stderr
+    traces = tmp_path / "run/generate/traces.jsonl"
+    assert not traces.exists() or not read_records(traces, Trace)
+
+
+def test_max_failed_share_is_not_in_the_generate_fingerprint():
+    """How many failures a run accepts does not decide a trace: traces generated before the key
+    existed stay current, and changing it does not restart the stage."""
+    from reasondistill.config import GenerateConfig
+    from reasondistill.rundir import jsonable
+
+    a, b = GenerateConfig(max_failed_share=0.05), GenerateConfig(max_failed_share=1.0)
+    assert jsonable(a.sampling()) == jsonable(b.sampling()) == {
+        "n": 2, "temperature": 0.7, "top_p": 1.0, "max_new_tokens": 256, "batch_size": 256, "seed": 0}
 
 
 def test_the_teacher_fingerprint_has_what_decides_a_trace_and_nothing_else(tmp_path):

@@ -182,6 +182,14 @@ class GenerateConfig(SamplingParams):
     max_new_tokens: int = Field(256, gt=0, description="most tokens per trace (thinking and answer)")
     batch_size: int = Field(256, gt=0, description="hf: sequences decoded together")
     seed: int = Field(0, description="sampling seed; each (problem, sample) draws its own stream from it")
+    max_failed_share: float = Field(0.05, ge=0, le=1, description="the generate stage fails (exit 2, every trace "
+                                    "kept, a re-run retries the failed ones) when more than this share of the "
+                                    "run's traces failed at the teacher after their retries, e.g. a server that "
+                                    "died part-way; below it, curation skips them. 1: never fail")
+
+    def sampling(self) -> SamplingParams:
+        """The sampling settings alone: what the teacher gets and the generate stage fingerprints."""
+        return SamplingParams(**self.model_dump(exclude={"max_failed_share"}))
 
 
 class BenchmarkFile(_Strict):

@@ -154,8 +154,13 @@ class Pipeline:
             written, ok, last_error = 0, 0, None
             if todo:
                 teacher = make_teacher(self.cfg.teacher)
+                unreachable = getattr(teacher, "unreachable", None)  # an API teacher: one GET /models first
+                why = unreachable() if callable(unreachable) else None
+                if why:
+                    raise UserError(f"{why}. Nothing was sent; {len(todo)} problems are still to do "
+                                    f"(`reasondistill check` probes the server)")
                 with JsonlWriter(out) as writer, progress_bar("generate", len(todo), self.show_progress) as bar:
-                    for system, batch in sample_by_system_prompt(teacher, todo, self.cfg.generate,
+                    for system, batch in sample_by_system_prompt(teacher, todo, self.cfg.generate.sampling(),
                                                                  self.cfg.teacher.system_prompt):
                         for tr in batch:
                             if (tr.problem_id, tr.sample) not in done:
@@ -169,7 +174,14 @@ class Pipeline:
                 raise UserError(f"all {written} traces of this run failed at the teacher; last error: "
                                 f"{last_error or 'not recorded'}. They are kept in {out} with their error; fix "
                                 "the cause and run generate again to retry them")
-            failed = sum(t.finish_reason == "error" for t in load_traces(out).values())
+            traces = load_traces(out)
+            failed = sum(t.finish_reason == "error" for t in traces.values())
+            share, most = failed / max(1, len(traces)), self.cfg.generate.max_failed_share
+            if failed and share > most:  # e.g. the server died part-way: do not go on with what is left
+                last = last_error or next((t.error for t in traces.values() if t.error), None)
+                raise UserError(f"{failed} of {len(traces)} traces ({share:.0%}) failed at the teacher, more than "
+                                f"generate.max_failed_share ({most:g}); last error: {last or 'not recorded'}. All "
+                                f"are kept in {out}; run generate again to retry the failed ones")
             if failed:
                 self.log(f"       {failed} traces failed at the teacher (recorded with their error; "
                          "re-run generate to retry them)")
@@ -182,7 +194,7 @@ class Pipeline:
 
     def generate_conf(self) -> tuple[dict[str, Any], list[Path]]:
         """The generate stage's config section and input files (also what shards.py checks shards by)."""
-        conf = {"teacher": self.cfg.teacher.fingerprinted(), "sampling": self.cfg.generate}
+        conf = {"teacher": self.cfg.teacher.fingerprinted(), "sampling": self.cfg.generate.sampling()}
         local = local_files(self.cfg.teacher.model) if self.cfg.teacher.kind in ("hf", "vllm") else []
         return conf, [self.rd.train_problems, *local]
 

@@ -26,7 +26,7 @@ def config(tmp_path, teacher, **teacher_kw):
             {"name": "file", "label": "qa", "path": str(qa), "ratio": 1, "strategy": STRATEGY},
             {"name": "chained_arith", "label": "arith", "min_ops": 2, "max_ops": 3, "ratio": 1}]},
         "teacher": {"model": str(teacher), **teacher_kw},
-        "generate": {"n": 2, "temperature": 1.0, "max_new_tokens": 6, "batch_size": 8},
+        "generate": {"n": 2, "temperature": 1.0, "max_new_tokens": 6, "batch_size": 8, "max_failed_share": 1.0},
         "curate": {"require_correct": False, "require_think": False, "max_per_problem": 2},
         "build": {"max_length": 256, "val_fraction": 0.0},
         "students": [{"name": "s1", "init": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,

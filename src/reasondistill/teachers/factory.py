@@ -6,7 +6,7 @@ options from it), so building a teacher belongs to the teachers package; importi
 reaches the constructor (tests/teachers/test_roles.py checks each constructor parameter has its key).
 
     teacher = make_teacher(cfg.teacher)
-    for traces in teacher.sample(problems, cfg.generate): ...
+    for traces in teacher.sample(problems, cfg.generate.sampling()): ...
 """
 
 from __future__ import annotations

@@ -183,21 +183,30 @@ class OpenAITeacher:
         """Problems found by one ``GET {base_url}/models`` (with the key the requests send), each a
         line naming the config key: the server cannot be reached, refuses the key, has no such URL
         (a base_url without ``/v1``), or lists models and ``model`` is not among them. [] when fine."""
+        return [message for _, message in self._probe(timeout_s)]
+
+    def unreachable(self, timeout_s: float = 5.0) -> str | None:
+        """What would fail every request (the server cannot be reached, or refuses the key), from one
+        ``GET /models``, or None. ``generate`` asks before sampling, so a dead port costs seconds, not
+        every request's retries. A server without ``/models`` or not listing the model is no reason."""
+        return next((message for fatal, message in self._probe(timeout_s) if fatal), None)
+
+    def _probe(self, timeout_s: float) -> list[tuple[bool, str]]:
         url = f"{self.base_url}/models"
         try:
             with httpx.Client(headers=self._headers(), timeout=min(timeout_s, self.timeout_s),
                               trust_env=self._trust_env) as client:
                 r = client.get(url)
         except httpx.HTTPError as exc:
-            return [self._scrub(f"teacher.base_url: cannot reach {url} ({type(exc).__name__}: {exc}); is the "
-                                "server running, on this host and port?")]
+            return [(True, self._scrub(f"teacher.base_url: cannot reach {url} ({type(exc).__name__}: {exc}); is "
+                                       "the server running, on this host and port?"))]
         if r.status_code >= 400:
             detail = self._scrub(r.text[:200].strip())
             if r.status_code in (401, 403):
-                return [f"teacher.api_key_env: {url} answered HTTP {r.status_code} ({detail}); check the API key "
-                        f"(teacher.api_key_env: {self.api_key_env or 'not set'})"]
+                return [(True, f"teacher.api_key_env: {url} answered HTTP {r.status_code} ({detail}); check the "
+                               f"API key (teacher.api_key_env: {self.api_key_env or 'not set'})")]
             hint = "; does base_url end in /v1?" if r.status_code == 404 else ""
-            return [f"teacher.base_url: GET {url} answered HTTP {r.status_code} ({detail}){hint}"]
+            return [(False, f"teacher.base_url: GET {url} answered HTTP {r.status_code} ({detail}){hint}")]
         try:
             ids = [m["id"] for m in r.json()["data"]]
         except Exception:  # noqa: BLE001 - a server that lists no models in OpenAI's form: nothing to compare
@@ -205,8 +214,8 @@ class OpenAITeacher:
         if ids and self.model not in ids:
             hint = did_you_mean(self.model, ids)
             shown = ", ".join(repr(i) for i in ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
-            return [f"teacher.model: {self.model!r} is not among the models {url} lists ({shown})"
-                    + (f"; {hint}" if hint else "")]
+            return [(False, f"teacher.model: {self.model!r} is not among the models {url} lists ({shown})"
+                            + (f"; {hint}" if hint else ""))]
         return []
 
     # -- the sync entry point: an event loop in a helper thread, traces handed over by a queue --
