@@ -150,7 +150,8 @@ def run_seed(seed: int, args, problems, examples, teacher, task, test, long_test
     grpo = PolicyConfig(objective="grpo", loss_norm="token", scale_rewards=False, **common)
     onp = PolicyConfig(objective="on_policy", divergence="jsd", beta=1.0,
                        **{**common, "prompts_per_step": args.prompts * args.group, "group_size": 1})
-    dpo = PolicyConfig(objective="dpo", dpo_beta=0.1, **{**common, "prompts_per_step": args.prompts * args.group // 2,
+    dpo = PolicyConfig(objective="dpo", dpo_beta=0.1, **{**{k: v for k, v in common.items() if k != "group_size"},
+                                                          "prompts_per_step": args.prompts * args.group // 2,
                                                           "lr": args.rl_lr})
     out, B = {"a": {}, "b": {}, "c": {}}, args.budget
 

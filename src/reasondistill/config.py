@@ -401,6 +401,10 @@ class StudentConfig(_Strict):
             raise ValueError("lora adapts a pretrained model: set 'model' (a path or hub id), not 'init'")
         if self.policy is not None and self.distill is not None:
             raise ValueError("set at most one of 'distill' (trained on traces) and 'policy' (on its own rollouts)")
+        if self.policy is not None and self.target != "traces":
+            raise ValueError(f"target: {self.target} says what a student trained on traces learns to write; a policy "
+                             "student learns from its own rollouts (dpo: whole verified traces as the chosen side), "
+                             "so target does nothing here: remove it")
         if self.policy is not None and self.train != TrainConfig():
             raise ValueError("a policy student is optimised by its policy section (steps, lr, prompts_per_step, "
                              "threads, save_every, ...); its train section is not used: remove train")

@@ -294,8 +294,8 @@ def test_micro_batch_changes_memory_not_the_update(objective, problems, arith, c
     """The update's rows are cut into length-sorted chunks: any micro_batch gives the same weights."""
     def trained(micro_batch, out):
         teacher = _student(char_tokenizer, seed=5) if objective == "on_policy" else None
-        cfg = PolicyConfig(objective=objective, kl_ref=0.1 if objective == "grpo" else 0.0,
-                           rewards=RewardValues(truncated=-1.0, unparseable=0.5, wrong=0.5),
+        grpo = {"kl_ref": 0.1, "rewards": RewardValues(truncated=-1.0, unparseable=0.5, wrong=0.5)}
+        cfg = PolicyConfig(objective=objective, **(grpo if objective == "grpo" else {}),
                            **{**SMALL, "steps": 2, "group_size": 4, "micro_batch": micro_batch,
                               **({"divergence": "jsd", "group_size": 1, "prompts_per_step": 6}
                                  if objective == "on_policy" else {})})

@@ -106,3 +106,28 @@ def test_policy_config_rejects_what_cannot_work():
         PolicyConfig(objective="dpo", kl_teacher=0.1)
     with pytest.raises(ValueError):
         PolicyConfig(objective="ppo")
+
+
+@pytest.mark.parametrize("kw, key", [
+    ({"objective": "grpo", "divergence": "jsd"}, "divergence"),
+    ({"objective": "grpo", "beta": 0.5}, "beta"),
+    ({"objective": "on_policy", "divergence": "jsd", "kl_ref": 0.1}, "kl_ref"),
+    ({"objective": "on_policy", "divergence": "jsd", "clip_eps": 0.3}, "clip_eps"),
+    ({"objective": "on_policy", "beta": 0.5}, "beta"),
+    ({"objective": "on_policy", "rewards": {"format": 0.2}}, "rewards"),
+    ({"objective": "on_policy", "loss_norm": "sequence"}, "loss_norm"),
+    ({"objective": "dpo", "kl_ref": 0.1}, "kl_ref"),
+    ({"objective": "dpo", "updates_per_batch": 2}, "updates_per_batch"),
+    ({"objective": "grpo", "dpo_sft": 0.5}, "dpo_sft"),
+])
+def test_policy_config_rejects_a_setting_the_objective_never_reads(kw, key):
+    """A key set away from its default that the objective ignores would do nothing, silently."""
+    with pytest.raises(ValueError, match=rf"{key} applies to .*objective is {kw['objective']}.*remove {key}"):
+        PolicyConfig(**kw)
+
+
+def test_policy_config_accepts_defaults_and_keys_the_objective_reads():
+    PolicyConfig(objective="dpo", kl_ref=0.0, dpo_sft=0.5, group_size=4)  # a default, a dpo key; rollout shape shared
+    PolicyConfig(objective="on_policy", divergence="jsd", beta=0.5, group_size=1, updates_per_batch=2)
+    PolicyConfig(objective="on_policy", kl_ref=0.1, clip_eps=0.3)  # sampled_reverse_kl: the clipped loss
+    PolicyConfig(objective="grpo", kl_ref=0.1, loss_norm="sequence", rewards={"format": 0.2}, scale_rewards=True)

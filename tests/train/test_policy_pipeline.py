@@ -59,6 +59,11 @@ def test_keys_a_policy_student_would_ignore_are_refused():
     with pytest.raises(ValidationError, match="its train section is not used"):
         StudentConfig(name="x", train={"lr": 5e-2}, policy={"objective": "grpo", "start_from": "s1"})
     StudentConfig(name="x", train={}, policy={"objective": "grpo", "start_from": "s1"})  # defaults: fine
+    with pytest.raises(ValidationError, match="target: answers_only says what a student trained on traces"):
+        StudentConfig(name="x", target="answers_only", policy={"objective": "dpo", "start_from": "s1"})
+    with pytest.raises(ValidationError, match="divergence applies to objective on_policy; this student's objective "
+                                              "is grpo"):
+        StudentConfig(name="x", policy={"objective": "grpo", "start_from": "s1", "divergence": "jsd"})
 
 
 def test_start_from_gives_the_weights_so_model_and_init_are_refused_and_order_is_checked(tmp_path):

@@ -100,4 +100,26 @@ class PolicyConfig(BaseModel):
             raise ValueError("grpo needs group_size >= 2 (advantages are relative to the group)")
         if self.objective != "grpo" and self.kl_teacher:
             raise ValueError("kl_teacher applies to objective 'grpo' (on_policy is the KL to the teacher alone)")
+        for key, where in self._ignored():
+            raise ValueError(f"{key} applies to {where}; this student's objective is {self.objective}"
+                             + (f" with divergence {self.divergence}" if self.objective == "on_policy" else "")
+                             + f", which does not read it: remove {key}")
         return self
+
+    def _ignored(self) -> list[tuple[str, str]]:
+        """Keys set to something other than their default that this objective never reads (a setting
+        that would silently do nothing), with what they apply to."""
+        sampled = self.objective == "grpo" or (self.objective == "on_policy" and self.divergence != "jsd")
+        rules = [(k, "objective grpo", self.objective == "grpo") for k in ("loss_norm", "scale_rewards", "rewards")]
+        rules += [(k, "objective dpo", self.objective == "dpo") for k in ("dpo_beta", "dpo_sft", "dpo_samples",
+                                                                          "dpo_problems")]
+        rules += [("updates_per_batch", "objectives grpo and on_policy", self.objective != "dpo")]
+        rules += [("divergence", "objective on_policy", self.objective == "on_policy"),
+                  ("beta", "objective on_policy with divergence jsd", self.objective == "on_policy"
+                   and self.divergence == "jsd")]
+        rules += [(k, "objective grpo, and on_policy with divergence sampled_reverse_kl (the clipped policy loss)",
+                   sampled) for k in ("clip_eps", "clip_eps_high", "kl_ref")]
+        fields = type(self).model_fields
+        return [(k, where) for k, where, used in rules
+                if not used and k in self.model_fields_set and getattr(self, k) != fields[k].get_default(
+                    call_default_factory=True)]
