@@ -31,6 +31,15 @@ def test_missing_target_is_a_clear_error(tmp_path, capsys):
     assert "without config.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("verb", ["build", "train", "quantize"])
+def test_a_verb_for_students_without_students_is_an_error(verb, tmp_path, capsys):
+    """Not a silent exit 0: the config has nothing for the verb to do."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nteacher: {{model: 'bundled:tiny-arith-teacher'}}\n")
+    assert main([verb, str(cfg), "--quiet"]) == 2
+    assert f"the config has no students, so `{verb}` has nothing to do" in capsys.readouterr().err
+
+
 def test_parser_lists_all_verbs():
     text = build_parser().format_help()
     for verb in [*STAGE_HELP, "run", "demo", *DELEGATED]:

@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from reasondistill.errors import UserError
 from reasondistill.hints import HintingParser
 
 STAGE_HELP = {
@@ -195,6 +196,9 @@ def _dispatch(args, where: dict[str, Path]) -> int:
     elif args.verb == "capture" and args.estimate:
         pipe.capture_estimate(args.student)
     elif args.verb in ("build", "capture", "train", "quantize"):
+        if not pipe.cfg.students:
+            raise UserError(f"the config has no students, so `{args.verb}` has nothing to do: add a students: "
+                            "section (configs/demo.yaml has three)")
         getattr(pipe, args.verb)(args.student, force=args.force)
     elif args.verb == "evaluate":
         pipe.evaluate(args.model, force=args.force)
