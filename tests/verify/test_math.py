@@ -54,6 +54,10 @@ def test_every_gsm8k_test_solution_verifies_against_its_final_answer():
     ("18", "The answer is $18."),
     ("-3", "so x = -3, the answer is $-3$"),
     ("x + 1", "\\boxed{1+x}"),
+    ("1000000", "\\boxed{1e6}"),  # scientific notation: not 1 x e x 6 (Euler's e)
+    ("1e6", "The answer is 1000000"),
+    ("0.0025", "The answer is 2.5e-3."),
+    ("-150", "\\boxed{-1.5E+2}"),
 ])
 def test_equivalent_answers_are_correct(gold, completion):
     check = verify_math(gold, completion)
@@ -119,6 +123,8 @@ def test_an_unclosed_final_box_is_unparseable_not_the_last_number_inside_it(comp
     ("}", "\\boxed{5}", True, "unparseable", GOLD_PARSE_FAILURE),
     ("5", "\\boxed{6}", True, "wrong", MISMATCH),
     ("\\frac{1}{3}", "\\boxed{0.33}", True, "wrong", MISMATCH),
+    ("300001", "\\boxed{3e5}", True, "wrong", MISMATCH),
+    ("2.718", "\\boxed{e}", True, "wrong", MISMATCH),
 ])
 def test_rejects_carry_their_reason(gold, completion, last_number, verdict, reason):
     check = verify_math(gold, completion, last_number=last_number)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 from reasondistill.checks import OUT_OF_MEMORY, Check
 
@@ -50,6 +51,7 @@ _ANSWER_IS = re.compile(
 _NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
 _PLAIN_NUMBER = re.compile(r"[-+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?")
 _LEADING_NUMBER = re.compile(r"[-+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?=\s+[A-Za-z])")
+_SCIENTIFIC = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d{1,2}")  # 1e6, 2.5E-3 (math-verify reads e as Euler's)
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,8 @@ def strip_dollars(s: str) -> str:
 def clean_answer(answer: str) -> str:
     """Strip the wrapping a model puts around an answer: markdown, ``$…$``, a final period.
 
-    A plain number loses its currency sign and thousands separators (``$1,234.`` → ``1234``).
+    A plain number loses its currency sign and thousands separators (``$1,234.`` → ``1234``), and a
+    number in scientific notation becomes a decimal (``2.5e-3`` → ``0.0025``).
     """
     s = answer.strip()
     for _ in range(3):  # peel nested wrappers, e.g. **$42$**.
@@ -155,6 +158,8 @@ def clean_answer(answer: str) -> str:
         s = s.replace(",", "").replace("$", "")
         if s.startswith("+"):
             s = s[1:]
+    elif _SCIENTIFIC.fullmatch(s):  # a calculator's 1e6 is 1000000, not 1 x e x 6
+        s = format(Decimal(s), "f").lstrip("+")
     return s
 
 
