@@ -262,6 +262,27 @@ def test_generate_fails_when_every_trace_of_the_run_failed(tmp_path, tiny_model_
         srv.server_close()
 
 
+def test_a_training_run_that_continues_from_a_checkpoint_says_so(tmp_path, tiny_model_dir):
+    """SFT and policy students alike: a re-run that resumes prints which checkpoint it took."""
+    from reasondistill.config import load_config
+    from reasondistill.pipeline import Pipeline
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, task={"n_train": 8}, students=[
+        {"name": "s1", "init": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                "intermediate_size": 32},
+         "train": {"max_steps": 3, "epochs": None, "batch_size": 8, "save_every": 2}},
+        {"name": "g", "policy": {"objective": "grpo", "start_from": "s1", "steps": 2, "prompts_per_step": 2,
+                                 "group_size": 2, "max_new_tokens": 8, "save_every": 1}}])
+    lines: list[str] = []
+    pipe = Pipeline(load_config(cfg), log=lines.append, show_progress=False)
+    for stage in (pipe.generate, pipe.curate, pipe.build, pipe.train):
+        stage()
+    assert not [x for x in lines if "resuming from" in x]
+    pipe.train(force=True)
+    said = [x.strip() for x in lines if "resuming from" in x]
+    assert [x.split(" (")[0] for x in said] == ["s1: resuming from step-3", "g: resuming from step-2"], lines
+
+
 def test_generate_stops_at_once_when_the_server_cannot_be_reached(tmp_path):
     """A dead port: one GET /models before any request, exit 2 naming teacher.base_url and the URL,
     no trace written (not every request's retries, then a file of error traces)."""

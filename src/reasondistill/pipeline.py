@@ -364,6 +364,7 @@ class Pipeline:
         def fn(fp):
             # main process only; under torchrun the other ranks wait here (no resuming from a stale run)
             self.rd.restart_if_stale(t.dir, t.progress, fp, self.log)
+            self.say_resume(s.name, t.checkpoints, s.train.resume)
             tokenizer = load_tokenizer(self._student_tokenizer_name(s))
             if s.lora:  # adapters on the pretrained model (train/lora.py)
                 from reasondistill.train.lora import apply_lora, load_base, trainable_line
@@ -382,6 +383,14 @@ class Pipeline:
         inputs = [b.train, b.val, *local_files(s.model or ""), *soft_inputs]
         return self.run_stage(f"train:{s.name}", conf, inputs, t.outputs, fn, force,
                            every_rank=True)  # every process trains; the main process keeps the books
+
+    def say_resume(self, name: str, root: Path, resume: bool) -> None:
+        """One line when a training run continues from a checkpoint rather than from its start."""
+        from reasondistill.train.checkpoint import checkpoints
+
+        found = checkpoints(root) if resume else []
+        if found and self.rd.main:
+            self.log(f"       {name}: resuming from {found[-1].name} ({found[-1]})")
 
     # -- soft distillation (train.kd): capture stage and objectives -----------------------------
     def capture(self, student: str | None = None, force: bool = False) -> dict[str, Any]:

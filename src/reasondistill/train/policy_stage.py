@@ -64,6 +64,7 @@ def train_policy_student(pipeline, s, force: bool) -> dict[str, Any]:
         from reasondistill.train.policy import train_policy
 
         rd.restart_if_stale(t.dir, t.progress, fp, pipeline.log)
+        pipeline.say_resume(s.name, t.checkpoints, pc.resume)
         seed = pipeline._seed(s)
         tokenizer = load_tokenizer(start or pipeline._student_tokenizer_name(s))
         if s.lora:  # the config guarantees a pretrained start; QLoRA loads it in 4-bit (CUDA only)
