@@ -52,6 +52,7 @@ bench-quick: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) bench/generate_throughput.py --quick
 	OMP_NUM_THREADS=1 $(PY) bench/serve_throughput.py --problems 16
 	OMP_NUM_THREADS=1 $(PY) bench/rl_throughput.py --steps 4 --repeats 1
+	OMP_NUM_THREADS=1 $(PY) bench/sampler_noise.py
 	OMP_NUM_THREADS=1 $(PY) bench/train_throughput.py --quick
 	$(PY) bench/kd_memory.py --topk-only
 
