@@ -41,7 +41,9 @@ OVERRIDES_HELP = "config overrides, e.g. evaluate.samples=4 or students.0.train.
 def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", help="a config YAML or a run directory (uses its config.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
-    p.add_argument("--force", action="store_true", help="re-run even if inputs and config are unchanged")
+    p.add_argument("--force", action="store_true", help="re-run even if inputs and config are unchanged (generate "
+                   "and train then continue from the traces and checkpoints already written: delete them to "
+                   "start over)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -88,7 +90,9 @@ def build_parser() -> HintingParser:
               "answers only, evaluate all three on the same held-out problems.")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
-    p.add_argument("--force", action="store_true", help="re-run even if inputs and config are unchanged")
+    p.add_argument("--force", action="store_true", help="re-run even if inputs and config are unchanged (generate "
+                   "and train then continue from the traces and checkpoints already written: delete them to "
+                   "start over)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_verb(sub)
     for verb, (_module, text) in DELEGATED.items():
