@@ -197,6 +197,15 @@ def fused_plan(model) -> "list[_Fused] | None":
     return [_Fused(layer) for layer in layers]
 
 
+def _prompt_bias(keymask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The attention bias (B, 1, W, W), 0 or -inf, of left-padded prompts ``keymask`` (B, W): causal
+    over the real tokens; a padding query sees itself only (no all -inf row)."""
+    w = keymask.shape[1]
+    masked = ~keymask[:, None, None, :] | torch.ones(w, w, dtype=torch.bool, device=keymask.device).triu_(1)
+    masked &= ~torch.eye(w, dtype=torch.bool, device=keymask.device)
+    return torch.zeros(masked.shape, dtype=dtype, device=keymask.device).masked_fill_(masked, float("-inf"))
+
+
 class Decoder:
     """Batched greedy-over-scores decoding with a static KV cache; see the module docstring."""
 
@@ -219,28 +228,17 @@ class Decoder:
         return None if unsupported(model) else cls(model)
 
     # -- one forward over new tokens, appending to the cache -------------------------------------
-    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, keymask: torch.Tensor, t0: int,
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, bias: torch.Tensor, t0: int,
                  cache: list[tuple[torch.Tensor, torch.Tensor]], plan: "list[_Fused] | None" = None,
                  rope: "tuple[torch.Tensor, torch.Tensor] | None" = None) -> torch.Tensor:
-        """``ids`` (B, T) at cache slots [t0, t0 + T); ``pos`` (B, T) positions; ``keymask`` (B, t0 + T)
-        True where a slot holds a real token, or, when decoding one token (T = 1), already the
-        attention bias (B, t0 + 1): 0 or -inf. Returns the last position's logits (B, V). With ``plan``
-        (:func:`fused_plan`) the layers run on fused weights, else through their own modules; with
-        ``rope`` (:meth:`_rope_table`) cos/sin are looked up by position instead of computed."""
+        """``ids`` (B, T) at cache slots [t0, t0 + T); ``pos`` (B, T) positions; ``bias`` (B, 1, T, t0 + T)
+        the attention bias, 0 or -inf (:func:`_prompt_bias` for the prompt; one row per new token after
+        it). Returns the last position's logits (B, V). With ``plan`` (:func:`fused_plan`) the layers
+        run on fused weights, else through their own modules; with ``rope`` (:meth:`_rope_table`)
+        cos/sin are looked up by position instead of computed."""
         b, t = ids.shape
         h = self.inner.embed_tokens(ids)
         cos, sin = (rope[0][pos], rope[1][pos]) if rope is not None else self.inner.rotary_emb(h, pos)
-        end = t0 + t
-        if keymask.dtype != torch.bool:  # the caller's bias (one new token: no causal part)
-            bias = keymask[:, None, None, :]
-        else:
-            masked = ~keymask[:, None, None, :]  # (B, 1, 1, t0 + T)
-            if t > 1:  # causal within the new tokens; a padding query sees itself only (no all -inf row)
-                causal = torch.ones(t, end, dtype=torch.bool, device=ids.device).triu_(t0 + 1)
-                own = torch.zeros(t, end, dtype=torch.bool, device=ids.device)
-                own[torch.arange(t), t0 + torch.arange(t)] = True
-                masked = (masked | causal[None, None]) & ~own[None, None]
-            bias = torch.zeros(masked.shape, dtype=h.dtype, device=ids.device).masked_fill_(masked, float("-inf"))
         if plan is None:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D)
             for layer, (kc, vc) in zip(self.inner.layers, cache):
@@ -335,8 +333,6 @@ class Decoder:
         cache = [(torch.empty(b, self.n_kv, self.head_dim, total, dtype=dtype, device=device),  # keys transposed
                   torch.empty(b, self.n_kv, total, self.head_dim, dtype=dtype, device=device))
                  for _ in self.inner.layers]
-        slots = torch.zeros(b, total, dtype=torch.bool, device=device)
-        slots[:, :w] = keymask
         pos = (keymask.long().cumsum(-1) - 1).masked_fill_(~keymask, 0)
         rope = self._rope_table(total, self.inner.embed_tokens.weight[:1])
         out = torch.full((b, max_new), pad_id, dtype=torch.long, device=device)
@@ -348,14 +344,16 @@ class Decoder:
             first = torch.full((len(uniq),), b, dtype=torch.long, device=device).scatter_reduce_(
                 0, inverse, torch.arange(b, device=device), "amin")  # a row holding each distinct prompt
             part = [(kc[:len(uniq)], vc[:len(uniq)]) for kc, vc in cache]
-            logits = self._forward(ids[first], pos[first], slots[first, :w], 0, part, plan, rope)[inverse]
+            logits = self._forward(ids[first], pos[first], _prompt_bias(keymask[first], dtype), 0, part, plan,
+                                   rope)[inverse]
             for (kc, vc), (pk, pv) in zip(cache, part):
                 kc[:, :, :, :w] = pk[inverse, :, :, :w]
                 vc[:, :, :w] = pv[inverse, :, :w]
         else:
-            logits = self._forward(ids, pos, slots[:, :w], 0, cache, plan, rope)
-        # from here on one token per row: the attention bias (0 / -inf per slot) is kept, not rebuilt
-        bias = torch.zeros(b, total, dtype=logits.dtype, device=device).masked_fill_(~slots, float("-inf"))
+            logits = self._forward(ids, pos, _prompt_bias(keymask, dtype), 0, cache, plan, rope)
+        # from here on one token per row: its attention bias over the slots (0 / -inf) is kept, not rebuilt
+        bias = torch.full((b, total), float("-inf"), dtype=dtype, device=device)
+        bias[:, :w].masked_fill_(keymask, 0.0)
         nxt_pos = pos[:, -1] + 1
         alive = torch.ones(b, dtype=torch.bool, device=device)  # per live-batch row: not ended yet
         n = 0
@@ -374,6 +372,7 @@ class Decoder:
                 bias, rows, tok, nxt_pos, alive = bias[keep], rows[keep], tok[keep], nxt_pos[keep], alive[keep]
             slot = w + step
             bias[:, slot] = 0.0
-            logits = self._forward(tok[:, None], nxt_pos[:, None], bias[:, :slot + 1], slot, cache, plan, rope)
+            logits = self._forward(tok[:, None], nxt_pos[:, None], bias[:, None, None, :slot + 1], slot, cache, plan,
+                                   rope)
             nxt_pos = nxt_pos + 1
         return out[:, :n]
