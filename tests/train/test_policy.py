@@ -89,6 +89,16 @@ def test_grpo_trains_logs_and_resumes_exactly(problems, arith, char_tokenizer, t
     assert [r["reward_mean"] for r in _rows(cut / "metrics.csv")] == [r["reward_mean"] for r in rows]
 
 
+@pytest.mark.parametrize("norm", ["sequence", "constant"])
+def test_clip_fraction_is_logged_under_every_loss_norm(norm, problems, arith, char_tokenizer, tmp_path):
+    rewards = RewardValues(truncated=-1.0, unparseable=0.5, wrong=0.5)
+    cfg = PolicyConfig(objective="grpo", updates_per_batch=2, loss_norm=norm, rewards=rewards, scale_rewards=False,
+                       **{**SMALL, "steps": 3, "group_size": 4, "max_new_tokens": 10, "lr": 0.05})
+    train_policy(_student(char_tokenizer), char_tokenizer, problems, arith, cfg, tmp_path, seed=0, show_progress=False)
+    fracs = [float(r["clip_frac"]) for r in _rows(tmp_path / "metrics.csv")]
+    assert all(0.0 <= f <= 1.0 for f in fracs) and max(fracs) > 0  # step 3 has an advantage; lr 0.05: its second update clips
+
+
 def test_grpo_rewards_a_correct_group_member(problems, arith, char_tokenizer):
     """A policy that writes the reference answer for one rollout per group moves toward it."""
     cfg = PolicyConfig(objective="grpo", **SMALL)

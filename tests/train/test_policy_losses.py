@@ -65,6 +65,18 @@ def test_clipping_stops_the_gradient_beyond_the_trust_region():
     assert loss_hi.item() == pytest.approx(-(math.e + math.exp(-1)))  # clip-higher: e is inside [0.8, 6]
 
 
+def test_clipped_count_does_not_depend_on_the_token_weights():
+    """The second output counts clipped completion tokens: the same under token, sequence or constant
+    weights (a weighted sum would give a "fraction" that depends on the loss normalisation)."""
+    logp = torch.zeros(2, 3)
+    old = torch.tensor([[-1.0, 0.0, 1.0], [-1.0, -1.0, 0.0]])  # ratios e, 1, 1/e; e, e, 1
+    adv = torch.ones(2, 3)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    counts = {ClippedPolicyLoss(0.2)(logp, old, adv, w)[1].item()
+              for w in (mask / 5, mask / torch.tensor([[3.0], [2.0]]) / 2, mask / 12)}
+    assert counts == {3.0}  # e (row 0) and e, e (row 1); the masked-out position never counts
+
+
 def test_k3_kl_is_zero_for_equal_and_positive_otherwise():
     a = torch.randn(10)
     assert torch.equal(k3_kl(a, a), torch.zeros(10))

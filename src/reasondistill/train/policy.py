@@ -316,14 +316,14 @@ class PolicyTrainer:
             grad_norm = self._optimizer_step()
             if update == 0:
                 out.update(loss=sums["loss"], entropy=sums["entropy"] / max(1, n_tok),
-                           clip_frac=sums["clip"] if cfg.loss_norm == "token" or cfg.objective != "grpo" else "",
+                           clip_frac=sums["clip"] / max(1, n_tok),
                            grad_norm=round(grad_norm, 5))
                 if self.reference is not None:
                     out["kl_ref"] = sums["kl_ref"] / max(1, n_tok)
                 if self.teacher is not None:
                     out["kl_teacher"] = sums["kl_teacher"] / max(1, n_tok)
-            elif cfg.loss_norm == "token" or cfg.objective != "grpo":
-                out["clip_frac"] = sums["clip"]  # the last update's: where clipping acts
+            else:
+                out["clip_frac"] = sums["clip"] / max(1, n_tok)  # the last update's: where clipping acts
         out["tokens_trained"] = trained
         return out
 

@@ -68,7 +68,8 @@ class ClippedPolicyLoss(nn.Module):
 
     Inputs (N, L): ``logp`` (differentiable), ``old_logp`` and ``advantages`` (detached), ``weights``
     (0 off the completion; see :func:`token_weights`), optional ``ref_logp``. Returns
-    ``(loss sum, clipped-token fraction sum weighted alike)`` as 0-dim fp32 tensors. With
+    ``(loss sum, number of clipped completion tokens)`` as 0-dim fp32 tensors (the count, not a
+    weighted sum, so that the clip fraction means the same under every ``loss_norm``). With
     ``old_logp = logp.detach()`` (one update per batch) r = 1 in value and the gradient is the plain
     policy gradient ``−A ∇logp``."""
 
@@ -84,7 +85,7 @@ class ClippedPolicyLoss(nn.Module):
         if self.kl_coef and ref_logp is not None:
             per_token = per_token + self.kl_coef * k3_kl(logp, ref_logp)
         was_clipped = ((ratio * advantages) > (clipped * advantages)).float()
-        return (per_token * weights).sum(), (was_clipped * weights).sum().detach()
+        return (per_token * weights).sum(), (was_clipped * (weights > 0)).sum().detach()
 
 
 class DPOLoss(nn.Module):
