@@ -308,8 +308,9 @@ class DistillConfig(_Strict):
         "forward_kl", description="how the student's token distribution is compared with the teacher's "
         "(train/losses.py)")
     beta: float | None = Field(None, ge=0, le=1, description="jsd only: mixture weight of the teacher (default 0.5)")
-    skew_alpha: float | None = Field(None, ge=0, le=1, description="skew_*_kl only: weight of the skewed-in "
-                                     "distribution (default 0.1)")
+    skew_alpha: float | None = Field(None, ge=0, lt=1, description="skew_*_kl only: weight of the skewed-in "
+                                     "distribution (default 0.1; below 1: at 1 the divergence is 0 whatever the "
+                                     "student)")
     temperature: float = Field(1.0, gt=0, description="softmax temperature T of both distributions")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the divergence; 1 − alpha weighs CE on the labels "
                          "(teacher-written traces only: on_policy's student samples get the divergence alone)")

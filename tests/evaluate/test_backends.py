@@ -123,3 +123,17 @@ def test_a_run_config_picks_each_models_backend():
             evaluation_backend(vcfg, "a", "/nonexistent/a")
         with pytest.raises(VLLMUnavailable, match="pip install vllm"):
             evaluation_backend(RunConfig.model_validate({"teacher": {"kind": "vllm", "model": "m"}}), "teacher", "m")
+
+
+def test_a_student_the_server_lacks_is_named_by_the_evaluate_keys(server, arith):
+    """The 404 for a student's evaluation names evaluate.openai.model (the student's name by default),
+    not teacher.model: the teacher's section has nothing to do with it."""
+    from reasondistill.config import RunConfig
+    from reasondistill.evaluate.backends import evaluation_backend
+
+    cfg = RunConfig.model_validate({"students": [{"name": "warm_kd", "init": {}}],
+                                    "evaluate": {"backend": "openai", "openai": {"base_url": server.url}}})
+    backend = evaluation_backend(cfg, "warm_kd", "/nonexistent/warm_kd")
+    with pytest.raises(Exception, match=r"is evaluate\.openai\.model \('warm_kd'\) a model the server has") as err:
+        evaluate_model(backend, PROBLEMS[:2], arith, batch_size=2, max_new_tokens=8)
+    assert "teacher." not in str(err.value)

@@ -187,7 +187,8 @@ def test_distill_config_validation():
                      ({"divergence": "forward_kl", "beta": 0.2}, "'jsd' only"),
                      ({"lambda_on_policy": 0.3}, "'on_policy' only"),
                      ({"source": "offline_topk", "top_k": 4, "features": {"layers": [[1, 1]]}}, "hidden states"),
-                     ({"features": {"layers": []}}, "at least 1"), ({"alpha": 1.5}, "less than or equal")]:
+                     ({"features": {"layers": []}}, "at least 1"), ({"alpha": 1.5}, "less than or equal"),
+                     ({"divergence": "skew_forward_kl", "skew_alpha": 1.0}, "less than 1")]:
         with pytest.raises(ValidationError, match=msg):
             DistillConfig(**bad)
     cfg = DistillConfig(source="on_policy", divergence="skew_reverse_kl", skew_alpha=0.2, lambda_on_policy=1.0,

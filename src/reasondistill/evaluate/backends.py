@@ -139,7 +139,8 @@ def evaluation_backend(cfg, name: str, path: str) -> Backend:
     o = ev.openai
     url, model = o.urls.get(name, o.base_url), o.model or name
     sampler = OpenAITeacher(url, model, api_key_env=o.api_key_env, concurrency=o.concurrency, timeout_s=o.timeout_s,
-                            max_retries=o.max_retries, reasoning="auto", name=f"openai:{model}")
+                            max_retries=o.max_retries, reasoning="auto", name=f"openai:{model}",
+                            section="evaluate.openai")
     return sampler_backend(sampler, local_tokenizer(path), kind="openai", label=f"{url} ({model})")
 
 

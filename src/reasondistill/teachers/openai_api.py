@@ -138,19 +138,20 @@ class OpenAITeacher:
                  timeout_s: float = 60, max_retries: int = 6, backoff_base_s: float = 0.5,
                  backoff_max_s: float = 30, reasoning: str = "auto", use_n: bool = False,
                  extra_body: dict[str, Any] | None = None, max_tokens_field: str = "max_tokens",
-                 max_consecutive_failures: int | None = 32, name: str | None = None):
+                 max_consecutive_failures: int | None = 32, name: str | None = None, section: str = "teacher"):
+        self.section = section  # the config section its errors name ("evaluate.openai" when evaluating a student)
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"teacher.base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, "
+            raise ValueError(f"{section}.base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, "
                              f"got {base_url!r}")
         if reasoning not in REASONING_MODES:
-            raise ValueError(f"teacher.reasoning must be one of {REASONING_MODES}, got {reasoning!r}")
+            raise ValueError(f"{section}.reasoning must be one of {REASONING_MODES}, got {reasoning!r}")
         if concurrency < 1 or timeout_s <= 0 or max_retries < 0 or backoff_base_s < 0 or backoff_max_s < 0:
-            raise ValueError("teacher: need concurrency >= 1, timeout_s > 0, max_retries >= 0, backoffs >= 0")
+            raise ValueError(f"{section}: need concurrency >= 1, timeout_s > 0, max_retries >= 0, backoffs >= 0")
         if api_key_env and env_name_problem(api_key_env):
-            raise ValueError(f"teacher.api_key_env: {env_name_problem(api_key_env)}")
+            raise ValueError(f"{section}.api_key_env: {env_name_problem(api_key_env)}")
         if api_key_env and not os.environ.get(api_key_env):
-            raise ValueError(f"teacher.api_key_env: environment variable {api_key_env} is not set")
+            raise ValueError(f"{section}.api_key_env: environment variable {api_key_env} is not set")
         self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
         self.concurrency, self.timeout_s, self.max_retries = concurrency, float(timeout_s), max_retries
         self.backoff_base_s, self.backoff_max_s = float(backoff_base_s), float(backoff_max_s)
@@ -198,15 +199,15 @@ class OpenAITeacher:
                               trust_env=self._trust_env) as client:
                 r = client.get(url)
         except httpx.HTTPError as exc:
-            return [(True, self._scrub(f"teacher.base_url: cannot reach {url} ({type(exc).__name__}: {exc}); is "
+            return [(True, self._scrub(f"{self.section}.base_url: cannot reach {url} ({type(exc).__name__}: {exc}); is "
                                        "the server running, on this host and port?"))]
         if r.status_code >= 400:
             detail = self._scrub(r.text[:200].strip())
             if r.status_code in (401, 403):
-                return [(True, f"teacher.api_key_env: {url} answered HTTP {r.status_code} ({detail}); check the "
-                               f"API key (teacher.api_key_env: {self.api_key_env or 'not set'})")]
+                return [(True, f"{self.section}.api_key_env: {url} answered HTTP {r.status_code} ({detail}); check the "
+                               f"API key ({self.section}.api_key_env: {self.api_key_env or 'not set'})")]
             hint = "; does base_url end in /v1?" if r.status_code == 404 else ""
-            return [(False, f"teacher.base_url: GET {url} answered HTTP {r.status_code} ({detail}){hint}")]
+            return [(False, f"{self.section}.base_url: GET {url} answered HTTP {r.status_code} ({detail}){hint}")]
         try:
             ids = [m["id"] for m in r.json()["data"]]
         except Exception:  # noqa: BLE001 - a server that lists no models in OpenAI's form: nothing to compare
@@ -214,7 +215,7 @@ class OpenAITeacher:
         if ids and self.model not in ids:
             hint = did_you_mean(self.model, ids)
             shown = ", ".join(repr(i) for i in ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
-            return [(False, f"teacher.model: {self.model!r} is not among the models {url} lists ({shown})"
+            return [(False, f"{self.section}.model: {self.model!r} is not among the models {url} lists ({shown})"
                             + (f"; {hint}" if hint else ""))]
         return []
 
@@ -419,12 +420,12 @@ class OpenAITeacher:
             if r.status_code in RETRY_STATUS or r.status_code >= 500:
                 raise _Retry(message, _retry_after(r.headers))
             if r.status_code == 404:  # every request would fail the same way: stop now
-                raise TeacherError(self._scrub(f"{r.url}: {message}; does base_url end in /v1, and is teacher.model "
+                raise TeacherError(self._scrub(f"{r.url}: {message}; does base_url end in /v1, and is {self.section}.model "
                                                f"({self.model!r}) a model the server has (GET {self.base_url}/models "
                                                "lists them)?"))
             if r.status_code in STOP_STATUS:
                 raise TeacherError(self._scrub(f"{self.base_url}: {message}; check the API key and its account "
-                                               f"(teacher.api_key_env: {self.api_key_env or 'not set'})"))
+                                               f"({self.section}.api_key_env: {self.api_key_env or 'not set'})"))
             raise _Failed(message, 0)
         try:
             data = r.json()
