@@ -60,6 +60,24 @@ def test_overrides_may_follow_options(tmp_path, capsys):
         main(["build", str(demo_config_path()), "--quiet", "notanoverride"])
 
 
+def test_an_override_on_a_run_directory_says_it_is_saved(tmp_path, capsys):
+    """An override given to one verb stays in the run's config.yaml; the verb says so, naming the keys
+    (students by name), and says nothing when nothing changes."""
+    from reasondistill.config import config_changes, demo_config_path
+
+    run = tmp_path / "run"
+    main(["build", str(demo_config_path()), "--quiet", f"run_dir={run}", "task.n_train=3"])
+    capsys.readouterr()
+    main(["build", str(run), "--quiet", "evaluate.batch_size=7", "students.student_kd.train.lr=0.5"])
+    out = capsys.readouterr().out
+    assert "saving 2 changed key(s)" in out and "evaluate.batch_size: 400 -> 7" in out
+    assert "students.student_kd.train.lr: 0.003 -> 0.5" in out and "batch_size: 7" in (run / "config.yaml").read_text()
+    main(["build", str(run), "--quiet"])
+    assert "changed key" not in capsys.readouterr().out
+    assert config_changes({"students": [{"name": "a", "x": 1}]}, {"students": [{"name": "b", "x": 1}]}) == [
+        'students.a: {"name": "a", "x": 1} -> null', 'students.b: null -> {"name": "b", "x": 1}']
+
+
 @pytest.mark.parametrize("argv, usage, hint", [
     (["curate", "RUN", "--forse"], "usage: reasondistill curate ", "did you mean '--force'?"),
     (["train", "RUN", "--studnet", "s", "train.lr=1"], "usage: reasondistill train ", "did you mean '--student'?"),

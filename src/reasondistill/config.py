@@ -9,6 +9,7 @@ expected, e.g. ``train.lr: Input should be greater than 0 (got -1)``.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -801,6 +802,20 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_changes(old: Any, new: Any, at: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two dumped configs (students matched
+    by name), so that a verb can say what it is about to save over a run's ``config.yaml``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in dict.fromkeys([*old, *new])
+                for c in config_changes(old.get(k), new.get(k), f"{at}.{k}" if at else str(k))]
+    named = lambda xs: isinstance(xs, list) and all(isinstance(x, dict) and "name" in x for x in xs)  # noqa: E731
+    if named(old) and named(new) and old != new:
+        by_old, by_new = {x["name"]: x for x in old}, {x["name"]: x for x in new}
+        return [c for k in dict.fromkeys([*by_old, *by_new])
+                for c in config_changes(by_old.get(k), by_new.get(k), f"{at}.{k}")]
+    return [] if old == new else [f"{at}: {json.dumps(old)} -> {json.dumps(new)}"]
 
 
 def demo_config_path() -> Path:

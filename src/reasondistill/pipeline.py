@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from reasondistill.config import RunConfig, StudentConfig, dump_config
+from reasondistill.config import RunConfig, StudentConfig, config_changes, dump_config
 from reasondistill.errors import UserError
 from reasondistill.models import local_files
 from reasondistill.records import (JsonlWriter, Problem, Trace, read_records, repair_tail, write_json,
@@ -62,12 +62,29 @@ class Pipeline:
         self.show_progress = show_progress
         self.rd = RunDir(cfg.run_dir)
         if self.rd.main:  # under torchrun every rank starts here; the others read config.yaml meanwhile
-            write_text(self.rd.config_file, dump_config(cfg))
+            self._save_config()
         self.rd.update_manifest(seeds={"run": cfg.seed, "generate": cfg.generate.seed,
                                        "students": {s.name: self._seed(s) for s in cfg.students}})
         self.task = load_task(cfg.task.task_spec())
 
     # -- helpers -------------------------------------------------------------------------------
+    def _save_config(self) -> None:
+        """Write config.yaml, first saying which keys change in an existing one (an override given to
+        one verb stays in the run's config: later verbs on the run directory use it)."""
+        import yaml
+
+        path, text = self.rd.config_file, dump_config(self.cfg)
+        try:
+            old = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            old = None
+        changes = config_changes(old, yaml.safe_load(text)) if isinstance(old, dict) else []
+        if changes:
+            shown = changes[:6] + ([f"and {len(changes) - 6} more"] if len(changes) > 6 else [])
+            self.log(f"{path}: saving {len(changes)} changed key(s), used from now on by every verb on this run "
+                     f"directory: " + "; ".join(shown))
+        write_text(path, text)
+
     def _seed(self, s: StudentConfig) -> int:
         return self.cfg.seed if s.seed is None else s.seed
 
