@@ -67,3 +67,16 @@ def html_alts(root: Path) -> set[str]:
     import re
 
     return set(re.findall(r'<img alt="([^"]+)"', (root / "report.html").read_text()))
+
+
+def test_models_no_longer_in_the_config_are_left_out_and_listed_as_skipped(tmp_path):
+    """A student removed from the config (its evaluate/ directory still on disk), and the teacher with
+    evaluate.teacher off, are not in the tables: the report lists them under Skipped."""
+    cfg = fake_run.make_fake_run(tmp_path)
+    cfg = cfg.model_copy(update={"students": [], "evaluate": cfg.evaluate.model_copy(update={"teacher": False})})
+    report = write_report(tmp_path, cfg)
+    assert report["models"] == {} and "evaluation" not in report
+    assert set(report["skipped"]) >= {"evaluate:student", "evaluate:teacher"}
+    md = (tmp_path / "report.md").read_text()
+    assert "| student |" not in md and "| teacher |" not in md
+    assert "`evaluate:student`: not in this config" in md

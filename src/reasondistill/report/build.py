@@ -114,7 +114,12 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
     root = lay.root
     skipped = _read_json(lay.skipped_path) or {}  # stage -> why it had nothing to work on (rundir.py)
     models: dict[str, Any] = {}
+    configured = {s.name for s in cfg.students} | ({"teacher"} if cfg.evaluate.teacher else set())
     for m in lay.evaluated():
+        if m not in configured:  # a student since removed from the config, or the teacher with evaluate.teacher off
+            skipped = {**skipped, f"evaluate:{m}": f"not in this config (evaluate/{m}/ holds an earlier config's "
+                       "results; left out of the report)"}
+            continue
         if lay.eval(m).metrics.is_file() and f"evaluate:{m}" not in skipped and "evaluate" not in skipped:  # not stale
             models[m] = json.loads(lay.eval(m).metrics.read_text())
     if cfg.teacher.kind == "ingested" and cfg.evaluate.teacher:  # listed, never silently dropped
