@@ -88,6 +88,24 @@ def test_vocabularies_that_differ_only_by_padding_rows_pass(tmp_path, tiny_model
     assert preflight(cfg) == []
 
 
+def test_a_top_k_past_the_vocabulary_and_feature_layers_past_the_models_are_problems(tmp_path, tiny_model_dir,
+                                                                                      char_tokenizer):
+    """Found by `check`, naming the student and the key, not by capture or training after other stages ran."""
+    n_teacher = TINY["num_hidden_layers"]
+    topk = _soft("topk", distill={"source": "offline_topk", "top_k": len(char_tokenizer) + 1})
+    feats = _soft("feat", distill={"source": "online", "features": {"layers": [[1, n_teacher], [2, n_teacher + 1],
+                                                                               [-3, -1]]}})
+    cfg, _ = _cfg(tmp_path, tiny_model_dir, students=[topk, feats])
+    problems = preflight(cfg)
+    assert problems == [
+        f"students.0 (topk): distill.top_k={len(char_tokenizer) + 1} exceeds the vocabulary ({len(char_tokenizer)} "
+        f"tokens); lower it to at most {len(char_tokenizer)}",
+        "students.1 (feat): distill.features.layers: student layer(s) [2, -3] out of range; the student has 2 hidden "
+        "states (0 = embeddings, 1 or -1 = the last layer)",
+        f"students.1 (feat): distill.features.layers: teacher layer(s) [{n_teacher + 1}] out of range; the teacher "
+        f"has {n_teacher + 1} hidden states (0 = embeddings, {n_teacher} or -1 = the last layer)"], problems
+
+
 def test_a_logit_teacher_is_needed_for_soft_students_of_an_api_teacher(tmp_path, tiny_model_dir):
     """Refused when the config loads (config.py), before any check or stage runs."""
     from pydantic import ValidationError

@@ -362,6 +362,20 @@ class _Checker:
             if rows and rows < len(tok):
                 self.add(f"{where}: the {who} has {rows} output rows for a tokenizer of {len(tok)} tokens")
         # rows beyond the tokenizer on either side are padding (Qwen: 151,936 vs 152,064): sliced in training
+        top_k = getattr(s.distill, "top_k", None)
+        if top_k is not None and top_k > len(tok):
+            self.add(f"{where}: distill.top_k={top_k} exceeds the vocabulary ({len(tok)} tokens); lower it to at "
+                     f"most {len(tok)}")
+        features = getattr(s.distill, "features", None)
+        if features is not None:
+            student_layers = getattr(conf, "num_hidden_layers", None) if conf is not None else \
+                s.init.num_hidden_layers
+            for who, n in (("student", student_layers), ("teacher", getattr(tconf, "num_hidden_layers", None))):
+                bad = [pair[who == "teacher"] for pair in features.layers if n is not None and
+                       not -(n + 1) <= pair[who == "teacher"] <= n]
+                if bad:
+                    self.add(f"{where}: distill.features.layers: {who} layer(s) {bad} out of range; the {who} "
+                             f"has {n + 1} hidden states (0 = embeddings, {n} or -1 = the last layer)")
         tcontext = _context(tconf)
         if tcontext is not None and self.cfg.build.max_length > tcontext:
             self.add(f"{where}: build.max_length={self.cfg.build.max_length} exceeds the context of {label} "
