@@ -80,3 +80,20 @@ def test_models_no_longer_in_the_config_are_left_out_and_listed_as_skipped(tmp_p
     md = (tmp_path / "report.md").read_text()
     assert "| student |" not in md and "| teacher |" not in md
     assert "`evaluate:student`: not in this config" in md
+
+
+def test_the_report_names_each_students_objective_and_the_task_settings():
+    from reasondistill.report.build import task_label, teacher_label, trained_on
+
+    cfg = RunConfig.model_validate({
+        "task": {"name": "chained_arith", "min_ops": 3, "max_ops": 5},
+        "teacher": {"kind": "openai", "model": "big", "base_url": "http://127.0.0.1:9/v1"},
+        "logit_teacher": {"model": "bundled:tiny-arith-teacher"},
+        "students": [{"name": "hard", "init": {}},
+                     {"name": "kd", "init": {}, "distill": {"source": "offline_topk", "top_k": 8, "temperature": 2.0}},
+                     {"name": "rl", "policy": {"objective": "grpo", "start_from": "hard"}}]})
+    assert [trained_on(s) for s in cfg.students] == [
+        "traces", "traces + forward_kl (offline_topk top-8, T=2, α=0.5)", "grpo from hard"]
+    assert teacher_label(cfg) == ("big (through an OpenAI-compatible server); soft targets from "
+                                  "bundled:tiny-arith-teacher (logit_teacher)")
+    assert task_label(cfg.task.model_dump()).startswith("chained_arith (min_ops=3, max_ops=5, ")

@@ -234,8 +234,10 @@ def compare_stage(pipe, name: str, force: bool = False) -> Any:
         res = compare_to_teacher(_rows(e.completions), _rows(t.completions),
                                  read_records(root, Problem), pipe.task,
                                  student_samples=_rows(samples) if samples.exists() else None, out_dir=e.dir, name=name)
+        falloff = res["falloff"]["first_falloff"]
         pipe.log(f"       {name} vs teacher: answer agreement {res['agreement']['agreement']:.3f}, "
-                 f"first fall-off at difficulty {res['falloff']['first_falloff']}")
+                 + (f"at no difficulty more than {res['falloff']['threshold']:.0%} behind the teacher" if falloff is None else
+                    f"first fall-off at difficulty {falloff}"))
         return {"agreement": res["agreement"]["agreement"], "first_falloff": res["falloff"]["first_falloff"]}
     return pipe.run_stage(f"compare:{name}", {"compare": 1}, inputs, [e.compare], fn, force)
 

@@ -109,6 +109,40 @@ def _fmt(x: Any, spec: str) -> str:
     return format(x, spec)
 
 
+def trained_on(s) -> str:
+    """What a student learnt from, for the models table: "traces", "traces + forward_kl (online, T=1,
+    α=0.5)", "grpo from student_traces"."""
+    if s.policy is not None:
+        return s.policy.objective + (f" from {s.policy.start_from}" if s.policy.start_from else "")
+    d = s.distill
+    if d is None:
+        return s.target
+    how = d.cross_tokenizer and f"cross-tokenizer {d.cross_tokenizer}" or d.divergence
+    source = d.source + (f" top-{d.top_k}" if d.top_k else "")
+    extra = " + features" if d.features is not None else ""
+    return f"{s.target} + {how} ({source}, T={d.temperature:g}, α={d.alpha:g}){extra}"
+
+
+def teacher_label(cfg) -> str:
+    """The teacher as the report names it: its model, how it was run, and the logit teacher when
+    another model gave the soft targets."""
+    from reasondistill.preflight import logit_teacher
+
+    t = cfg.teacher
+    label = t.model + {"ingested": " (traces ingested, not sampled)", "openai": " (through an OpenAI-compatible "
+                       "server)", "vllm": " (vLLM)"}.get(t.kind, "")
+    found = logit_teacher(cfg)
+    if found is not None and found[0] != "teacher" and any(s.distill is not None for s in cfg.students):
+        label += f"; soft targets from {found[1]} ({found[0]})"
+    return label
+
+
+def task_label(task: dict[str, Any]) -> str:
+    """``chained_arith (min_ops=3, max_ops=5, n_train=16000, n_test=400)``: the task's settings, unset ones left out."""
+    shown = ", ".join(f"{k}={v}" for k, v in task.items() if k != "name" and v not in (None, [], {}))
+    return f"{task.get('name')}" + (f" ({shown})" if shown else "")
+
+
 def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
     lay = Layout(run_dir)
     root = lay.root
@@ -135,9 +169,7 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
             training[s.name] = {k: summary.get(k) for k in ("final_val_loss", "steps", "epochs", "wall_time_s",
                                                             "params", "train_examples", "processes",
                                                             "trainable_params")}
-            training[s.name]["target"] = (s.target if s.policy is None else  # e.g. "grpo from student_traces"
-                                          f"{s.policy.objective}" + (f" from {s.policy.start_from}"
-                                                                     if s.policy.start_from else ""))
+            training[s.name]["target"] = trained_on(s)
         if t.metrics_csv.exists() and s.policy is not None:
             policy_curves[s.name] = read_policy_curves(t.metrics_csv)
         elif t.metrics_csv.exists():
@@ -147,7 +179,7 @@ def write_report(run_dir: str | Path, cfg) -> dict[str, Any]:
     report = {
         "run_dir": str(root),
         "task": cfg.task.model_dump(),
-        "teacher": cfg.teacher.model + (" (traces ingested, not sampled)" if cfg.teacher.kind == "ingested" else ""),
+        "teacher": teacher_label(cfg),
         "models": {name: {k: m.get(k) for k in ("accuracy", "n", "correct", "mean_output_tokens", "truncation_rate",
                                                "accuracy_by_difficulty", "verdicts", "timeouts", "status", "backend",
                                                "api_usage") if k in m or k not in ("status", "backend", "api_usage")}
@@ -206,7 +238,7 @@ def skipped_lines(skipped: dict[str, str]) -> list[str]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     out = [f"# reasondistill report: `{report['run_dir']}`", "",
-           f"Task: `{report['task']['name']}` ({report['task']}); teacher: `{report['teacher']}`.", "",
+           f"Task: `{task_label(report['task'])}`; teacher: `{report['teacher']}`.", "",
            "## Models on the same held-out problems (greedy decoding)", "", models_table(report), ""]
     diffs = sorted({d for m in report["models"].values() for d in (m.get("accuracy_by_difficulty") or {})}, key=int)
     if diffs:

@@ -16,6 +16,9 @@ from typing import Any
 from reasondistill.layout import Layout
 from reasondistill.records import iter_jsonl
 
+MAJ_NOTE = ("pass@k and avg@n use all n samples of each problem (pass@k: the unbiased estimator); maj@k is the vote "
+            "over each problem's first k samples (a tie goes to the smallest answer in string order), so maj@1 is the "
+            "first sample's accuracy, not avg@n.")
 SAMPLED_KEYS = ("samples", "problems", "pass@k", "maj@k", "avg@n", "lengths", "truncation_rate", "no_answer_rate",
                 "avg@n_by_difficulty", "provenance")
 
@@ -173,7 +176,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             out.append(f"| {m} | {s['samples']} | {cells} | {fmt_ci(s['avg@n'])} | {s['lengths']['mean_thinking_tokens']:.1f} "
                        f"| {s['lengths']['mean_answer_tokens']:.1f} | {s['truncation_rate']:.1%} | {s['no_answer_rate']:.1%} "
                        f"| {s['calibration']['ece']:.3f} |")
-        out.append("")
+        out += ["", MAJ_NOTE, ""]
     ood = {m: e["ood"] for m, e in ev.items() if e.get("ood")}
     if ood:
         out += ["## Out-of-distribution split, beside in-distribution", "",

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from reasondistill.layout import Layout
-from reasondistill.report.evaluation import fmt_ci, rows
+from reasondistill.report.build import task_label
+from reasondistill.report.evaluation import MAJ_NOTE, fmt_ci, rows
 from reasondistill.report.html_assets import CSS, JS
 
 PLOT_TITLES = {"loss_curves": "Training and validation loss", "policy_curves": "Policy training curves",
@@ -240,9 +241,9 @@ def render_html(root: Path, report: Mapping[str, Any]) -> str:
     figs = "".join(figure(root / p, PLOT_TITLES.get(k, "Calibration: " + k.split(":", 1)[-1] + " (vote confidence)"))
                    for k, p in plots.items())
     body = (f"<h1>reasondistill report: <code>{esc(report['run_dir'])}</code></h1>"
-            f"<p>Task <code>{esc(report['task'])}</code>; teacher <code>{esc(report['teacher'])}</code>. "
+            f"<p>Task <code>{esc(task_label(report['task']))}</code>; teacher <code>{esc(report['teacher'])}</code>. "
             "All models on the same held-out problems; 95% CIs: Wilson for proportions (accuracy, maj@k), bootstrap "
-            "over problems for pass@k and avg@n.</p>"
+            f"over problems for pass@k and avg@n. {MAJ_NOTE}</p>"
             f'<div id="status" data-status="loading">loading…</div><pre id="selftest"></pre>'
             f"{skipped_list(report)}<h2>Models</h2>{models_table(report)}{quantization(report)}{compare_table(report)}"
             f"{failure_table(report)}"
