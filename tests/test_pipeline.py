@@ -73,6 +73,27 @@ def test_generate_resumes_after_kill_with_the_same_traces(tmp_path, tiny_model_d
     assert {k: t.text for k, t in zip(keys, got)} == reference  # and the same traces
 
 
+def test_more_problems_keep_the_traces_of_the_ones_already_sampled(tmp_path, tiny_model_dir):
+    """Only the problems changed (not the teacher or sampling): the unchanged problems' traces are kept,
+    only the new ones are sampled; a changed setting still sets every trace aside."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, task={"n_train": 6})
+    cli("generate", cfg)
+    traces = tmp_path / "run/generate/traces.jsonl"
+    before = traces.read_text().splitlines()
+    assert len(before) == 12
+    out = cli("generate", tmp_path / "run", "task.n_train=9")
+    assert "the problems changed (3 new, 0 removed or edited), not the settings: kept 12 lines" in out.stdout
+    assert "resuming: 12 traces already written, 3 problems to go" in out.stdout
+    after = traces.read_text().splitlines()
+    assert after[:12] == before and len(after) == 18  # byte for byte, then the new problems' traces
+    assert (tmp_path / "run/generate/traces.jsonl.stale-1").read_text().splitlines() == before
+    fewer = cli("generate", tmp_path / "run", "task.n_train=4")
+    assert "(0 new, 5 removed or edited), not the settings: kept 8 lines" in fewer.stdout
+    assert traces.read_text().splitlines() == before[:8]
+    hotter = cli("generate", tmp_path / "run", "generate.temperature=0.5")
+    assert "config changed: kept the previous output" in hotter.stdout and "resuming" not in hotter.stdout
+
+
 def test_stages_skip_when_unchanged_and_rerun_downstream(tmp_path, tiny_model_dir):
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir)
     first = cli("run", cfg)

@@ -19,8 +19,8 @@ from typing import Any, Callable
 from reasondistill.config import RunConfig, StudentConfig, config_changes, dump_config
 from reasondistill.errors import UserError
 from reasondistill.models import local_files
-from reasondistill.records import (JsonlWriter, Problem, Trace, read_records, repair_tail, write_json,
-                                   write_records, write_text)
+from reasondistill.records import (JsonlWriter, Problem, Trace, read_records, record_hash, repair_tail,
+                                   write_json, write_records, write_text)
 from reasondistill.rundir import RunDir, StageInputMissing
 from reasondistill.tasks.base import load_task
 from reasondistill.tasks.strategy import record_system_prompt, sample_by_system_prompt
@@ -156,9 +156,13 @@ class Pipeline:
 
             # traces of a run started before transport keys left the fingerprint are this config's too
             legacy = self.rd.fingerprint(conf | {"teacher": self.cfg.teacher.fingerprinted(legacy=True)}, inputs)
-            self.rd.restart_if_stale(out, progress_file, fp, self.log, also=(legacy,))
-            repair_tail(out)
             problems = read_records(problems_path, Problem)
+            # the settings alone (no problems file) and each problem's content: when only the problems
+            # changed, the traces of the unchanged ones are kept, not sampled again
+            settings = self.rd.fingerprint(conf, [p for p in inputs if p != problems_path])
+            self.rd.restart_if_stale(out, progress_file, fp, self.log, also=(legacy,),
+                                     rows=(settings, {p.id: record_hash(p) for p in problems}))
+            repair_tail(out)
             if shard is not None:
                 problems = [p for p in problems if in_shard(p.id, *shard)]
             n = self.cfg.generate.n

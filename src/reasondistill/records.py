@@ -82,6 +82,13 @@ def to_dict(record: Any) -> dict[str, Any]:
     return dataclasses.asdict(record)
 
 
+def record_hash(record: Any) -> str:
+    """A short hash of a record's content (every field), e.g. to tell an edited problem from the same one."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(to_dict(record), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _check_type(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if hint is Any:

@@ -234,20 +234,29 @@ class RunDir(Layout):
         write_json(self.skipped_path, current)
 
     def restart_if_stale(self, output: Path, progress_file: Path, fp: str, log: Callable[[str], None] = print,
-                         also: tuple[str, ...] = ()) -> None:
+                         also: tuple[str, ...] = (), rows: tuple[str, dict[str, str]] | None = None) -> None:
         """Before a resumable stage (re)writes ``output``: keep what an earlier config made aside (see
         :func:`archive`), and record ``fp`` in ``progress_file`` so the next start knows what it resumes.
         ``also``: older fingerprints of the same config (its output is resumed, not set aside).
+        ``rows``: (the fingerprint of the settings alone, {problem id: content hash}) for a JSONL output
+        of one line per problem and sample: when only the problems changed, the lines of the unchanged
+        problems are kept (the whole file is still set aside first), so that asking for more problems, or
+        fixing one, does not sample the others again.
         Only the main process touches the files; under several processes the others wait here."""
         if self.main:
+            progress = {"fingerprint": fp} | ({"settings": rows[0], "problems": rows[1]} if rows else {})
             if output.exists():
                 try:
-                    old = json.loads(progress_file.read_text()).get("fingerprint")
+                    old = json.loads(progress_file.read_text())
                 except (OSError, ValueError):
-                    old = None
-                if old != fp and old not in also:
-                    archive(output, log)
-            write_json(progress_file, {"fingerprint": fp})
+                    old = {}
+                if old.get("fingerprint") != fp and old.get("fingerprint") not in also:
+                    same_settings = rows is not None and old.get("settings") == rows[0] and old.get("problems")
+                    if not same_settings:
+                        archive(output, log)
+                    else:
+                        _keep_unchanged(output, old["problems"], rows[1], log)
+            write_json(progress_file, progress)
         if not self._solo:
             barrier()
 
@@ -364,14 +373,38 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def archive(path: Path, log: Callable[[str], None] = print) -> None:
+def archive(path: Path, log: Callable[[str], None] | None = print) -> Path:
     """Move an output made under another config aside (``<name>.stale-N``) instead of deleting it."""
     i = 1
     while path.with_name(f"{path.name}.stale-{i}").exists():
         i += 1
     dest = path.with_name(f"{path.name}.stale-{i}")
     path.rename(dest)
-    log(f"       config changed: kept the previous output as {dest}")
+    if log is not None:
+        log(f"       config changed: kept the previous output as {dest}")
+    return dest
+
+
+def _keep_unchanged(output: Path, old: dict[str, str], new: dict[str, str], log: Callable[[str], None]) -> None:
+    """Set ``output`` aside and write back the lines of the problems whose content hash is the same
+    in ``old`` and ``new`` (a line names its problem in ``problem_id``); a torn last line is dropped."""
+    keep = {pid for pid, h in new.items() if old.get(pid) == h}
+    dest = archive(output, None)
+    kept = 0
+    with open(dest, encoding="utf-8") as src, open(output, "w", encoding="utf-8") as out:
+        for line in src:
+            try:
+                pid = json.loads(line).get("problem_id")
+            except ValueError:
+                continue
+            if pid in keep:
+                out.write(line if line.endswith("\n") else line + "\n")
+                kept += 1
+        out.flush()
+        os.fsync(out.fileno())
+    added, gone = len(new.keys() - old.keys()), len(old.keys() - keep)
+    log(f"       the problems changed ({added} new, {gone} removed or edited), not the settings: kept {kept} "
+        f"lines of the {len(keep)} unchanged problems; the previous output is kept as {dest}")
 
 
 def environment() -> dict[str, Any]:
