@@ -13,7 +13,7 @@ import yaml
 from reasondistill.records import Trace, read_records
 
 
-def write_config(path, teacher, **sections):
+def write_config(path, teacher, replace_task=False, **sections):
     cfg = {
         "run_dir": str(path.parent / "run"), "seed": 0,
         "task": {"name": "chained_arith", "min_ops": 3, "max_ops": 4, "n_train": 40, "n_test": 10},
@@ -27,7 +27,7 @@ def write_config(path, teacher, **sections):
         "evaluate": {"batch_size": 10, "max_new_tokens": 8},
     }
     for k, v in sections.items():
-        cfg[k] = cfg[k] | v if isinstance(v, dict) else v
+        cfg[k] = cfg[k] | v if isinstance(v, dict) and not (k == "task" and replace_task) else v
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -92,6 +92,29 @@ def test_more_problems_keep_the_traces_of_the_ones_already_sampled(tmp_path, tin
     assert traces.read_text().splitlines() == before[:8]
     hotter = cli("generate", tmp_path / "run", "generate.temperature=0.5")
     assert "config changed: kept the previous output" in hotter.stdout and "resuming" not in hotter.stdout
+
+
+def test_a_prompt_past_the_teachers_context_is_recorded_once_with_its_reason(tmp_path, tiny_model_dir):
+    """Not an error trace retried (and failing) on every `generate`: truncated at 0 tokens, the reason
+    kept in the trace, the curation verdict and the evaluation's completions."""
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(1, 9)]
+    rows[2]["question"] = "Add these: " + " + ".join(["1"] * 200) + "?"  # ~400 characters: past 256 tokens
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = {"name": "gsm8k", "train_path": str(tmp_path / "train.jsonl"), "test_path": str(tmp_path / "test.jsonl")}
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, task=task, replace_task=True)
+    first = cli("generate", cfg)
+    assert "2 traces could not be sampled and are recorded as truncated at 0 tokens" in first.stdout
+    assert "the model's context is" in first.stdout
+    assert "[skip] generate" in cli("generate", cfg).stdout  # nothing to retry: the stage is current
+    cli("curate", cfg)
+    verdicts = [json.loads(x) for x in (tmp_path / "run/curate/verdicts.jsonl").read_text().splitlines()]
+    unfit = [v for v in verdicts if v["problem_id"].endswith(":2") or "context" in (v.get("reason") or "")]
+    assert len(unfit) == 2 and all(v["verdict"] == "truncated" and "context is" in v["reason"] for v in unfit)
+    cli("evaluate", cfg, "--model", "teacher")
+    done = [json.loads(x) for x in (tmp_path / "run/evaluate/teacher/completions.jsonl").read_text().splitlines()]
+    cut = [d for d in done if d["prompt_tokens"] >= 256]
+    assert len(cut) == 1 and cut[0]["verdict"] == "truncated" and "context is" in cut[0]["reason"]
 
 
 def test_stages_skip_when_unchanged_and_rerun_downstream(tmp_path, tiny_model_dir):

@@ -206,6 +206,10 @@ class Pipeline:
             if failed:
                 self.log(f"       {failed} traces failed at the teacher (recorded with their error; "
                          "re-run generate to retry them)")
+            unfit = sum(t.finish_reason == "length" and bool(t.error) for t in traces.values())
+            if unfit:  # e.g. a prompt longer than the teacher's context: the same on every try, so not retried
+                self.log(f"       {unfit} traces could not be sampled and are recorded as truncated at 0 tokens "
+                         f"(curate drops them), e.g.: {next(t.error for t in traces.values() if t.finish_reason == 'length' and t.error)}")
             return {"traces": len(done), "written_now": written, "resumed_from": resumed, "failed": failed}
         # traces that failed at the teacher last time make the stage not current: a plain re-run retries them
         retry = bool(((self.rd.stage_state(stage) or {}).get("result") or {}).get("failed"))

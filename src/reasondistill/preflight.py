@@ -405,7 +405,7 @@ class _Checker:
         if alone:
             self.add(f"teacher.model: {len(alone)} of {len(lengths)} {split} prompts are longer than the teacher's "
                      f"context ({context} tokens) on their own (the longest {max(alone)} tokens): they would only be "
-                     "recorded as failed; use a teacher with a longer context, or problems with shorter prompts")
+                     "recorded as truncated at 0 tokens; use a teacher with a longer context, or problems with shorter prompts")
         fit = [n for n in lengths if n < context]
         if fit and max(fit) + new > context:
             self.add(f"teacher.model: the longest {split} prompt that fits ({max(fit)} tokens) + {section}."

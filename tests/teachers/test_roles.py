@@ -14,7 +14,8 @@ from reasondistill.teachers.hf import HFTeacher
 from reasondistill.teachers.openai_api import OpenAITeacher
 from reasondistill.teachers.vllm_backend import VLLMTeacher, engine_dtype
 
-NOT_CONFIG = {"self", "model_obj", "tokenizer", "llm", "sampling_params_cls", "engine_args"}  # objects, not settings
+NOT_CONFIG = {"self", "model_obj", "tokenizer", "llm", "sampling_params_cls", "engine_args",
+              "section"}  # objects, not settings; section: the config section its errors name
 
 
 @pytest.mark.parametrize("cls", [OpenAITeacher, HFTeacher, VLLMTeacher])

@@ -49,6 +49,8 @@ def curate(problems: dict[str, Problem], traces: list[Trace], task: Task, cfg,
             v = Verdict(tr.problem_id, tr.sample, "unparseable", f"teacher error: {tr.error}")
         else:
             v = next(judged)
+            if tr.error and v.verdict == "truncated":  # e.g. the prompt alone fills the teacher's context
+                v = Verdict(tr.problem_id, tr.sample, "truncated", tr.error)
         verdicts.append(v)
         if cfg.require_correct and v.verdict != "correct":
             dropped[f"not_correct:{v.verdict}"] += 1

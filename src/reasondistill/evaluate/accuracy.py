@@ -44,7 +44,7 @@ def evaluate_model(model: Any, problems: list[Problem], task: Task, *, batch_siz
                      "reference": p.answer, "text": c.text, "answer": answer,
                      "thinking_chars": len(thinking), "prompt_tokens": c.prompt_tokens,
                      "completion_tokens": c.completion_tokens,
-                     "finish_reason": c.finish_reason, "verdict": v.verdict, "reason": v.reason,
+                     "finish_reason": c.finish_reason, "verdict": v.verdict, "reason": c.error or v.reason,
                      "predicted": v.predicted})
     metrics = summarize(done)
     metrics.update({"name": name, "decoding": "greedy", "max_new_tokens": max_new_tokens})

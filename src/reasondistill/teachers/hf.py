@@ -38,6 +38,7 @@ class HFTeacher:
                 traces.append(Trace(problem_id=problems[c.index].id, sample=c.sample, thinking=thinking,
                                     answer=answer, text=c.text, prompt_tokens=c.prompt_tokens,
                                     completion_tokens=c.completion_tokens,
-                                    finish_reason="error" if c.error else c.finish_reason,
+                                    finish_reason=c.finish_reason,  # a prompt past the context: "length"
+                                    # at 0 tokens, with the error: an outcome, not a failure to retry
                                     teacher=self.name, sampling=sampling, error=c.error))
             yield traces
