@@ -151,7 +151,10 @@ def test_lengths_against_the_context(tmp_path, tiny_model_dir):
     assert problems[1].startswith("students.0 (s): the longest test prompt (")
     assert problems[2].startswith("teacher.model: the longest training prompt that fits (")
     fits = int(problems[2].split("(")[1].split()[0])
-    assert problems[2].endswith(f"lower generate.max_new_tokens to at most {ctx - fits}")
+    assert problems[2].endswith(f"lower generate.max_new_tokens to at most {ctx - fits}, or use a teacher with a "
+                                "longer context")
+    n = cfg.task.n_train  # every prompt + max_new_tokens=ctx is past the context
+    assert f"and so do {n} of {n} training prompts" in problems[2]
     assert problems[3].startswith("teacher.model: the longest test prompt that fits (") and len(problems) == 4
     cfg, _ = _cfg(tmp_path, tiny_model_dir, build={"max_length": 5})
     assert preflight(cfg)[0].startswith("students.0 (s1): every training prompt is at least ")

@@ -409,8 +409,10 @@ class _Checker:
         fit = [n for n in lengths if n < context]
         if fit and max(fit) + new > context:
             self.add(f"teacher.model: the longest {split} prompt that fits ({max(fit)} tokens) + {section}."
-                     f"max_new_tokens={new} exceeds the teacher's context ({context} tokens); lower "
-                     f"{section}.max_new_tokens to at most {context - max(fit)}")
+                     f"max_new_tokens={new} exceeds the teacher's context ({context} tokens), and so do "
+                     f"{sum(n + new > context for n in fit)} of {len(lengths)} {split} prompts; lower "
+                     f"{section}.max_new_tokens to at most {context - max(fit)}, or use a teacher with a longer "
+                     "context")
 
     def prompts(self) -> dict[str, list[str]]:
         """The run's training and test prompts ({} when the task cannot give them: reported once)."""
