@@ -21,6 +21,7 @@ def test_demo_config_loads_and_overrides_apply():
     ("task.n_train=lots", "task.n_train"),
     ("generate.tempreature=1", "generate.tempreature"),
     ("build.val_fraction=1.5", "build.val_fraction"),
+    ("evaluate.k=[4]", "applies to sampled evaluation: set samples"),  # samples 0: k would be ignored
 ])
 def test_bad_field_is_named(override, field):
     with pytest.raises(ConfigError) as err:

@@ -354,6 +354,9 @@ class DistillConfig(_Strict):
         if self.skew_alpha is not None and not self.divergence.startswith("skew_"):
             raise ValueError(f"skew_alpha applies to skew_forward_kl / skew_reverse_kl only "
                              f"(divergence is {self.divergence!r})")
+        if self.alpha == 0 and self.source != "on_policy" and self.features is None:
+            raise ValueError("alpha 0 gives the divergence no weight: the loss is the traces' cross-entropy alone, "
+                             "with the teacher run for nothing; remove the distill section for that")
         return self
 
     def defaulted(self, field: str) -> float:
@@ -514,6 +517,9 @@ class EvaluateConfig(_Strict):
     def _consistent(self) -> "EvaluateConfig":
         if self.samples and any(not 1 <= k <= self.samples for k in self.k):
             raise ValueError(f"k: every k must be in 1..samples={self.samples}, got {self.k}")
+        if not self.samples and self.k != [1]:
+            raise ValueError(f"k ({self.k}) applies to sampled evaluation: set samples (samples per problem, at "
+                             "least the largest k); with samples 0 only greedy decoding runs")
         if any(b <= 0 for b in self.budgets):
             raise ValueError(f"budgets: thinking budgets must be positive, got {self.budgets}")
         if self.ood is not None and self.ood.min_ops is not None and self.ood.min_ops > self.ood.max_ops:

@@ -188,13 +188,15 @@ def test_distill_config_validation():
                      ({"lambda_on_policy": 0.3}, "'on_policy' only"),
                      ({"source": "offline_topk", "top_k": 4, "features": {"layers": [[1, 1]]}}, "hidden states"),
                      ({"features": {"layers": []}}, "at least 1"), ({"alpha": 1.5}, "less than or equal"),
-                     ({"divergence": "skew_forward_kl", "skew_alpha": 1.0}, "less than 1")]:
+                     ({"divergence": "skew_forward_kl", "skew_alpha": 1.0}, "less than 1"),
+                     ({"alpha": 0.0}, "remove the distill section")]:
         with pytest.raises(ValidationError, match=msg):
             DistillConfig(**bad)
     cfg = DistillConfig(source="on_policy", divergence="skew_reverse_kl", skew_alpha=0.2, lambda_on_policy=1.0,
                         features={"layers": [[1, 2]], "loss": "cosine"})
     loss = make_loss(cfg)
     assert type(loss.divergence).__name__ == "SkewReverseKL" and loss.divergence.alpha == 0.2
+    DistillConfig(source="on_policy", alpha=0.0)  # on-policy samples get the divergence whatever alpha is
     assert loss.chunk_size == 16 and cfg.defaulted("lambda_on_policy") == 1.0
     assert make_loss(DistillConfig(divergence="jsd")).divergence.beta == 0.5  # default when unset
     for ok in (cfg, DistillConfig(), DistillConfig(source="offline_topk", top_k=8)):  # run dirs reload their dump
