@@ -74,4 +74,6 @@ def test_chain_similarity_identical_and_disjoint():
     b = [{"problem_id": "x", "text": "<think>zz yy</think>\n\n6"}]
     same = chain_similarity(a, a, n_boot=10)
     assert same["rouge_l"]["value"] == 1.0 and same["edit_distance"]["value"] == 0.0
+    # not proportions: no Wilson interval for a similarity or a distance ([1, 1] and [0, 0] here, as resampled)
+    assert (same["rouge_l"]["ci_low"], same["edit_distance"]["ci_high"]) == (1.0, 0.0)
     assert chain_similarity(a, b, n_boot=10)["rouge_l"]["value"] == 0.0

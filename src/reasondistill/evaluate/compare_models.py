@@ -44,7 +44,8 @@ def chain_similarity(student_rows: Sequence[Mapping[str, Any]], teacher_rows: Se
         a, b = split_thinking(s[pid]["text"])[0], split_thinking(t[pid]["text"])[0]
         rl.append(rouge_l(a, b))
         ed.append(normalized_edit_distance(a, b, unit="char"))
-    return {"n": len(shared), "rouge_l": with_ci(rl, n_boot=n_boot), "edit_distance": with_ci(ed, n_boot=n_boot),
+    return {"n": len(shared), "rouge_l": with_ci(rl, n_boot=n_boot, proportion=False),
+            "edit_distance": with_ci(ed, n_boot=n_boot, proportion=False),
             "definition": "thinking parts; rouge_l: F1 over whitespace tokens; edit_distance: Levenshtein over "
                           "characters / longer length"}
 

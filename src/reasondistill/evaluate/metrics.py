@@ -229,17 +229,18 @@ def bootstrap_ci(values: Sequence[float], stat: Callable[[np.ndarray], float] = 
 
 
 def with_ci(values: Sequence[float], stat: Callable[[np.ndarray], float] = np.mean,
-            n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, float | int]:
+            n_boot: int = 1000, alpha: float = 0.05, seed: int = 0, proportion: bool = True) -> dict[str, float | int]:
     """``{"value", "ci_low", "ci_high", "n"}`` for any per-problem metric (0/1 correctness,
     pass@k per problem, avg@n per problem, ...).
 
-    For the mean (the default ``stat``): 0/1 values get the Wilson interval; other values the
-    percentile bootstrap over problems, or, when every value is the same (nothing to resample), the
-    Wilson interval of the mean as a proportion over the problems (:mod:`.intervals`)."""
+    For the mean (the default ``stat``) of a proportion: 0/1 values get the Wilson interval; other
+    values the percentile bootstrap over problems, or, when every value is the same (nothing to
+    resample), the Wilson interval of the mean as a proportion over the problems (:mod:`.intervals`).
+    ``proportion=False`` (a similarity, a distance, a difference): always the bootstrap."""
     from reasondistill.evaluate.intervals import is_binary, proportion_ci, wilson
 
     x = np.asarray(values, dtype=float)
-    if stat is np.mean and x.ndim == 1 and x.size:
+    if proportion and stat is np.mean and x.ndim == 1 and x.size:
         if is_binary(x.tolist()):
             return proportion_ci(x.tolist(), 1 - alpha)
         if np.all(x == x[0]) and 0 <= x[0] <= 1:
