@@ -71,7 +71,7 @@ def composition_warnings(comp: dict[str, Any]) -> list[str]:
     for label, s in (comp.get("skipped") or {}).items():
         line = f"{label} {split}: "
         if s["bad_rows"]:
-            line += f"skipped {s['bad_rows']} malformed rows (task.skip_bad_rows; the first: {s['first_bad_rows'][0]})"
+            line += f"skipped {s['bad_rows']} malformed row{'s' if s['bad_rows'] != 1 else ''} (task.skip_bad_rows; the first: {s['first_bad_rows'][0]})"
         if s["repeated_questions"]:
             line += ("; " if s["bad_rows"] else "") + f"kept {s['repeated_questions']} repeated questions once"
         out.append(line)
