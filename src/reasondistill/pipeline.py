@@ -58,7 +58,7 @@ def _fingerprinted(s: StudentConfig) -> dict[str, Any]:
 class Pipeline:
     def __init__(self, cfg: RunConfig, log: Callable[[str], None] = print, show_progress: bool = True):
         self.cfg = cfg
-        self._problems_done: dict[str, Any] | None = None
+        self._problems_said = False
         self.log = log
         self.show_progress = show_progress
         self.rd = RunDir(cfg.run_dir)
@@ -134,10 +134,11 @@ class Pipeline:
                 self.log(f"       {line}")
             return {"train": len(train), "test": len(test), "composition": composition}
         inputs = getattr(self.task, "input_files", lambda: [])()  # data files: a changed file re-runs the stage
-        if not force and self._problems_done is not None:  # generate and evaluate both need it: one check, one line
-            return self._problems_done
-        self._problems_done = self.run_stage("problems", conf, inputs, self.rd.problems_outputs, fn, force)
-        return self._problems_done
+        # generate and evaluate both need it: checked each time, its "[skip]" line said once per pipeline
+        said = self._problems_said
+        log = (lambda msg: None if msg.startswith("[skip]") else self.log(msg)) if said else self.log
+        self._problems_said = True
+        return self.rd.run_stage("problems", conf, inputs, self.rd.problems_outputs, fn, force=force, log=log)
 
     def generate(self, force: bool = False, shard: tuple[int, int] | None = None) -> dict[str, Any]:
         """Sample the teacher; ``shard=(i, N)``: only shard i of N of the problems (see shards.py)."""

@@ -28,8 +28,11 @@ def test_file_task_problems_stage(tmp_path):
     first = read_records(tmp_path / "run/problems/train.jsonl", Problem)
     assert all(p.answer == str(int(p.prompt.split()[2]) + 3) for p in first)
 
-    pipe.problems()
-    assert any("[skip] problems" in m for m in logs)
+    n = len(logs)
+    Pipeline(cfg, log=logs.append, show_progress=False).problems()
+    assert any("[skip] problems" in m for m in logs[n:])
+    pipe.problems()  # the same pipeline again (as evaluate after generate): checked, not said twice
+    assert not any("[skip] problems" in m for m in logs[n + 1:])
     data.write_text(rows(5))  # same questions' ids change with the text: the stage must re-run
     again = Pipeline(cfg, log=logs.append, show_progress=False)
     again.problems()
