@@ -86,12 +86,16 @@ def plot_loss_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name, c in curves.items():
+    palette = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors  # one colour per student
+    for i, (name, c) in enumerate(curves.items()):
         for ax, key in zip(axes, ("train_loss", "val_loss")):
             if c[key]:
                 xs, ys = zip(*c[key])
-                ax.plot(xs, ys, label=name, marker="o" if key == "val_loss" else None, markersize=3)
-    for ax, title in zip(axes, ("training loss (per answer token)", "validation loss (per answer token)")):
+                ax.plot(xs, ys, label=name, marker="o" if key == "val_loss" else None, markersize=3,
+                        color=palette[i % len(palette)])
+    # training: each student's own objective (KD terms included: not comparable across objectives);
+    # validation: cross-entropy on the traces for every student
+    for ax, title in zip(axes, ("training objective (per answer token)", "validation cross-entropy (per answer token)")):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.set_yscale("log")
