@@ -157,6 +157,52 @@ def test_code_rows_whose_tests_do_not_compile_are_refused_when_loaded(tmp_path, 
         load_task({"name": "code", "train_path": str(path), "fields": fields}).problems("train", None, 0)
 
 
+MBPP_FIELDS = {"prompt": "text", "tests": "test_list", "solution": "code", "setup": "test_setup_code",
+               "entry_point": None}
+NO_ENTRY_POINT = "tests define check\\(candidate\\) but the row has no entry_point"
+
+
+@pytest.mark.parametrize("row, fields, message", [
+    ({k: v for k, v in HUMANEVAL.items() if k != "entry_point"}, {},  # the column is missing
+     rf"field 'entry_point' \(task.fields.entry_point\): {NO_ENTRY_POINT}; the row has: canonical_solution"),
+    ({**{k: v for k, v in HUMANEVAL.items() if k != "entry_point"}, "entrypoint": "add"}, {},  # misnamed
+     rf"field 'entry_point' \(task.fields.entry_point\): {NO_ENTRY_POINT}; the row has: .*entrypoint"),
+    (HUMANEVAL, {"entry_point": None},
+     rf"field 'test' \(task.fields.tests\): {NO_ENTRY_POINT} \(task.fields.entry_point is null\)"),
+    ({**HUMANEVAL, "test": "def check(candidate):\n    pass\n"}, {},
+     r"field 'test' \(task.fields.tests\): the tests contain no assert$"),
+    ({**MBPP, "test_list": ["# assert sq(3) == 9"]}, MBPP_FIELDS,
+     r"field 'test_list' \(task.fields.tests\): the tests contain no assert$"),
+    ({**MBPP, "test_list": "['assert sq(3) == 9']"}, MBPP_FIELDS,  # a Python repr, not JSON
+     r"field 'test_list' \(task.fields.tests\): the tests contain no assert \(they are a list written as Python"),
+])
+def test_code_rows_whose_tests_check_nothing_are_refused_when_loaded(tmp_path, row, fields, message):
+    """Tests that never run an assert would make every completion correct: refused, parsed (never run)."""
+    path = jsonl(tmp_path / "code.jsonl", [row])
+    with pytest.raises(RecordError, match=rf"^{path}:1: {message}"):
+        load_task({"name": "code", "train_path": str(path), "fields": fields}).problems("train", None, 0)
+
+
+def test_code_tests_given_as_a_json_list_in_a_string_are_decoded(tmp_path):
+    """MBPP's test_list from a CSV is a JSON list in a string, read like ``choices``: its asserts run."""
+    rows = [{**MBPP, "test_list": json.dumps(MBPP["test_list"])},
+            {**MBPP, "task_id": 12, "text": "Square, checked by one line.", "test_list": "assert sq(5) == 25"}]
+    task = load_task({"name": "code", "train_path": str(jsonl(tmp_path / "mbpp.jsonl", rows)),
+                      "fields": MBPP_FIELDS})
+    listed, plain = sorted(task.problems("train", None, 0), key=lambda p: p.id)
+    assert listed.meta["tests"] == "assert sq(3) == 9\nassert sq(-2) == 4" and plain.meta["tests"] == rows[1]["test_list"]
+    assert task.check(listed, "```python\ndef sq(x):\n    return x + x\n```").verdict == "wrong"
+    assert task.check(listed, f"```python\n{MBPP['code']}\n```").verdict == "correct"
+
+
+def test_humaneval_tests_that_call_check_themselves_need_no_entry_point(tmp_path):
+    row = {**{k: v for k, v in HUMANEVAL.items() if k != "entry_point"}, "test": HUMANEVAL["test"] + "check(add)\n"}
+    task = load_task({"name": "code", "train_path": str(jsonl(tmp_path / "he.jsonl", [row]))})
+    p = task.problems("train", None, 0)[0]
+    assert p.meta["entry_point"] is None
+    assert task.check(p, "```python\ndef add(a, b):\n    return a - b\n```").verdict == "wrong"
+
+
 def test_code_model_cannot_escape_through_check(tmp_path):
     """A completion that tries to write outside its sandbox is refused, not run here."""
     task = load_task({"name": "code", "test_path": str(jsonl(tmp_path / "he.jsonl", [HUMANEVAL]))})

@@ -16,8 +16,11 @@ failure, sandbox error) apart from "wrong".
   as "A. ...", one a line; checked with ``verify_choice``.
 * ``code``: HumanEval (``prompt``, ``test`` with ``def check``, ``entry_point``) or MBPP
   (``fields: {prompt: text, tests: test_list, setup: test_setup_code}``); checked by running the
-  extracted code against the tests in the sandbox (``verify_code``), never in this process. A row
-  whose tests or setup do not compile (compiled only, never run) is refused.
+  extracted code against the tests in the sandbox (``verify_code``), never in this process.
+  ``test_list`` may be a list or a JSON list in a string (as from CSV). A row is refused whose
+  tests or setup do not compile (compiled only, never run), or whose tests would pass any code
+  (parsed with ``ast``, never run): no assert and no call at all, or ``def check(candidate)``
+  that nothing calls and no ``entry_point`` to call it with.
 
     task = GSM8K(train_path="data/gsm8k/train.jsonl", test_path="data/gsm8k/test.jsonl")
     task.check(task.problems("test", 1, 0)[0], "The answer is 18.")
@@ -25,6 +28,7 @@ failure, sandbox error) apart from "wrong".
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import string
@@ -156,11 +160,16 @@ class CodeTask(RowTask):
         self.wall_seconds, self.memory_mb = wall_seconds, memory_mb
 
     def parse(self, row: Row) -> dict[str, Any]:
-        from reasondistill.verify.code import compile_error
+        from reasondistill.verify.code import compile_error, tests_gap
 
         f = self.fields
         prompt = field_value(row, "prompt", f.prompt)
         tests = field_value(row, "tests", f.tests, kind="any")
+        if isinstance(tests, str) and tests.lstrip().startswith("["):  # MBPP's test_list as a JSON list (CSV)
+            try:
+                tests = json.loads(tests)
+            except json.JSONDecodeError:
+                pass  # test code that starts with "[" (tests_gap names a list written as Python text)
         if isinstance(tests, (list, tuple)) or hasattr(tests, "tolist"):  # MBPP's test_list
             tests = "\n".join(str(t) for t in (tests.tolist() if hasattr(tests, "tolist") else tests))
         if not isinstance(tests, str) or not tests.strip():
@@ -171,9 +180,12 @@ class CodeTask(RowTask):
             why = compile_error(source)  # compiled, never run: a broken reference would fail every answer
             if why is not None:
                 raise RecordError(f"{row.where}: field {field!r} (task.fields.{name}) does not compile: {why}")
+        entry_point = field_value(row, "entry_point", f.entry_point, required=False)
+        gap = tests_gap(tests, entry_point)  # parsed, never run: tests that check nothing pass every answer
+        if gap is not None:
+            raise RecordError(f"{row.where}: {_gap_message(row, f, *gap)}")
         solution = field_value(row, "solution", f.solution, required=False) or ""
-        meta = {"tests": tests, "code_prompt": prompt,
-                "entry_point": field_value(row, "entry_point", f.entry_point, required=False), "setup": setup}
+        meta = {"tests": tests, "code_prompt": prompt, "entry_point": entry_point, "setup": setup}
         return {"question": prompt, "answer": solution, "solution": solution, "difficulty": 0,
                 "id": field_value(row, "id", f.id, required=False), "meta": meta}
 
@@ -189,3 +201,14 @@ class CodeTask(RowTask):
         limits = Limits(wall_seconds=self.wall_seconds, cpu_seconds=max(1, math.ceil(self.wall_seconds)),
                         memory_mb=self.memory_mb)
         return verify_code(spec, answer, limits)
+
+
+def _gap_message(row: Row, f: CodeFields, field: str, why: str) -> str:
+    """A code row's tests that would pass any code (verify.code.tests_gap), naming the field at fault."""
+    if field == "tests":
+        return f"field {f.tests!r} (task.fields.tests): {why}"
+    why = "tests define check(candidate) but the row has no entry_point"
+    if f.entry_point is None:
+        return f"field {f.tests!r} (task.fields.tests): {why} (task.fields.entry_point is null)"
+    known = ", ".join(sorted(map(str, row.data))[:12])
+    return f"field {f.entry_point!r} (task.fields.entry_point): {why}; the row has: {known}"
