@@ -54,6 +54,21 @@ def test_gsm8k_row_without_final_answer_is_named(tmp_path):
         load_task({"name": "gsm8k", "train_path": str(path)}).problems("train", None, 0)
 
 
+@pytest.mark.parametrize("final, answer", [("1,000", "1000"), ("-3.5", "-3.5"), ("$12", "12"), ("3/4", "3/4")])
+def test_gsm8k_numeric_answers_are_read(tmp_path, final, answer):
+    path = jsonl(tmp_path / "g.jsonl", [{"question": "q1", "answer": f"so\n#### {final}"}])
+    assert load_task({"name": "gsm8k", "train_path": str(path)}).problems("train", None, 0)[0].answer == answer
+
+
+@pytest.mark.parametrize("final", ["abc", "x = 4", "four"])
+def test_gsm8k_answer_that_is_not_a_number_is_named(tmp_path, final):
+    path = jsonl(tmp_path / "g.jsonl", [{"question": "q1", "answer": "1+1=2\n#### 2"},
+                                        {"question": "q2", "answer": f"so\n#### {final}"}])
+    with pytest.raises(RecordError, match=rf"{path}:2: field 'answer' \(task.fields.answer\): the answer after "
+                                          rf"'####' should be a number, got '{final}'"):
+        load_task({"name": "gsm8k", "train_path": str(path)}).problems("train", None, 0)
+
+
 MATH_ROWS = [
     {"problem": "What is $\\frac{1}{2} + \\frac{1}{4}$?", "solution": "We get $\\boxed{\\frac{3}{4}}$.",
      "answer": "\\frac{3}{4}", "level": "Level 2", "subject": "Prealgebra", "unique_id": "test/prealgebra/1.json"},
@@ -84,6 +99,30 @@ def test_math_row_without_any_answer_is_named(tmp_path):
     path = jsonl(tmp_path / "m.jsonl", [MATH_ROWS[0], {"problem": "p", "solution": "no box here"}])
     with pytest.raises(RecordError, match=rf"{path}:2: field 'solution' \(task.fields.solution\) has no \\boxed"):
         load_task({"name": "math", "train_path": str(path)}).problems("train", None, 0)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"solution": "First \\boxed{2}, then so \\boxed{3"}, r"field 'solution' \(task.fields.solution\): its last "
+                                                       r"\\boxed\{ never closes"),
+    ({"solution": "So \\boxed{}."}, r"field 'solution' \(task.fields.solution\) has no \\boxed\{\} answer \(or an "
+                                     r"empty one\)"),
+    ({"solution": "So \\boxed{\\frac{}{}}."}, r"field 'solution' \(task.fields.solution\): its last \\boxed\{\}: "
+                                             r"an empty argument in '\\\\frac\{\}'"),
+    ({"solution": "So \\boxed{3}.", "answer": "\\frac{1}{2"}, r"field 'answer' \(task.fields.answer\): unbalanced "
+                                                             r"braces"),
+])
+def test_math_reference_that_cannot_be_an_answer_is_named(tmp_path, row, message):
+    path = jsonl(tmp_path / "m.jsonl", [MATH_ROWS[0], {"problem": "p", "unique_id": "x", **row}])
+    with pytest.raises(RecordError, match=rf"^{path}:2: {message}"):
+        load_task({"name": "math", "train_path": str(path)}).problems("train", None, 0)
+
+
+def test_math_answers_with_escaped_braces_and_sets_load(tmp_path):
+    rows = [{"problem": "p1", "solution": "\\boxed{\\{1, 2\\}}", "unique_id": "a"},
+            {"problem": "p2", "solution": "s", "answer": "\\left\\{ \\frac12 \\right\\}", "unique_id": "b"}]
+    task = load_task({"name": "math", "train_path": str(jsonl(tmp_path / "m.jsonl", rows))})
+    assert sorted(p.answer for p in task.problems("train", None, 0)) == ["\\left\\{ \\frac12 \\right\\}",
+                                                                         "\\{1, 2\\}"]
 
 
 def test_multiple_choice_letters_indices_texts_and_columns(tmp_path):

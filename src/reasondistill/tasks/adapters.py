@@ -6,11 +6,14 @@ row to a :class:`~reasondistill.records.Problem` and checks an answer with the m
 in the config (``task.fields``). Verdicts keep "unparseable" (cannot verify: no answer, parse
 failure, sandbox error) apart from "wrong".
 
-* ``gsm8k``: ``question``; ``answer`` = worked solution ending in ``#### N``. Problem.answer is
-  N, Problem.solution the text before ``####`` without the ``<<48/2=24>>`` calculator notes;
-  difficulty = number of solution lines (reasoning steps). Checked with ``verify_math``.
+* ``gsm8k``: ``question``; ``answer`` = worked solution ending in ``#### N``, N a number (else
+  the row is refused). Problem.answer is N, Problem.solution the text before ``####`` without the
+  ``<<48/2=24>>`` calculator notes; difficulty = number of solution lines (reasoning steps).
+  Checked with ``verify_math``.
 * ``math``: ``problem``; ``solution`` with ``\\boxed{}``; ``answer`` if present, else the last
-  ``\\boxed{}`` of the solution; ``level`` ("Level 3" or 3) → difficulty; ``subject`` → meta.
+  ``\\boxed{}`` of the solution (refused if it never closes); ``level`` ("Level 3" or 3) →
+  difficulty; ``subject`` → meta. A reference with unbalanced braces or an empty ``\\frac{}``
+  argument is refused (:func:`latex_answer_error`).
 * ``choice``: ``question``; ``choices`` (a list, a JSON list in a string, or several columns);
   ``answer`` a letter, an int index (0-based) or an option's text. The prompt lists the options
   as "A. ...", one a line; checked with ``verify_choice``.
@@ -42,6 +45,8 @@ from reasondistill.tasks.sources import Row, field_value
 
 _CALC = re.compile(r"<<[^<>]*>>")
 _LEVEL = re.compile(r"(\d+)")
+_GSM_NUMBER = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)(?:/\d+)?%?")  # after clean_answer: 1,234 → 1234
+_EMPTY_ARG = re.compile(r"\\(?:[dt]?frac|sqrt|binom)\s*\{\s*\}")  # \frac{}{3}, \sqrt{}: no usable answer
 
 
 class GSM8K(RowTask):
@@ -60,6 +65,9 @@ class GSM8K(RowTask):
         answer = clean_answer(final)
         if not answer:
             raise RecordError(f"{row.where}: field {f.answer!r} (task.fields.answer): nothing after '####'")
+        if not _GSM_NUMBER.fullmatch(answer):
+            raise RecordError(f"{row.where}: field {f.answer!r} (task.fields.answer): the answer after '####' "
+                              f"should be a number, got {final.strip()!r:.60}")
         solution = _CALC.sub("", body).strip()
         return {"question": field_value(row, "question", f.question), "answer": answer, "solution": solution,
                 "difficulty": sum(1 for ln in solution.splitlines() if ln.strip()),
@@ -77,19 +85,44 @@ def math_level(value: Any) -> int:
     return int(m.group(1)) if m else 0
 
 
+def latex_answer_error(answer: str) -> str | None:
+    """Why a reference answer in LaTeX cannot be right whatever is compared to it, or None: its
+    braces do not balance (``\\{`` and ``\\}`` aside), or a fraction, root or binomial has an empty
+    argument (``\\frac{}{}``)."""
+    depth = 0
+    for m in re.finditer(r"\\.|[{}]", answer, re.DOTALL):
+        if m.group() in "{}":
+            depth += 1 if m.group() == "{" else -1
+            if depth < 0:
+                break
+    if depth:
+        return f"unbalanced braces in {answer!r:.60}"
+    empty = _EMPTY_ARG.search(answer)
+    return f"an empty argument in {empty.group()!r} of {answer!r:.60}" if empty else None
+
+
 class MATH(RowTask):
     kind = "math"
     fields_cls = MathFields
 
     def parse(self, row: Row) -> dict[str, Any]:
-        from reasondistill.verify.math import last_boxed
+        from reasondistill.verify.math import final_box_is_unclosed, last_boxed
 
         f = self.fields
         solution = field_value(row, "solution", f.solution)
-        answer = field_value(row, "answer", f.answer, required=False) or last_boxed(solution)
+        given = field_value(row, "answer", f.answer, required=False)
+        if given is None and final_box_is_unclosed(solution):  # an earlier \boxed{} is not the answer
+            raise RecordError(f"{row.where}: field {f.solution!r} (task.fields.solution): its last \\boxed{{ "
+                              f"never closes and the row has no {f.answer!r} field")
+        answer = given or last_boxed(solution)
         if not answer:
             raise RecordError(f"{row.where}: field {f.solution!r} (task.fields.solution) has no \\boxed{{}} "
-                              f"answer and the row has no {f.answer!r} field")
+                              f"answer (or an empty one) and the row has no {f.answer!r} field")
+        why = latex_answer_error(answer)
+        if why is not None:
+            where = f"field {f.answer!r} (task.fields.answer)" if given else \
+                f"field {f.solution!r} (task.fields.solution): its last \\boxed{{}}"
+            raise RecordError(f"{row.where}: {where}: {why}")
         subject = field_value(row, "subject", f.subject, required=False)
         level = field_value(row, "level", f.level, required=False, kind="any")
         return {"question": field_value(row, "question", f.question), "answer": answer, "solution": solution,
