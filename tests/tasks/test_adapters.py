@@ -153,6 +153,28 @@ def test_multiple_choice_letters_indices_texts_and_columns(tmp_path):
     assert [(p.answer, p.meta["choices"]) for p in ok] == [("C", ["4", "6", "7", "9"])]
 
 
+@pytest.mark.parametrize("choices, answer, message", [
+    (["x", ["nested"], "z"], "A", r"field 'choices' \(task.fields.choices\): option 1 \(B\) should be text, got list"),
+    ([None, "y"], "B", r"field 'choices' \(task.fields.choices\): option 0 \(A\) is null"),
+    (["x", "y", "  "], "A", r"field 'choices' \(task.fields.choices\): option 2 \(C\) is empty"),
+    (["x", True], "A", r"field 'choices' \(task.fields.choices\): option 1 \(B\) should be text, got bool"),
+    (["Paris", "Rome", "paris"], "Paris", r"field 'answer' \(task.fields.answer\): 'Paris' is the text of options "
+                                          r"A, C: give the letter or the 0-based index"),
+])
+def test_multiple_choice_bad_options_and_ambiguous_answers_are_named(tmp_path, choices, answer, message):
+    path = jsonl(tmp_path / "mc.jsonl", [{"question": "Q?", "choices": ["a", "b"], "answer": "A"},
+                                         {"question": "Q2?", "choices": choices, "answer": answer}])
+    with pytest.raises(RecordError, match=rf"^{path}:2: {message}"):
+        load_task({"name": "choice", "train_path": str(path)}).problems("train", None, 0)
+
+
+def test_multiple_choice_numeric_options_are_text(tmp_path):
+    path = jsonl(tmp_path / "mc.jsonl", [{"question": "2 + 2?", "choices": [3, 4, 5.5], "answer": 1}])
+    p = load_task({"name": "choice", "train_path": str(path)}).problems("train", None, 0)[0]
+    assert (p.answer, p.meta["choices"]) == ("B", ["3", "4", "5.5"])  # an int answer is an index
+    assert p.prompt.endswith("A. 3\nB. 4\nC. 5.5")
+
+
 HUMANEVAL = {
     "task_id": "HumanEval/0", "entry_point": "add",
     "prompt": "def add(a: int, b: int) -> int:\n    \"\"\"Return a + b.\"\"\"\n",

@@ -14,8 +14,9 @@ failure, sandbox error) apart from "wrong".
   ``\\boxed{}`` of the solution (refused if it never closes); ``level`` ("Level 3" or 3) →
   difficulty; ``subject`` → meta. A reference with unbalanced braces or an empty ``\\frac{}``
   argument is refused (:func:`latex_answer_error`).
-* ``choice``: ``question``; ``choices`` (a list, a JSON list in a string, or several columns);
-  ``answer`` a letter, an int index (0-based) or an option's text. The prompt lists the options
+* ``choice``: ``question``; ``choices`` (a list, a JSON list in a string, or several columns),
+  each option text or a number (an empty, null or list option is refused); ``answer`` a letter,
+  an int index (0-based) or an option's text (refused if it is the text of several options). The prompt lists the options
   as "A. ...", one a line; checked with ``verify_choice``.
 * ``code``: HumanEval (``prompt``, ``test`` with ``def check``, ``entry_point``) or MBPP
   (``fields: {prompt: text, tests: test_list, setup: test_setup_code}``); checked by running the
@@ -143,11 +144,19 @@ class MultipleChoice(RowTask):
         if len(options) > 26:
             raise RecordError(f"{row.where}: field {f.choices!r} (task.fields.choices): {len(options)} options, "
                               "at most 26 (A-Z)")
-        options = [str(o) for o in options]
         letters = string.ascii_uppercase[:len(options)]
+        for i, (L, o) in enumerate(zip(letters, options)):
+            why = _bad_option(o)
+            if why is not None:
+                raise RecordError(f"{row.where}: field {f.choices!r} (task.fields.choices): option {i} ({L}) {why}")
+        options = [str(o) for o in options]
         raw = field_value(row, "answer", f.answer, kind="any")
         letter = reference_letter(raw, options)
         if letter is None:
+            same = [L for L, o in zip(letters, options) if o.strip().casefold() == str(raw).strip().casefold()]
+            if len(same) > 1:
+                raise RecordError(f"{row.where}: field {f.answer!r} (task.fields.answer): {raw!r} is the text of "
+                                  f"options {', '.join(same)}: give the letter or the 0-based index")
             raise RecordError(f"{row.where}: field {f.answer!r} (task.fields.answer): {raw!r} is not a letter "
                               f"{letters[0]}-{letters[-1]}, an index 0-{len(options) - 1} or one option's text")
         question = field_value(row, "question", f.question)
@@ -161,6 +170,17 @@ class MultipleChoice(RowTask):
         from reasondistill.verify.choice import verify_choice  # backtracking patterns: time-limited
 
         return verify_choice, (problem.answer, answer, problem.meta.get("choices"))
+
+
+def _bad_option(option: Any) -> str | None:
+    """Why a multiple-choice option is not one (text, or a number written as text), or None."""
+    if isinstance(option, str):
+        return "is empty" if not option.strip() else None
+    if option is None:
+        return "is null"
+    if isinstance(option, bool) or not isinstance(option, (int, float)):
+        return f"should be text, got {type(option).__name__} {option!r:.60}"
+    return None if math.isfinite(option) else f"is {option!r}, not a usable option"
 
 
 def reference_letter(raw: Any, options: list[str]) -> str | None:
