@@ -201,7 +201,8 @@ for _name, (_content, _expect) in PROBLEM_FILES.items():
 
 
 # rows a benchmark adapter must refuse: (task section without its source, file content, expected text)
-HE_ROW = {"task_id": "H/0", "prompt": "def add(a, b):\n", "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"}
+HE_ROW = {"task_id": "H/0", "prompt": "def add(a, b):\n",
+          "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"}
 GSM_ROWS = [{"question": f"Sam has {i} pens and buys 2 more. How many?", "answer": f"{i}+2={i + 2}\n#### {i + 2}",
              "id": f"g{i}"} for i in range(8)]
 TASK_FILES: dict[str, tuple[dict, str, str]] = {
@@ -215,11 +216,13 @@ TASK_FILES: dict[str, tuple[dict, str, str]] = {
     "gsm8k-not-a-number.jsonl": ({"name": "gsm8k"}, json.dumps({"question": "q?", "answer": "so\n#### abc"}) + "\n",
                                  "gsm8k-not-a-number.jsonl:1: field 'answer' (task.fields.answer): the answer after "
                                  "'####' should be a number"),
-    "math-empty-fraction.jsonl": ({"name": "math"}, json.dumps({"problem": "p", "solution": "\\boxed{\\frac{}{}}"}) + "\n",
+    "math-empty-fraction.jsonl": ({"name": "math"},
+                                  json.dumps({"problem": "p", "solution": "\\boxed{\\frac{}{}}"}) + "\n",
                                   "math-empty-fraction.jsonl:1: field 'solution' (task.fields.solution): its last"),
     "choice-null-option.jsonl": ({"name": "choice"}, json.dumps({"question": "q?", "choices": ["x", None],
                                                                  "answer": "A"}) + "\n",
-                                 "choice-null-option.jsonl:1: field 'choices' (task.fields.choices): option 1 (B) is null"),
+                                 "choice-null-option.jsonl:1: field 'choices' (task.fields.choices): option 1 (B) is "
+                                 "null"),
     "choice-two-options.jsonl": ({"name": "choice"}, json.dumps({"question": "q?", "choices": ["x", "x"],
                                                                  "answer": "x"}) + "\n",
                                  "choice-two-options.jsonl:1: field 'answer' (task.fields.answer): 'x' is the text of "

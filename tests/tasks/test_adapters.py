@@ -251,7 +251,8 @@ def test_code_tests_given_as_a_json_list_in_a_string_are_decoded(tmp_path):
     task = load_task({"name": "code", "train_path": str(jsonl(tmp_path / "mbpp.jsonl", rows)),
                       "fields": MBPP_FIELDS})
     listed, plain = sorted(task.problems("train", None, 0), key=lambda p: p.id)
-    assert listed.meta["tests"] == "assert sq(3) == 9\nassert sq(-2) == 4" and plain.meta["tests"] == rows[1]["test_list"]
+    assert listed.meta["tests"] == "assert sq(3) == 9\nassert sq(-2) == 4"
+    assert plain.meta["tests"] == rows[1]["test_list"]
     assert task.check(listed, "```python\ndef sq(x):\n    return x + x\n```").verdict == "wrong"
     assert task.check(listed, f"```python\n{MBPP['code']}\n```").verdict == "correct"
 

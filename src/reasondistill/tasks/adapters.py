@@ -16,8 +16,8 @@ failure, sandbox error) apart from "wrong".
   argument is refused (:func:`latex_answer_error`).
 * ``choice``: ``question``; ``choices`` (a list, a JSON list in a string, or several columns),
   each option text or a number (an empty, null or list option is refused); ``answer`` a letter,
-  an int index (0-based) or an option's text (refused if it is the text of several options). The prompt lists the options
-  as "A. ...", one a line; checked with ``verify_choice``.
+  an int index (0-based) or an option's text (refused if it is the text of several options).
+  The prompt lists the options as "A. ...", one a line; checked with ``verify_choice``.
 * ``code``: HumanEval (``prompt``, ``test`` with ``def check``, ``entry_point``) or MBPP
   (``fields: {prompt: text, tests: test_list, setup: test_setup_code}``); checked by running the
   extracted code against the tests in the sandbox (``verify_code``), never in this process.
