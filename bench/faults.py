@@ -13,8 +13,8 @@ Sections (goals in brackets):
   Retry-After, 500, 503, resets, answers slower than the timeout, truncated JSON, an HTML error page,
   no choices, no usage): every trace done or recorded with its reason, none duplicated, plain
   re-runs complete the failed ones; a refused API key stops at once [exit 2, one line].
-- ``malformed``: the 80 inputs of ``tests/faults/malformed_inputs.py``, each in its own process with a
-  time limit [80 clear errors naming the file, 0 tracebacks, 0 hangs, 0 silently accepted].
+- ``malformed``: the 89 inputs of ``tests/faults/malformed_inputs.py``, each in its own process with a
+  time limit [89 clear errors naming the file, 0 tracebacks, 0 hangs, 0 silently accepted].
 - ``two_writers``: two ``generate`` on one run directory [the second refused, 0 duplicated traces].
 - ``pathological``: the answers of ``tests/faults/pathological_answers.py`` through ``reasondistill
   score`` (the verification pool every stage uses) [each within the time limit plus pool overhead].

@@ -129,6 +129,8 @@ EDITS: dict[str, tuple[Callable[[dict], None], str]] = {
                                               evaluate={"ood": {"min_ops": 9, "max_ops": 10}}), "evaluate.ood"),
     "teacher-path-missing": (lambda c: c["teacher"].update(model="/nonexistent/model"), "/nonexistent/model"),
     "teacher-dir-not-a-model": (lambda c: c["teacher"].update(model=str(REPO / "docs")), "docs"),
+    "mixture-source-size": (lambda c: c.update(task={"name": "mixture", "n_train": 2, "n_test": 1, "sources": [
+        {"name": "chained_arith", "n_train": 3}]}), "task.sources.0: value error, n_train/n_test: a mixture decides"),
     "task-file-missing": (lambda c: c.update(task={"name": "file", "train_path": "/nonexistent/train.jsonl",
                                                    "test_path": "/nonexistent/test.jsonl"}), "/nonexistent/t"),
 }
@@ -196,6 +198,51 @@ for _name, (_content, _expect) in PROBLEM_FILES.items():
             task={"name": "file", "train_path": str(data), "test_path": str(data), "n_train": 4, "n_test": 1}))
         return ["generate", str(cfg)], x
     case(f"problems:{_name}")(_problem_case)
+
+
+# rows a benchmark adapter must refuse: (task section without its source, file content, expected text)
+HE_ROW = {"task_id": "H/0", "prompt": "def add(a, b):\n",
+          "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"}
+GSM_ROWS = [{"question": f"Sam has {i} pens and buys 2 more. How many?", "answer": f"{i}+2={i + 2}\n#### {i + 2}",
+             "id": f"g{i}"} for i in range(8)]
+TASK_FILES: dict[str, tuple[dict, str, str]] = {
+    "code-no-entry-point.jsonl": ({"name": "code"}, json.dumps(HE_ROW) + "\n",
+                                  "code-no-entry-point.jsonl:1: field 'entry_point' (task.fields.entry_point): tests "
+                                  "define check(candidate) but the row has no entry_point"),
+    "code-comment-tests.jsonl": ({"name": "code", "fields": {"prompt": "text", "tests": "test_list"}},
+                                 json.dumps({"task_id": 1, "text": "t", "test_list": ["# assert f(1) == 2"]}) + "\n",
+                                 "code-comment-tests.jsonl:1: field 'test_list' (task.fields.tests): the tests contain "
+                                 "no assert"),
+    "gsm8k-not-a-number.jsonl": ({"name": "gsm8k"}, json.dumps({"question": "q?", "answer": "so\n#### abc"}) + "\n",
+                                 "gsm8k-not-a-number.jsonl:1: field 'answer' (task.fields.answer): the answer after "
+                                 "'####' should be a number"),
+    "math-empty-fraction.jsonl": ({"name": "math"},
+                                  json.dumps({"problem": "p", "solution": "\\boxed{\\frac{}{}}"}) + "\n",
+                                  "math-empty-fraction.jsonl:1: field 'solution' (task.fields.solution): its last"),
+    "choice-null-option.jsonl": ({"name": "choice"}, json.dumps({"question": "q?", "choices": ["x", None],
+                                                                 "answer": "A"}) + "\n",
+                                 "choice-null-option.jsonl:1: field 'choices' (task.fields.choices): option 1 (B) is "
+                                 "null"),
+    "choice-two-options.jsonl": ({"name": "choice"}, json.dumps({"question": "q?", "choices": ["x", "x"],
+                                                                 "answer": "x"}) + "\n",
+                                 "choice-two-options.jsonl:1: field 'answer' (task.fields.answer): 'x' is the text of "
+                                 "options a, b"),
+    # rows 1 and 4 (one id) fall in different splits of a hash split
+    "gsm8k-id-in-both-splits.jsonl": ({"name": "gsm8k", "fields": {"id": "id"}, "test_fraction": 0.5},
+                                      "".join(json.dumps({**r, "id": "g0" if i == 3 else r["id"]}) + "\n"
+                                              for i, r in enumerate(GSM_ROWS)),
+                                      "gsm8k-id-in-both-splits.jsonl:4: field 'id' (task.fields.id): id 'g0' repeats"),
+    "gsm8k-empty-train-split.jsonl": ({"name": "gsm8k", "test_fraction": 0.99},
+                                      "".join(json.dumps(r) + "\n" for r in GSM_ROWS),
+                                      "the train split is empty (0 of 8 rows; task.test_fraction=0.99"),
+}
+for _name, (_task, _content, _expect) in TASK_FILES.items():
+    def _task_case(tmp, run, n=_name, t=_task, c=_content, x=_expect):
+        data = _write(tmp / n, c)
+        where = {"path": str(data)} if "test_fraction" in t else {"train_path": str(data), "test_path": str(data)}
+        cfg = _config(tmp, "task.yaml", lambda cf: cf.update(task={**t, **where}))
+        return ["generate", str(cfg)], x
+    case(f"problems:{_name}")(_task_case)
 
 
 # -- ingest files ---------------------------------------------------------------------------------

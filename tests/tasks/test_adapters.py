@@ -54,6 +54,21 @@ def test_gsm8k_row_without_final_answer_is_named(tmp_path):
         load_task({"name": "gsm8k", "train_path": str(path)}).problems("train", None, 0)
 
 
+@pytest.mark.parametrize("final, answer", [("1,000", "1000"), ("-3.5", "-3.5"), ("$12", "12"), ("3/4", "3/4")])
+def test_gsm8k_numeric_answers_are_read(tmp_path, final, answer):
+    path = jsonl(tmp_path / "g.jsonl", [{"question": "q1", "answer": f"so\n#### {final}"}])
+    assert load_task({"name": "gsm8k", "train_path": str(path)}).problems("train", None, 0)[0].answer == answer
+
+
+@pytest.mark.parametrize("final", ["abc", "x = 4", "four"])
+def test_gsm8k_answer_that_is_not_a_number_is_named(tmp_path, final):
+    path = jsonl(tmp_path / "g.jsonl", [{"question": "q1", "answer": "1+1=2\n#### 2"},
+                                        {"question": "q2", "answer": f"so\n#### {final}"}])
+    with pytest.raises(RecordError, match=rf"{path}:2: field 'answer' \(task.fields.answer\): the answer after "
+                                          rf"'####' should be a number, got '{final}'"):
+        load_task({"name": "gsm8k", "train_path": str(path)}).problems("train", None, 0)
+
+
 MATH_ROWS = [
     {"problem": "What is $\\frac{1}{2} + \\frac{1}{4}$?", "solution": "We get $\\boxed{\\frac{3}{4}}$.",
      "answer": "\\frac{3}{4}", "level": "Level 2", "subject": "Prealgebra", "unique_id": "test/prealgebra/1.json"},
@@ -86,6 +101,30 @@ def test_math_row_without_any_answer_is_named(tmp_path):
         load_task({"name": "math", "train_path": str(path)}).problems("train", None, 0)
 
 
+@pytest.mark.parametrize("row, message", [
+    ({"solution": "First \\boxed{2}, then so \\boxed{3"}, r"field 'solution' \(task.fields.solution\): its last "
+                                                       r"\\boxed\{ never closes"),
+    ({"solution": "So \\boxed{}."}, r"field 'solution' \(task.fields.solution\) has no \\boxed\{\} answer \(or an "
+                                     r"empty one\)"),
+    ({"solution": "So \\boxed{\\frac{}{}}."}, r"field 'solution' \(task.fields.solution\): its last \\boxed\{\}: "
+                                             r"an empty argument in '\\\\frac\{\}'"),
+    ({"solution": "So \\boxed{3}.", "answer": "\\frac{1}{2"}, r"field 'answer' \(task.fields.answer\): unbalanced "
+                                                             r"braces"),
+])
+def test_math_reference_that_cannot_be_an_answer_is_named(tmp_path, row, message):
+    path = jsonl(tmp_path / "m.jsonl", [MATH_ROWS[0], {"problem": "p", "unique_id": "x", **row}])
+    with pytest.raises(RecordError, match=rf"^{path}:2: {message}"):
+        load_task({"name": "math", "train_path": str(path)}).problems("train", None, 0)
+
+
+def test_math_answers_with_escaped_braces_and_sets_load(tmp_path):
+    rows = [{"problem": "p1", "solution": "\\boxed{\\{1, 2\\}}", "unique_id": "a"},
+            {"problem": "p2", "solution": "s", "answer": "\\left\\{ \\frac12 \\right\\}", "unique_id": "b"}]
+    task = load_task({"name": "math", "train_path": str(jsonl(tmp_path / "m.jsonl", rows))})
+    assert sorted(p.answer for p in task.problems("train", None, 0)) == ["\\left\\{ \\frac12 \\right\\}",
+                                                                         "\\{1, 2\\}"]
+
+
 def test_multiple_choice_letters_indices_texts_and_columns(tmp_path):
     rows = [{"question": "Capital of France?", "choices": ["Rome", "Paris", "Oslo"], "answer": "B", "id": 1},
             {"question": "2 + 2?", "choices": ["3", "4", "5", "22"], "answer": 1, "id": 2},  # 0-based index
@@ -112,6 +151,28 @@ def test_multiple_choice_letters_indices_texts_and_columns(tmp_path):
         load_task(spec).problems("train", None, 0)
     ok = load_task({**spec, "skip_bad_rows": True}).problems("train", None, 0)
     assert [(p.answer, p.meta["choices"]) for p in ok] == [("C", ["4", "6", "7", "9"])]
+
+
+@pytest.mark.parametrize("choices, answer, message", [
+    (["x", ["nested"], "z"], "A", r"field 'choices' \(task.fields.choices\): option 1 \(B\) should be text, got list"),
+    ([None, "y"], "B", r"field 'choices' \(task.fields.choices\): option 0 \(A\) is null"),
+    (["x", "y", "  "], "A", r"field 'choices' \(task.fields.choices\): option 2 \(C\) is empty"),
+    (["x", True], "A", r"field 'choices' \(task.fields.choices\): option 1 \(B\) should be text, got bool"),
+    (["Paris", "Rome", "paris"], "Paris", r"field 'answer' \(task.fields.answer\): 'Paris' is the text of options "
+                                          r"A, C: give the letter or the 0-based index"),
+])
+def test_multiple_choice_bad_options_and_ambiguous_answers_are_named(tmp_path, choices, answer, message):
+    path = jsonl(tmp_path / "mc.jsonl", [{"question": "Q?", "choices": ["a", "b"], "answer": "A"},
+                                         {"question": "Q2?", "choices": choices, "answer": answer}])
+    with pytest.raises(RecordError, match=rf"^{path}:2: {message}"):
+        load_task({"name": "choice", "train_path": str(path)}).problems("train", None, 0)
+
+
+def test_multiple_choice_numeric_options_are_text(tmp_path):
+    path = jsonl(tmp_path / "mc.jsonl", [{"question": "2 + 2?", "choices": [3, 4, 5.5], "answer": 1}])
+    p = load_task({"name": "choice", "train_path": str(path)}).problems("train", None, 0)[0]
+    assert (p.answer, p.meta["choices"]) == ("B", ["3", "4", "5.5"])  # an int answer is an index
+    assert p.prompt.endswith("A. 3\nB. 4\nC. 5.5")
 
 
 HUMANEVAL = {
@@ -155,6 +216,53 @@ def test_code_rows_whose_tests_do_not_compile_are_refused_when_loaded(tmp_path, 
     with pytest.raises(RecordError, match=rf"{path}:2: field '{field}' \(task.fields.tests\) does not compile: "
                                           rf".*line \d"):
         load_task({"name": "code", "train_path": str(path), "fields": fields}).problems("train", None, 0)
+
+
+MBPP_FIELDS = {"prompt": "text", "tests": "test_list", "solution": "code", "setup": "test_setup_code",
+               "entry_point": None}
+NO_ENTRY_POINT = "tests define check\\(candidate\\) but the row has no entry_point"
+
+
+@pytest.mark.parametrize("row, fields, message", [
+    ({k: v for k, v in HUMANEVAL.items() if k != "entry_point"}, {},  # the column is missing
+     rf"field 'entry_point' \(task.fields.entry_point\): {NO_ENTRY_POINT}; the row has: canonical_solution"),
+    ({**{k: v for k, v in HUMANEVAL.items() if k != "entry_point"}, "entrypoint": "add"}, {},  # misnamed
+     rf"field 'entry_point' \(task.fields.entry_point\): {NO_ENTRY_POINT}; the row has: .*entrypoint"),
+    (HUMANEVAL, {"entry_point": None},
+     rf"field 'test' \(task.fields.tests\): {NO_ENTRY_POINT} \(task.fields.entry_point is null\)"),
+    ({**HUMANEVAL, "test": "def check(candidate):\n    pass\n"}, {},
+     r"field 'test' \(task.fields.tests\): the tests contain no assert$"),
+    ({**MBPP, "test_list": ["# assert sq(3) == 9"]}, MBPP_FIELDS,
+     r"field 'test_list' \(task.fields.tests\): the tests contain no assert$"),
+    ({**MBPP, "test_list": "['assert sq(3) == 9']"}, MBPP_FIELDS,  # a Python repr, not JSON
+     r"field 'test_list' \(task.fields.tests\): the tests contain no assert \(they are a list written as Python"),
+])
+def test_code_rows_whose_tests_check_nothing_are_refused_when_loaded(tmp_path, row, fields, message):
+    """Tests that never run an assert would make every completion correct: refused, parsed (never run)."""
+    path = jsonl(tmp_path / "code.jsonl", [row])
+    with pytest.raises(RecordError, match=rf"^{path}:1: {message}"):
+        load_task({"name": "code", "train_path": str(path), "fields": fields}).problems("train", None, 0)
+
+
+def test_code_tests_given_as_a_json_list_in_a_string_are_decoded(tmp_path):
+    """MBPP's test_list from a CSV is a JSON list in a string, read like ``choices``: its asserts run."""
+    rows = [{**MBPP, "test_list": json.dumps(MBPP["test_list"])},
+            {**MBPP, "task_id": 12, "text": "Square, checked by one line.", "test_list": "assert sq(5) == 25"}]
+    task = load_task({"name": "code", "train_path": str(jsonl(tmp_path / "mbpp.jsonl", rows)),
+                      "fields": MBPP_FIELDS})
+    listed, plain = sorted(task.problems("train", None, 0), key=lambda p: p.id)
+    assert listed.meta["tests"] == "assert sq(3) == 9\nassert sq(-2) == 4"
+    assert plain.meta["tests"] == rows[1]["test_list"]
+    assert task.check(listed, "```python\ndef sq(x):\n    return x + x\n```").verdict == "wrong"
+    assert task.check(listed, f"```python\n{MBPP['code']}\n```").verdict == "correct"
+
+
+def test_humaneval_tests_that_call_check_themselves_need_no_entry_point(tmp_path):
+    row = {**{k: v for k, v in HUMANEVAL.items() if k != "entry_point"}, "test": HUMANEVAL["test"] + "check(add)\n"}
+    task = load_task({"name": "code", "train_path": str(jsonl(tmp_path / "he.jsonl", [row]))})
+    p = task.problems("train", None, 0)[0]
+    assert p.meta["entry_point"] is None
+    assert task.check(p, "```python\ndef add(a, b):\n    return a - b\n```").verdict == "wrong"
 
 
 def test_code_model_cannot_escape_through_check(tmp_path):

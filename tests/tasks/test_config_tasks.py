@@ -55,6 +55,9 @@ def test_example_gsm8k_config_loads():
     ({"name": "mixture", "sources": [{"name": "math", "path": "a"}, {"name": "math", "path": "b"}]},
      "task:", "labels must be unique"),
     ({"name": "mixture", "sources": [{"name": "math", "path": "a", "n_train": 5}]}, "task.sources.0", "use 'cap'"),
+    ({"name": "mixture", "sources": [{"name": "math", "path": "a"}, {"name": "chained_arith", "n_test": 2}]},
+     "task.sources.1", "use 'cap'"),
+    ({"name": "mixture", "sources": [{"name": "chained_arith", "n_train": 3}]}, "task.sources.0", "use 'cap'"),
     ({"name": "mixture", "sources": [{"name": "mixture", "sources": []}]}, "task.sources.0",
      "cannot contain a mixture"),
 ])
@@ -85,6 +88,13 @@ def test_mixture_section_round_trips_flat(tmp_path):
     assert [s["label"] for s in spec["sources"]] == ["gsm8k", "qa"]
     mix = load_task(spec)
     assert [label for label, *_ in mix.sources] == ["gsm8k", "qa"] and mix.by_label["gsm8k"].strategy == "Think."
+
+
+def test_a_mixture_with_the_generated_task_round_trips(tmp_path):
+    """A saved config.yaml writes chained_arith's default n_train/n_test out: reading it back is no error."""
+    cfg = load(tmp_path, {"task": {"name": "mixture", "sources": [{"name": "chained_arith", "min_ops": 2}]}})
+    again = RunConfig.model_validate({"task": yaml.safe_load(dump_config(cfg))["task"]})
+    assert again.task == cfg.task
 
 
 def test_overrides_reach_task_fields(tmp_path):

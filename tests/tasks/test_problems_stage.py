@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
+
 from reasondistill.config import RunConfig
 from reasondistill.pipeline import Pipeline
-from reasondistill.records import Problem, read_records
+from reasondistill.records import Problem, RecordError, read_records
 
 
 def rows(k):
@@ -78,3 +80,14 @@ def test_a_mixture_source_short_of_its_share_is_warned_about(tmp_path):
     assert stats["test"] == 3
     warned = [m for m in logs if "warning" in m and "tiny" in m]
     assert len(warned) == 2 and any("test: 1 of the 2 wanted" in m for m in warned), logs
+
+
+def test_an_empty_train_split_stops_the_problems_stage_with_its_reason(tmp_path):
+    """Not a later "generate/traces.jsonl not found": the problems stage says the split is empty and why."""
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(rows(3).splitlines(keepends=True)[:8]))
+    cfg = RunConfig.model_validate({"run_dir": str(tmp_path / "run"),
+                                    "task": {"name": "gsm8k", "path": str(data), "test_fraction": 0.99}})
+    with pytest.raises(RecordError, match=r"the train split is empty \(0 of 8 rows; task.test_fraction=0.99"):
+        Pipeline(cfg, log=lambda m: None, show_progress=False).problems()
+    assert not (tmp_path / "run/problems/train.jsonl").exists()

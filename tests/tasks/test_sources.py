@@ -137,6 +137,36 @@ def test_repeated_explicit_id_is_an_error_unless_bad_rows_are_skipped(tmp_path):
     assert lenient.describe()["skipped_bad_rows"] == {"train": 2}
 
 
+def test_repeated_id_is_an_error_across_a_hash_split(tmp_path):
+    """Rows 0 and 1 hash into different splits: the same id naming both would be in train and test."""
+    rows = [dict(ROWS[0]), dict(ROWS[2]), dict(ROWS[1], uid="r0"), dict(ROWS[3], uid=None), dict(ROWS[3], uid=None)]
+    path = write(tmp_path / "dup.jsonl", rows, "jsonl")
+    spec = {"name": "file", "path": str(path), "test_fraction": 0.5, "fields": MAPPING}
+    for split in ("train", "test"):
+        with pytest.raises(RecordError, match=rf"{path}:3: field 'uid' \(task.fields.id\): id 'r0' repeats the "
+                                              rf"one at {path}:1"):
+            load_task(spec).problems(split, None, 0)
+    lenient = load_task({**spec, "skip_bad_rows": True})
+    assert sorted(p.id for p in lenient.problems("test", None, 0))[-1] == "file:r0"  # and row 4's question
+    assert [p.id for p in lenient.problems("train", None, 0)] == ["file:r2"]
+    # a repeated question (no id) is kept once and counted in its own split only (row 3 is a test row)
+    assert lenient.describe()["repeated_questions"] == {"train": 0, "test": 1}
+
+
+def test_an_empty_train_split_says_where_the_rows_went(tmp_path):
+    path = write(tmp_path / "eight.jsonl", ROWS[:8], "jsonl")
+    spec = {"name": "file", "path": str(path), "fields": MAPPING}
+    with pytest.raises(RecordError, match=rf"^{path}: the train split is empty \(0 of 8 rows; task.test_fraction="
+                                          r"0.99 put 8 in the test split\): task file has nothing to train on"):
+        load_task({**spec, "test_fraction": 0.99}).problems("train", None, 0)
+    assert len(load_task({**spec, "test_fraction": 0.99}).problems("test", None, 0)) == 8
+    assert load_task({**spec, "test_fraction": 0.01}).problems("test", None, 0) == []  # evaluation is skipped
+    bad = write(tmp_path / "bad.jsonl", [dict(r, a="") for r in ROWS[:3]], "jsonl")
+    with pytest.raises(RecordError, match=rf"^{bad}: the train split is empty \(0 of 3 rows; 3 malformed rows "
+                                          rf"skipped \(task.skip_bad_rows; the first: {bad}:1: field 'a'"):
+        load_task({**spec, "path": None, "train_path": str(bad), "skip_bad_rows": True}).problems("train", None, 0)
+
+
 def test_exact_verifier_and_template(tmp_path):
     path = write(tmp_path / "caps.jsonl", [{"question": "Capital of France?", "answer": "Paris"}], "jsonl")
     task = load_task({"name": "file", "train_path": str(path), "verifier": "exact",

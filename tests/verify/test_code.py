@@ -85,6 +85,28 @@ def test_reference_tests_that_do_not_compile_are_unparseable_not_the_models_faul
     assert verify_code(ADD, fenced("def add(a, b) return"), FAST).reason == "syntax error"
 
 
+@pytest.mark.parametrize("tests, entry_point, why", [
+    ("# assert c(1) == 1\n", "c", "the tests contain no assert"),
+    ("['assert c(1) == 1']", "c", "the tests contain no assert (they are a list written as Python text"),
+    ("def check(candidate):\n    assert candidate(1) == 1\n", None,
+     "the tests define check(candidate) but there is no entry_point"),
+])
+def test_reference_tests_that_check_nothing_are_unparseable_not_correct(tests, entry_point, why):
+    """Parsed with ast, never run: such tests would pass any code, even code that returns nothing."""
+    check = verify_code(CodeProblem(tests=tests, entry_point=entry_point), fenced("def c(x):\n    return None"), FAST)
+    assert check.verdict == "unparseable" and check.reason.startswith(f"reference tests check nothing: {why}"), check
+
+
+def test_build_program_calls_check_once():
+    _, tests = build_program(ADD, "    return a + b\n")
+    assert tests.count("check(add)") == 1
+    called = CodeProblem(prompt=ADD.prompt, tests=ADD.tests + "check(add)\n", entry_point="add")
+    _, tests = build_program(called, "    return a + b\n")
+    assert tests.count("check(add)") == 1
+    mbpp = CodeProblem(tests="def check_it():\n    assert add(1, 1) == 2\ncheck_it()\n", entry_point="add")
+    assert build_program(mbpp, "def add(a, b):\n    return a + b\n")[1].count("check(") == 0
+
+
 def test_no_code_is_unparseable():
     assert (verify_code(ADD, "I would add them.").verdict, verify_code(ADD, "").reason) == (
         "unparseable", "no code found")

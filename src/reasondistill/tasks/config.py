@@ -203,7 +203,10 @@ class MixtureSource(_Strict):
 
     @model_validator(mode="after")
     def _no_own_size(self) -> "MixtureSource":
-        if isinstance(self.task, _FileTask) and (self.task.n_train or self.task.n_test):
+        # chained_arith's n_train/n_test have defaults that a saved config.yaml writes out: only a
+        # value other than the default can have been meant (and would be ignored)
+        fields = type(self.task).model_fields
+        if any(getattr(self.task, k) != fields[k].default for k in ("n_train", "n_test")):
             raise ValueError("n_train/n_test: a mixture decides how many problems each source gives; "
                              "use 'cap' (and the mixture's n_train/n_test)")
         return self

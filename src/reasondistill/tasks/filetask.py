@@ -9,7 +9,10 @@ shared part:
   ``datasets`` directory or hub id, or from one ``path`` split by a hash of the question text
   (``test_fraction`` of the questions are test; no seed or size moves a question across);
 * ids are ``<name>:<id field>`` or, without an id field, ``<name>:<hash of the question>``
-  (a repeated question is kept once); a repeated id field is an error naming both rows;
+  (a repeated question is kept once); a repeated id field is an error naming both rows, even
+  when a hash split puts them in different splits;
+* an empty train split is an error saying where the rows went (an empty test split is not:
+  evaluation is skipped);
 * ``problems(split, n, seed)`` is a seeded shuffle of the split, then the first ``n`` (None: all);
 * a malformed row, including a line the reader cannot read (not UTF-8, not JSON, not an object),
   raises an error naming file, line and field, or with ``skip_bad_rows`` is skipped, counted and
@@ -152,20 +155,19 @@ class RowTask:
             return self._cache[split]
         hashed = self._hash_split()
         out: list[Problem] = []
-        seen: dict[str, str] = {}
+        seen: dict[str, str] = {}  # every id of the file (both splits of a hash split) → its row
         bad: list[RecordError] = []  # rows skipped (skip_bad_rows); unreadable ones come from the reader
-        repeated = rows = 0
+        repeated = rows = elsewhere = unparsed = 0
         for row in self._rows(split, bad.append if self.skip_bad_rows else None):
             rows += 1
             try:
                 parts = self.parse(row)
-                if hashed and hash_split(parts["question"], self.test_fraction) != split:
-                    continue
+                here = not hashed or hash_split(parts["question"], self.test_fraction) == split
                 explicit = parts.get("id") is not None
                 pid = f"{self.name}:{parts['id'] if explicit else text_id(parts['question'])}"
                 if pid in seen:
-                    if not explicit:
-                        repeated += 1
+                    if not explicit:  # the same question: always in the same split
+                        repeated += here
                         continue
                     raise RecordError(f"{row.where}: field {self.fields.id!r} (task.fields.id): id "
                                       f"{parts['id']!r} repeats the one at {seen[pid]}")
@@ -173,21 +175,42 @@ class RowTask:
                 if not self.skip_bad_rows:
                     raise
                 bad.append(exc)
+                unparsed += 1
                 continue
             seen[pid] = row.where
+            if not here:  # the other split's (read for its ids)
+                elsewhere += 1
+                continue
             meta = dict(parts.get("meta") or {})
             if self.strategy:
                 meta["strategy"] = self.strategy
             out.append(Problem(id=pid, task=self.name, prompt=self.template.replace("{question}", parts["question"]),
                                answer=parts["answer"], solution=parts.get("solution") or "",
                                difficulty=parts.get("difficulty") or 0, meta=meta))
+        source = self.hf_id or self.path or (self.train_path if split == "train" else self.test_path)
         if not rows and not bad:
-            source = self.hf_id or self.path or (self.train_path if split == "train" else self.test_path)
             raise RecordError(f"{source}: no rows (an empty file?): task {self.name} has no {split} problems")
+        if split == "train" and not out:  # (an empty test split only skips evaluation)
+            why = self._empty_train(rows + len(bad) - unparsed, elsewhere, bad, repeated)
+            raise RecordError(f"{source}: {why}")
         self.skipped[split], self.repeated[split] = len(bad), repeated
         self.skip_reasons[split] = [str(e) for e in bad[:SKIP_REASONS]]
         self._cache[split] = out
         return out
+
+    def _empty_train(self, total: int, elsewhere: int, bad: list[RecordError], repeated: int) -> str:
+        """Why the task has no training problem: where its ``total`` rows went instead."""
+        went, fix = [], []
+        if elsewhere:
+            went.append(f"task.test_fraction={self.test_fraction:g} put {elsewhere} in the test split")
+            fix.append("lower task.test_fraction, or give train_path and test_path")
+        if bad:
+            went.append(f"{len(bad)} malformed rows skipped (task.skip_bad_rows; the first: {bad[0]})")
+            fix.append("fix the malformed rows")
+        if repeated:
+            went.append(f"{repeated} repeated questions kept once")
+        return (f"the train split is empty (0 of {total} rows; {'; '.join(went)}): task {self.name} has nothing "
+                f"to train on; {' or '.join(fix) or 'give it more rows'}")
 
 
 class FileTask(RowTask):

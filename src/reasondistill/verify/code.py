@@ -12,14 +12,17 @@ problem plus a completion into the program to run, and the run into a verdict.
 Reasons: "passed" (correct); "test failed", "error", "syntax error", "timeout", "cpu time limit",
 "memory limit", "output limit", "blocked: <what>", "crashed", "exited early" (wrong: the code ran
 and did not pass; a timeout counts as a failure, as in HumanEval); "no code found", "sandbox
-error", "reference tests do not compile: <where and why>" (unparseable: we could not judge it).
-The problem's own tests and setup are compiled (never run) here first, so a broken reference is
-never blamed on the model; reference tests that hang cannot be told from a model's endless loop
-and count as "timeout".
+error", "reference tests do not compile: <where and why>", "reference tests check nothing: <why>"
+(unparseable: we could not judge it). The problem's own tests and setup are compiled (never run)
+here first, so a broken reference is never blamed on the model, and parsed with ``ast`` (never
+run): tests that hold no assert and no call, or define ``check(candidate)`` with no entry point
+to call it with, would pass any code (:func:`tests_gap`). Reference tests that hang cannot be
+told from a model's endless loop and count as "timeout".
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 
@@ -73,7 +76,8 @@ def build_program(problem: CodeProblem, code: str) -> tuple[str, str]:
     Code that does not define ``entry_point`` is taken as the continuation of the prompt. Code
     that does follows the whole prompt (whose stub it redefines, keeping the prompt's imports and
     helpers), or only the prompt's imports if prompt + code does not compile. HumanEval-style
-    tests (a ``def check``) get ``check(entry_point)`` appended. Compiling never runs anything.
+    tests (a top-level ``def check`` they do not call themselves) get ``check(entry_point)``
+    appended. Compiling and parsing never run anything.
     """
     ep = problem.entry_point
     if ep and not re.search(rf"^\s*(async\s+)?def\s+{re.escape(ep)}\s*\(", code, re.MULTILINE):
@@ -84,10 +88,45 @@ def build_program(problem: CodeProblem, code: str) -> tuple[str, str]:
             imports = [ln for ln in problem.prompt.splitlines() if re.match(r"(from\s+\S+\s+)?import\s", ln)]
             solution = "\n".join(imports + [code])
     tests = problem.setup + "\n" + problem.tests + "\n"
-    if ep and re.search(r"^def check\(", problem.tests, re.MULTILINE) and not re.search(
-            r"^check\(", problem.tests, re.MULTILINE):
+    defines, calls = _check_use(problem.tests)
+    if ep and defines and not calls:
         tests += f"check({ep})\n"
     return solution, tests
+
+
+def _check_use(tests: str) -> tuple[bool, bool]:
+    """(the tests define a top-level ``check``, they call ``check(...)`` at the top level themselves);
+    parsed with ``ast``, never run; (False, False) if they do not parse."""
+    try:
+        body = ast.parse(tests).body
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return False, False
+    defines = any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "check" for n in body)
+    calls = any(isinstance(n, ast.Expr) and isinstance(n.value, ast.Call) and isinstance(n.value.func, ast.Name)
+                and n.value.func.id == "check" for n in body)
+    return defines, calls
+
+
+def tests_gap(tests: str, entry_point: str | None) -> tuple[str, str] | None:
+    """Why tests that compile would pass any code, as (the field at fault, "tests" or
+    "entry_point"; why), or None. They hold no assert and no call at all (only comments, a bare
+    list of strings), or they define ``check(candidate)``, never call it, and there is no entry
+    point to call it with. Parsed with ``ast``, never run; tests that do not parse are
+    :func:`compile_error`'s to report (None here)."""
+    try:
+        tree = ast.parse(tests)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+    if not any(isinstance(n, (ast.Assert, ast.Call)) for n in ast.walk(tree)):
+        listed = (len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr)
+                  and isinstance(tree.body[0].value, (ast.List, ast.Tuple)))
+        return "tests", "the tests contain no assert" + (
+            " (they are a list written as Python text, not a JSON list: give a list, or a JSON list in a "
+            "string, of assert lines)" if listed else "")
+    defines, calls = _check_use(tests)
+    if defines and not calls and not entry_point:
+        return "entry_point", "the tests define check(candidate) but there is no entry_point to call it with"
+    return None
 
 
 def compile_error(source: str) -> str | None:
@@ -117,11 +156,15 @@ def reference_error(problem: CodeProblem) -> str | None:
 def verify_code(problem: CodeProblem, completion: str, limits: Limits | None = None) -> Check:
     """Extract the code of a completion and judge it by the problem's tests, sandboxed.
 
-    Reference tests (or setup) that do not compile make every completion unparseable, never wrong.
+    Reference tests (or setup) that do not compile, or tests that check nothing (:func:`tests_gap`),
+    make every completion unparseable, never wrong nor correct.
     """
     broken = reference_error(problem)
     if broken is not None:
         return Check("unparseable", f"reference tests do not compile: {broken}", extract_code(completion))
+    empty = tests_gap(problem.tests, problem.entry_point)
+    if empty is not None:
+        return Check("unparseable", f"reference tests check nothing: {empty[1]}", extract_code(completion))
     code = extract_code(completion)
     if code is None:
         return Check("unparseable", "no code found", None)
