@@ -62,10 +62,11 @@ class Pipeline:
         self.log = log
         self.show_progress = show_progress
         self.rd = RunDir(cfg.run_dir)
-        if self.rd.main:  # under torchrun every rank starts here; the others read config.yaml meanwhile
-            self._save_config()
-        self.rd.update_manifest(seeds={"run": cfg.seed, "generate": cfg.generate.seed,
-                                       "students": {s.name: self._seed(s) for s in cfg.students}})
+        with self.rd.writer():  # a run directory another process holds is refused before anything is written
+            if self.rd.main:  # under torchrun every rank starts here; the others read config.yaml meanwhile
+                self._save_config()
+            self.rd.update_manifest(seeds={"run": cfg.seed, "generate": cfg.generate.seed,
+                                           "students": {s.name: self._seed(s) for s in cfg.students}})
         self.task = load_task(cfg.task.task_spec())
 
     # -- helpers -------------------------------------------------------------------------------

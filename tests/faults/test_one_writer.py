@@ -45,6 +45,9 @@ def test_second_writer_is_refused_and_a_killed_writer_frees_the_lock(holder, cap
     err = capsys.readouterr().err
     assert "in use by another reasondistill process" in err and f"pid {proc.pid}" in err
     assert not (run / "problems").exists()  # refused before writing anything
+    config = (run / "config.yaml").read_text()
+    assert main(["curate", str(run), "--quiet", "generate.temperature=0.123"]) == 2
+    assert (run / "config.yaml").read_text() == config  # not even the config of the run it is refused
     with pytest.raises(RunDirBusy):
         RunDir(run).writer().__enter__()
     proc.send_signal(signal.SIGKILL)
