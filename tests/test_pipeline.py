@@ -344,6 +344,27 @@ def test_generate_stops_at_once_when_the_server_cannot_be_reached(tmp_path):
     assert not traces.exists() or not read_records(traces, Trace)
 
 
+def test_batch_size_does_not_restart_generate(tmp_path, tiny_model_dir):
+    """Traces do not depend on how problems are batched: a lower generate.batch_size (after running out
+    of memory) keeps every trace; a run whose progress file holds the fingerprint made with batch_size
+    in it (before it left) resumes too."""
+    from reasondistill.config import load_config
+    from reasondistill.pipeline import Pipeline
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, task={"n_train": 6})
+    cli("generate", cfg)
+    traces = tmp_path / "run/generate/traces.jsonl"
+    before = traces.read_text()
+    assert "[skip] generate" in cli("generate", tmp_path / "run", "generate.batch_size=3").stdout
+    pipe = Pipeline(load_config(tmp_path / "run/config.yaml"), log=lambda _m: None, show_progress=False)
+    conf, inputs = pipe.generate_conf()
+    assert "batch_size" not in conf["sampling"]
+    old = pipe.rd.fingerprint(conf | {"sampling": pipe.cfg.generate.sampling()}, inputs)  # batch_size in it
+    (tmp_path / "run/generate/progress.json").write_text(json.dumps({"fingerprint": old}))
+    assert pipe.generate(force=True)["written_now"] == 0
+    assert traces.read_text() == before and not list(traces.parent.glob("*.stale-*"))
+
+
 def test_max_failed_share_is_not_in_the_generate_fingerprint():
     """How many failures a run accepts does not decide a trace: traces generated before the key
     existed stay current, and changing it does not restart the stage."""

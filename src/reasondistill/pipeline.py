@@ -160,13 +160,15 @@ class Pipeline:
         def fn(fp):
             from reasondistill.progress import progress_bar
 
-            # traces of a run started before transport keys left the fingerprint are this config's too
-            legacy = self.rd.fingerprint(conf | {"teacher": self.cfg.teacher.fingerprinted(legacy=True)}, inputs)
+            # traces of a run started before transport keys, then batch_size, left the fingerprint are this
+            # config's too
+            legacy = tuple(self.rd.fingerprint(conf | {"teacher": t, "sampling": self.cfg.generate.sampling()}, inputs)
+                           for t in (self.cfg.teacher.fingerprinted(legacy=True), self.cfg.teacher.fingerprinted()))
             problems = read_records(problems_path, Problem)
             # the settings alone (no problems file) and each problem's content: when only the problems
             # changed, the traces of the unchanged ones are kept, not sampled again
             settings = self.rd.fingerprint(conf, [p for p in inputs if p != problems_path])
-            self.rd.restart_if_stale(out, progress_file, fp, self.log, also=(legacy,),
+            self.rd.restart_if_stale(out, progress_file, fp, self.log, also=legacy,
                                      rows=(settings, {p.id: record_hash(p) for p in problems}))
             repair_tail(out)
             if shard is not None:
@@ -225,7 +227,11 @@ class Pipeline:
 
     def generate_conf(self) -> tuple[dict[str, Any], list[Path]]:
         """The generate stage's config section and input files (also what shards.py checks shards by)."""
-        conf = {"teacher": self.cfg.teacher.fingerprinted(), "sampling": self.cfg.generate.sampling()}
+        # batch_size is left out: a trace is a function of its problem, sample index and the settings,
+        # however the problems are batched (teachers/sampling.py), so lowering it after running out of
+        # memory resumes the traces already written
+        conf = {"teacher": self.cfg.teacher.fingerprinted(),
+                "sampling": self.cfg.generate.sampling().model_dump(mode="json", exclude={"batch_size"})}
         local = local_files(self.cfg.teacher.model) if self.cfg.teacher.kind in ("hf", "vllm") else []
         return conf, [self.rd.train_problems, *local]
 
