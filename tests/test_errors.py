@@ -50,6 +50,16 @@ def test_os_errors_say_what_to_do():
     assert user_message(RuntimeError("a bug")) is None
 
 
+def test_a_full_disk_while_saving_safetensors_is_not_called_a_corrupt_file():
+    """safetensors reports ENOSPC as its own error type when writing: not "delete the corrupt file"."""
+    from safetensors import SafetensorError
+
+    full = user_message(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert full.startswith("no space left on the device") and "corrupt" not in full and "work done is kept" in full
+    bad = user_message(SafetensorError("Error while deserializing header: HeaderTooLarge"))
+    assert "corrupt or truncated" in bad
+
+
 def test_a_bug_prints_its_traceback_says_so_and_saves_it(tmp_path, capsys):
     def body():
         raise RuntimeError("something we got wrong")

@@ -36,6 +36,10 @@ def user_message(exc: BaseException) -> str | None:
     if isinstance(exc, OSError):
         return _os_message(exc)
     if type(exc).__name__ == "SafetensorError":  # safetensors' own type: imported lazily by its users
+        text = str(exc)
+        if "No space left on device" in text or "os error 28" in text:  # failed writing, not reading
+            return (f"no space left on the device (writing a .safetensors file: {text}); free some space and run "
+                    "again: work done is kept (a checkpoint is written aside and only then renamed into place)")
         return f"a .safetensors file is corrupt or truncated ({exc}); delete it and re-run the stage that wrote it"
     return None
 
