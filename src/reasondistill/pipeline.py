@@ -40,9 +40,12 @@ _LATER_FIELDS = ((("distill",), None), (("attn_implementation",), None), (("trai
                  (("train", "pack_tokens"), None), (("lora",), None), (("policy",), None))
 
 
-def _fingerprinted(s: StudentConfig) -> dict[str, Any]:
-    """The student's config as its train stage fingerprints it (see ``_LATER_FIELDS``)."""
+def _fingerprinted(s: StudentConfig, world: int = 1) -> dict[str, Any]:
+    """The student's config as its train stage fingerprints it (see ``_LATER_FIELDS``). Under ``world``
+    processes ``train.batch_size`` counts the examples of all of them (the global batch): a run resumes
+    with any number of processes whose batch sizes add up to the same, and not with a different one."""
     conf = s.model_dump(mode="json")
+    conf["train"]["batch_size"] *= world
     conf["train"].pop("sharding", None)  # DDP or FSDP train the same model: a run resumes under either
     conf.pop("quantize", None)  # the quantize stage's own section: changing it never retrains the student
     for path, default in _LATER_FIELDS:
@@ -384,6 +387,7 @@ class Pipeline:
         return {**skipped, **{s.name: self._train_one(s, force) for s in students}}
 
     def _train_one(self, s: StudentConfig, force: bool) -> dict[str, Any]:
+        from reasondistill.distributed import world_size
         from reasondistill.models import init_model, load_model, load_tokenizer
         from reasondistill.train.sft import cross_entropy_sum, train_model
 
@@ -393,14 +397,16 @@ class Pipeline:
             return train_policy_student(self, s, force)
         b, t = self.rd.build(s.name), self.rd.train(s.name)
         self.rd.need(b.train, stage="build")
-        conf = {"student": _fingerprinted(s), "seed": self._seed(s)}
+        conf = {"student": _fingerprinted(s, world_size()), "seed": self._seed(s)}
         if s.distill is not None and self.cfg.logit_teacher is not None:  # (absent: fingerprints as before)
             conf["logit_teacher"] = self.cfg.logit_teacher.model_dump(mode="json")
         soft_inputs = self.soft_inputs_of(s, force)  # soft distillation: teacher files or captured top-k
 
         def fn(fp):
-            # main process only; under torchrun the other ranks wait here (no resuming from a stale run)
-            self.rd.restart_if_stale(t.dir, t.progress, fp, self.log)
+            # main process only; under torchrun the other ranks wait here (no resuming from a stale run);
+            # a multi-process run fingerprinted with the per-process batch (before the global one) resumes
+            legacy = (self.rd.fingerprint({**conf, "student": _fingerprinted(s)}, inputs),) if world_size() > 1 else ()
+            self.rd.restart_if_stale(t.dir, t.progress, fp, self.log, also=legacy)
             self.say_resume(s.name, t.checkpoints, s.train.resume)
             tokenizer = load_tokenizer(self._student_tokenizer_name(s))
             if s.lora:  # adapters on the pretrained model (train/lora.py)

@@ -141,6 +141,13 @@ def test_documented_torchrun_command_trains_a_run_directory(tmp_path, tiny_model
                   "--quiet"], tmp_path)
     assert again.count("[skip] train:s") == 1 and "[run ]" not in again  # both ranks follow rank 0's decision
     assert len([p for p in (run / "train").iterdir() if "stale" in p.name]) == 1
+    # the fingerprint counts the global batch: one process at batch 8 is the same training (current),
+    # one process at batch 4 (the per-process size, half the global batch) is not
+    assert "[skip] train:s" in _run([sys.executable, "-m", "reasondistill", "train", str(run),
+                                     "students.0.train.batch_size=8", "--quiet"], tmp_path)
+    assert "[run ] train:s" in _run([sys.executable, "-m", "reasondistill", "train", str(run),
+                                     "students.0.train.batch_size=4", "--quiet"], tmp_path)
+    assert len([p for p in (run / "train").iterdir() if "stale" in p.name]) == 2
 
 
 def built_run(tmp_path, teacher_dir, layers: int, max_steps: int) -> tuple[Path, Path]:
