@@ -397,15 +397,23 @@ class Pipeline:
             return train_policy_student(self, s, force)
         b, t = self.rd.build(s.name), self.rd.train(s.name)
         self.rd.need(b.train, stage="build")
-        conf = {"student": _fingerprinted(s, world_size()), "seed": self._seed(s)}
+        world = world_size()
+        stage = f"train:{s.name}"
+        conf = {"student": _fingerprinted(s, world), "seed": self._seed(s)}
         if s.distill is not None and self.cfg.logit_teacher is not None:  # (absent: fingerprints as before)
             conf["logit_teacher"] = self.cfg.logit_teacher.model_dump(mode="json")
         soft_inputs = self.soft_inputs_of(s, force)  # soft distillation: teacher files or captured top-k
+        inputs = [b.train, b.val, *local_files(s.model or ""), *soft_inputs]
+        done_by = ((self.rd.stage_state(stage) or {}).get("result") or {}).get("processes") or 1
+        if world == 1 and done_by > 1 and not force:  # trained under torchrun, now `run`/`train` in one process:
+            as_trained = {**conf, "student": _fingerprinted(s, done_by)}  # that training, with its process count,
+            if self.rd.is_current(stage, self.rd.fingerprint(as_trained, inputs), t.outputs):  # is this config's
+                conf = as_trained
 
         def fn(fp):
             # main process only; under torchrun the other ranks wait here (no resuming from a stale run);
             # a multi-process run fingerprinted with the per-process batch (before the global one) resumes
-            legacy = (self.rd.fingerprint({**conf, "student": _fingerprinted(s)}, inputs),) if world_size() > 1 else ()
+            legacy = (self.rd.fingerprint({**conf, "student": _fingerprinted(s)}, inputs),) if world > 1 else ()
             self.rd.restart_if_stale(t.dir, t.progress, fp, self.log, also=legacy)
             self.say_resume(s.name, t.checkpoints, s.train.resume)
             tokenizer = load_tokenizer(self._student_tokenizer_name(s))
@@ -423,9 +431,8 @@ class Pipeline:
             objective = self._objective(s, tokenizer, model) if s.distill else cross_entropy_sum
             return train_model(model, tokenizer, b.train, b.val, t.dir, s.train,
                                seed=self._seed(s), objective=objective, name=s.name, show_progress=self.show_progress)
-        inputs = [b.train, b.val, *local_files(s.model or ""), *soft_inputs]
-        return self.run_stage(f"train:{s.name}", conf, inputs, t.outputs, fn, force,
-                           every_rank=True)  # every process trains; the main process keeps the books
+        return self.run_stage(stage, conf, inputs, t.outputs, fn, force,
+                              every_rank=True)  # every process trains; the main process keeps the books
 
     def say_resume(self, name: str, root: Path, resume: bool) -> None:
         """One line when a training run continues from a checkpoint rather than from its start."""

@@ -141,12 +141,18 @@ def test_documented_torchrun_command_trains_a_run_directory(tmp_path, tiny_model
                   "--quiet"], tmp_path)
     assert again.count("[skip] train:s") == 1 and "[run ]" not in again  # both ranks follow rank 0's decision
     assert len([p for p in (run / "train").iterdir() if "stale" in p.name]) == 1
-    # the fingerprint counts the global batch: one process at batch 8 is the same training (current),
-    # one process at batch 4 (the per-process size, half the global batch) is not
+    # the fingerprint counts the global batch: one process at batch 8 is the same training (current); so
+    # is the run's own config in one process (`run` after torchrun: the finished 2-process training is kept)
+    assert "[skip] train:s" in _run([sys.executable, "-m", "reasondistill", "train", str(run), "--quiet"], tmp_path)
     assert "[skip] train:s" in _run([sys.executable, "-m", "reasondistill", "train", str(run),
                                      "students.0.train.batch_size=8", "--quiet"], tmp_path)
-    assert "[run ] train:s" in _run([sys.executable, "-m", "reasondistill", "train", str(run),
-                                     "students.0.train.batch_size=4", "--quiet"], tmp_path)
+    # an unfinished 2-process training (no stage record yet) is not resumed by one process at batch 4,
+    # half its global batch: it is set aside and this one starts over
+    (run / ".stages/train--s.json").unlink()
+    shutil.rmtree(run / "train/s/final")
+    alone = _run([sys.executable, "-m", "reasondistill", "train", str(run), "students.0.train.batch_size=4", "--quiet"],
+                 tmp_path)
+    assert "[run ] train:s" in alone and "config changed: kept the previous output" in alone and "resuming" not in alone
     assert len([p for p in (run / "train").iterdir() if "stale" in p.name]) == 2
 
 
