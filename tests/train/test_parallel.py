@@ -53,3 +53,39 @@ def test_a_failing_student_is_reported_and_the_others_finish(tmp_path, tiny_mode
     out = cli("train", cfg, check=False)
     assert out.returncode != 0 and "training b failed" in out.stderr
     assert (tmp_path / "run/train/a/final/model.safetensors").exists()
+
+
+def test_ctrl_c_lets_each_student_save_its_step_then_resume(tmp_path, tiny_model_dir):
+    """Ctrl-C (SIGINT to the terminal's process group) during `train` with train_workers: each student
+    ends its step and saves it (no save_every step lost), the parent waits for them, exit 130;
+    `train` again resumes both from there, and their logs keep both sessions."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    long = {**STUDENT, "train": {**STUDENT["train"], "max_steps": 1000, "save_every": 10_000}}
+    students = [{"name": "a", **long}, {"name": "b", "seed": 7, **long}]
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, students=students, train_workers=2)
+    _prepare(cfg)
+    run = tmp_path / "run"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "reasondistill", "train", str(run), "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    rows = lambda n: (run / f"train/{n}/metrics.csv").read_text().count("\n") if (  # noqa: E731
+        run / f"train/{n}/metrics.csv").exists() else 0
+    while time.time() < deadline and min(rows("a"), rows("b")) < 4:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the parent and both students
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    steps = {n: [int(p.name.split("-")[1]) for p in (run / f"train/{n}/checkpoints").iterdir()] for n in "ab"}
+    assert all(len(s) == 1 and 3 <= s[0] < 1000 for s in steps.values()), (steps, out)
+    assert not (run / "train/a/final").exists()
+    again = cli("train", run, timeout=900)  # resumes both to the end
+    for n in "ab":
+        log = (run / f"train/{n}.log").read_text()
+        assert f"resuming from step-{steps[n][0]}" in log and (run / f"train/{n}/final/model.safetensors").exists()
+    assert "training in its own process" in again.stdout

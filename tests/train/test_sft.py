@@ -80,6 +80,41 @@ def test_resume_after_a_crash_continues_the_same_curve(dataset, char_tokenizer, 
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+def test_ctrl_c_ends_the_step_saves_it_and_resumes_exactly(dataset, char_tokenizer, tmp_path):
+    """SIGINT during step 6 (checkpoints every 4): the step ends, step-6 is saved, then KeyboardInterrupt;
+    resumed, the final weights equal a run never stopped. A second SIGINT stops at once, saving nothing."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    args = (char_tokenizer, dataset / "train.safetensors", dataset / "val.safetensors")
+    train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path / "a", _cfg(), seed=0, show_progress=False)
+
+    def interrupting(times):
+        calls = {"n": 0}
+
+        def objective(model, batch):
+            calls["n"] += model.training  # training micro-batches only (validation calls it too)
+            if calls["n"] == 6 and model.training:  # in the middle of step 6
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGINT)
+            return cross_entropy_sum(model, batch)
+        return objective
+    with pytest.raises(KeyboardInterrupt):
+        train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path / "b", _cfg(), seed=0,
+                    objective=interrupting(1), show_progress=False)
+    assert (tmp_path / "b/checkpoints/step-6").exists() and not (tmp_path / "b/final").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    train_model(init_model(TINY, char_tokenizer, seed=99), *args, tmp_path / "b", _cfg(), seed=0, show_progress=False)
+    wa, wb = load_file(tmp_path / "a/final/model.safetensors"), load_file(tmp_path / "b/final/model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path / "c", _cfg(), seed=0,
+                    objective=interrupting(2), show_progress=False)
+    assert sorted(p.name for p in (tmp_path / "c/checkpoints").iterdir()) == ["step-4"]
+
+
 def test_changed_schedule_refuses_to_resume(dataset, char_tokenizer, tmp_path):
     args = (char_tokenizer, dataset / "train.safetensors", dataset / "val.safetensors")
     train_model(init_model(TINY, char_tokenizer, seed=0), *args, tmp_path, _cfg(max_steps=4), seed=0, show_progress=False)

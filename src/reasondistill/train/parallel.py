@@ -27,6 +27,8 @@ from typing import Any
 
 from reasondistill.train.plan import StepPlan
 
+STOP_GRACE_S = 60  # after Ctrl-C: how long the students get to finish their step and save it
+
 
 def _last_step(metrics: Path) -> int:
     try:
@@ -86,7 +88,7 @@ def _train_children(pipeline, students: list, workers: int, force: bool, token: 
                     cmd = [sys.executable, "-m", "reasondistill.cli", "train", str(rd.root), "--student", s.name,
                            "--quiet", *(["--force"] if force else [])]
                     env = {**os.environ, "OMP_NUM_THREADS": str(s.train.threads or 1), WRITER_ENV: token or ""}
-                    fh = log_path.open("w")
+                    fh = log_path.open("a")  # a resumed student's log goes on after the earlier session's
                     running[s.name] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                                         preexec_fn=die_with_parent), fh, log_path)
                     bars.add(s.name, totals[s.name])
@@ -106,9 +108,21 @@ def _train_children(pipeline, students: list, workers: int, force: bool, token: 
                         for line in _tail(log_path, 50).splitlines():  # the child's stage lines ([run ]/[skip])
                             if line.startswith("[") or line.startswith("       "):
                                 pipeline.log(line)
+        except KeyboardInterrupt:  # Ctrl-C reached the children too: each ends its step and saves it
+            if running:
+                pipeline.log(f"       waiting up to {STOP_GRACE_S} s for the students to save the step they are on "
+                             "(Ctrl-C again stops them at once)")
+                deadline = time.monotonic() + STOP_GRACE_S
+                for proc, _fh, _log in running.values():
+                    try:
+                        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        pass
+            raise
         finally:  # an error or Ctrl-C in the parent: no child keeps training behind it
             for proc, _fh, _log in running.values():
-                proc.terminate()
+                if proc.poll() is None:
+                    proc.terminate()
     if failed:
         name, code, log_path = failed[0]
         raise RuntimeError(f"training {name} failed (exit {code}), the other students finished; "

@@ -39,6 +39,7 @@ from reasondistill.layout import TrainFiles
 from reasondistill.progress import progress_bar
 from reasondistill.distributed import world_size
 from reasondistill.train.checkpoint import check_finite, checkpoints, prune, restore_checkpoint, save_checkpoint
+from reasondistill.train.interrupt import DeferredInterrupt
 from reasondistill.train.config import TrainConfig, resolve_mixed_precision
 from reasondistill.train.plan import StepPlan
 from reasondistill.train.step_rng import step_rng
@@ -353,7 +354,8 @@ class Trainer:
                                      and pays_on_cpu(self.unwrapped, self.precision))
         stream = self._micro_batches()
         bar = progress_bar(f"train {self.name}", total, self.show_progress and self.main, self.state["step"])
-        with fast as fast_on, bar as advance:
+        stop = DeferredInterrupt(enabled=self.world == 1)  # Ctrl-C: end the step, save it, then stop
+        with fast as fast_on, bar as advance, stop:
             while self.state["step"] < total:
                 self._step(stream)
                 step = self.state["step"]
@@ -361,9 +363,13 @@ class Trainer:
                     self._log()
                 if self.val_ds is not None and (step % cfg.eval_every == 0 or step == total):
                     self._evaluate()
-                if (step % cfg.save_every == 0 or step == total) and not self.sharded:
+                saved = (step % cfg.save_every == 0 or step == total) and not self.sharded
+                if saved or (stop.requested and not self.sharded):
                     self._save()
                 advance(1)
+                if stop.requested:
+                    self.metrics.close()
+                    raise KeyboardInterrupt(f"{self.name}: stopped after step {step}, saved as a checkpoint")
             if self.val_ds is not None and math.isnan(self.val_loss):  # resumed after the last step
                 self.val_loss = evaluate_loss(self.model, self.val_ds, self.pad_id, cfg.batch_size, self.accelerator,
                                               precision=self.precision, lockstep=self.fsdp)
