@@ -81,6 +81,7 @@ class EvalFiles:
 
     metrics = At("metrics.json", base="dir")  # greedy: the evaluate stage
     completions = At("completions.jsonl", base="dir")
+    partial = At("partial.jsonl", base="dir")  # completions so far of a greedy evaluation in progress
     provenance = At("provenance.json", base="dir")
     samples = At("samples.jsonl", base="dir")  # evaluate.samples
     sampled = At("sampled.json", base="dir")

@@ -683,11 +683,12 @@ class Pipeline:
             self.rd.need(Path(path), stage="train")
         d = self.rd.eval(name).dir
 
-        def fn(_fp):
+        def fn(fp):
             problems = read_records(test_path, Problem)
             m = evaluate_model(evaluation_backend(self.cfg, name, path), problems, self.task,
                                batch_size=self.cfg.evaluate.batch_size,
-                               max_new_tokens=self.cfg.evaluate.max_new_tokens, out_dir=d, name=name)
+                               max_new_tokens=self.cfg.evaluate.max_new_tokens, out_dir=d, name=name,
+                               resume_key=fp, show_progress=self.show_progress)  # stopped part way: resumes
             self.log(f"       {name}: accuracy {m['accuracy']:.3f} on {m['n']} problems"
                      + (f" ({m['timeouts']} answers past the verify time limit: unparseable)" if m.get("timeouts") else ""))
             return m

@@ -137,3 +137,41 @@ def test_a_student_the_server_lacks_is_named_by_the_evaluate_keys(server, arith)
     with pytest.raises(Exception, match=r"is evaluate\.openai\.model \('warm_kd'\) a model the server has") as err:
         evaluate_model(backend, PROBLEMS[:2], arith, batch_size=2, max_new_tokens=8)
     assert "teacher." not in str(err.value)
+
+
+def test_an_evaluation_stopped_part_way_resumes_with_the_same_completions(teacher, arith, tmp_path):
+    """Completions are appended to partial.jsonl batch by batch: after a Ctrl-C in the third batch
+    only the problems not yet decoded are decoded again (under the same key), and the results equal
+    an evaluation never stopped; another key starts over."""
+    import dataclasses
+
+    problems = ChainedArithmetic(min_ops=2, max_ops=4).problems("test", 10, seed=5)
+    kw = dict(batch_size=3, max_new_tokens=64, resume_key="fp-1")
+    whole = evaluate_model(hf_backend(*teacher), problems, arith, out_dir=tmp_path / "whole", **kw)
+    asked = []
+
+    def stopping_after(batches):
+        backend = hf_backend(*teacher)
+        inner = backend.generate
+
+        def generate(todo, params, system_prompt=None):
+            asked.extend(p.id for p in todo)
+            for i, batch in enumerate(inner(todo, params, system_prompt)):
+                if i == batches:
+                    raise KeyboardInterrupt
+                yield batch
+        return dataclasses.replace(backend, generate=generate)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_model(stopping_after(2), problems, arith, out_dir=tmp_path / "cut", **kw)
+    partial = (tmp_path / "cut/partial.jsonl").read_text().splitlines()
+    assert len(partial) == 1 + 6 and not (tmp_path / "cut/completions.jsonl").exists()
+    asked.clear()
+    again = evaluate_model(stopping_after(99), problems, arith, out_dir=tmp_path / "cut", **kw)
+    assert len(asked) == 4 and not (tmp_path / "cut/partial.jsonl").exists()  # only the 4 not done
+    assert again == whole
+    assert (tmp_path / "cut/completions.jsonl").read_text() == (tmp_path / "whole/completions.jsonl").read_text()
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_model(stopping_after(1), problems, arith, out_dir=tmp_path / "other", **kw)
+    asked.clear()
+    evaluate_model(stopping_after(99), problems, arith, out_dir=tmp_path / "other", **(kw | {"resume_key": "fp-2"}))
+    assert len(asked) == 10  # another config: nothing reused

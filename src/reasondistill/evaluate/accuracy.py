@@ -24,17 +24,24 @@ from reasondistill.thinking import split_thinking
 
 def evaluate_model(model: Any, problems: list[Problem], task: Task, *, batch_size: int = 128,
                    max_new_tokens: int = 256, out_dir: str | Path | None = None, tokenizer=None,
-                   name: str = "model") -> dict[str, Any]:
+                   name: str = "model", resume_key: str | None = None, show_progress: bool = False
+                   ) -> dict[str, Any]:
     """Greedy-decode every problem, judge it, and return (and optionally save) the metrics.
 
     ``model`` is a path/hub id (loaded with its tokenizer), a loaded model plus ``tokenizer``, or
     an evaluation :class:`~reasondistill.evaluate.backends.Backend` (vLLM, an OpenAI-compatible server).
+    With ``out_dir`` and ``resume_key`` (the stage's fingerprint) each completion is appended to
+    ``partial.jsonl`` as its batch returns, so a run stopped part way (Ctrl-C, a server that died)
+    decodes only the rest next time under the same key (greedy decoding: the same completions).
     """
     from reasondistill.evaluate.backends import Backend, collect, hf_backend
 
     backend = model if isinstance(model, Backend) else hf_backend(model, tokenizer)
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    outputs = collect(backend, problems, params)
+    if out_dir is not None and resume_key is not None:
+        outputs = _resumable(backend, problems, params, EvalFiles(out_dir).partial, resume_key, name, show_progress)
+    else:
+        outputs = collect(backend, problems, params)
     verdicts = judge_many(task, [(problems[c.index], c.text, c.finish_reason, 0) for c in outputs])
     done = []
     for c, v in zip(outputs, verdicts, strict=True):
@@ -56,7 +63,56 @@ def evaluate_model(model: Any, problems: list[Problem], task: Task, *, batch_siz
         out = EvalFiles(out_dir)
         write_records(out.completions, done)
         write_json(out.metrics, metrics)
+        out.partial.unlink(missing_ok=True)
     return metrics
+
+
+def _resumable(backend, problems: list[Problem], params: SamplingParams, partial: Path, key: str, name: str,
+               show_progress: bool) -> list:
+    """:func:`~reasondistill.evaluate.backends.collect` through ``partial`` (a first line naming ``key``,
+    then one completion per line): the completions already there under ``key`` are kept, the rest
+    decoded and appended batch by batch; failed ones are not kept (the next run asks again)."""
+    import json
+
+    from reasondistill.evaluate.backends import EvaluationFailed
+    from reasondistill.progress import progress_bar
+    from reasondistill.records import JsonlWriter, iter_jsonl, repair_tail
+    from reasondistill.teachers.sampling import Completion
+
+    index = {p.id: i for i, p in enumerate(problems)}
+    have: dict[str, dict[str, Any]] = {}
+    if partial.exists():
+        repair_tail(partial)
+        rows = [r for _, r in iter_jsonl(partial)]
+        if rows and rows[0].get("resume_key") == key:
+            have = {r["problem_id"]: r for r in rows[1:] if r.get("problem_id") in index}
+        else:
+            partial.unlink()
+    if not partial.exists():
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"resume_key": key}) + "\n")
+    todo = [p for p in problems if p.id not in have]
+    failed = []
+    fields = ("text", "prompt_tokens", "completion_tokens", "finish_reason", "error")
+    writer = JsonlWriter(partial)
+    try:
+        with progress_bar(f"evaluate {name}", len(problems), show_progress, len(problems) - len(todo)) as advance:
+            for batch in (backend.generate(todo, params) if todo else []):
+                for c in batch:
+                    if c.finish_reason == "error":
+                        failed.append(c)
+                    else:
+                        writer.write({"problem_id": todo[c.index].id, **{f: getattr(c, f) for f in fields}})
+                advance(len(batch))
+    finally:
+        writer.close()
+    if failed:
+        raise EvaluationFailed(f"{len(failed)} of {len(todo)} completions failed at {backend.label} ({backend.kind}); "
+                               f"first error: {failed[0].error}. The {len(problems) - len(failed)} others are kept "
+                               f"in {partial}; re-run evaluate when it answers")
+    rows = {r["problem_id"]: r for _, r in iter_jsonl(partial) if "problem_id" in r}
+    return [Completion(index=index[pid], sample=0, **{f: rows[pid][f] for f in fields})
+            for pid in sorted(rows, key=index.__getitem__)]
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
