@@ -372,7 +372,8 @@ class StudentConfig(_Strict):
                                                       "teacher's traces, or the final answers alone")
     model: str | None = Field(None, description="pretrained student: local path or hub id")
     init: ModelInit | None = Field(None, description="or a freshly initialised student")
-    tokenizer: str | None = Field(None, description="tokenizer for an init student (default: the teacher's)")
+    tokenizer: str | None = Field(None, description="tokenizer for an init student (default: the logit_teacher's "
+                                  "when the config has one, else the teacher's)")
     seed: int | None = Field(None, description="training seed (null: the run's seed)")
     attn_implementation: str | None = Field(
         None, description="the student's attention kernel (transformers' attn_implementation), e.g. "
