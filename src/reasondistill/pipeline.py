@@ -206,27 +206,33 @@ class Pipeline:
                 raise UserError(f"all {written} traces of this run failed at the teacher; last error: "
                                 f"{last_error or 'not recorded'}. They are kept in {out} with their error; fix "
                                 "the cause and run generate again to retry them")
-            traces = load_traces(out)
-            failed = sum(t.finish_reason == "error" for t in traces.values())
-            share, most = failed / max(1, len(traces)), self.cfg.generate.max_failed_share
-            if failed and share > most:  # e.g. the server died part-way: do not go on with what is left
-                last = last_error or next((t.error for t in traces.values() if t.error), None)
-                raise UserError(f"{failed} of {len(traces)} traces ({share:.0%}) failed at the teacher, more than "
-                                f"generate.max_failed_share ({most:g}); last error: {last or 'not recorded'}. All "
-                                f"are kept in {out}; run generate again to retry the failed ones")
-            if failed:
-                self.log(f"       {failed} traces failed at the teacher (recorded with their error; "
-                         "re-run generate to retry them)")
-            unfit = sum(t.finish_reason == "length" and bool(t.error) for t in traces.values())
-            if unfit:  # e.g. a prompt longer than the teacher's context: the same on every try, so not retried
-                self.log(f"       {unfit} traces could not be sampled and are recorded as truncated at 0 tokens "
-                         f"(curate drops them), e.g.: {next(t.error for t in traces.values() if t.finish_reason == 'length' and t.error)}")
+            failed = self._failed_traces(out, last_error)
             return {"traces": len(done), "written_now": written, "resumed_from": resumed, "failed": failed}
         # traces that failed at the teacher last time make the stage not current: a plain re-run retries them
         retry = bool(((self.rd.stage_state(stage) or {}).get("result") or {}).get("failed"))
         if retry and not force:
             self.log(f"       {stage}: retrying the traces that failed at the teacher last time")
         return self.run_stage(stage, conf, inputs, [out], fn, force or retry)
+
+    def _failed_traces(self, out: Path, last_error: str | None) -> int:
+        """After sampling: how many traces failed at the teacher (an error when more than
+        ``generate.max_failed_share`` did, every trace kept), and a line for those that cannot be sampled."""
+        traces = load_traces(out)
+        failed = sum(t.finish_reason == "error" for t in traces.values())
+        share, most = failed / max(1, len(traces)), self.cfg.generate.max_failed_share
+        if failed and share > most:  # e.g. the server died part-way: do not go on with what is left
+            last = last_error or next((t.error for t in traces.values() if t.error), None)
+            raise UserError(f"{failed} of {len(traces)} traces ({share:.0%}) failed at the teacher, more than "
+                            f"generate.max_failed_share ({most:g}); last error: {last or 'not recorded'}. All "
+                            f"are kept in {out}; run generate again to retry the failed ones")
+        if failed:
+            self.log(f"       {failed} traces failed at the teacher (recorded with their error; "
+                     "re-run generate to retry them)")
+        unfit = [t.error for t in traces.values() if t.finish_reason == "length" and t.error]
+        if unfit:  # e.g. a prompt longer than the teacher's context: the same on every try, so not retried
+            self.log(f"       {len(unfit)} traces could not be sampled and are recorded as truncated at 0 tokens "
+                     f"(curate drops them), e.g.: {unfit[0]}")
+        return failed
 
     def generate_conf(self) -> tuple[dict[str, Any], list[Path]]:
         """The generate stage's config section and input files (also what shards.py checks shards by)."""
