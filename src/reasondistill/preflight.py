@@ -370,9 +370,9 @@ class _Checker:
         if features is not None:
             student_layers = getattr(conf, "num_hidden_layers", None) if conf is not None else \
                 s.init.num_hidden_layers
-            for who, n in (("student", student_layers), ("teacher", getattr(tconf, "num_hidden_layers", None))):
-                bad = [pair[who == "teacher"] for pair in features.layers if n is not None and
-                       not -(n + 1) <= pair[who == "teacher"] <= n]
+            sides = (("student", student_layers), ("teacher", getattr(tconf, "num_hidden_layers", None)))
+            for side, (who, n) in enumerate(sides):  # a (student, teacher) pair's index per side
+                bad = [] if n is None else [pair[side] for pair in features.layers if not -(n + 1) <= pair[side] <= n]
                 if bad:
                     self.add(f"{where}: distill.features.layers: {who} layer(s) {bad} out of range; the {who} "
                              f"has {n + 1} hidden states (0 = embeddings, {n} or -1 = the last layer)")

@@ -102,7 +102,9 @@ def _resumable(backend, problems: list[Problem], params: SamplingParams, partial
                     if c.finish_reason == "error":
                         failed.append(c)
                     else:
-                        writer.write({"problem_id": todo[c.index].id, **{f: getattr(c, f) for f in fields}})
+                        row = {"problem_id": todo[c.index].id, **{f: getattr(c, f) for f in fields}}
+                        writer.write(row)
+                        have[row["problem_id"]] = row
                 advance(len(batch))
     finally:
         writer.close()
@@ -110,9 +112,8 @@ def _resumable(backend, problems: list[Problem], params: SamplingParams, partial
         raise EvaluationFailed(f"{len(failed)} of {len(todo)} completions failed at {backend.label} ({backend.kind}); "
                                f"first error: {failed[0].error}. The {len(problems) - len(failed)} others are kept "
                                f"in {partial}; re-run evaluate when it answers")
-    rows = {r["problem_id"]: r for _, r in iter_jsonl(partial) if "problem_id" in r}
-    return [Completion(index=index[pid], sample=0, **{f: rows[pid][f] for f in fields})
-            for pid in sorted(rows, key=index.__getitem__)]
+    return [Completion(index=index[pid], sample=0, **{f: have[pid][f] for f in fields})
+            for pid in sorted(have, key=index.__getitem__)]
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:

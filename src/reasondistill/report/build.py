@@ -121,7 +121,7 @@ def trained_on(s) -> str:
     d = s.distill
     if d is None:
         return s.target
-    how = d.cross_tokenizer and f"cross-tokenizer {d.cross_tokenizer}" or d.divergence
+    how = f"cross-tokenizer {d.cross_tokenizer}" if d.cross_tokenizer else d.divergence
     source = d.source + (f" top-{d.top_k}" if d.top_k else "")
     extra = " + features" if d.features is not None else ""
     return f"{s.target} + {how} ({source}, T={d.temperature:g}, α={d.alpha:g}){extra}"
